@@ -1,0 +1,361 @@
+"""Reconstruction networks for undersampled cine MRI.
+
+- :class:`UNet2D`: encoder-decoder with 4 pooling levels (``init_features`` .. 16x wide), frames
+  stacked as channels, channel + spatial attention (CBAM-style) at the bottleneck or at every
+  level, dropout at the bottleneck, LeakyReLU(0.1).
+- :class:`TemporalResNet3D`: residual 3D convolutions over (t, y, x) with real/imaginary parts as
+  channels; its 3x3x3 kernels mix neighbouring frames.
+- :class:`DualUNetDenoiser`: one UNet for the real part and one for the imaginary part of a cine,
+  then the temporal ResNet: the study's network.
+- :class:`DCCNNDenoiser`: the 5-layer 3D CNN of DC-CNN (Schlemper et al. 2017), a learned anchor.
+- :class:`DataConsistency`: keeps the measured k-space lines (hard replacement or soft weight).
+- :class:`CineReconNet`: ``cascades=0`` is the plain denoiser; ``cascades=N`` unrolls N times
+  (denoiser -> data consistency), each cascade with its own weights, optionally with
+  activation checkpointing per cascade.
+
+Complex cines are ``[B, T, H, W]`` complex64 tensors throughout; FFTs run in float32 even
+under autocast.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from sampling import fft2c, ifft2c
+
+ATTENTION = ("none", "bottleneck", "all")
+ARCHS = ("dual_unet", "dccnn")
+DC_MODES = ("hard", "soft")
+OUTPUTS = ("linear", "sigmoid")
+UNET_LEVELS = 4  # pooling levels: image sizes must be multiples of 2**4 = 16
+
+
+def leaky_relu() -> nn.Module:
+    return nn.LeakyReLU(0.1, inplace=True)
+
+
+class ChannelAttention(nn.Module):
+    """Channel attention: a shared MLP on average- and max-pooled features gates every channel."""
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), leaky_relu(), nn.Conv2d(hidden, channels, 1))
+
+    def forward(self, x):  # [B, C, H, W]
+        avg = self.mlp(x.mean((2, 3), keepdim=True))  # [B, C, 1, 1]
+        peak = self.mlp(x.amax((2, 3), keepdim=True))  # [B, C, 1, 1]
+        return x * torch.sigmoid(avg + peak)
+
+
+class SpatialAttention(nn.Module):
+    """Spatial attention: a 7x7 convolution of channel mean and max gates every pixel."""
+
+    def __init__(self, kernel_size: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x):  # [B, C, H, W]
+        pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)  # [B, 2, H, W]
+        return x * torch.sigmoid(self.conv(pooled))
+
+
+def conv_block(in_channels: int, out_channels: int, attention: bool = False) -> nn.Sequential:
+    """(3x3 conv -> BatchNorm -> LeakyReLU(0.1)) x 2, then channel + spatial attention if asked."""
+    layers = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+              leaky_relu(), nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+              nn.BatchNorm2d(out_channels), leaky_relu()]
+    if attention:
+        layers += [ChannelAttention(out_channels), SpatialAttention()]
+    return nn.Sequential(*layers)
+
+
+class UNet2D(nn.Module):
+    """2D UNet over frames-as-channels: ``[B, in_channels, H, W]`` -> ``[B, out_channels, H, W]``.
+
+    Widths f, 2f, 4f, 8f on the encoder levels and 16f at the bottleneck (f = init_features);
+    attention: ``"bottleneck"`` (channel + spatial attention there), ``"all"`` (also at every
+    encoder and decoder level) or ``"none"``; dropout (``nn.Dropout2d``) after the bottleneck.
+    H and W must be multiples of 16. The output is linear (no activation).
+    """
+
+    def __init__(self, in_channels: int = 20, out_channels: int = 20, init_features: int = 64,
+                 dropout: float = 0.3, attention: str = "bottleneck"):
+        super().__init__()
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+        every_level = attention == "all"
+        widths = [init_features * 2 ** level for level in range(UNET_LEVELS)]  # [f, 2f, 4f, 8f]
+        self.encoders = nn.ModuleList()
+        channels = in_channels
+        for width in widths:
+            self.encoders.append(conv_block(channels, width, every_level))
+            channels = width
+        self.bottleneck = conv_block(channels, 2 * channels, attention != "none")
+        self.dropout = nn.Dropout2d(dropout)
+        self.upsamples = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for width in reversed(widths):
+            self.upsamples.append(nn.ConvTranspose2d(2 * width, width, 2, stride=2))
+            self.decoders.append(conv_block(2 * width, width, every_level))
+        self.head = nn.Conv2d(init_features, out_channels, 1)
+
+    def forward(self, x):  # [B, C_in, H, W]
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)  # [B, f * 2^l, H / 2^l, W / 2^l]
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.dropout(self.bottleneck(x))  # [B, 16f, H / 16, W / 16]
+        for upsample, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
+            x = decoder(torch.cat([upsample(x), skip], 1))  # [B, f * 2^l, H / 2^l, W / 2^l]
+        return self.head(x)  # [B, C_out, H, W]
+
+
+class TemporalResNet3D(nn.Module):
+    """Residual 3D CNN over (t, y, x): ``[B, 2, T, H, W]`` -> ``[B, 2, T, H, W]``.
+
+    A 3x3x3 convolution to ``features`` channels, ``blocks`` residual blocks of two 3x3x3
+    convolutions (each spans 3 frames, with circular padding in time because a cine is one
+    periodic heartbeat), and a final 1x1x1 convolution back to real/imaginary.
+    """
+
+    def __init__(self, features: int = 16, blocks: int = 2, channels: int = 2):
+        super().__init__()
+        self.stem = self._conv(channels, features)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(self._conv(features, features), leaky_relu(), self._conv(features, features))
+            for _ in range(blocks))
+        self.head = nn.Conv3d(features, channels, 1)
+
+    @staticmethod
+    def _conv(in_channels: int, out_channels: int) -> nn.Conv3d:
+        return nn.Conv3d(in_channels, out_channels, 3, padding=1, padding_mode="circular")
+
+    def forward(self, x):  # [B, 2, T, H, W]
+        h = F.leaky_relu(self.stem(x), 0.1)  # [B, features, T, H, W]
+        for block in self.blocks:
+            h = F.leaky_relu(h + block(h), 0.1)
+        return self.head(h)  # [B, 2, T, H, W]
+
+
+def complex_to_channels(image: torch.Tensor) -> torch.Tensor:
+    """``[B, T, H, W]`` complex -> ``[B, 2, T, H, W]`` real (real, imaginary)."""
+    return torch.stack([image.real, image.imag], 1)
+
+
+def channels_to_complex(x: torch.Tensor) -> torch.Tensor:
+    """``[B, 2, T, H, W]`` real (any float dtype) -> ``[B, T, H, W]`` complex64."""
+    x = x.float()
+    return torch.complex(x[:, 0], x[:, 1])
+
+
+class DualUNetDenoiser(nn.Module):
+    """The study's network: real and imaginary UNets, then the 3D temporal ResNet.
+
+    ``[B, T, H, W]`` complex -> ``[B, T, H, W]`` complex. With ``output="linear"`` every stage is
+    residual (it predicts a correction to its input) and the output convolutions start at zero,
+    so the untrained denoiser is the identity (a cascade starts at the zero-filled image); with ``output="sigmoid"`` (magnitude
+    targets in [0, 1] only, the study's choice) the stages are plain and the real part of the
+    result passes through a sigmoid.
+    """
+
+    def __init__(self, frames: int = 20, init_features: int = 64, dropout: float = 0.3,
+                 attention: str = "bottleneck", resnet_features: int = 16, resnet_blocks: int = 2,
+                 output: str = "linear"):
+        super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        self.residual = output == "linear"
+        self.unet_real = UNet2D(frames, frames, init_features, dropout, attention)
+        self.unet_imag = UNet2D(frames, frames, init_features, dropout, attention)
+        self.temporal = TemporalResNet3D(resnet_features, resnet_blocks)
+        if self.residual:
+            for head in (self.unet_real.head, self.unet_imag.head, self.temporal.head):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
+
+    def forward(self, image):  # [B, T, H, W] complex
+        x = complex_to_channels(image)  # [B, 2, T, H, W]
+        real = self.unet_real(x[:, 0])  # [B, T, H, W]
+        imag = self.unet_imag(x[:, 1])  # [B, T, H, W]
+        y = torch.stack([real, imag], 1)  # [B, 2, T, H, W]
+        if self.residual:
+            y = y + x
+            y = y + self.temporal(y)
+            return channels_to_complex(y)  # [B, T, H, W] complex
+        y = self.temporal(y).float()
+        return torch.complex(torch.sigmoid(y[:, 0]), y[:, 1])
+
+
+class DCCNNDenoiser(nn.Module):
+    """DC-CNN's denoiser (Schlemper et al. 2017, 3D variant): 5 3x3x3 convolutions with ReLU,
+    ``features`` wide, predicting a residual correction. ``[B, T, H, W]`` complex in and out."""
+
+    def __init__(self, features: int = 64, layers: int = 5):
+        super().__init__()
+        widths = [2] + [features] * (layers - 1) + [2]
+        convs = []
+        for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
+            convs.append(nn.Conv3d(w_in, w_out, 3, padding=1, padding_mode="circular"))
+            if i < layers - 1:
+                convs.append(nn.ReLU(inplace=True))
+        self.net = nn.Sequential(*convs)
+
+    def forward(self, image):  # [B, T, H, W] complex
+        x = complex_to_channels(image)  # [B, 2, T, H, W]
+        return channels_to_complex(x + self.net(x))
+
+
+class DataConsistency(nn.Module):
+    """Keeps the measured k-space: ``k = (1 - m) F x + m k_dc`` and returns ``F^-1 k``.
+
+    - ``"hard"``: ``k_dc = y`` (the measurements replace the predicted lines exactly);
+    - ``"soft"``: ``k_dc = (F x + lambda y) / (1 + lambda)`` with a learnable ``lambda >= 0``
+      (softplus of a free parameter; large lambda tends to hard DC), for noisy measurements.
+    image ``[B, T, H, W]`` complex; kspace ``y = U F m`` ``[B, T, H, W]`` complex (zero off the
+    mask); mask ``[B, T, H, W]`` 0/1. Computed in float32.
+    """
+
+    def __init__(self, mode: str = "hard", initial_lambda: float = 10.0):
+        super().__init__()
+        if mode not in DC_MODES:
+            raise ValueError(f"dc must be one of {DC_MODES}, got {mode!r}")
+        self.mode = mode
+        if mode == "soft":
+            raw = torch.log(torch.expm1(torch.tensor(float(initial_lambda))))
+            self.raw_lambda = nn.Parameter(raw)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The soft-DC weight lambda (>= 0)."""
+        return F.softplus(self.raw_lambda)
+
+    def forward(self, image, kspace, mask):  # [B, T, H, W] each
+        predicted = fft2c(image)  # [B, T, H, W] complex64
+        if self.mode == "hard":
+            measured = kspace
+        else:
+            measured = (predicted + self.weight * kspace) / (1 + self.weight)
+        return ifft2c(predicted * (1 - mask) + measured * mask)
+
+
+class CineReconNet(nn.Module):
+    """The reconstruction network: ``(aliased, kspace, mask)`` -> complex cine, all ``[B, T, H, W]``.
+
+    ``cascades=0``: one denoiser applied to the aliased cine (the study's configuration);
+    ``cascades=N``: N unrolled stages ``x <- DC(denoiser_i(x))``, each with its own weights.
+    ``checkpointing=True`` recomputes each cascade's activations in the backward pass (memory
+    grows far less than linearly with N).
+    """
+
+    def __init__(self, frames: int = 20, init_features: int = 64, cascades: int = 0, dc: str = "hard",
+                 dropout: float = 0.3, attention: str = "bottleneck", resnet_features: int = 16,
+                 resnet_blocks: int = 2, output: str = "linear", arch: str = "dual_unet",
+                 checkpointing: bool = False):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        if arch == "dccnn" and cascades < 1:
+            raise ValueError("arch='dccnn' is a cascade of CNNs with data consistency: use cascades >= 1")
+        if output == "sigmoid" and cascades > 0:
+            raise ValueError("output='sigmoid' is only for the plain denoiser (cascades=0): "
+                             "data consistency makes the output complex")
+        self.cascades = cascades
+        self.checkpointing = checkpointing
+        stages = max(cascades, 1)
+        if arch == "dual_unet":
+            self.denoisers = nn.ModuleList(
+                DualUNetDenoiser(frames, init_features, dropout, attention, resnet_features, resnet_blocks, output)
+                for _ in range(stages))
+        else:
+            self.denoisers = nn.ModuleList(DCCNNDenoiser(init_features) for _ in range(stages))
+        self.dcs = nn.ModuleList(DataConsistency(dc) for _ in range(cascades))
+
+    def _stage(self, i: int, image, kspace, mask):
+        image = self.denoisers[i](image)
+        return self.dcs[i](image, kspace, mask) if self.cascades else image
+
+    def forward(self, aliased, kspace, mask):  # [B, T, H, W] complex, complex, float
+        image = aliased
+        for i in range(len(self.denoisers)):
+            if self.checkpointing and self.training:
+                image = checkpoint(self._stage, i, image, kspace, mask, use_reentrant=False)
+            else:
+                image = self._stage(i, image, kspace, mask)
+        return image  # [B, T, H, W] complex64
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def describe_parameters(model: CineReconNet) -> str:
+    """One line per component with its parameter count."""
+    first = model.denoisers[0]
+    parts = [f"total {count_parameters(model) / 1e6:.3f} M parameters in {len(model.denoisers)} denoiser(s)"]
+    if isinstance(first, DualUNetDenoiser):
+        parts.append(f"per denoiser: 2 x UNet2D {count_parameters(first.unet_real) / 1e6:.3f} M + "
+                     f"TemporalResNet3D {count_parameters(first.temporal) / 1e6:.3f} M")
+    else:
+        parts.append(f"per denoiser: DC-CNN 3D {count_parameters(first) / 1e6:.3f} M")
+    return "; ".join(parts)
+
+
+def build_model(config: dict) -> CineReconNet:
+    """The network a run's config describes (``in_channels`` is the number of frames)."""
+    return CineReconNet(frames=config["in_channels"], init_features=config["init_features"],
+                        cascades=config["cascades"], dc=config["dc"], dropout=config["dropout"],
+                        attention=config["attention"], resnet_features=config["resnet_features"],
+                        resnet_blocks=config["resnet_blocks"], output=config["output"],
+                        arch=config["arch"], checkpointing=config.get("checkpointing", False))
+
+
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Store 2D convolution weights as NHWC and 3D ones as NDHWC (faster on cuDNN and oneDNN)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            module.to(memory_format=torch.channels_last)
+        elif isinstance(module, nn.Conv3d):
+            module.to(memory_format=torch.channels_last_3d)
+    return model
+
+
+CHECKPOINT_FORMAT = "cinerecon-checkpoint-v1"
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load a cinerecon checkpoint safely (``weights_only=True``: no code can run).
+
+    Raises ``UserError`` naming the file if it is missing, truncated, foreign or unsafe.
+    """
+    import pickle
+    from pathlib import Path
+
+    from cli import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0][:160]
+        raise UserError(f"{path}: refused, it holds Python objects beyond tensors and plain values, "
+                        f"which could run code ({reason})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path}: not a readable checkpoint, truncated or not a torch file ({reason})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not a cinerecon checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    return checkpoint
+
+
+def load_model(path, device="cpu") -> tuple[CineReconNet, dict]:
+    """The trained network of a checkpoint (in eval mode) and the run config it was saved with."""
+    checkpoint = load_checkpoint(path, map_location=device)
+    model = build_model({**checkpoint["config"], "checkpointing": False}).to(device)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), checkpoint["config"]
