@@ -8,20 +8,25 @@ PSNR values in titles are whole-cine values from :func:`metrics.psnr`.
 """
 from __future__ import annotations
 
+import io
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw
 
 from metrics import psnr
 
 ERROR_FRACTION = 0.2  # error maps span 0 .. 0.2 x the reference peak
 DPI = 100
+PANEL = 2.0  # inches per image panel: 200 px at DPI, about native size for 192 x 192 cines
 GIF_MIN_HEIGHT = 160  # small cines are upscaled (nearest neighbour) to at least this many rows
 GIF_GAP = 4  # pixels between GIF panels
 GIF_LABEL_HEIGHT = 14  # pixels of the label strip above each GIF panel
+GIF_LEVELS = 128  # grey levels in the GIF: LZW packs noisy images a quarter smaller than with 256
 
 
 def _array(x) -> np.ndarray:
@@ -38,12 +43,25 @@ def _middle(cine: np.ndarray, frame: int | None) -> int:
 
 
 def _show(ax, image: np.ndarray, title: str, **kwargs):
-    """imshow without ticks; returns the image artist (for colorbars)."""
-    artist = ax.imshow(image, interpolation="nearest", **kwargs)
+    """imshow without ticks (pixels as blocks when enlarged, antialiased when shrunk); returns the
+    image artist (for colorbars)."""
+    enlarged = max(image.shape) <= PANEL * DPI
+    artist = ax.imshow(image, interpolation="nearest" if enlarged else "antialiased", **kwargs)
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
     return artist
+
+
+def _save(fig: Figure, path) -> None:
+    """Save at ``DPI``; a PNG is stored with a 256-colour palette (no visible change, half the bytes)."""
+    if Path(path).suffix.lower() != ".png":
+        fig.savefig(path, dpi=DPI)
+        return
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    palette = Image.open(buffer).convert("RGB").quantize(256, Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE)
+    palette.save(path, optimize=True)
 
 
 def _error_title(vmax: float) -> str:
@@ -60,7 +78,7 @@ def plot_reconstructions(examples: list[dict], path, frame: int | None = None) -
     """
     vmax_error = ERROR_FRACTION * max(_magnitude(e["target"]).max() for e in examples)
     t = _middle(_array(examples[0]["target"]), frame)
-    fig = Figure(figsize=(10.5, 2.7 * len(examples) + 0.4), layout="constrained")
+    fig = Figure(figsize=(PANEL * 4 + 0.9, (PANEL + 0.3) * len(examples) + 0.4), layout="constrained")
     axes = fig.subplots(len(examples), 4, squeeze=False)
     for row, example in zip(axes, examples):
         target, aliased, recon = (_magnitude(example[key]) for key in ("target", "aliased", "recon"))
@@ -72,7 +90,7 @@ def plot_reconstructions(examples: list[dict], path, frame: int | None = None) -
                       cmap="inferno", vmin=0, vmax=vmax_error)
     fig.colorbar(error, ax=axes[:, 3], shrink=0.8)
     fig.suptitle(f"Test reconstructions, frame {t} (PSNR over the whole cine)")
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path)
 
 
 def plot_branches(real: np.ndarray, imag: np.ndarray, path, frame: int | None = None, title: str = "") -> None:
@@ -85,7 +103,7 @@ def plot_branches(real: np.ndarray, imag: np.ndarray, path, frame: int | None = 
         artist = _show(ax, cine[t], f"{name} branch, frame {t}", cmap="gray", vmin=-limit, vmax=limit)
         fig.colorbar(artist, ax=ax, shrink=0.85)
     fig.suptitle(title or "Dual UNet branch outputs")
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path)
 
 
 def plot_method_grid(images: dict[str, np.ndarray], target: np.ndarray, path, frame: int | None = None,
@@ -97,7 +115,7 @@ def plot_method_grid(images: dict[str, np.ndarray], target: np.ndarray, path, fr
     t = _middle(target, frame)
     grey = dict(cmap="gray", vmin=0, vmax=target.max())
     vmax_error = ERROR_FRACTION * target.max()
-    fig = Figure(figsize=(2.6 * (len(images) + 1) + 0.6, 5.6), layout="constrained")
+    fig = Figure(figsize=(PANEL * (len(images) + 1) + 0.9, 2 * PANEL + 1.0), layout="constrained")
     axes = fig.subplots(2, len(images) + 1, squeeze=False)
     _show(axes[0, 0], target[t], "reference (fully sampled)", **grey)
     axes[1, 0].axis("off")
@@ -110,7 +128,7 @@ def plot_method_grid(images: dict[str, np.ndarray], target: np.ndarray, path, fr
                       cmap="inferno", vmin=0, vmax=vmax_error)
     fig.colorbar(error, ax=axes[1, 1:], shrink=0.8)
     fig.suptitle(f"{title or 'Method comparison'}, frame {t}")
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- curves
@@ -140,13 +158,13 @@ def plot_curves(history: list[dict], path) -> None:
     ax_psnr.legend(loc="lower right")
     for ax in (ax_loss, ax_psnr):
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.savefig(path, dpi=DPI)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    _save(fig, path)
 
 
 def plot_frame_psnr(zero_filled: np.ndarray, recon: np.ndarray, path) -> None:
     """Per-frame PSNR ``[N, T]`` of N test cines, zero-filled and reconstructed: the mean over cines
-    of every frame with a +-1 standard deviation band."""
+    of every frame with a band of +-1 standard deviation over cines."""
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
     for name, values, color in (("zero-filled", zero_filled, "C0"), ("reconstruction", recon, "C1")):
@@ -156,16 +174,16 @@ def plot_frame_psnr(zero_filled: np.ndarray, recon: np.ndarray, path) -> None:
         ax.plot(frames, mean, color=color, label=f"{name}, mean {values.mean():.2f} dB", **_markers(len(frames)))
         ax.fill_between(frames, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
     ax.set(xlabel="frame", ylabel="PSNR (dB)",
-           title=f"Per-frame PSNR over {np.shape(recon)[0]} test cines (mean, band = +-1 std)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+           title=f"Per-frame PSNR over {np.shape(recon)[0]} test cines (mean, band: ± 1 std)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path)
 
 
 def plot_psnr_boxes(per_method: dict[str, np.ndarray], path, ylabel: str = "PSNR (dB)") -> None:
     """Box plot of per-cine values (``per_method``: name -> ``[N]``, dict order) with the cines as
-    jittered points and the mean as a white diamond (value in the axis label)."""
+    jittered points and the mean as a white diamond (its value under the method name)."""
     names = list(per_method)
     values = [np.asarray(per_method[name], dtype=np.float64).ravel() for name in names]
     rng = np.random.default_rng(0)
@@ -176,28 +194,30 @@ def plot_psnr_boxes(per_method: dict[str, np.ndarray], path, ylabel: str = "PSNR
                meanprops=dict(marker="D", markerfacecolor="white", markeredgecolor="black", zorder=4))
     for position, v in enumerate(values, start=1):
         ax.scatter(position + rng.uniform(-0.12, 0.12, v.size), v, s=10, color="C0", alpha=0.6, zorder=3)
-    ax.set(ylabel=ylabel, title=f"Per-cine values ({max(v.size for v in values)} cines, diamond = mean)")
+    ax.set(ylabel=ylabel,
+           title=f"Per-cine values, {max(v.size for v in values)} cines (box: median and quartiles; diamond: mean)")
     ax.grid(axis="y", alpha=0.3)
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- animation
 def _to_uint8(cine: np.ndarray, vmax: float, scale: int) -> np.ndarray:
     """Magnitude ``[T, H, W]`` -> uint8 ``[T, H * scale, W * scale]`` on the grey scale 0 .. vmax."""
-    image = np.clip(cine / (vmax or 1.0), 0, 1) * 255
-    return image.round().astype(np.uint8).repeat(scale, axis=1).repeat(scale, axis=2)
+    levels = np.round(np.clip(cine / (vmax or 1.0), 0, 1) * (GIF_LEVELS - 1))
+    return np.round(levels * (255 / (GIF_LEVELS - 1))).astype(np.uint8).repeat(scale, axis=1).repeat(scale, axis=2)
 
 
 def save_gif(target, aliased, recon, path, fps: int = 8) -> None:
     """Looping GIF of a cine: reference | zero-filled | reconstruction side by side, one GIF frame
     per cine frame. Inputs ``[T, H, W]`` (real or complex), magnitudes on the reference grey scale,
-    upscaled by an integer factor to at least ``GIF_MIN_HEIGHT`` rows, labelled above each panel."""
+    upscaled by an integer factor to at least ``GIF_MIN_HEIGHT`` rows, labelled above each panel.
+    Pillow merges identical consecutive frames, so a static cine gives fewer GIF frames."""
     cines = [_magnitude(x) for x in (target, aliased, recon)]
     frames, height, width = cines[0].shape
     scale = max(1, math.ceil(GIF_MIN_HEIGHT / height))
     panels = [_to_uint8(cine, float(cines[0].max()), scale) for cine in cines]  # 3 x [T, sH, sW]
     panel_width = width * scale
-    canvas = np.zeros((frames, GIF_LABEL_HEIGHT + height * scale, 3 * panel_width + 2 * GIF_GAP), np.uint8)
+    canvas = np.full((frames, GIF_LABEL_HEIGHT + height * scale, 3 * panel_width + 2 * GIF_GAP), 255, np.uint8)
     for i, panel in enumerate(panels):
         left = i * (panel_width + GIF_GAP)
         canvas[:, GIF_LABEL_HEIGHT:, left:left + panel_width] = panel
@@ -205,7 +225,7 @@ def save_gif(target, aliased, recon, path, fps: int = 8) -> None:
     for t, image in enumerate(images):
         draw = ImageDraw.Draw(image)
         for i, label in enumerate(("reference", "zero-filled", "reconstruction")):
-            draw.text((i * (panel_width + GIF_GAP) + 2, 1), label, fill=255)
-        counter = f"{t + 1}/{frames}"
-        draw.text((canvas.shape[2] - 2 - draw.textlength(counter), 1), counter, fill=160)
+            draw.text((i * (panel_width + GIF_GAP) + 2, 1), label, fill=0)
+        counter = f"frame {t}"
+        draw.text((canvas.shape[2] - 2 - draw.textlength(counter), 1), counter, fill=96)
     images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)

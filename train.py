@@ -56,7 +56,7 @@ def train(name: str, *,
           image_size: int = 192,          # phantom only: H = W, a multiple of 16
           phantom_phase: bool = False,    # phantom only: add a smooth background phase (complex cines)
           # sampling
-          acceleration: float = 5,        # >= 1: round(H / acceleration) ky lines per frame
+          acceleration: float = 5.0,      # >= 1: round(H / acceleration) ky lines per frame
           center_lines: int = 11,         # fully sampled central ky lines (scaled with H on the CPU scale-down)
           density: str = "gaussian",      # 'gaussian' (kt-FOCUSS style) | 'polynomial'
           mask_mode: str = "random",      # 'fixed': one mask set for all (the study) | 'random': fresh per example
@@ -243,13 +243,13 @@ def pad_to_multiple(images: np.ndarray, multiple: int, notes: list[str], source:
     return np.pad(images, ((0, 0), (0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)))
 
 
-def make_datasets(images: np.ndarray, config: dict, device: torch.device, rank: int):
-    """Train/val/test ``CineDataset``s resident on ``device``; training masks drawn there too."""
+def make_datasets(images: np.ndarray, config: dict, device: torch.device):
+    """Train/val/test ``CineDataset``s resident on ``device``; training masks are drawn there too,
+    from a generator that ``seed_epoch`` seeds."""
     splits = split_indices(len(images), seed=config["seed"])
     sampling = dict(mask_mode=config["mask_mode"], acceleration=config["acceleration"],
                     center_lines=config["center_lines"], density=config["density"], seed=config["seed"])
     generator = torch.Generator(device=device)
-    generator.manual_seed(int(np.random.SeedSequence([config["seed"], 1, rank]).generate_state(1)[0]))
     sets = [CineDataset(torch.from_numpy(images[idx]).to(device), idx, train=(i == 0),
                         generator=generator if i == 0 else None, **sampling)
             for i, idx in enumerate(splits)]
@@ -375,25 +375,28 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
     amp_dtype = autocast_dtype(config, device)
     out_dir, img_dir = (Path(config[key]) / name for key in ("out_dir", "images_dir"))
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+
+    # inputs first: every bad input is refused before a file or directory is written
     checkpoint = load_checkpoint(last_path) if config["resume"] else None
     images, source = load_images(config, notes, scale_lines)
     if checkpoint is not None:
         check_resumable(checkpoint, config, last_path)
-    if rank == 0:
-        make_run_dirs([Path(config["out_dir"]), Path(config["images_dir"])], name, resume=config["resume"])
-    train_set, val_set, test_set = make_datasets(images, config, device, rank)
+    train_set, val_set, test_set = make_datasets(images, config, device)
     del images
     if config["batch_size"] > len(train_set):
         raise UserError(f"--batch_size={config['batch_size']} is larger than the training split "
                         f"({len(train_set)} cines)")
     if config["batch_size"] % world:
         raise UserError(f"--batch_size={config['batch_size']} must be divisible by the {world} processes")
+    create_run_dirs(config, name, rank, world)
+
     torch.manual_seed(config["seed"])
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    flops = training_flops(config, tuple(train_set.images.shape[1:]))
     model = build_model(config).to(device)
     if config["channels_last"]:
         use_channels_last(model)
@@ -408,15 +411,13 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     state = {"epoch": 0, "batch": 0, "loss_sum": 0.0, "seen": 0, "history": [], "best": None}
     if checkpoint is not None:
-        state = restore(checkpoint, core, optimizer, scheduler, scaler, train_set, device)
+        state = restore(checkpoint, core, optimizer, scheduler, scaler)
         log(f"resuming {last_path} at epoch {state['epoch'] + 1}, batch {state['batch']}")
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if config["compile"]:
         model = torch.compile(model)
-    frames_hw = tuple(train_set.images.shape[1:])
-    flops = training_flops(config, frames_hw)
     header = [f"cinerecon run {name}, started {datetime.now():%Y-%m-%d %H:%M}, torch {torch.__version__}, "
               f"{describe_device(device)}, {world} process(es), autocast {amp_dtype or 'off'}",
               *notes, f"data: {source}; split {len(train_set)}/{len(val_set)}/{len(test_set)} (train/val/test)",
@@ -424,23 +425,30 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
               "config: " + json.dumps(config, sort_keys=True)]
     for line in header:
         log(line)
+    report = Report(out_dir / "output.txt", header)
     sampler = DistributedSampler(range(len(train_set)), num_replicas=world, rank=rank, shuffle=True,
                                  seed=config["seed"])
-    report = Report(out_dir / "output.txt", header)
+
+    def save_last():
+        if rank == 0:
+            atomic_torch_save(snapshot(core, optimizer, scheduler, scaler, train_set, config, state), last_path)
+
     with stop_on_signal() as stop:
         epochs = tqdm(range(state["epoch"], config["num_epochs"]), desc="epochs", unit="epoch",
                       initial=state["epoch"], total=config["num_epochs"], disable=rank != 0, dynamic_ncols=True)
         for epoch in epochs:
             started = time.perf_counter()
+            seed_epoch(train_set, config["seed"], rank, epoch)
+            if state["batch"]:  # resuming mid-epoch: continue the random streams where they stopped
+                restore_rng(checkpoint["rng"], train_set)
             sampler.set_epoch(epoch)
-            order = torch.tensor(list(sampler)).split(local_batch)
+            order = torch.tensor(list(sampler)).split(local_batch)  # this rank's batches of the epoch
             mean_loss = train_epoch(model, optimizer, scheduler, scaler, train_set, order, config, amp_dtype,
                                     state, stop, epoch, rank, world)
-            if mean_loss is None:  # stopped by a signal mid-epoch
-                if rank == 0:
-                    atomic_torch_save(snapshot(core, optimizer, scheduler, scaler, train_set, config, state), last_path)
-                log(f"saved {last_path} at epoch {epoch + 1}, batch {state['batch']}; continue with the same "
-                    f"command plus --resume")
+            if mean_loss is None:  # stopped by a signal mid-epoch (single process)
+                save_last()
+                log(f"saved {last_path} at epoch {epoch + 1}, batch {state['batch']}; "
+                    f"continue with the same command plus --resume")
                 raise SystemExit(130)
             val = evaluate_distributed(core, val_set, world, rank, batch_size=config["eval_batch_size"] or local_batch,
                                        amp_dtype=amp_dtype, loss_type=config["loss_tpe"], with_ssim=False)
@@ -453,27 +461,55 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
             state["history"].append(row)
             epochs.set_postfix(train=f"{row['train_loss']:.3g}", val=f"{row['val_loss']:.3g}",
                                psnr=f"{row['val_psnr']:.2f}dB", rate=f"{row['cines_per_s']:.1f}cine/s")
-            if rank == 0:
-                if state["best"] is None or row["val_psnr"] > state["best"]["val_psnr"]:
-                    state["best"] = {"epoch": epoch + 1, "val_psnr": row["val_psnr"]}
+            if state["best"] is None or row["val_psnr"] > state["best"]["val_psnr"]:
+                state["best"] = {"epoch": epoch + 1, "val_psnr": row["val_psnr"]}
+                if rank == 0:
                     atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch + 1,
                                        "val_psnr": row["val_psnr"], "model": core.state_dict()}, best_path)
-                if (epoch + 1) % config["checkpoint_every"] == 0 or epoch + 1 == config["num_epochs"]:
-                    atomic_torch_save(snapshot(core, optimizer, scheduler, scaler, train_set, config, state), last_path)
+            if (epoch + 1) % config["checkpoint_every"] == 0 or epoch + 1 == config["num_epochs"]:
+                save_last()
+            if rank == 0:
                 report.write(state["history"])
-            if world > 1:
-                shared = [state["best"], stop["stop"]]
-                dist.broadcast_object_list(shared)
-                state["best"], stop["stop"] = shared
-                if stop["stop"]:
-                    if rank == 0:
-                        atomic_torch_save(snapshot(core, optimizer, scheduler, scaler, train_set, config, state),
-                                          last_path)
-                    log(f"saved {last_path} after epoch {epoch + 1}; continue with the same command plus --resume")
-                    raise SystemExit(130)
+            if stop_everywhere(stop, world):
+                save_last()
+                log(f"saved {last_path} after epoch {epoch + 1}; continue with the same command plus --resume")
+                raise SystemExit(130)
         epochs.close()
     return test_and_report(name, core, test_set, config, state, report, amp_dtype, world, rank, best_path, img_dir,
                            local_batch)
+
+
+def create_run_dirs(config: dict, name: str, rank: int, world: int) -> None:
+    """``output/NAME`` and ``images/NAME``, refusing an earlier run; every rank learns the outcome."""
+    roots = [Path(config["out_dir"]), Path(config["images_dir"])]
+    error = None
+    if rank == 0:
+        try:
+            make_run_dirs(roots, name, resume=config["resume"])
+        except UserError as failure:
+            error = str(failure)
+    if world > 1:
+        shared = [error]
+        dist.broadcast_object_list(shared)
+        error = shared[0]
+    if error:
+        raise UserError(error)
+
+
+def seed_epoch(train_set: CineDataset, seed: int, rank: int, epoch: int) -> None:
+    """Seed dropout and the training masks from (seed, rank, epoch): runs resume exactly at any
+    epoch boundary, and each process draws its own masks."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, 2, rank, epoch]).generate_state(1)[0]))
+    train_set.generator.manual_seed(int(np.random.SeedSequence([seed, 3, rank, epoch]).generate_state(1)[0]))
+
+
+def stop_everywhere(stop: dict, world: int) -> bool:
+    """Whether a stop was requested (on rank 0, the one torchrun signals first) for all ranks."""
+    if world == 1:
+        return stop["stop"]
+    shared = [stop["stop"]]
+    dist.broadcast_object_list(shared)
+    return shared[0]
 
 
 def train_epoch(model, optimizer, scheduler, scaler, dataset, order, config, amp_dtype, state, stop,
@@ -558,16 +594,20 @@ def check_resumable(checkpoint: dict, config: dict, path: Path) -> None:
         raise UserError(f"{path}: cannot resume with a different configuration ({detail})")
 
 
-def restore(checkpoint, model, optimizer, scheduler, scaler, train_set, device) -> dict:
+def restore(checkpoint, model, optimizer, scheduler, scaler) -> dict:
+    """Load the training state of ``last.pt``; returns the loop state (epoch, batch, history, best)."""
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     scaler.load_state_dict(checkpoint["scaler"])
-    torch.set_rng_state(checkpoint["rng"]["torch"])
-    train_set.generator.set_state(checkpoint["rng"]["masks"])
-    if device.type == "cuda" and "cuda" in checkpoint["rng"]:
-        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
     return checkpoint["state"]
+
+
+def restore_rng(rng: dict, train_set: CineDataset) -> None:
+    torch.set_rng_state(rng["torch"])
+    train_set.generator.set_state(rng["masks"])
+    if "cuda" in rng and train_set.images.device.type == "cuda":
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -671,5 +711,5 @@ if __name__ == "__main__":
               in_channels=20, out_channels=20, init_features=64, num_epochs=800, weight_decay=1e-4,
               batch_size=10, initial_lr=1e-4, loss_tpe="L2",
               data=None, cascades=0, dc="hard", dropout=0.3, attention="bottleneck",
-              lr_schedule="warmup_cosine", mask_mode="random", acceleration=5, center_lines=11,
+              lr_schedule="warmup_cosine", mask_mode="random", acceleration=5.0, center_lines=11,
               seed=0, device="auto")

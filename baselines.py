@@ -1,0 +1,257 @@
+"""Classical compressed-sensing baselines for Cartesian single-coil cine MRI.
+
+Notation (as in ``sampling.py``): a cine ``x`` is ``[T, H, W]`` (or a batch ``[B, T, H, W]``),
+``F`` the centred orthonormal 2D FFT over (H, W), ``U`` the binary mask and ``y = U F x_true``
+the sampled k-space (zeros off the mask). ``F_t`` is the orthonormal DFT along time (axis -3,
+the temporal DC at index 0) and ``soft(z, tau) = z max(|z| - tau, 0) / |z|`` the complex
+soft-threshold. ``DC(x) = F^-1((1 - U) F x + y)`` is hard data consistency: it replaces the
+sampled k-space lines by the measurements, so every reconstruction returned here has exactly the
+measured lines (to float precision).
+
+- :func:`kt_sparse`: ``min_x  lam ||F_t x||_1 + 1/2 ||U F x - y||^2`` (x-f sparsity, Lustig /
+  Otazo style) by FISTA with step 1 (``U F`` has norm 1), whose gradient step is exactly ``DC``.
+- :func:`low_rank_plus_sparse`: L+S (Otazo, Candes & Sodickson 2015),
+  ``min  lam_L ||L||_* + lam_S ||F_t S||_1 + 1/2 ||U F (L + S) - y||^2`` with ``L`` the Casorati
+  matrix ``[H W, T]`` of the low-rank part, by their iteration: singular-value thresholding for
+  ``L``, soft-thresholding of the temporal spectrum for ``S``, then ``M = DC(L + S)``.
+
+Regularisation weights are relative: ``lam`` and ``lam_S`` multiply ``max |F_t x0|`` and
+``lam_L`` the largest singular value of the Casorati matrix of ``x0``, where ``x0 = F^-1 y`` is
+the zero-filled cine, each per cine. Scaling the k-space by ``c`` therefore scales the
+reconstruction by ``c``, and one setting works across cines.
+
+Functions take numpy arrays or torch tensors, run on the input's device (CPU or GPU) in its
+precision (complex64 for float32 data) and return the kind they were given.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+
+import torch
+
+from metrics import batch_psnr
+
+# Small grids for tuning on validation cines (relative weights, see the module docstring).
+KT_GRID = {"lam": (0.003, 0.01, 0.03)}
+LPLUSS_GRID = {"lambda_l": (0.01, 0.03, 0.1), "lambda_s": (0.003, 0.01, 0.03)}
+
+
+# ----------------------------------------------------------------------------- operators
+def temporal_fft(x: torch.Tensor) -> torch.Tensor:
+    """``F_t x``: orthonormal DFT along time (axis -3); ``[..., T, H, W]`` complex."""
+    return torch.fft.fft(x, dim=-3, norm="ortho")
+
+
+def temporal_ifft(z: torch.Tensor) -> torch.Tensor:
+    """``F_t^-1 z`` along time (axis -3)."""
+    return torch.fft.ifft(z, dim=-3, norm="ortho")
+
+
+def soft_threshold(z: torch.Tensor, tau) -> torch.Tensor:
+    """Complex soft-threshold ``z max(|z| - tau, 0) / |z|`` (``tau`` broadcasts against ``z``)."""
+    magnitude = z.abs()
+    gain = (magnitude - tau).clamp_min(0) / magnitude.clamp_min(torch.finfo(magnitude.dtype).tiny)
+    return z * gain
+
+
+def data_consistency(x: torch.Tensor, kspace: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
+    """``DC(x) = F^-1((1 - U) F x + U y)``: the sampled lines of ``x`` replaced by the measurements.
+
+    Runs in the *shifted* domain of the solvers (see :func:`_prepare`): plain ``fft2``/``ifft2``
+    on ``ifftshift``-ed images, k-space and boolean mask ``sampled``.
+    """
+    return torch.fft.ifft2(torch.where(sampled, kspace, torch.fft.fft2(x, norm="ortho")), norm="ortho")
+
+
+def casorati(x: torch.Tensor) -> torch.Tensor:
+    """``[B, T, H, W]`` -> the Casorati matrices ``[B, H W, T]`` (one column per frame)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def singular_value_threshold(matrix: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """``U soft(Sigma, tau) V^H`` of tall matrices ``[B, m, n]`` (m >= n), ``tau`` ``[B]``.
+
+    Computed through the small Gram matrix ``C^H C = V Sigma^2 V^H`` (``[B, n, n]``, Hermitian
+    eigendecomposition) as ``C V diag(soft(sigma) / sigma) V^H``: exact, and far faster than a
+    full SVD of the tall matrix on both CPU and GPU. Singular values below about 1e-3 of the
+    largest lose precision in float32, which matters only for thresholds that small.
+    """
+    gram = matrix.mH @ matrix  # [B, n, n]
+    eigenvalues, v = torch.linalg.eigh(gram)  # ascending, [B, n], [B, n, n]
+    sigma = eigenvalues.clamp_min(0).sqrt()
+    gain = (sigma - tau[:, None]).clamp_min(0) / sigma.clamp_min(torch.finfo(sigma.dtype).tiny)
+    return matrix @ ((v * gain[:, None, :].to(v.dtype)) @ v.mH)
+
+
+def largest_singular_value(matrix: torch.Tensor) -> torch.Tensor:
+    """The largest singular value of each matrix ``[B, m, n]`` -> ``[B]`` (real)."""
+    return torch.linalg.eigvalsh(matrix.mH @ matrix)[:, -1].clamp_min(0).sqrt()
+
+
+# ----------------------------------------------------------------------------- input handling
+def _prepare(kspace, mask):
+    """The solvers' inputs in the shifted domain, plus how to return the result.
+
+    Every step of the solvers acts pixel by pixel in (y, x) (temporal FFT, soft-threshold) or is
+    blind to the order of the pixels (the SVD of the Casorati matrix), so they run on
+    ``ifftshift``-ed cines with plain FFTs: ``y' = ifftshift(y)`` and ``x' = ifftshift(x)``, which
+    saves the shifts of every centred FFT. Returns ``(y' [B, T, H, W] complex, sampled' bool,
+    was_numpy, single)`` on the k-space's device.
+    """
+    was_numpy = not isinstance(kspace, torch.Tensor)
+    kspace = torch.as_tensor(kspace)
+    if not kspace.is_complex():
+        kspace = kspace.to(torch.complex64)
+    if kspace.dim() not in (3, 4):
+        raise ValueError(f"kspace must be [T, H, W] or [B, T, H, W], got shape {tuple(kspace.shape)}")
+    single = kspace.dim() == 3
+    if single:
+        kspace = kspace[None]
+    sampled = torch.as_tensor(mask, device=kspace.device) != 0
+    sampled = (sampled[None] if sampled.dim() == 3 else sampled).expand(kspace.shape)
+    shift = dict(dim=(-2, -1))
+    kspace = torch.fft.ifftshift(torch.where(sampled, kspace, 0), **shift)
+    return kspace, torch.fft.ifftshift(sampled, **shift), was_numpy, single
+
+
+def _finish(x: torch.Tensor, was_numpy: bool, single: bool):
+    """Back from the shifted domain to ``[T, H, W]`` / ``[B, T, H, W]`` of the input's kind."""
+    x = torch.fft.fftshift(x, dim=(-2, -1))
+    x = x[0] if single else x
+    return x.cpu().numpy() if was_numpy else x
+
+
+def _relative_change(new: torch.Tensor, old: torch.Tensor) -> float:
+    """Largest ``||new - old|| / ||old||`` over the cines of a batch."""
+    change = (new - old).flatten(1).norm(dim=1) / old.flatten(1).norm(dim=1).clamp_min(1e-30)
+    return float(change.max())
+
+
+def _report(name: str, cines: int, iterations: int, seconds: float) -> None:
+    print(f"{name}: {cines} cine(s), {iterations} iterations, {seconds:.2f} s, "
+          f"{seconds / cines:.3f} s per cine", flush=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------- solvers
+@torch.no_grad()
+def kt_sparse(kspace, mask, *, lam: float = 0.01, iterations: int = 100, tol: float = 1e-4,
+              threshold_static: bool = True, verbose: bool = False):
+    """k-t sparse CS: L1 on the temporal Fourier transform with hard data consistency.
+
+    Solves ``min_x  tau ||F_t x||_1 + 1/2 ||U F x - y||^2`` with ``tau = lam max|F_t x0|`` per cine
+    by FISTA (step 1): ``v <- F_t^-1 soft(F_t DC(z), tau)``, ``z`` the momentum extrapolation of
+    ``v``; returns ``DC(v)``, which keeps the sampled k-space exactly.
+
+    kspace: sampled k-space ``y`` ``[T, H, W]`` or ``[B, T, H, W]`` (complex; zero off the mask).
+    mask: 0/1 of the same shape (a ``[T, H, W]`` mask is shared by a batch).
+    lam: relative threshold; iterations / tol: stop after ``iterations`` or when the relative
+    change of every cine falls below ``tol``. threshold_static=False leaves the temporal DC
+    component ``f = 0`` (the static image) unthresholded. verbose: print the time per cine.
+    Returns the complex reconstruction, shaped and typed like ``kspace``.
+    """
+    kspace, sampled, was_numpy, single = _prepare(kspace, mask)
+    _sync(kspace.device)
+    started = time.perf_counter()
+    x0 = torch.fft.ifft2(kspace, norm="ortho")  # [B, T, H, W] complex, zero-filled (shifted)
+    tau = lam * temporal_fft(x0).abs().flatten(1).amax(1)[:, None, None, None]  # [B, 1, 1, 1]
+    if not threshold_static:
+        tau = tau.expand(-1, x0.shape[1], 1, 1).clone()  # [B, T, 1, 1]
+        tau[:, 0] = 0
+    v_old, z, t = x0, x0, 1.0
+    for done in range(1, iterations + 1):
+        v = temporal_ifft(soft_threshold(temporal_fft(data_consistency(z, kspace, sampled)), tau))
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        z = v + ((t - 1) / t_next) * (v - v_old)
+        converged = _relative_change(v, v_old) < tol
+        v_old, t = v, t_next
+        if converged:
+            break
+    x = data_consistency(v_old, kspace, sampled)
+    _sync(kspace.device)
+    if verbose:
+        _report("k-t sparse", len(x), done, time.perf_counter() - started)
+    return _finish(x, was_numpy, single)
+
+
+@torch.no_grad()
+def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: float = 0.01,
+                         iterations: int = 100, tol: float = 1e-4, verbose: bool = False):
+    """L+S: low-rank plus sparse decomposition (Otazo et al. 2015) with hard data consistency.
+
+    Models the cine as ``M = L + S``: ``L`` low rank as a Casorati matrix ``[H W, T]`` (the
+    background and the slow, global changes) and ``S`` sparse in ``F_t`` (the moving heart).
+    Starting from ``M = x0``, ``S = 0``, ``L_prev = x0``, each iteration is (their Algorithm 1)::
+
+        L = SVT(M - S, lambda_l sigma_max(x0))
+        S = F_t^-1 soft(F_t (M - L_prev), lambda_s max|F_t x0|)
+        M = DC(L + S)
+
+    and ``M`` is returned (it keeps the sampled k-space exactly). Arguments as in
+    :func:`kt_sparse`; ``lambda_l`` is relative to the largest singular value of the zero-filled
+    Casorati matrix, ``lambda_s`` to the largest temporal Fourier coefficient of ``x0``.
+    """
+    kspace, sampled, was_numpy, single = _prepare(kspace, mask)
+    _sync(kspace.device)
+    started = time.perf_counter()
+    x0 = torch.fft.ifft2(kspace, norm="ortho")  # [B, T, H, W] complex, zero-filled (shifted)
+    shape = x0.shape
+    tau_l = lambda_l * largest_singular_value(casorati(x0))  # [B]
+    tau_s = lambda_s * temporal_fft(x0).abs().flatten(1).amax(1)[:, None, None, None]  # [B, 1, 1, 1]
+    m, s, l_prev = x0, torch.zeros_like(x0), x0
+    for done in range(1, iterations + 1):
+        low = singular_value_threshold(casorati(m - s), tau_l)  # [B, H W, T]
+        low = low.transpose(1, 2).reshape(shape)  # [B, T, H, W]
+        s = temporal_ifft(soft_threshold(temporal_fft(m - l_prev), tau_s))
+        m_new = data_consistency(low + s, kspace, sampled)
+        converged = _relative_change(m_new, m) < tol
+        m, l_prev = m_new, low
+        if converged:
+            break
+    _sync(kspace.device)
+    if verbose:
+        _report("L+S", len(m), done, time.perf_counter() - started)
+    return _finish(m, was_numpy, single)
+
+
+METHODS = {"kt_sparse": kt_sparse, "lplus_s": low_rank_plus_sparse}
+GRIDS = {"kt_sparse": KT_GRID, "lplus_s": LPLUSS_GRID}
+
+
+# ----------------------------------------------------------------------------- tuning
+def grid_points(grid: dict) -> list[dict]:
+    """Every combination of a grid ``{name: values}`` as keyword dicts, in row-major order."""
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def tune(method, kspace, mask, target, grid: dict, *, batch_size: int = 8, verbose: bool = False,
+         **fixed) -> tuple[dict, list[dict]]:
+    """Pick the regularisation of ``method`` by mean PSNR over the cines given (validation cines:
+    never pass test cines here).
+
+    method: a name in ``METHODS`` or a solver ``f(kspace, mask, **params)``; kspace, mask, target:
+    ``[N, T, H, W]`` (target: the fully sampled cines, magnitude or complex); grid: ``{name:
+    values}``, every combination is tried; ``fixed``: further keywords for every call.
+    Returns ``(best params, rows)``, rows ``{"params", "psnr"}`` per grid point (mean PSNR in dB).
+    """
+    solve = METHODS[method] if isinstance(method, str) else method
+    target = torch.as_tensor(target)
+    rows = []
+    for params in grid_points(grid):
+        scores = [batch_psnr(torch.as_tensor(solve(kspace[i:i + batch_size], mask[i:i + batch_size],
+                                                   **params, **fixed)),
+                             target[i:i + batch_size])
+                  for i in range(0, len(target), batch_size)]
+        rows.append({"params": params, "psnr": float(torch.cat(scores).mean())})
+        if verbose:
+            print(f"  tune {getattr(solve, '__name__', method)} {params}: mean PSNR {rows[-1]['psnr']:.2f} dB "
+                  f"on {len(target)} cine(s)", flush=True)
+    best = max(rows, key=lambda row: row["psnr"])
+    return dict(best["params"]), rows

@@ -1,0 +1,335 @@
+"""Reconstruct new cines with a trained network.
+
+    python reconstruct.py --checkpoint output/NAME/best.pt --input FILE --out recon.npz
+        [--key NAME] [--mask MASK.npy|.npz] [--figures DIR] [--device auto|cpu|cuda|cuda:N]
+        [--batch_size N] [--debug]
+
+Two kinds of input:
+
+- Fully sampled cines: ``.npy``/``.npz`` ``[N, T, H, W]`` or one cine ``[T, H, W]`` (or anything
+  ``python data.py convert`` reads). They are undersampled retrospectively with the checkpoint's
+  sampling (acceleration, centre lines, density; cine i gets the evaluation mask seeded
+  ``data.mask_seed(seed, i)``, or the single mask of ``seed`` for ``mask_mode='fixed'``), or with
+  ``--mask`` (``[T, H, W]`` for every cine, or ``[N, T, H, W]``). Each cine is divided by its peak
+  magnitude, as in training, and PSNR/SSIM are computed against it.
+- Measured k-space: an ``.npz`` holding ``kspace`` (``[N, T, H, W]`` or ``[T, H, W]`` complex, centred
+  as ``sampling.fft2c`` gives it) and ``mask`` (the same shape, or ``[T, H, W]``; ``--mask`` replaces
+  it); entries off the mask are ignored. There is no reference, so each cine is divided by the peak
+  magnitude of its zero-filled image instead (training divided by the fully sampled peak, so
+  intensities seen by the network may be off by that ratio).
+
+Sizes: the dual UNet needs H and W multiples of 16 (DC-CNN takes any). Fully sampled cines are
+zero-padded in the image, centred; the masks are drawn for (``--mask`` must have) the padded size and
+the result is cropped back. Measured k-space is zero-padded in k-space (unmeasured outer lines, mask 0):
+the network sees the same field of view on a finer grid, and cropping its k-space back keeps every
+measured sample, so hard data consistency still returns the measurements exactly.
+Frames: the dual UNet reconstructs exactly the ``in_channels`` frames it was trained with (resample
+cines first with ``python data.py convert FILE --frames N``); DC-CNN takes any number.
+
+Writes ``--out`` (.npz, never overwritten), in the input's units: ``recon`` (complex64
+``[N, T, H, W]``), ``magnitude`` (float32), ``zero_filled`` (complex64), ``mask`` (float32, as applied,
+on the network's grid), ``scale`` (the per-cine normalisation divisor) and, with a reference,
+``psnr``, ``ssim``, ``psnr_zero_filled``, ``ssim_zero_filled`` per cine (magnitudes, peak 1).
+``--figures DIR``: per cine a PNG (and, with a reference, a GIF).
+"""
+from __future__ import annotations
+
+import argparse
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cli import UserError, cli_errors
+from data import DataError, check_cines, check_output, crop_or_pad, mask_seed, normalize, read_cines, save_npz
+from metrics import batch_psnr, batch_ssim, format_summary
+from models import UNET_LEVELS, load_model
+from sampling import check_sampling, fft2c, ifft2c, undersample, variable_density_mask
+from train import autocast, autocast_dtype, resolve_device
+
+
+@dataclass
+class Problem:
+    """What the network gets and how its output maps back to the input."""
+    images: np.ndarray  # [N, T, Hn, Wn] normalised, on the network grid: measurements are U F images
+    masks: np.ndarray  # [N, T, Hn, Wn] float32 0/1 (may be a broadcast view)
+    scale: np.ndarray  # [N] float32: input units = normalised units * scale
+    size: tuple[int, int]  # (H, W) of the input
+    reference: np.ndarray | None  # [N, T, H, W] normalised fully sampled cines, or None for k-space input
+    kspace_padded: bool  # grid enlarged in k-space (measured data) rather than in the image
+    notes: list[str]
+
+    def to_input_grid(self, image: np.ndarray) -> np.ndarray:
+        """Network-grid images ``[B, T, Hn, Wn]`` -> ``[B, T, H, W]`` (crop in the image or in k-space)."""
+        if self.images.shape[2:] == self.size:
+            return image
+        if self.kspace_padded:
+            return ifft2c(crop_or_pad(fft2c(image), self.size)).astype(np.complex64)
+        return crop_or_pad(image, self.size)
+
+    def applied_masks(self) -> np.ndarray:
+        """The masks as applied: on the network grid for padded images, on the input grid for k-space."""
+        return crop_or_pad(self.masks, self.size) if self.kspace_padded else self.masks
+
+
+# ----------------------------------------------------------------------------- inputs
+def npz_arrays(path: Path) -> list[str]:
+    """Names of the arrays in an .npz file (empty for anything else)."""
+    if not (path.is_file() and zipfile.is_zipfile(path)):
+        return []
+    with zipfile.ZipFile(path) as archive:
+        return [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
+
+
+def network_size(config: dict, height: int, width: int) -> tuple[int, int]:
+    """The grid the network runs on: the dual UNet needs multiples of 16, DC-CNN any size."""
+    multiple = 2 ** UNET_LEVELS if config["arch"] == "dual_unet" else 1
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def check_frames(config: dict, frames: int, source) -> None:
+    if config["arch"] == "dual_unet" and frames != config["in_channels"]:
+        raise UserError(f"{source}: {frames} frames, but the checkpoint's dual UNet reconstructs exactly "
+                        f"{config['in_channels']} (in_channels); resample first: python data.py convert "
+                        f"{source} --frames {config['in_channels']} --out NEW.npz")
+
+
+def read_mask(path, shape: tuple[int, ...], source: str, hint: str = "") -> np.ndarray:
+    """A 0/1 mask for cines of ``shape`` ``[N, T, H, W]``: ``[N, T, H, W]``, or ``[T, H, W]`` for all."""
+    path = Path(path)
+    mask = read_cines(path, "mask" if "mask" in npz_arrays(path) else None)[0]
+    if mask.shape[1:] != tuple(shape[1:]) or mask.shape[0] not in (1, shape[0]):
+        found = mask.shape[1:] if mask.shape[0] == 1 else mask.shape
+        raise DataError(f"{source}: mask of shape {found}; expected [T, H, W] = {tuple(shape[1:])} for every "
+                        f"cine or [N, T, H, W] = {tuple(shape)}{hint}")
+    if mask.dtype.kind not in "biuf" or not np.isin(mask, (0, 1)).all():
+        raise DataError(f"{source}: the mask must hold only 0 and 1")
+    return np.broadcast_to(mask.astype(np.float32), shape)
+
+
+def retrospective_masks(config: dict, count: int, shape: tuple[int, int, int]) -> tuple[np.ndarray, str]:
+    """The checkpoint's evaluation masks ``[N, T, H, W]`` for ``count`` cines of ``shape`` ``[T, H, W]``."""
+    sampling = dict(acceleration=config["acceleration"], center_lines=config["center_lines"],
+                    density=config["density"])
+    try:
+        check_sampling(shape[1], config["acceleration"], config["center_lines"])
+    except ValueError as error:
+        raise UserError(f"the checkpoint's sampling does not fit {shape[1]}-row images ({error}); "
+                        f"give a mask with --mask") from None
+    described = (f"acceleration {config['acceleration']:g}, {config['center_lines']} centre lines, "
+                 f"{config['density']} density")
+    if config["mask_mode"] == "fixed":
+        mask = variable_density_mask(shape, seed=config["seed"], **sampling)
+        return np.broadcast_to(mask, (count, *shape)), f"{described}, one mask set (seed {config['seed']})"
+    masks = np.stack([variable_density_mask(shape, seed=mask_seed(config["seed"], i), **sampling)
+                      for i in range(count)])
+    return masks, f"{described}, cine i with the evaluation mask of seed mask_seed({config['seed']}, i)"
+
+
+def fully_sampled_problem(path: Path, config: dict, key: str | None, mask_path) -> Problem:
+    """Fully sampled cines: normalise by each cine's peak, pad the image, undersample on that grid."""
+    cines, description = read_cines(path, key)
+    reference = normalize(check_cines(cines, str(path)))  # [N, T, H, W] peak 1
+    scale = np.abs(cines).reshape(len(cines), -1).max(1).astype(np.float32)
+    count, frames, height, width = reference.shape
+    check_frames(config, frames, path)
+    size = network_size(config, height, width)
+    notes = [f"input {path}: {description}: {count} fully sampled cine(s), each divided by its peak magnitude"]
+    if size != (height, width):
+        notes.append(f"images zero-padded (centred) from {height}x{width} to {size[0]}x{size[1]} for the network "
+                     f"(multiples of {2 ** UNET_LEVELS}) and the results cropped back")
+    images = crop_or_pad(reference, size)
+    if mask_path is None:
+        masks, sampling = retrospective_masks(config, count, (frames, *size))
+        notes.append(f"undersampled with the checkpoint's sampling: {sampling}")
+    else:
+        hint = (f" (the network's grid: the cines are zero-padded from {height}x{width})"
+                if size != (height, width) else "")
+        masks = read_mask(mask_path, images.shape, f"--mask {mask_path}", hint)
+        notes.append(f"undersampled with --mask {mask_path}")
+    return Problem(images, masks, scale, (height, width), reference, False, notes)
+
+
+def kspace_problem(path: Path, config: dict, mask_path) -> Problem:
+    """Measured k-space: normalise by the zero-filled peak, pad k-space with unmeasured lines."""
+    kspace = read_cines(path, "kspace")[0]
+    kspace = check_cines(kspace, f"{path} 'kspace'").astype(np.complex64)  # [N, T, H, W]
+    count, frames, height, width = kspace.shape
+    check_frames(config, frames, path)
+    if mask_path is None and "mask" not in npz_arrays(path):
+        raise DataError(f"{path}: holds 'kspace' but no 'mask'; add it or give --mask")
+    source = f"--mask {mask_path}" if mask_path else f"{path} 'mask'"
+    mask = read_mask(mask_path or path, kspace.shape, source)
+    size = network_size(config, height, width)
+    notes = [f"input {path}: {count} measured k-space cine(s) of {frames} frames of {height}x{width}, mask "
+             f"from {source} (mean acceleration {mask.size / max(mask.sum(), 1):.2f})"]
+    if size != (height, width):
+        notes.append(f"k-space zero-padded (centred, unmeasured) from {height}x{width} to {size[0]}x{size[1]} for "
+                     f"the network (multiples of {2 ** UNET_LEVELS}): the same field of view on a finer grid; "
+                     f"its k-space is cropped back afterwards")
+    measured = crop_or_pad(kspace * mask, size)  # [N, T, Hn, Wn]
+    masks = crop_or_pad(mask, size)
+    zero_filled = ifft2c(measured).astype(np.complex64)
+    scale = np.abs(zero_filled).reshape(count, -1).max(1).astype(np.float32)
+    if (scale == 0).any():
+        raise DataError(f"{path}: cine {int(np.argmin(scale))} has no measured signal (zero-filled image all zero)")
+    notes.append("no reference: each cine divided by the peak magnitude of its zero-filled image "
+                 "(training used the fully sampled peak); no PSNR/SSIM")
+    return Problem(zero_filled / scale[:, None, None, None], masks, scale, (height, width), None, True, notes)
+
+
+# ----------------------------------------------------------------------------- reconstruction
+@torch.no_grad()
+def run(model, problem: Problem, *, batch_size: int, device: torch.device, amp_dtype) -> dict[str, np.ndarray]:
+    """Undersample, reconstruct and score in batches. Returns ``recon``, ``zero_filled`` (normalised,
+    complex64 ``[N, T, H, W]``) and, with a reference, the per-cine metrics."""
+    count = len(problem.images)
+    shape = (count, problem.images.shape[1], *problem.size)
+    out = {"recon": np.empty(shape, np.complex64), "zero_filled": np.empty(shape, np.complex64)}
+    metrics = {key: np.empty(count) for key in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled")}
+    with tqdm(total=count, desc="reconstructing", unit="cine", dynamic_ncols=True) as bar:
+        for start in range(0, count, batch_size):
+            rows = slice(start, start + batch_size)
+            mask = torch.tensor(problem.masks[rows], device=device)
+            aliased, kspace = undersample(torch.tensor(problem.images[rows], device=device), mask)
+            with autocast(device, amp_dtype):
+                recon = model(aliased, kspace, mask)  # [B, T, Hn, Wn] complex64
+            for name, image in (("recon", recon), ("zero_filled", aliased)):
+                out[name][rows] = problem.to_input_grid(image.cpu().numpy())
+            if problem.reference is not None:
+                target = problem.reference[rows]
+                for suffix, name in (("", "recon"), ("_zero_filled", "zero_filled")):
+                    metrics["psnr" + suffix][rows] = batch_psnr(out[name][rows], target).numpy()
+                    metrics["ssim" + suffix][rows] = batch_ssim(out[name][rows], target).numpy()
+            bar.update(len(out["recon"][rows]))
+    return {**out, **(metrics if problem.reference is not None else {})}
+
+
+def inference_autocast(config: dict, device: torch.device):
+    """The checkpoint's mixed precision where the device allows it (fp16 runs in float32 on a CPU)."""
+    amp = "none" if config["amp"] == "fp16" and device.type != "cuda" else config["amp"]
+    return autocast_dtype({"amp": amp}, device)
+
+
+# ----------------------------------------------------------------------------- figures
+def plot_without_reference(zero_filled: np.ndarray, recon: np.ndarray, path, index: int) -> None:
+    """Zero-filled | reconstruction (middle frame) | the reconstruction's x-t profile through the
+    middle column, magnitudes ``[T, H, W]`` on one grey scale (no reference to compare with)."""
+    from matplotlib.figure import Figure
+
+    zero_filled, recon = np.abs(zero_filled), np.abs(recon)
+    frames, height, width = recon.shape
+    t = frames // 2
+    grey = dict(cmap="gray", vmin=0, vmax=recon.max(), interpolation="nearest")
+    fig = Figure(figsize=(8.5, 3.2), layout="constrained")
+    axes = fig.subplots(1, 3, width_ratios=[1, 1, 0.6])
+    axes[0].imshow(zero_filled[t], **grey)
+    axes[0].set_title(f"zero-filled, frame {t}", fontsize=10)
+    axes[1].imshow(recon[t], **grey)
+    axes[1].set_title(f"reconstruction, frame {t}", fontsize=10)
+    axes[2].imshow(recon[:, :, width // 2].T, aspect="auto", **grey)
+    axes[2].set_title(f"x-t, column {width // 2}", fontsize=10)
+    axes[2].set_xlabel("frame")
+    for ax in axes:
+        ax.set_yticks([])
+    for ax in axes[:2]:
+        ax.set_xticks([])
+    fig.suptitle(f"Cine {index}: reconstruction from measured k-space (no reference)")
+    fig.savefig(path, dpi=100)
+
+
+def write_figures(problem: Problem, result: dict, directory: Path) -> list[str]:
+    """Per cine a comparison PNG and a GIF (with a reference) or a PNG without one; the paths written."""
+    import figures
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(len(result["recon"])):
+        stem = directory / f"cine_{i:03d}"
+        if problem.reference is None:
+            plot_without_reference(result["zero_filled"][i], result["recon"][i], f"{stem}.png", i)
+            written.append(f"{stem}.png")
+            continue
+        example = dict(index=i, target=problem.reference[i], aliased=result["zero_filled"][i],
+                       recon=result["recon"][i])
+        figures.plot_reconstructions([example], f"{stem}.png")
+        figures.save_gif(example["target"], example["aliased"], example["recon"], f"{stem}.gif")
+        written += [f"{stem}.png", f"{stem}.gif"]
+    return written
+
+
+# ----------------------------------------------------------------------------- command line
+def summary_lines(result: dict) -> list[str]:
+    if "psnr" not in result:
+        return []
+    lines = [format_summary("PSNR", result["psnr"]), format_summary("SSIM", result["ssim"]),
+             format_summary("zero-filled PSNR", result["psnr_zero_filled"]),
+             format_summary("zero-filled SSIM", result["ssim_zero_filled"])]
+    if len(result["psnr"]) <= 20:
+        lines += [f"cine {i}: PSNR {result['psnr'][i]:.2f} dB (zero-filled {result['psnr_zero_filled'][i]:.2f}), "
+                  f"SSIM {result['ssim'][i]:.4f} (zero-filled {result['ssim_zero_filled'][i]:.4f})"
+                  for i in range(len(result["psnr"]))]
+    return lines
+
+
+def parse_args(argv):
+    def positive(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+        return int(text)
+
+    parser = argparse.ArgumentParser(prog="python reconstruct.py",
+                                     description="Reconstruct cines with a trained cinerecon checkpoint.")
+    parser.add_argument("--checkpoint", required=True, help="output/NAME/best.pt or last.pt")
+    parser.add_argument("--input", required=True,
+                        help="fully sampled cines (.npy/.npz [N,T,H,W] or [T,H,W], or any format data.py "
+                             "convert reads) or an .npz with 'kspace' and 'mask'")
+    parser.add_argument("--out", required=True, help="the .npz to write (never overwritten)")
+    parser.add_argument("--key", help="array name in the input .npz/.mat (default: 'dataset' or the only one)")
+    parser.add_argument("--mask", help="0/1 mask .npy/.npz, [T,H,W] for all cines or [N,T,H,W]")
+    parser.add_argument("--figures", type=Path, metavar="DIR", help="write a PNG (and a GIF) per cine here")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
+    parser.add_argument("--batch_size", type=positive, default=8, help="cines per batch (default 8)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = check_output(args.out)
+    device = resolve_device({"device": args.device}, 0)
+    model, config = load_model(args.checkpoint, device)
+    amp_dtype = inference_autocast(config, device)
+    path = Path(args.input)
+    if "kspace" in npz_arrays(path):
+        problem = kspace_problem(path, config, args.mask)
+    else:
+        problem = fully_sampled_problem(path, config, args.key, args.mask)
+    print(f"checkpoint {args.checkpoint}: {config['arch']} network, {config['cascades']} cascade(s), trained on "
+          f"{config['in_channels']}-frame cines; device {device}, autocast {amp_dtype or 'off'}")
+    for note in problem.notes:
+        print(note)
+    result = run(model, problem, batch_size=args.batch_size, device=device, amp_dtype=amp_dtype)
+    scale = problem.scale[:, None, None, None]
+    save_npz(out, recon=result["recon"] * scale, magnitude=np.abs(result["recon"]) * scale,
+             zero_filled=result["zero_filled"] * scale, mask=problem.applied_masks(), scale=problem.scale,
+             **{key: result[key] for key in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled") if key in result})
+    for line in summary_lines(result):
+        print(line)
+    print(f"wrote {out}: recon {list(result['recon'].shape)} complex64 in the input's units, magnitude, "
+          f"zero_filled, mask {list(problem.applied_masks().shape)}" + (", per-cine PSNR/SSIM" if "psnr" in result else ""))
+    if args.figures:
+        try:
+            written = write_figures(problem, result, args.figures)
+        except OSError as error:
+            raise UserError(f"{args.figures}: cannot write the figures ({error})") from None
+        print(f"figures: {len(written)} files in {args.figures}/")
+    return result
+
+
+if __name__ == "__main__":
+    with cli_errors():  # bad input: one line on stderr, exit status 2 (--debug: traceback)
+        main()

@@ -1,6 +1,0 @@
-"""Make the flat top-level modules importable from the tests."""
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
