@@ -227,7 +227,8 @@ def _optional(module: str, source, what: str):
 
 
 def read_nifti(path: Path) -> tuple[np.ndarray, str]:
-    """A 4-D NIfTI cine volume ``(x, y, slice, t)`` -> ``[slice, t, x, y]`` (one cine per slice)."""
+    """A 4-D NIfTI cine volume ``(x, y, slice, t)`` -> ``[slice, t, x, y]`` (one cine per slice; empty
+    slices, which some volumes hold beyond the heart, are skipped)."""
     nibabel = _optional("nibabel", path, "NIfTI")
     try:
         volume = np.asanyarray(nibabel.load(path).dataobj)  # scl_slope/scl_inter applied
@@ -236,7 +237,10 @@ def read_nifti(path: Path) -> tuple[np.ndarray, str]:
     if volume.ndim != 4:
         raise DataError(f"{path}: expected a 4-D (x, y, slice, time) cine volume, got shape {volume.shape}")
     x, y, slices, frames = volume.shape
-    return volume.transpose(2, 3, 0, 1), f"NIfTI {x}x{y}x{slices}x{frames} (x, y, slice, t), one cine per slice"
+    cines = volume.transpose(2, 3, 0, 1)
+    signal = cines.reshape(slices, -1).any(1)
+    skipped = f", {int((~signal).sum())} empty slice(s) skipped" if not signal.all() else ""
+    return cines[signal], f"NIfTI {x}x{y}x{slices}x{frames} (x, y, slice, t), one cine per slice{skipped}"
 
 
 def _frame_order(frames: list) -> tuple[list, str]:
@@ -441,9 +445,8 @@ def crop_or_pad(array, size: tuple[int, int]):
 
 def conform(cines: np.ndarray, frames: int | None = None, size: tuple[int, int] | None = None,
             select: bool = False, source="cines") -> tuple[np.ndarray, list[str]]:
-    """Crop/pad ``[n, t, x, y]`` to ``size`` and resample (or ``select``) to ``frames``; returns the
-    float32/complex64 result and notes on what changed."""
-    cines = cines.astype(np.complex64 if np.iscomplexobj(cines) else np.float32, copy=False)
+    """Crop/pad float32/complex64 ``[n, t, x, y]`` to ``size`` and resample (or ``select``) to ``frames``;
+    returns the result and notes on what changed."""
     notes = []
     _, total, height, width = cines.shape
     if size is not None and size != (height, width):
@@ -493,8 +496,8 @@ def _same(values: dict, what: str, option: str) -> None:
 
 def convert(inputs, out, *, frames: int | None = None, size: tuple[int, int] | None = None,
             key: str | None = None, axes: str | None = None, select: bool = False, log=print) -> np.ndarray:
-    """Read every input, conform it (:func:`conform`), drop all-zero cines, validate, normalise each
-    cine to peak magnitude 1 and write ``out`` (.npz, array ``dataset`` ``[N, T, H, W]``).
+    """Read and validate every input, conform it (:func:`conform`), normalise each cine to peak
+    magnitude 1 and write ``out`` (.npz, array ``dataset`` ``[N, T, H, W]``).
 
     Magnitude and complex inputs mixed give complex64 output. Returns the dataset written.
     """
@@ -502,15 +505,11 @@ def convert(inputs, out, *, frames: int | None = None, size: tuple[int, int] | N
     parts = {}
     for source in map(Path, inputs):
         cines, description = read_cines(source, key, axes)
+        cines = check_cines(cines, str(source))
         read = f"{len(cines)} cine(s) of {cines.shape[1]} frames of {cines.shape[2]}x{cines.shape[3]}"
         cines, notes = conform(cines, frames, size, select, source)
-        nonzero = np.abs(cines).reshape(len(cines), -1).max(1) > 0
-        if not nonzero.all():
-            notes.append(f"{int((~nonzero).sum())} all-zero cine(s) dropped")
-            cines = cines[nonzero]
-        parts[source] = check_cines(cines, str(source))
-        log(f"{source}: {description}: {read}"
-            + "".join(f"; {note}" for note in notes))
+        parts[source] = check_cines(cines, str(source))  # cropping may leave a cine without signal
+        log(f"{source}: {description}: {read}" + "".join(f"; {note}" for note in notes))
     _same({s: c.shape[1] for s, c in parts.items()}, "frame counts", "--frames")
     _same({s: "x".join(map(str, c.shape[2:])) for s, c in parts.items()}, "image sizes", "--size")
     kinds = {np.iscomplexobj(c) for c in parts.values()}
@@ -524,21 +523,17 @@ def convert(inputs, out, *, frames: int | None = None, size: tuple[int, int] | N
 
 
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _size(text: str) -> tuple[int, int]:
     """``192`` -> (192, 192); ``192x160`` -> (192, 160)."""
-    try:
-        parts = [_positive(part) for part in text.lower().split("x")]
-    except (ValueError, argparse.ArgumentTypeError):
-        parts = []
-    if len(parts) not in (1, 2):
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(part.isdigit() and int(part) > 0 for part in parts):
         raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH (e.g. 192 or 192x160), got {text!r}")
-    return (parts[0], parts[-1])
+    return int(parts[0]), int(parts[-1])
 
 
 def main(argv=None) -> None:
@@ -560,7 +555,7 @@ def main(argv=None) -> None:
     command.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     if args.select and args.frames is None:
-        parser.error("--select needs --frames")
+        command.error("--select needs --frames")
     convert(args.inputs, args.out, frames=args.frames, size=args.size, key=args.key, axes=args.axes,
             select=args.select)
 

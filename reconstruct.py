@@ -90,11 +90,11 @@ def network_size(config: dict, height: int, width: int) -> tuple[int, int]:
     return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
-def check_frames(config: dict, frames: int, source) -> None:
+def check_frames(config: dict, frames: int, source, remedy: str) -> None:
+    """The dual UNet stacks frames as channels: it takes exactly ``in_channels`` frames."""
     if config["arch"] == "dual_unet" and frames != config["in_channels"]:
         raise UserError(f"{source}: {frames} frames, but the checkpoint's dual UNet reconstructs exactly "
-                        f"{config['in_channels']} (in_channels); resample first: python data.py convert "
-                        f"{source} --frames {config['in_channels']} --out NEW.npz")
+                        f"{config['in_channels']} (in_channels); {remedy}")
 
 
 def read_mask(path, shape: tuple[int, ...], source: str, hint: str = "") -> np.ndarray:
@@ -132,10 +132,12 @@ def retrospective_masks(config: dict, count: int, shape: tuple[int, int, int]) -
 def fully_sampled_problem(path: Path, config: dict, key: str | None, mask_path) -> Problem:
     """Fully sampled cines: normalise by each cine's peak, pad the image, undersample on that grid."""
     cines, description = read_cines(path, key)
-    reference = normalize(check_cines(cines, str(path)))  # [N, T, H, W] peak 1
-    scale = np.abs(cines).reshape(len(cines), -1).max(1).astype(np.float32)
+    cines = check_cines(cines, str(path))
+    scale = np.abs(cines).reshape(len(cines), -1).max(1)
+    reference = normalize(cines)  # [N, T, H, W] peak 1
     count, frames, height, width = reference.shape
-    check_frames(config, frames, path)
+    check_frames(config, frames, path, f"resample first: python data.py convert {path} --frames "
+                                       f"{config['in_channels']} --out NEW.npz")
     size = network_size(config, height, width)
     notes = [f"input {path}: {description}: {count} fully sampled cine(s), each divided by its peak magnitude"]
     if size != (height, width):
@@ -158,7 +160,7 @@ def kspace_problem(path: Path, config: dict, mask_path) -> Problem:
     kspace = read_cines(path, "kspace")[0]
     kspace = check_cines(kspace, f"{path} 'kspace'").astype(np.complex64)  # [N, T, H, W]
     count, frames, height, width = kspace.shape
-    check_frames(config, frames, path)
+    check_frames(config, frames, path, "measured k-space cannot be resampled in time")
     if mask_path is None and "mask" not in npz_arrays(path):
         raise DataError(f"{path}: holds 'kspace' but no 'mask'; add it or give --mask")
     source = f"--mask {mask_path}" if mask_path else f"{path} 'mask'"

@@ -388,6 +388,8 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
                         f"({len(train_set)} cines)")
     if config["batch_size"] % world:
         raise UserError(f"--batch_size={config['batch_size']} must be divisible by the {world} processes")
+    if config["sync_bn"] and world > 1 and device.type != "cuda":
+        raise UserError("--sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU implementation")
     create_run_dirs(config, name, rank, world)
 
     torch.manual_seed(config["seed"])
@@ -401,7 +403,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
     if config["channels_last"]:
         use_channels_last(model)
     if world > 1 and config["sync_bn"]:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over the global batch
     core = model  # the unwrapped module: saved, loaded and evaluated
     optimizer = torch.optim.Adam(core.parameters(), lr=config["initial_lr"], weight_decay=config["weight_decay"])
     local_batch = config["batch_size"] // world

@@ -91,7 +91,7 @@ def test_mat_v73_is_transposed_back_to_matlab_order(tmp_path):
     np.testing.assert_allclose(converted(tmp_path, ["v73.mat"], axes="xytn"), peak_normalised(z), rtol=1e-5)
 
 
-def test_nifti_every_slice_is_a_cine_and_empty_slices_are_dropped(tmp_path):
+def test_nifti_every_slice_is_a_cine_and_empty_slices_are_skipped(tmp_path):
     nibabel = pytest.importorskip("nibabel")
     volume = RNG.random((12, 10, 3, 5)).astype(np.float32)  # (x, y, slice, t)
     volume[:, :, 1] = 0
