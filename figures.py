@@ -69,7 +69,8 @@ def _error_title(vmax: float) -> str:
 
 
 # ----------------------------------------------------------------------------- image panels
-def plot_reconstructions(examples: list[dict], path, frame: int | None = None) -> None:
+def plot_reconstructions(examples: list[dict], path, frame: int | None = None,
+                         title: str = "Test reconstructions") -> None:
     """One row per example cine: fully sampled | zero-filled | reconstruction | |recon - target|.
 
     examples: dicts with ``index`` (dataset index) and ``target``, ``aliased``, ``recon``, each
@@ -89,7 +90,7 @@ def plot_reconstructions(examples: list[dict], path, frame: int | None = None) -
         error = _show(row[3], np.abs(recon - target)[t], _error_title(vmax_error),
                       cmap="inferno", vmin=0, vmax=vmax_error)
     fig.colorbar(error, ax=axes[:, 3], shrink=0.8)
-    fig.suptitle(f"Test reconstructions, frame {t} (PSNR over the whole cine)")
+    fig.suptitle(f"{title}, frame {t} (PSNR over the whole cine)")
     _save(fig, path)
 
 
@@ -211,20 +212,23 @@ def save_gif(target, aliased, recon, path, fps: int = 8) -> None:
     """Looping GIF of a cine: reference | zero-filled | reconstruction side by side, one GIF frame
     per cine frame. Inputs ``[T, H, W]`` (real or complex), magnitudes on the reference grey scale,
     upscaled by an integer factor to at least ``GIF_MIN_HEIGHT`` rows, labelled above each panel.
+    ``target=None`` (no reference) leaves the reference panel out and scales to the reconstruction.
     Pillow merges identical consecutive frames, so a static cine gives fewer GIF frames."""
-    cines = [_magnitude(x) for x in (target, aliased, recon)]
+    named = [("reference", target), ("zero-filled", aliased), ("reconstruction", recon)]
+    labels, cines = zip(*[(label, _magnitude(x)) for label, x in named if x is not None])
     frames, height, width = cines[0].shape
     scale = max(1, math.ceil(GIF_MIN_HEIGHT / height))
-    panels = [_to_uint8(cine, float(cines[0].max()), scale) for cine in cines]  # 3 x [T, sH, sW]
+    panels = [_to_uint8(cine, float(cines[0 if target is not None else -1].max()), scale) for cine in cines]
     panel_width = width * scale
-    canvas = np.full((frames, GIF_LABEL_HEIGHT + height * scale, 3 * panel_width + 2 * GIF_GAP), 255, np.uint8)
+    canvas = np.full((frames, GIF_LABEL_HEIGHT + height * scale, len(panels) * panel_width + (len(panels) - 1) * GIF_GAP),
+                     255, np.uint8)
     for i, panel in enumerate(panels):
         left = i * (panel_width + GIF_GAP)
         canvas[:, GIF_LABEL_HEIGHT:, left:left + panel_width] = panel
     images = [Image.fromarray(frame) for frame in canvas]
     for t, image in enumerate(images):
         draw = ImageDraw.Draw(image)
-        for i, label in enumerate(("reference", "zero-filled", "reconstruction")):
+        for i, label in enumerate(labels):
             draw.text((i * (panel_width + GIF_GAP) + 2, 1), label, fill=0)
         counter = f"frame {t}"
         draw.text((canvas.shape[2] - 2 - draw.textlength(counter), 1), counter, fill=96)

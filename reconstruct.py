@@ -251,14 +251,13 @@ def write_figures(problem: Problem, result: dict, directory: Path) -> list[str]:
     written = []
     for i in range(len(result["recon"])):
         stem = directory / f"cine_{i:03d}"
-        if problem.reference is None:
+        reference = None if problem.reference is None else problem.reference[i]
+        if reference is None:
             plot_without_reference(result["zero_filled"][i], result["recon"][i], f"{stem}.png", i)
-            written.append(f"{stem}.png")
-            continue
-        example = dict(index=i, target=problem.reference[i], aliased=result["zero_filled"][i],
-                       recon=result["recon"][i])
-        figures.plot_reconstructions([example], f"{stem}.png")
-        figures.save_gif(example["target"], example["aliased"], example["recon"], f"{stem}.gif")
+        else:
+            example = dict(index=i, target=reference, aliased=result["zero_filled"][i], recon=result["recon"][i])
+            figures.plot_reconstructions([example], f"{stem}.png", title=f"Cine {i}")
+        figures.save_gif(reference, result["zero_filled"][i], result["recon"][i], f"{stem}.gif")
         written += [f"{stem}.png", f"{stem}.gif"]
     return written
 
@@ -299,7 +298,7 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> None:
     args = parse_args(argv)
     out = check_output(args.out)
     device = resolve_device({"device": args.device}, 0)
@@ -315,21 +314,20 @@ def main(argv=None) -> dict:
     for note in problem.notes:
         print(note)
     result = run(model, problem, batch_size=args.batch_size, device=device, amp_dtype=amp_dtype)
-    scale = problem.scale[:, None, None, None]
+    scale, masks = problem.scale[:, None, None, None], problem.applied_masks()
+    metrics = {key: result[key] for key in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled") if key in result}
     save_npz(out, recon=result["recon"] * scale, magnitude=np.abs(result["recon"]) * scale,
-             zero_filled=result["zero_filled"] * scale, mask=problem.applied_masks(), scale=problem.scale,
-             **{key: result[key] for key in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled") if key in result})
+             zero_filled=result["zero_filled"] * scale, mask=masks, scale=problem.scale, **metrics)
     for line in summary_lines(result):
         print(line)
     print(f"wrote {out}: recon {list(result['recon'].shape)} complex64 in the input's units, magnitude, "
-          f"zero_filled, mask {list(problem.applied_masks().shape)}" + (", per-cine PSNR/SSIM" if "psnr" in result else ""))
+          f"zero_filled, mask {list(masks.shape)}" + (", per-cine PSNR/SSIM" if metrics else ""))
     if args.figures:
         try:
             written = write_figures(problem, result, args.figures)
         except OSError as error:
             raise UserError(f"{args.figures}: cannot write the figures ({error})") from None
         print(f"figures: {len(written)} files in {args.figures}/")
-    return result
 
 
 if __name__ == "__main__":

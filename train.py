@@ -532,17 +532,7 @@ def train_epoch(model, optimizer, scheduler, scaler, dataset, order, config, amp
     last_sync = time.monotonic()
     for b in range(state["batch"], len(order)):
         batch = dataset.batch(order[b].to(device, non_blocking=True))
-        with autocast(device, amp_dtype):
-            recon = model(batch["aliased"], batch["kspace"], batch["mask"])  # [B, T, H, W] complex
-        loss = reconstruction_loss(recon, batch["target"], config["loss_tpe"])
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config["grad_clip"]:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, config["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        loss = train_step(model, optimizer, scheduler, scaler, batch, params, config, amp_dtype)
         loss_sum += loss.detach() * len(order[b])
         seen += len(order[b])
         bad_batch = torch.where((bad_batch < 0) & ~torch.isfinite(loss), b, bad_batch)
@@ -561,6 +551,23 @@ def train_epoch(model, optimizer, scheduler, scaler, dataset, order, config, amp
         dist.all_reduce(stats)
         return float(stats[0] / stats[1])
     return float(loss_sum / seen)
+
+
+def train_step(model, optimizer, scheduler, scaler, batch: dict, params: list, config: dict, amp_dtype):
+    """One optimisation step on ``batch`` (``[B, T, H, W]`` tensors); returns the loss (on the device)."""
+    device = batch["target"].device
+    with autocast(device, amp_dtype):
+        recon = model(batch["aliased"], batch["kspace"], batch["mask"])  # [B, T, H, W] complex
+    loss = reconstruction_loss(recon, batch["target"], config["loss_tpe"])
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if config["grad_clip"]:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, config["grad_clip"])
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss.detach()
 
 
 def check_finite(bad_batch: torch.Tensor, epoch: int, state: dict, config: dict) -> None:

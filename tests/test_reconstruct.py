@@ -105,7 +105,9 @@ def test_measured_kspace_keeps_its_measurements_on_a_padded_grid(checkpoint, tmp
     np.testing.assert_allclose(result["zero_filled"], ifft2c(kspace * mask), atol=1e-5 * np.abs(x).max())
     assert_keeps_measurements(result, kspace, mask)
     assert np.abs(result["recon"] - result["zero_filled"]).max() > 1e-3  # the network did change the image
-    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["cine_000.png", "cine_001.png"]
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["cine_000.gif", "cine_000.png", "cine_001.gif",
+                                                                    "cine_001.png"]
+    assert Image.open(tmp_path / "figs" / "cine_000.gif").n_frames == 6
 
 
 def test_kspace_without_a_mask_and_existing_output_are_refused(checkpoint, tmp_path):

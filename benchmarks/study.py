@@ -1,0 +1,95 @@
+"""Run the study's experiments on one data set and tabulate the test results.
+
+    python benchmarks/study.py [--prefix=study] [--only=default,l1] [--extra="--num_epochs=10"]
+
+Each experiment is ``python train.py PREFIX_NAME <overrides> <extra>`` (the train(...) call at the
+bottom of train.py plus the overrides below; without CUDA the usual CPU scale-down applies).
+Runs that already finished (output/PREFIX_NAME/metrics.json exists) are not repeated, so the
+script can be interrupted and rerun. The table goes to stdout and to
+``benchmarks/results/PREFIX.md``, with the machine and the commands.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (name, overrides, what the row tests)
+EXPERIMENTS = [
+    ("default", [], "the train(...) call: dropout 0.3, warm-up + cosine LR, L2, attention at the bottleneck"),
+    ("nodrop_const", ["--dropout=0", "--lr_schedule=constant"], "no dropout, constant LR"),
+    ("nodrop", ["--dropout=0"], "no dropout"),
+    ("const", ["--lr_schedule=constant"], "constant LR"),
+    ("l1", ["--loss_tpe=L1"], "L1 loss"),
+    ("attn_none", ["--attention=none"], "no attention"),
+    ("attn_all", ["--attention=all"], "attention at every encoder/decoder level"),
+    ("casc1", ["--cascades=1"], "1 cascade with hard data consistency"),
+    ("casc3", ["--cascades=3"], "3 cascades with hard data consistency"),
+    ("casc5", ["--cascades=5", "--checkpointing=true"], "5 cascades with hard data consistency"),
+    ("seed", ["--mask_mode=fixed", "--output=sigmoid"], "the study's seed config: one fixed mask, sigmoid, no DC"),
+    ("dccnn", ["--arch=dccnn", "--cascades=5"], "DC-CNN D5-C5 (Schlemper et al.), width = init_features"),
+]
+
+
+def machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def run(name: str, overrides: list[str]) -> None:
+    """Train one experiment unless it already finished."""
+    if (ROOT / "output" / name / "metrics.json").exists():
+        return
+    command = [sys.executable, str(ROOT / "train.py"), name, *overrides]
+    print("$", shlex.join(command[1:]), flush=True)
+    subprocess.run(command, cwd=ROOT, check=True)
+
+
+def row(name: str, label: str) -> str:
+    metrics = json.loads((ROOT / "output" / name / "metrics.json").read_text())
+    s = metrics["summary"]
+    epochs = metrics["history"]
+    per_epoch = sum(r["seconds"] for r in epochs) / len(epochs)
+    params = next(line for line in (ROOT / "output" / name / "output.txt").read_text().splitlines()
+                  if line.startswith("model:")).split("total ")[1].split(" M")[0]
+    return (f"| {label} | {s['psnr']['mean']:.2f} ± {s['psnr']['std']:.2f} | {s['ssim']['mean']:.3f} ± "
+            f"{s['ssim']['std']:.3f} | {s['psnr_zero_filled']['mean']:.2f} | {params} M | {per_epoch:.1f} s |"
+            f" `{name}` |")
+
+
+def main(argv: list[str]) -> None:
+    options = dict(arg[2:].split("=", 1) for arg in argv if arg.startswith("--") and "=" in arg)
+    unknown = set(options) - {"prefix", "only", "extra"}
+    if unknown:
+        sys.exit(f"error: unknown option(s) {', '.join(sorted(unknown))}")
+    prefix = options.get("prefix", "study")
+    only = set(options["only"].split(",")) if "only" in options else None
+    extra = shlex.split(options.get("extra", ""))
+    rows = []
+    for name, overrides, label in EXPERIMENTS:
+        if only is None or name in only:
+            run(f"{prefix}_{name}", [*overrides, *extra])
+            rows.append(row(f"{prefix}_{name}", label))
+    table = "\n".join([
+        f"Study on `{prefix}`: {machine()}; command: `python benchmarks/study.py {' '.join(argv)}`".rstrip(),
+        "",
+        "| configuration | PSNR (dB) | SSIM | zero-filled PSNR | parameters | time per epoch | run |",
+        "|---|---|---|---|---|---|---|",
+        *rows])
+    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
+    (ROOT / "benchmarks" / "results" / f"{prefix}.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
