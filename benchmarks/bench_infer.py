@@ -1,6 +1,6 @@
 """Per-cine reconstruction latency: the network against the compressed-sensing baselines.
 
-    python benchmarks/bench_infer.py [--quick] [--checkpoint=output/NAME/best.pt] [--repeats=N]
+    python benchmarks/bench_infer.py [--quick] [--checkpoint=output/NAME/best.pt] [--repeats=N] [--results=DIR]
 
 Reconstructs one 20x192x192 cine (``--quick``: 8x32x32) of the embedded phantom, undersampled at
 5x, with: the dual UNet of the study's size (init_features 64; cascades 0 and 3, random weights:
@@ -8,7 +8,7 @@ latency does not depend on the weights) or a trained ``--checkpoint``, in eval m
 autocast (bf16 where the hardware has it) with channels_last; and k-t sparse and L+S with their
 default iteration counts and tolerances (baselines.py). Reports the median wall time of
 ``--repeats`` runs after one warm-up, with device synchronisation, and each method's time as a
-ratio of the plain network's. Results: ``benchmarks/results/bench_infer_<device>.json``.
+ratio of the plain network's. Results: ``benchmarks/results/bench_infer_<device>.json`` (or ``--results``).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def networks(setup: dict, checkpoint: str | None, device: torch.device) -> dict:
 
 def main(argv: list[str]) -> None:
     options = dict(re.fullmatch(r"--(\w+)(?:=(.*))?", arg).groups() for arg in argv)
-    unknown = set(options) - {"quick", "checkpoint", "repeats", "device"}
+    unknown = set(options) - {"quick", "checkpoint", "repeats", "device", "results"}
     if unknown:
         sys.exit(f"error: unknown option(s) --{', --'.join(sorted(unknown))}")
     quick = "quick" in options
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> None:
               for r in rows]
     print("\n".join(lines))
     slug = re.sub(r"[^A-Za-z0-9]+", "_", device_name(device)).strip("_")
-    out = ROOT / "benchmarks" / "results" / f"bench_infer_{slug}{'_quick' if quick else ''}.json"
+    out = Path(options.get("results") or ROOT / "benchmarks" / "results") / f"bench_infer_{slug}{'_quick' if quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": device_name(device), "torch": torch.__version__, "setup": setup,
                                "repeats": repeats, "autocast": str(amp_dtype), "results": rows,

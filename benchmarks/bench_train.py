@@ -1,7 +1,7 @@
 """Training throughput, epoch time, peak memory and model FLOPs utilisation (MFU), for cascades
 0/1/3/5: our training loop against a plain reference loop measured in the same run.
 
-    python benchmarks/bench_train.py [--quick] [--cascades=0,1,3,5] [--steps=N] [--compile]
+    python benchmarks/bench_train.py [--quick] [--cascades=0,1,3,5] [--steps=N] [--compile] [--results=DIR]
 
 - reference: the way the study ran it: float32, eager, NCHW, no checkpointing; a DataLoader over
   a numpy dataset that undersamples every cine on the CPU, blocking copies to the device, and a
@@ -13,7 +13,7 @@
 Configurations: on CUDA the study's (20x192x192, init_features 64, batch 10, 114 training
 cines); on CPU train.py's CPU scale-down (20x64x64, init_features 16, batch 4, 57 cines);
 ``--quick``: a tiny one that runs in under a minute on a CPU. Each measurement runs in a fresh
-process (clean peak memory); results go to ``benchmarks/results/bench_train_<device>.json``.
+process (clean peak memory); results go to ``benchmarks/results/bench_train_<device>.json`` (or ``--results``).
 MFU = achieved model FLOP/s (forward + backward, counted by torch's FlopCounterMode, recomputation
 not counted) over the device's peak, measured here as the best of bf16 and float32 matrix products.
 """
@@ -180,7 +180,7 @@ def main(argv: list[str]) -> None:
         print("RESULT " + json.dumps(worker(json.loads(argv[1]))))
         return
     options = dict(re.fullmatch(r"--(\w+)(?:=(.*))?", arg).groups() for arg in argv)
-    unknown = set(options) - {"quick", "cascades", "steps", "compile", "device"}
+    unknown = set(options) - {"quick", "cascades", "steps", "compile", "device", "results"}
     if unknown:
         sys.exit(f"error: unknown option(s) --{', --'.join(sorted(unknown))}")
     device = torch.device(options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -210,7 +210,7 @@ def main(argv: list[str]) -> None:
     name = re.sub(r"[^A-Za-z0-9]+", "_", device_name(device)).strip("_")
     report = {"device": device_name(device), "torch": torch.__version__, "setup": setup, "steps": steps,
               "quick": "quick" in options, "peak_tflops": peak, "results": results, "command": " ".join(sys.argv)}
-    out_dir = ROOT / "benchmarks" / "results"
+    out_dir = Path(options.get("results") or ROOT / "benchmarks" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if "quick" in options else ""
     (out_dir / f"bench_train_{name}{suffix}.json").write_text(json.dumps(report, indent=1))
