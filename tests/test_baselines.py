@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+import torch
+
+from baselines import GRIDS, METHODS, kt_sparse, low_rank_plus_sparse, singular_value_threshold, tune
+from metrics import psnr
+from phantom import make_phantom_dataset
+from sampling import fft2c, undersample, variable_density_mask
+
+SOLVERS = [kt_sparse, low_rank_plus_sparse]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: on a loaded machine, threads cost more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Two tiny phantom cines [2, 6, 32, 32], their own 5x masks, zero-filled images and k-space."""
+    target = torch.from_numpy(make_phantom_dataset(2, frames=6, size=32, seed=3))
+    mask = torch.from_numpy(np.stack([variable_density_mask((6, 32, 32), 5, 2, seed=s) for s in (1, 2)]))
+    aliased, kspace = undersample(target, mask)
+    return target, mask, aliased, kspace
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_solvers_keep_the_sampled_kspace_exactly(tiny, solve):
+    _, mask, _, kspace = tiny
+    recon = solve(kspace, mask)
+    assert recon.shape == kspace.shape and recon.is_complex()
+    measured = mask.bool()
+    error = (fft2c(recon) - kspace)[measured].abs().max()
+    assert error < 1e-5 * kspace.abs().max()
+    assert (fft2c(recon)[~measured].abs() > 1e-3).any(), "the unsampled lines are filled in"
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_solvers_beat_zero_filling_on_a_phantom_cine(tiny, solve):
+    target, mask, aliased, kspace = tiny
+    recon = solve(kspace[0].numpy(), mask[0].numpy())  # one cine, numpy in and out
+    assert isinstance(recon, np.ndarray) and recon.shape == (6, 32, 32)
+    assert psnr(recon, target[0]) > psnr(aliased[0], target[0]) + 5  # untuned weights, only 6 frames
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_weights_are_relative_to_the_data(tiny, solve):
+    _, mask, _, kspace = tiny
+    recon = solve(kspace, mask, iterations=20, tol=0)
+    scaled = solve(100 * kspace, mask, iterations=20, tol=0)
+    assert torch.allclose(scaled, 100 * recon, rtol=1e-3, atol=1e-4 * scaled.abs().max())
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_a_batch_is_solved_cine_by_cine(tiny, solve):
+    _, mask, _, kspace = tiny
+    batch = solve(kspace, mask, iterations=10, tol=0)
+    single = solve(kspace[1], mask[1], iterations=10, tol=0)
+    assert torch.allclose(batch[1], single, atol=1e-5)
+
+
+def test_tolerance_stops_early_and_verbose_reports_time(tiny, capsys):
+    _, mask, _, kspace = tiny
+    kt_sparse(kspace, mask, iterations=50, tol=10.0, verbose=True)
+    low_rank_plus_sparse(kspace, mask, iterations=50, tol=10.0, verbose=True)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("k-t sparse: 2 cine(s), 1 iterations") and out[0].endswith("s per cine")
+    assert out[1].startswith("L+S: 2 cine(s), 1 iterations")
+
+
+def test_singular_value_threshold_matches_the_svd():
+    matrix = torch.randn(3, 200, 6, dtype=torch.complex128)
+    tau = torch.tensor([0.0, 5.0, 1e3], dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    expected = u @ torch.diag_embed((s - tau[:, None]).clamp_min(0).to(u.dtype)) @ vh
+    assert torch.allclose(singular_value_threshold(matrix, tau), expected, atol=1e-8)
+
+
+def test_tuning_uses_only_the_cines_given_and_picks_the_best(tiny):
+    target, mask, _, kspace = tiny
+    calls = []
+
+    def solve(k, m, *, weight):  # the reference of cine 1, off by 0.01 + |weight - 2| / 100
+        calls.append((k, m))
+        return target[1:] + 0.01 + abs(weight - 2) / 100
+
+    best, rows = tune(solve, kspace[1:], mask[1:], target[1:], {"weight": [1, 2, 4]})
+    assert best == {"weight": 2} and [row["params"] for row in rows] == [{"weight": w} for w in (1, 2, 4)]
+    assert len(calls) == 3 and all(torch.equal(k, kspace[1:]) and torch.equal(m, mask[1:]) for k, m in calls)
+    assert rows[1]["psnr"] == pytest.approx(psnr(target[1] + 0.01, target[1]))
+    assert rows[1]["psnr"] > rows[0]["psnr"] > rows[2]["psnr"]
+
+
+def test_tuning_a_named_method_over_its_grid(tiny):
+    target, mask, _, kspace = tiny
+    best, rows = tune("kt_sparse", kspace, mask, target, GRIDS["kt_sparse"], iterations=5)
+    assert len(rows) == len(GRIDS["kt_sparse"]["lam"]) and best["lam"] in GRIDS["kt_sparse"]["lam"]
+    assert set(METHODS) == set(GRIDS)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_solvers_run_on_the_gpu(tiny, solve):
+    _, mask, _, kspace = tiny
+    on_gpu = solve(kspace.cuda(), mask.cuda(), iterations=10, tol=0)
+    assert on_gpu.device.type == "cuda"
+    assert torch.allclose(on_gpu.cpu(), solve(kspace, mask, iterations=10, tol=0), atol=1e-4)
