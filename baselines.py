@@ -228,8 +228,29 @@ def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: floa
     return _finish(m, was_numpy, single)
 
 
-METHODS = {"kt_sparse": kt_sparse, "lplus_s": low_rank_plus_sparse}
-GRIDS = {"kt_sparse": KT_GRID, "lplus_s": LPLUSS_GRID}
+def view_sharing(kspace, mask, *, verbose: bool = False):
+    """k-t view sharing: every frame keeps its measured lines, and each k-space location it did not
+    sample is filled with the mean over the frames that sampled it (the temporal average; DC-CNN's
+    data sharing over all frames); locations no frame sampled stay zero.
+
+    ``F^-1 (y_t + (1 - U_t) sum_s y_s / sum_s U_s)`` for ``kspace`` / ``mask`` ``[T, H, W]`` or
+    ``[B, T, H, W]``. It keeps the sampled k-space exactly, has no parameters, and is exact for a
+    static object. It also serves as the networks' initial image (``view_sharing=True``).
+    """
+    kspace, sampled, was_numpy, single = _prepare(kspace, mask)
+    _sync(kspace.device)
+    started = time.perf_counter()
+    counts = sampled.sum(1, keepdim=True)  # [B, 1, H, W]: frames that sampled each location
+    mean = kspace.sum(1, keepdim=True) / counts.clamp_min(1)  # [B, 1, H, W]
+    x = torch.fft.ifft2(torch.where(sampled, kspace, mean), norm="ortho")  # [B, T, H, W]
+    _sync(kspace.device)
+    if verbose:
+        _report("view sharing", len(x), 1, time.perf_counter() - started)
+    return _finish(x, was_numpy, single)
+
+
+METHODS = {"view_sharing": view_sharing, "kt_sparse": kt_sparse, "lplus_s": low_rank_plus_sparse}
+GRIDS = {"view_sharing": {}, "kt_sparse": KT_GRID, "lplus_s": LPLUSS_GRID}
 
 
 # ----------------------------------------------------------------------------- tuning

@@ -1,7 +1,7 @@
 """Compare trained networks with the classical baselines on the same test cines and masks.
 
     python compare.py NAME [--runs=A,B] [--checkpoints=PATH,...] [--labels=...]
-        [--baselines=kt_sparse,lplus_s|none] [--masks=per_cine|fixed] [--max_cines=N]
+        [--baselines=view_sharing,kt_sparse,lplus_s|none] [--masks=per_cine|fixed] [--max_cines=N]
         [--tune=true] [--tune_cines=8] [--batch_size=4] [--device=auto|cpu|cuda] [--amp=auto|bf16|fp16|none]
         [--data=... --num_samples=... --image_size=... --seed=... ...] [--out_dir=output] [--images_dir=images]
 
@@ -43,7 +43,7 @@ from models import count_parameters, load_model
 DATA_KEYS = ("data", "num_samples", "image_size", "phantom_phase", "seed", "in_channels", "acceleration",
              "center_lines", "density")
 PHANTOM_KEYS = ("num_samples", "image_size", "phantom_phase")  # used only without a data file
-BASELINE_LABELS = {"kt_sparse": "k-t sparse", "lplus_s": "L+S"}
+BASELINE_LABELS = {"view_sharing": "view sharing", "kt_sparse": "k-t sparse", "lplus_s": "L+S"}
 ZERO_FILLED = "zero-filled"
 MASK_PROTOCOLS = {  # name -> (short label, description)
     "per_cine": ("per-cine masks", "test cine i has its own mask, seeded by (seed, i), the same for every method"),
@@ -56,7 +56,7 @@ def compare(name: str, *,
             runs: str = "",                       # run names, comma-separated: OUT_DIR/RUN/best.pt
             checkpoints: str = "",                # checkpoint paths, comma-separated
             labels: str = "",                     # method labels for runs then checkpoints (default: run names)
-            baselines: str = "kt_sparse,lplus_s", # CS baselines, comma-separated, or 'none'
+            baselines: str = "view_sharing,kt_sparse,lplus_s",  # baselines, comma-separated, or 'none'
             masks: str = "per_cine",              # 'per_cine' | 'fixed' (the study's protocol)
             max_cines: int = 0,                   # evaluate the first N test cines; 0 = all
             tune: bool = True,                    # tune the CS weights on validation cines (else defaults)

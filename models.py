@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from baselines import view_sharing as view_shared_image
 from sampling import fft2c, ifft2c
 
 ATTENTION = ("none", "bottleneck", "all")
@@ -247,6 +248,9 @@ class CineReconNet(nn.Module):
 
     ``cascades=0``: one denoiser applied to the aliased cine (the study's configuration);
     ``cascades=N``: N unrolled stages ``x <- DC(denoiser_i(x))``, each with its own weights.
+    ``view_sharing=True`` starts from the k-t view-shared cine (each frame's unsampled k-space
+    filled with the temporal mean of the measured lines, ``baselines.view_sharing``) instead of
+    the zero-filled one.
     ``checkpointing=True`` recomputes each cascade's activations in the backward pass (memory
     grows far less than linearly with N).
     """
@@ -254,7 +258,7 @@ class CineReconNet(nn.Module):
     def __init__(self, frames: int = 20, init_features: int = 64, cascades: int = 0, dc: str = "hard",
                  dropout: float = 0.3, attention: str = "bottleneck", resnet_features: int = 16,
                  resnet_blocks: int = 2, output: str = "linear", arch: str = "dual_unet",
-                 checkpointing: bool = False):
+                 checkpointing: bool = False, view_sharing: bool = False):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -265,6 +269,7 @@ class CineReconNet(nn.Module):
                              "data consistency makes the output complex")
         self.cascades = cascades
         self.checkpointing = checkpointing
+        self.view_sharing = view_sharing
         stages = max(cascades, 1)
         if arch == "dual_unet":
             self.denoisers = nn.ModuleList(
@@ -279,7 +284,7 @@ class CineReconNet(nn.Module):
         return self.dcs[i](image, kspace, mask) if self.cascades else image
 
     def forward(self, aliased, kspace, mask):  # [B, T, H, W] complex, complex, float
-        image = aliased
+        image = view_shared_image(kspace, mask) if self.view_sharing else aliased  # [B, T, H, W] complex
         for i in range(len(self.denoisers)):
             if self.checkpointing and self.training:
                 image = checkpoint(self._stage, i, image, kspace, mask, use_reentrant=False)
@@ -310,7 +315,8 @@ def build_model(config: dict) -> CineReconNet:
                         cascades=config["cascades"], dc=config["dc"], dropout=config["dropout"],
                         attention=config["attention"], resnet_features=config["resnet_features"],
                         resnet_blocks=config["resnet_blocks"], output=config["output"],
-                        arch=config["arch"], checkpointing=config.get("checkpointing", False))
+                        arch=config["arch"], checkpointing=config.get("checkpointing", False),
+                        view_sharing=config.get("view_sharing", False))
 
 
 def use_channels_last(model: nn.Module) -> nn.Module:

@@ -124,7 +124,8 @@ def resolve_config(call: dict, overrides: dict) -> tuple[dict, list[str], bool]:
                    if key not in overrides and config[key] != value]
         config.update({key: value for key, value in CPU_SCALE.items() if key not in overrides})
         if changed:
-            notes.append("no CUDA device: scaled down to a CPU configuration that finishes in minutes "
+            reason = "--scale=cpu" if config["scale"] == "cpu" else "no CUDA device"
+            notes.append(f"{reason}: scaled down to a CPU configuration that finishes in minutes "
                          f"({', '.join(changed)}); --scale=full runs the call as written")
     validate_config(config)
     return config, notes, scaled and "center_lines" not in overrides

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import GRIDS, METHODS, kt_sparse, low_rank_plus_sparse, singular_value_threshold, tune
+from baselines import GRIDS, METHODS, kt_sparse, low_rank_plus_sparse, singular_value_threshold, tune, view_sharing
 from metrics import psnr
 from phantom import make_phantom_dataset
 from sampling import fft2c, undersample, variable_density_mask
@@ -61,6 +61,19 @@ def test_a_batch_is_solved_cine_by_cine(tiny, solve):
     batch = solve(kspace, mask, iterations=10, tol=0)
     single = solve(kspace[1], mask[1], iterations=10, tol=0)
     assert torch.allclose(batch[1], single, atol=1e-5)
+
+
+def test_view_sharing_keeps_the_measurements_and_recovers_a_static_object(tiny):
+    target, mask, aliased, kspace = tiny
+    shared = view_sharing(kspace, mask)
+    assert (fft2c(shared) - kspace)[mask.bool()].abs().max() < 1e-5 * kspace.abs().max()
+    assert psnr(shared[0], target[0]) > psnr(aliased[0], target[0]) + 3
+    static = target[:1, :1].expand(1, 6, 32, 32).clone()  # one frame, six times
+    never = 1 - mask[:1].amax(1, keepdim=True)  # [1, 1, H, W]: lines no frame samples
+    first = (torch.arange(6) == 0).view(1, 6, 1, 1)
+    joint = torch.maximum(mask[:1], never * first)  # frame 0 takes those: every line is sampled somewhere
+    _, static_kspace = undersample(static, joint)
+    torch.testing.assert_close(view_sharing(static_kspace, joint).abs(), static, atol=1e-5, rtol=0)
 
 
 def test_tolerance_stops_early_and_verbose_reports_time(tiny, capsys):

@@ -10,7 +10,7 @@ from cli import UserError
 from helpers import TINY, read_metrics, run_tool
 from models import CHECKPOINT_FORMAT, build_model
 
-ROWS = ["zero-filled", "k-t sparse", "L+S", "ours", "DC-CNN", "seed config"]
+ROWS = ["zero-filled", "view sharing", "k-t sparse", "L+S", "ours", "DC-CNN", "seed config"]
 COMPARE = ["cmp", "--runs=tinyA,dccnn,seed", "--labels=ours,DC-CNN,seed config", "--device=cpu", "--amp=none",
            "--tune_cines=1", "--max_cines=2"]
 
@@ -68,11 +68,12 @@ def test_results_json_holds_every_method_per_cine(compared):
     for label, method in report["methods"].items():
         assert len(method["per_cine"]["psnr"]) == 2 and method["seconds_per_cine"] >= 0
         assert (method["parameters"] or 0) > 0 if method["kind"] == "network" else method["parameters"] is None
-    assert set(report["tuning"]["methods"]) == {"kt_sparse", "lplus_s"}
+    assert set(report["tuning"]["methods"]) == {"view_sharing", "kt_sparse", "lplus_s"}
     assert not set(report["tuning"]["validation_cines"]) & set(report["test"]["indices"])
     zero = report["methods"]["zero-filled"]["psnr"]["mean"]
     assert report["methods"]["k-t sparse"]["psnr"]["mean"] > zero + 5
     assert report["methods"]["L+S"]["psnr"]["mean"] > zero + 5
+    assert report["methods"]["view sharing"]["psnr"]["mean"] > zero + 3
 
 
 def test_same_test_cines_and_masks_as_train(compared):

@@ -49,6 +49,13 @@ def test_untrained_residual_network_is_the_identity():
         torch.testing.assert_close(small_net(cascades=cascades)(aliased, kspace, mask), aliased)
 
 
+def test_view_sharing_start_is_the_view_shared_cine():
+    from baselines import view_sharing
+    aliased, kspace, mask, _ = example()
+    out = small_net(cascades=1, view_sharing=True)(aliased, kspace, mask)
+    torch.testing.assert_close(out, view_sharing(kspace, mask), atol=1e-5, rtol=0)
+
+
 def test_hard_dc_keeps_sampled_kspace_exactly():
     aliased, kspace, mask, _ = example()
     out = randomise_heads(small_net(cascades=2, dc="hard"))(aliased, kspace, mask)
