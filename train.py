@@ -72,6 +72,7 @@ def train(name: str, *,
           resnet_features: int = 16,      # width of the 3D temporal ResNet
           resnet_blocks: int = 2,         # residual blocks in the 3D temporal ResNet
           output: str = "linear",         # 'linear' (residual, complex) | 'sigmoid' (magnitude data, cascades=0)
+          view_sharing: bool = False,     # start from the k-t view-shared cine instead of the zero-filled one
           # optimisation
           num_epochs: int = 800,
           batch_size: int = 10,           # global batch (split across processes under torchrun)

@@ -16,6 +16,8 @@ cines); on CPU train.py's CPU scale-down (20x64x64, init_features 16, batch 4, 5
 process (clean peak memory); results go to ``benchmarks/results/bench_train_<device>.json`` (or ``--results``).
 MFU = achieved model FLOP/s (forward + backward, counted by torch's FlopCounterMode, recomputation
 not counted) over the device's peak, measured here as the best of bf16 and float32 matrix products.
+It also prints the training memory of the study's configuration (batch 10, 20x192x192, width 64)
+counted exactly on the meta device, which needs no GPU (``counted_memory_gib``).
 """
 from __future__ import annotations
 
@@ -150,6 +152,47 @@ def worker(spec: dict) -> dict:
             "gflop_per_cine": flops / 1e9, "achieved_tflops": flops * cines_per_s / 1e12}
 
 
+def counted_memory_gib(setup: dict, cascades: int, checkpointing: bool) -> dict:
+    """Training memory at ``setup``'s size, counted exactly on the meta device (no compute, any
+    machine): parameters + gradients + Adam's two moments (float32), the tensors autograd saves
+    for the backward pass (float32 activations: an upper bound under bf16 autocast), and, with
+    checkpointing, one cascade's activations recomputed during the backward pass. Workspaces,
+    temporaries and allocator overhead are not counted."""
+    def saved_and_states(config):
+        saved = [0]
+
+        def pack(tensor):
+            saved[0] += tensor.numel() * tensor.element_size()
+            return tensor
+        shape = (setup["batch_size"], setup["frames"], setup["size"], setup["size"])
+        with torch.device("meta"):
+            model = build_model(config).train()
+            aliased, mask = torch.empty(shape, dtype=torch.complex64), torch.empty(shape)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(aliased, aliased, mask)
+        return saved[0], 4 * sum(4 * p.numel() for p in model.parameters())
+    saved, states = saved_and_states(model_config(setup, cascades, checkpointing))
+    recomputed = saved_and_states(model_config(setup, min(cascades, 1), False))[0] if checkpointing else 0
+    return {"states": states / 2 ** 30, "saved": saved / 2 ** 30, "recomputed": recomputed / 2 ** 30,
+            "total": (states + saved + recomputed) / 2 ** 30}
+
+
+def memory_table(setup: dict, cascades: list[int]) -> tuple[str, list[dict]]:
+    """Counted training memory for every cascade count, without and with checkpointing."""
+    rows = [{"cascades": n, "checkpointing": ckpt, **counted_memory_gib(setup, n, ckpt)}
+            for n in cascades for ckpt in ((False, True) if n else (False,))]
+    lines = [f"Counted training memory (GiB) at {setup['frames']}x{setup['size']}x{setup['size']}, "
+             f"init_features {setup['init_features']}, batch {setup['batch_size']} (meta device, float32):", "",
+             "| cascades | checkpointing | weights + grads + Adam | saved for backward | recomputed cascade | total |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['cascades']} | {'yes' if r['checkpointing'] else 'no'} | {r['states']:.2f} | {r['saved']:.2f} | "
+              f"{r['recomputed']:.2f} | {r['total']:.2f} |" for r in rows]
+    by = {(r["cascades"], r["checkpointing"]): r["total"] for r in rows}
+    if (1, True) in by and (5, True) in by:
+        lines.append(f"\ncascade-5 / cascade-1 counted memory with checkpointing: {by[(5, True)] / by[(1, True)]:.2f}x")
+    return "\n".join(lines), rows
+
+
 def measured_peak_tflops(device: torch.device, size: int) -> dict:
     """Best of a few square matrix products per dtype (TFLOP/s)."""
     peaks = {}
@@ -207,9 +250,12 @@ def main(argv: list[str]) -> None:
                   f"peak {result['peak_mb']:8.0f} MB  MFU {100 * result['mfu']:5.1f}%", flush=True)
     table = summary_table(results)
     print("\n" + table)
+    counted, memory_rows = memory_table(GPU if "quick" not in options else setup, cascades)
+    print("\n" + counted)
     name = re.sub(r"[^A-Za-z0-9]+", "_", device_name(device)).strip("_")
     report = {"device": device_name(device), "torch": torch.__version__, "setup": setup, "steps": steps,
-              "quick": "quick" in options, "peak_tflops": peak, "results": results, "command": " ".join(sys.argv)}
+              "quick": "quick" in options, "peak_tflops": peak, "results": results,
+              "counted_memory_gib": memory_rows, "command": " ".join(sys.argv)}
     out_dir = Path(options.get("results") or ROOT / "benchmarks" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if "quick" in options else ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -58,8 +59,7 @@ def run(name: str, overrides: list[str]) -> None:
 def row(name: str, label: str) -> str:
     metrics = json.loads((ROOT / "output" / name / "metrics.json").read_text())
     s = metrics["summary"]
-    epochs = metrics["history"]
-    per_epoch = sum(r["seconds"] for r in epochs) / len(epochs)
+    per_epoch = statistics.median(r["seconds"] for r in metrics["history"])
     params = next(line for line in (ROOT / "output" / name / "output.txt").read_text().splitlines()
                   if line.startswith("model:")).split("total ")[1].split(" M")[0]
     return (f"| {label} | {s['psnr']['mean']:.2f} ± {s['psnr']['std']:.2f} | {s['ssim']['mean']:.3f} ± "
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> None:
     table = "\n".join([
         f"Study on `{prefix}`: {machine()}; command: `python benchmarks/study.py {' '.join(argv)}`".rstrip(),
         "",
-        "| configuration | PSNR (dB) | SSIM | zero-filled PSNR | parameters | time per epoch | run |",
+        "| configuration | PSNR (dB) | SSIM | zero-filled PSNR | parameters | time per epoch (median) | run |",
         "|---|---|---|---|---|---|---|",
         *rows])
     (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)

@@ -58,11 +58,13 @@ def test_best_checkpoint_holds_weights_config_and_epoch(tiny_run):
 
 def test_command_line_overrides_reach_train():
     name, overrides = train.parse_command_line(["run1", "--cascades=3", "--dropout=0", "--data=x.npz",
-                                                "--channels_last=false", "--initial_lr=3e-4"])
+                                                "--channels_last=false", "--initial_lr=3e-4", "--view_sharing"])
     assert name == "run1"
-    assert overrides == {"cascades": 3, "dropout": 0.0, "data": "x.npz", "channels_last": False, "initial_lr": 3e-4}
+    assert overrides == {"cascades": 3, "dropout": 0.0, "data": "x.npz", "channels_last": False, "initial_lr": 3e-4,
+                         "view_sharing": True}
     config, _, _ = train.resolve_config(train_call(), overrides)
     assert config["cascades"] == 3 and config["initial_lr"] == 3e-4
+    assert train.build_model(config).view_sharing, "every model keyword reaches the network"
 
 
 @pytest.mark.parametrize("argv, message", [
