@@ -141,7 +141,8 @@ def _report(name: str, cines: int, iterations: int, seconds: float) -> None:
           f"{seconds / cines:.3f} s per cine", flush=True)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA) so that wall-clock times are real."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -165,7 +166,7 @@ def kt_sparse(kspace, mask, *, lam: float = 0.001, iterations: int = 50, tol: fl
     Returns the complex reconstruction, shaped and typed like ``kspace``.
     """
     kspace, sampled, was_numpy, single = _prepare(kspace, mask)
-    _sync(kspace.device)
+    synchronize(kspace.device)
     started = time.perf_counter()
     x0 = torch.fft.ifft2(kspace, norm="ortho")  # [B, T, H, W] complex, zero-filled (shifted)
     tau = lam * temporal_fft(x0).abs().flatten(1).amax(1)[:, None, None, None]  # [B, 1, 1, 1]
@@ -182,7 +183,7 @@ def kt_sparse(kspace, mask, *, lam: float = 0.001, iterations: int = 50, tol: fl
         if converged:
             break
     x = data_consistency(v_old, kspace, sampled)
-    _sync(kspace.device)
+    synchronize(kspace.device)
     if verbose:
         _report("k-t sparse", len(x), done, time.perf_counter() - started)
     return _finish(x, was_numpy, single)
@@ -206,7 +207,7 @@ def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: floa
     Casorati matrix, ``lambda_s`` to the largest temporal Fourier coefficient of ``x0``.
     """
     kspace, sampled, was_numpy, single = _prepare(kspace, mask)
-    _sync(kspace.device)
+    synchronize(kspace.device)
     started = time.perf_counter()
     x0 = torch.fft.ifft2(kspace, norm="ortho")  # [B, T, H, W] complex, zero-filled (shifted)
     shape = x0.shape
@@ -222,7 +223,7 @@ def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: floa
         m, l_prev = m_new, low
         if converged:
             break
-    _sync(kspace.device)
+    synchronize(kspace.device)
     if verbose:
         _report("L+S", len(m), done, time.perf_counter() - started)
     return _finish(m, was_numpy, single)
@@ -238,12 +239,12 @@ def view_sharing(kspace, mask, *, verbose: bool = False):
     static object. It also serves as the networks' initial image (``view_sharing=True``).
     """
     kspace, sampled, was_numpy, single = _prepare(kspace, mask)
-    _sync(kspace.device)
+    synchronize(kspace.device)
     started = time.perf_counter()
     counts = sampled.sum(1, keepdim=True)  # [B, 1, H, W]: frames that sampled each location
     mean = kspace.sum(1, keepdim=True) / counts.clamp_min(1)  # [B, 1, H, W]
     x = torch.fft.ifft2(torch.where(sampled, kspace, mean), norm="ortho")  # [B, T, H, W]
-    _sync(kspace.device)
+    synchronize(kspace.device)
     if verbose:
         _report("view sharing", len(x), 1, time.perf_counter() - started)
     return _finish(x, was_numpy, single)

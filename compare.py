@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 import train
-from baselines import GRIDS, METHODS
+from baselines import GRIDS, METHODS, synchronize
 from baselines import tune as tune_weights
 from cli import (UserError, atomic_write_text, check_run_name, cli_errors, keyword_defaults, make_run_dirs,
                  parse_overrides)
@@ -261,11 +261,6 @@ class Timed(torch.nn.Module):
         self.seconds += time.perf_counter() - started
         self.cines += len(aliased)
         return recon
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_method(model, test_set, rows, batch_size: int, amp_dtype, warm: bool) -> tuple[dict, float]:

@@ -623,9 +623,13 @@ def restore_rng(rng: dict, train_set: CineDataset) -> None:
 
 # ----------------------------------------------------------------------------- reporting
 def describe_device(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and the threads torch uses."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+              if line.startswith("model name")]
+    return f"{models[0] if models else 'CPU'} ({torch.get_num_threads()} threads)"
 
 
 class Report:
@@ -702,7 +706,9 @@ def write_figures(model, test_set, test, history, img_dir: Path, amp_dtype) -> N
             hook.remove()
         figures.plot_branches(captured["real"][0].cpu().numpy(), captured["imag"][0].cpu().numpy(),
                               img_dir / "branches.png",
-                              title=f"UNet branch outputs of the last denoiser, test cine {int(test_set.indices[0])}")
+                              title=f"UNet branch outputs of the last denoiser"
+                                    f"{' (residual corrections)' if denoiser.residual else ''}, "
+                                    f"test cine {int(test_set.indices[0])}")
 
 
 def parse_command_line(argv: list[str]) -> tuple[str, dict]:

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import baselines  # noqa: E402
+from baselines import synchronize  # noqa: E402
 import train  # noqa: E402
-from bench_train import device_name, synchronize  # noqa: E402
 from metrics import psnr  # noqa: E402
 from models import build_model, count_parameters, load_model, use_channels_last  # noqa: E402
 from phantom import make_phantom_dataset  # noqa: E402
@@ -89,17 +89,17 @@ def main(argv: list[str]) -> None:
         rows.append({"method": name, "seconds": median_seconds(lambda: method(kspace[0], mask), device, repeats),
                      "parameters": 0, "psnr": psnr(method(kspace[0], mask), target[0])})
     reference = rows[0]["seconds"]
-    lines = [f"device: {device_name(device)}, autocast {amp_dtype}, cine {setup['frames']}x{setup['size']}x"
+    lines = [f"device: {train.describe_device(device)}, autocast {amp_dtype}, cine {setup['frames']}x{setup['size']}x"
              f"{setup['size']}, median of {repeats}", "",
              "| method | seconds per cine | vs first network | PSNR (dB, random weights for networks) |",
              "|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['seconds']:.3f} | {r['seconds'] / reference:.2f}x | {r['psnr']:.2f} |"
               for r in rows]
     print("\n".join(lines))
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", device_name(device)).strip("_")
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", train.describe_device(device)).strip("_")
     out = Path(options.get("results") or ROOT / "benchmarks" / "results") / f"bench_infer_{slug}{'_quick' if quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": device_name(device), "torch": torch.__version__, "setup": setup,
+    out.write_text(json.dumps({"device": train.describe_device(device), "torch": torch.__version__, "setup": setup,
                                "repeats": repeats, "autocast": str(amp_dtype), "results": rows,
                                "command": " ".join(sys.argv)}, indent=1))
 

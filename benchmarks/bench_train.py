@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
+from baselines import synchronize  # noqa: E402
 from data import CineDataset  # noqa: E402
 from models import build_model, use_channels_last  # noqa: E402
 from sampling import variable_density_mask  # noqa: E402
@@ -66,11 +67,6 @@ class NumpyCines(torch.utils.data.Dataset):
         aliased = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
         return (torch.from_numpy(aliased.astype(np.complex64)), torch.from_numpy(kspace.astype(np.complex64)),
                 torch.from_numpy(self.mask), torch.from_numpy(self.images[i]))
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reference_steps(config, images, setup, device, steps: int):
@@ -210,14 +206,6 @@ def measured_peak_tflops(device: torch.device, size: int) -> dict:
     return peaks
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "CPU")
-    return f"{cpu} ({torch.get_num_threads()} threads)"
-
-
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--worker"]:
         print("RESULT " + json.dumps(worker(json.loads(argv[1]))))
@@ -252,8 +240,8 @@ def main(argv: list[str]) -> None:
     print("\n" + table)
     counted, memory_rows = memory_table(GPU if "quick" not in options else setup, cascades)
     print("\n" + counted)
-    name = re.sub(r"[^A-Za-z0-9]+", "_", device_name(device)).strip("_")
-    report = {"device": device_name(device), "torch": torch.__version__, "setup": setup, "steps": steps,
+    name = re.sub(r"[^A-Za-z0-9]+", "_", train.describe_device(device)).strip("_")
+    report = {"device": train.describe_device(device), "torch": torch.__version__, "setup": setup, "steps": steps,
               "quick": "quick" in options, "peak_tflops": peak, "results": results,
               "counted_memory_gib": memory_rows, "command": " ".join(sys.argv)}
     out_dir = Path(options.get("results") or ROOT / "benchmarks" / "results")

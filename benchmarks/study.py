@@ -11,7 +11,6 @@ script can be interrupted and rerun. The table goes to stdout and to
 from __future__ import annotations
 
 import json
-import platform
 import shlex
 import statistics
 import subprocess
@@ -40,11 +39,11 @@ EXPERIMENTS = [
 def machine() -> str:
     import torch
 
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    sys.path.insert(0, str(ROOT))
+    from train import describe_device
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return f"{describe_device(device)}, torch {torch.__version__}"
 
 
 def run(name: str, overrides: list[str]) -> None:

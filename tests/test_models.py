@@ -1,8 +1,7 @@
-import numpy as np
 import pytest
 import torch
 
-from models import (CineReconNet, DataConsistency, DualUNetDenoiser, TemporalResNet3D, UNet2D, count_parameters,
+from models import (CineReconNet, DataConsistency, TemporalResNet3D, UNet2D, count_parameters,
                     use_channels_last)
 from sampling import fft2c, undersample, variable_density_mask
 

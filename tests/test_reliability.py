@@ -1,6 +1,5 @@
 """Issue 6: bad input is refused clearly, interrupted runs resume exactly, nothing is lost."""
 import hashlib
-import json
 import os
 import pickle
 import re
