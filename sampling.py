@@ -166,6 +166,7 @@ def variable_density_mask(shape=(20, 192, 192), acceleration: float = 5, center_
 def plot_mask(mask, path, frame: int = 0) -> None:
     """Save one frame's mask (ky x kx) and the ky-t pattern of a ``[T, H, W]`` mask to ``path``."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     mask = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
     frames, height, width = mask.shape
@@ -179,6 +180,7 @@ def plot_mask(mask, path, frame: int = 0) -> None:
     ax_kt.imshow(ky_t, cmap="gray", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     ax_kt.set(title=f"ky-t pattern: {frames} frames, a different draw per frame",
               xlabel="frame t", ylabel="ky (phase encoding)")
+    ax_kt.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"Variable-density Cartesian sampling (white = sampled), "
                  f"mean R = {mask.size / mask.sum():.2f}")
     fig.savefig(path, dpi=110)
@@ -213,3 +215,26 @@ def plot_aliasing(full, aliased, mask, path, frames=None) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    from cli import UserError, cli_errors, parse_overrides
+
+    with cli_errors():
+        args = sys.argv[1:]
+        target = Path(args[0] if args and not args[0].startswith("--") else "docs/mask.png")
+        options = {"frames": 20, "size": 192, "acceleration": 5.0, "center_lines": 11, "density": "gaussian",
+                   "seed": 0}
+        options.update(parse_overrides([a for a in args if a.startswith("--")], options))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            mask = variable_density_mask((options["frames"], options["size"], options["size"]),
+                                         options["acceleration"], options["center_lines"], options["seed"],
+                                         options["density"])
+        except ValueError as error:
+            raise UserError(f"sampling: {error}") from None
+        plot_mask(mask, target)
+        print(f"wrote {target}")

@@ -4,8 +4,9 @@
 
 Each experiment is ``python train.py PREFIX_NAME <overrides> <extra>`` (the train(...) call at the
 bottom of train.py plus the overrides below; without CUDA the usual CPU scale-down applies).
-Runs that already finished (output/PREFIX_NAME/metrics.json exists) are not repeated, so the
-script can be interrupted and rerun. The table goes to stdout and to
+Runs that already finished (output/PREFIX_NAME/metrics.json exists) are not repeated and
+interrupted ones continue from their last checkpoint (``--resume``), so the script can be
+stopped and rerun. The table goes to stdout and to
 ``benchmarks/results/PREFIX.md``, with the machine and the commands.
 """
 from __future__ import annotations
@@ -58,10 +59,12 @@ def machine() -> str:
 
 
 def run(name: str, overrides: list[str]) -> None:
-    """Train one experiment unless it already finished."""
-    if (ROOT / "output" / name / "metrics.json").exists():
+    """Train one experiment unless it already finished; resume it if it was interrupted."""
+    run_dir = ROOT / "output" / name
+    if (run_dir / "metrics.json").exists():
         return
-    command = [sys.executable, str(ROOT / "train.py"), name, *overrides]
+    resume = ["--resume=true"] if (run_dir / "last.pt").exists() else []
+    command = [sys.executable, str(ROOT / "train.py"), name, *overrides, *resume]
     print("$", shlex.join(command[1:]), flush=True)
     subprocess.run(command, cwd=ROOT, check=True)
 

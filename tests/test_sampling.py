@@ -5,6 +5,8 @@ import torch
 from sampling import (MaskSampler, center_rows, fft2c, ifft2c, line_density, lines_per_frame, plot_aliasing,
                       plot_mask, scaled_center_lines, undersample, variable_density_mask)
 
+from helpers import run_tool
+
 RNG = np.random.default_rng(0)
 
 
@@ -157,3 +159,13 @@ def test_mask_and_aliasing_figures(tmp_path):
     plot_aliasing(x, aliased, mask, tmp_path / "aliasing.png", frames=[0, 3])
     assert (tmp_path / "mask.png").stat().st_size > 5000
     assert (tmp_path / "aliasing.png").stat().st_size > 5000
+
+
+def test_mask_figure_command(tmp_path):
+    done = run_tool("sampling.py", ["mask.png", "--size=32", "--frames=4", "--center_lines=2"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "mask.png").stat().st_size > 5000
+    refused = run_tool("sampling.py", ["bad.png", "--size=32", "--center_lines=40"], tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().startswith("error: sampling:") and "center" in refused.stderr
+    assert not (tmp_path / "bad.png").exists()
