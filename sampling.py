@@ -31,24 +31,25 @@ def fft2c(image):
     numpy arrays and torch tensors (real or complex) are accepted; half-precision tensors are
     promoted to float32 because torch has no bf16/fp16 FFT for arbitrary sizes.
     """
-    if isinstance(image, torch.Tensor):
-        if image.dtype in (torch.float16, torch.bfloat16):
-            image = image.float()
-        shifted = torch.fft.ifftshift(image, dim=(-2, -1))
-        return torch.fft.fftshift(torch.fft.fft2(shifted, norm="ortho"), dim=(-2, -1))
-    shifted = np.fft.ifftshift(image, axes=(-2, -1))
-    return np.fft.fftshift(np.fft.fft2(shifted, norm="ortho"), axes=(-2, -1))
+    return _centered_fft2(image, inverse=False)
 
 
 def ifft2c(kspace):
     """Centered orthonormal inverse 2D FFT over the last two axes: k-space ``[..., H, W]`` -> image."""
-    if isinstance(kspace, torch.Tensor):
-        if kspace.dtype in (torch.float16, torch.bfloat16):
-            kspace = kspace.float()
-        shifted = torch.fft.ifftshift(kspace, dim=(-2, -1))
-        return torch.fft.fftshift(torch.fft.ifft2(shifted, norm="ortho"), dim=(-2, -1))
-    shifted = np.fft.ifftshift(kspace, axes=(-2, -1))
-    return np.fft.fftshift(np.fft.ifft2(shifted, norm="ortho"), axes=(-2, -1))
+    return _centered_fft2(kspace, inverse=True)
+
+
+def _centered_fft2(x, inverse: bool):
+    """``fftshift(fft2(ifftshift(x), norm="ortho"))`` over the last two axes (``ifft2`` if inverse)."""
+    if isinstance(x, torch.Tensor):
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        transform = torch.fft.ifft2 if inverse else torch.fft.fft2
+        shifted = torch.fft.ifftshift(x, dim=(-2, -1))
+        return torch.fft.fftshift(transform(shifted, norm="ortho"), dim=(-2, -1))
+    transform = np.fft.ifft2 if inverse else np.fft.fft2
+    shifted = np.fft.ifftshift(x, axes=(-2, -1))
+    return np.fft.fftshift(transform(shifted, norm="ortho"), axes=(-2, -1))
 
 
 def undersample(images, mask):
