@@ -640,9 +640,9 @@ class Report:
         self.header = header
 
     def write(self, history: list[dict], test_lines: list[str] = ()) -> None:
-        lines = list(self.header) + ["", "epoch  train_loss  val_loss  val_psnr_dB  lr  seconds  cines/s"]
+        lines = list(self.header) + ["", "epoch  train_loss  val_loss  val_psnr_dB  lr  seconds  cines/s  TFLOP/s"]
         lines += [f"{r['epoch']:5d}  {r['train_loss']:.6f}  {r['val_loss']:.6f}  {r['val_psnr']:.3f}  "
-                  f"{r['lr']:.3e}  {r['seconds']:.1f}  {r['cines_per_s']:.2f}" for r in history]
+                  f"{r['lr']:.3e}  {r['seconds']:.1f}  {r['cines_per_s']:.2f}  {r['tflops']:.3f}" for r in history]
         atomic_write_text(self.path, "\n".join(lines + ["", *test_lines]) + "\n")
 
 
