@@ -45,6 +45,8 @@ EXPERIMENTS = [
                           "--num_epochs=60"], "the same, peak LR 3e-4, 60 epochs"),
     ("view3_lr3e-4_e120", ["--cascades=3", "--view_sharing=true", "--dropout=0", "--initial_lr=3e-4",
                            "--num_epochs=120"], "the same, peak LR 3e-4, 120 epochs"),
+    ("view5_lr3e-4_e60", ["--cascades=5", "--view_sharing=true", "--dropout=0", "--initial_lr=3e-4",
+                          "--num_epochs=60"], "5 cascades from the view-shared cine, peak LR 3e-4, 60 epochs"),
 ]
 
 
