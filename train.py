@@ -105,7 +105,10 @@ def train(name: str, *,
     config, notes, scale_lines = resolve_config(call, overrides or {})
     rank, world, local_rank = init_distributed(config)
     try:
-        return run(name, config, notes, scale_lines, rank, world, local_rank)
+        summary = run(name, config, notes, scale_lines, rank, world, local_rank)
+        if world > 1:
+            dist.barrier()  # leave together: a rank that tears gloo down while rank 0 still writes can abort
+        return summary
     finally:
         if world > 1:
             dist.destroy_process_group()
