@@ -149,7 +149,7 @@ class MaskSampler:
         return rows[:, :, None].expand(num, self.height, self.width).contiguous()
 
 
-def variable_density_mask(shape=(20, 192, 192), acceleration: float = 5, center_lines: int = 11,
+def variable_density_mask(shape=(20, 192, 192), acceleration: float = 5.0, center_lines: int = 11,
                           seed: int = 0, density: str = "gaussian", **density_kw) -> np.ndarray:
     """Per-frame variable-density random Cartesian mask: float32 numpy ``[T, H, W]`` of 0s and 1s.
 
@@ -222,13 +222,13 @@ if __name__ == "__main__":
     import sys
     from pathlib import Path
 
-    from cli import UserError, cli_errors, parse_overrides
+    from cli import UserError, cli_errors, keyword_defaults, parse_overrides
 
     with cli_errors():
         args = sys.argv[1:]
         target = Path(args[0] if args and not args[0].startswith("--") else "docs/mask.png")
-        options = {"frames": 20, "size": 192, "acceleration": 5.0, "center_lines": 11, "density": "gaussian",
-                   "seed": 0}
+        options = keyword_defaults(variable_density_mask)  # the function's defaults, with shape as frames, size
+        options["frames"], options["size"], _ = options.pop("shape")
         options.update(parse_overrides([a for a in args if a.startswith("--")], options))
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
