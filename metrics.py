@@ -1,4 +1,4 @@
-"""Image-quality metrics for cines, computed on magnitudes.
+"""Image-quality metrics for cines, computed on magnitudes, over the whole frame or a box.
 
 What is computed, precisely (the README repeats this):
 
@@ -11,6 +11,20 @@ What is computed, precisely (the README repeats this):
   truncated at 3.5 sigma), K1 = 0.01, K2 = 0.03, population covariances, averaged over the pixels
   whose window lies inside the image (scikit-image ``structural_similarity(...,
   gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`` per frame, then the mean).
+- NMSE of a cine: ``||recon - target||^2 / ||target||^2`` over all frames and pixels (the squared
+  scikit-image ``normalized_root_mse(target, recon, normalization="euclidean")``; fastMRI's NMSE
+  is the same formula on the volume).
+- Region of interest (``box=``, e.g. a box around the heart): ``(row0, row1, col0, col1)``,
+  half-open, in pixels of the frame; one box ``[4]`` for every cine or one per cine ``[B, 4]``
+  (tensor, array or sequence of ints); the same box in every frame. With a box:
+  PSNR uses the MSE over the box pixels of all frames and keeps ``data_range`` as the peak (not
+  the box's maximum); NMSE sums both norms over the box pixels; SSIM averages the SSIM map of the
+  *whole* frame over the box pixels whose window lies inside the image. The map is not computed on
+  the cropped box because cropping would give the box artificial borders and drop its outer
+  5-pixel ring from the average, a large share of a heart-sized box; so every box pixel counts
+  with its true neighbourhood, as in whole-image SSIM. Boxes smaller than the 11x11 window raise
+  a ``ValueError`` for SSIM: such a region's windows would mostly see what surrounds it.
+  A box covering the whole frame gives the whole-image values.
 - Computed in float64 with torch, on whatever device the inputs live.
 - ``summarize`` reports the mean and the population standard deviation (``np.std``) over cines.
 """
@@ -30,11 +44,50 @@ def _magnitude64(x) -> torch.Tensor:
     return (x.abs() if x.is_complex() else x).to(torch.float64)
 
 
-def batch_psnr(recon, target, data_range: float = 1.0) -> torch.Tensor:
-    """PSNR per cine: ``[B, T, H, W]`` inputs -> float64 ``[B]`` in dB."""
+def _box_mask(box, batch: int, height: int, width: int, device, min_size: int = 1) -> torch.Tensor:
+    """Boolean ``[B, H, W]`` mask of the half-open boxes ``[4]`` or ``[B, 4]`` (see module docstring)."""
+    box = torch.as_tensor(box, device=device)
+    if box.is_floating_point() or box.is_complex() or box.shape not in ((4,), (batch, 4)):
+        raise ValueError(f"box must be ints (row0, row1, col0, col1), shape [4] or [{batch}, 4], "
+                         f"got {box.dtype} {list(box.shape)}")
+    row0, row1, col0, col1 = box.long().expand(batch, 4).unbind(1)  # each [B]
+    inside = (row0 >= 0) & (row1 <= height) & (col0 >= 0) & (col1 <= width)
+    if not bool((inside & (row1 - row0 >= 1) & (col1 - col0 >= 1)).all()):
+        raise ValueError(f"every box needs 0 <= row0 < row1 <= {height} and 0 <= col0 < col1 <= {width}, "
+                         f"got {box.tolist()}")
+    if not bool(((row1 - row0 >= min_size) & (col1 - col0 >= min_size)).all()):
+        raise ValueError(f"boxes must be at least {min_size}x{min_size} pixels (the SSIM window), "
+                         f"got {box.tolist()}")
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
+    in_rows = (rows >= row0[:, None]) & (rows < row1[:, None])  # [B, H]
+    in_cols = (cols >= col0[:, None]) & (cols < col1[:, None])  # [B, W]
+    return in_rows[:, :, None] & in_cols[:, None, :]
+
+
+def _cine_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean per cine of ``[B, T, h, w]`` values over all frames and the pixels of ``mask`` ``[B, h, w]``
+    (all pixels when ``None``) -> ``[B]``."""
+    if mask is None:
+        return values.flatten(1).mean(1)
+    values = values.reshape(mask.shape[0], -1, *mask.shape[1:])  # [B, T, h, w], T the product of middle dims
+    return (values * mask[:, None]).flatten(1).sum(1) / (mask.flatten(1).sum(1) * values.shape[1])
+
+
+def batch_psnr(recon, target, data_range: float = 1.0, *, box=None) -> torch.Tensor:
+    """PSNR per cine, whole frame or ``box``: ``[B, T, H, W]`` inputs -> float64 ``[B]`` in dB."""
     recon, target = _magnitude64(recon), _magnitude64(target)
-    mse = (recon - target).pow(2).flatten(1).mean(1)
+    mask = None if box is None else _box_mask(box, target.shape[0], *target.shape[-2:], target.device)
+    mse = _cine_mean((recon - target).pow(2), mask)
     return 10 * torch.log10(data_range ** 2 / mse)
+
+
+def batch_nmse(recon, target, *, box=None) -> torch.Tensor:
+    """NMSE ``||recon - target||^2 / ||target||^2`` per cine, whole frame or ``box``:
+    ``[B, T, H, W]`` inputs -> float64 ``[B]``."""
+    recon, target = _magnitude64(recon), _magnitude64(target)
+    mask = None if box is None else _box_mask(box, target.shape[0], *target.shape[-2:], target.device)
+    return _cine_mean((recon - target).pow(2), mask) / _cine_mean(target.pow(2), mask)
 
 
 def frame_psnr(recon, target, data_range: float = 1.0) -> np.ndarray:
@@ -54,12 +107,16 @@ def _filter(images: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     return F.conv2d(images, window.view(1, 1, 1, -1))
 
 
-def batch_ssim(recon, target, data_range: float = 1.0) -> torch.Tensor:
-    """SSIM per cine (mean of per-frame 2D SSIM): ``[B, T, H, W]`` -> float64 ``[B]``."""
+def batch_ssim(recon, target, data_range: float = 1.0, *, box=None) -> torch.Tensor:
+    """SSIM per cine (mean of per-frame 2D SSIM), whole frame or ``box``: ``[B, T, H, W]`` -> float64 ``[B]``."""
     recon, target = _magnitude64(recon), _magnitude64(target)
     batch, frames, height, width = target.shape
     if min(height, width) <= 2 * SSIM_RADIUS:
         raise ValueError(f"SSIM needs frames larger than {2 * SSIM_RADIUS + 1} pixels, got {height}x{width}")
+    mask = None
+    if box is not None:  # the box restricted to the pixels whose window lies inside the image
+        full = _box_mask(box, batch, height, width, target.device, min_size=2 * SSIM_RADIUS + 1)
+        mask = full[:, SSIM_RADIUS:height - SSIM_RADIUS, SSIM_RADIUS:width - SSIM_RADIUS]  # [B, H-10, W-10]
     x = recon.reshape(batch * frames, 1, height, width)
     y = target.reshape(batch * frames, 1, height, width)
     window = _gaussian_window(x.device)
@@ -69,17 +126,23 @@ def batch_ssim(recon, target, data_range: float = 1.0) -> torch.Tensor:
     cov_xy = _filter(x * y, window) - mu_x * mu_y
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return ssim_map.reshape(batch, -1).mean(1)
+    return _cine_mean(ssim_map.reshape(batch, frames, height - 2 * SSIM_RADIUS, width - 2 * SSIM_RADIUS), mask)
 
 
-def psnr(recon, target, data_range: float = 1.0) -> float:
-    """PSNR in dB of one cine ``[T, H, W]`` against its reference (magnitudes)."""
-    return float(batch_psnr(_magnitude64(recon)[None], _magnitude64(target)[None], data_range)[0])
+def psnr(recon, target, data_range: float = 1.0, *, box=None) -> float:
+    """PSNR in dB of one cine ``[T, H, W]`` against its reference (magnitudes), whole frame or ``box`` ``[4]``."""
+    return float(batch_psnr(_magnitude64(recon)[None], _magnitude64(target)[None], data_range, box=box)[0])
 
 
-def ssim(recon, target, data_range: float = 1.0) -> float:
-    """SSIM of one cine ``[T, H, W]``: the mean of its per-frame 2D SSIM (see module docstring)."""
-    return float(batch_ssim(_magnitude64(recon)[None], _magnitude64(target)[None], data_range)[0])
+def ssim(recon, target, data_range: float = 1.0, *, box=None) -> float:
+    """SSIM of one cine ``[T, H, W]``: the mean of its per-frame 2D SSIM (see module docstring), whole frame or
+    ``box`` ``[4]``."""
+    return float(batch_ssim(_magnitude64(recon)[None], _magnitude64(target)[None], data_range, box=box)[0])
+
+
+def nmse(recon, target, *, box=None) -> float:
+    """NMSE of one cine ``[T, H, W]`` against its reference (magnitudes), whole frame or ``box`` ``[4]``."""
+    return float(batch_nmse(_magnitude64(recon)[None], _magnitude64(target)[None], box=box)[0])
 
 
 def summarize(values) -> tuple[float, float]:
