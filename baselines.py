@@ -4,9 +4,12 @@ Notation (as in ``sampling.py``): a cine ``x`` is ``[T, H, W]`` (or a batch ``[B
 ``F`` the centred orthonormal 2D FFT over (H, W), ``U`` the binary mask and ``y = U F x_true``
 the sampled k-space (zeros off the mask). ``F_t`` is the orthonormal DFT along time (axis -3,
 the temporal DC at index 0) and ``soft(z, tau) = z max(|z| - tau, 0) / |z|`` the complex
-soft-threshold. ``DC(x) = F^-1((1 - U) F x + y)`` is hard data consistency: it replaces the
-sampled k-space lines by the measurements, so every reconstruction returned here has exactly the
-measured lines (to float precision).
+soft-threshold. ``DC(x) = F^-1((1 - U) F x + y)`` is hard data consistency
+(``sampling.data_consistency``): it replaces the sampled k-space lines by the measurements, so
+every reconstruction returned here has exactly the measured lines (to float precision).
+
+- :func:`view_sharing`: ``sampling.view_sharing`` (the temporal mean fills unsampled k-space) as a
+  timed baseline.
 
 - :func:`kt_sparse`: ``min_x  lam ||F_t x||_1 + 1/2 ||U F x - y||^2`` (x-f sparsity, Lustig /
   Otazo style) by FISTA with step 1 (``U F`` has norm 1), whose gradient step is exactly ``DC``.
@@ -38,6 +41,8 @@ import time
 import torch
 
 from metrics import batch_psnr
+from sampling import data_consistency
+from sampling import view_sharing as view_shared_image
 
 # Small grids for tuning on validation cines (relative weights, see the module docstring) around
 # the defaults, the best or within 0.3 dB of the best on the phantom at 64x64 and 192x192, 5x.
@@ -61,15 +66,6 @@ def soft_threshold(z: torch.Tensor, tau) -> torch.Tensor:
     magnitude = z.abs()
     gain = (magnitude - tau).clamp_min(0) / magnitude.clamp_min(torch.finfo(magnitude.dtype).tiny)
     return z * gain
-
-
-def data_consistency(x: torch.Tensor, kspace: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
-    """``DC(x) = F^-1((1 - U) F x + U y)``: the sampled lines of ``x`` replaced by the measurements.
-
-    Runs in the *shifted* domain of the solvers (see :func:`_prepare`): plain ``fft2``/``ifft2``
-    on ``ifftshift``-ed images, k-space and boolean mask ``sampled``.
-    """
-    return torch.fft.ifft2(torch.where(sampled, kspace, torch.fft.fft2(x, norm="ortho")), norm="ortho")
 
 
 def casorati(x: torch.Tensor) -> torch.Tensor:
@@ -175,14 +171,14 @@ def kt_sparse(kspace, mask, *, lam: float = 0.001, iterations: int = 50, tol: fl
         tau[:, 0] = 0
     v_old, z, t = x0, x0, 1.0
     for done in range(1, iterations + 1):
-        v = temporal_ifft(soft_threshold(temporal_fft(data_consistency(z, kspace, sampled)), tau))
+        v = temporal_ifft(soft_threshold(temporal_fft(data_consistency(z, kspace, sampled, centered=False)), tau))
         t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
         z = v + ((t - 1) / t_next) * (v - v_old)
         converged = _relative_change(v, v_old) < tol
         v_old, t = v, t_next
         if converged:
             break
-    x = data_consistency(v_old, kspace, sampled)
+    x = data_consistency(v_old, kspace, sampled, centered=False)
     synchronize(kspace.device)
     if verbose:
         _report("k-t sparse", len(x), done, time.perf_counter() - started)
@@ -218,7 +214,7 @@ def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: floa
         low = singular_value_threshold(casorati(m - s), tau_l)  # [B, H W, T]
         low = low.transpose(1, 2).reshape(shape)  # [B, T, H, W]
         s = temporal_ifft(soft_threshold(temporal_fft(m - l_prev), tau_s))
-        m_new = data_consistency(low + s, kspace, sampled)
+        m_new = data_consistency(low + s, kspace, sampled, centered=False)
         converged = _relative_change(m_new, m) < tol
         m, l_prev = m_new, low
         if converged:
@@ -230,24 +226,17 @@ def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: floa
 
 
 def view_sharing(kspace, mask, *, verbose: bool = False):
-    """k-t view sharing: every frame keeps its measured lines, and each k-space location it did not
-    sample is filled with the mean over the frames that sampled it (the temporal average; DC-CNN's
-    data sharing over all frames); locations no frame sampled stay zero.
-
-    ``F^-1 (y_t + (1 - U_t) sum_s y_s / sum_s U_s)`` for ``kspace`` / ``mask`` ``[T, H, W]`` or
-    ``[B, T, H, W]``. It keeps the sampled k-space exactly, has no parameters, and is exact for a
-    static object. It also serves as the networks' initial image (``view_sharing=True``).
-    """
-    kspace, sampled, was_numpy, single = _prepare(kspace, mask)
-    synchronize(kspace.device)
+    """k-t view sharing (:func:`sampling.view_sharing`, no parameters) as a baseline with the
+    solvers' interface: ``kspace`` / ``mask`` ``[T, H, W]`` or ``[B, T, H, W]``, numpy or torch;
+    verbose: print the time per cine."""
+    device = torch.as_tensor(kspace).device
+    synchronize(device)
     started = time.perf_counter()
-    counts = sampled.sum(1, keepdim=True)  # [B, 1, H, W]: frames that sampled each location
-    mean = kspace.sum(1, keepdim=True) / counts.clamp_min(1)  # [B, 1, H, W]
-    x = torch.fft.ifft2(torch.where(sampled, kspace, mean), norm="ortho")  # [B, T, H, W]
-    synchronize(kspace.device)
+    x = view_shared_image(kspace, mask)
+    synchronize(device)
     if verbose:
-        _report("view sharing", len(x), 1, time.perf_counter() - started)
-    return _finish(x, was_numpy, single)
+        _report("view sharing", len(x) if x.ndim == 4 else 1, 1, time.perf_counter() - started)
+    return x
 
 
 METHODS = {"view_sharing": view_sharing, "kt_sparse": kt_sparse, "lplus_s": low_rank_plus_sparse}

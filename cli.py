@@ -1,18 +1,40 @@
-"""Command-line plumbing shared by the entry points: one-line errors, ``--key=value`` overrides,
-safe run names and run directories that never overwrite an earlier run."""
+"""Command-line plumbing shared by every entry point: one option style, ``--help``, one-line errors,
+safe run names, run directories that never overwrite an earlier run, and atomic writes.
+
+Every command is described by its options (:class:`Option`), read from the source that holds their
+defaults, so ``--help`` cannot drift from them:
+
+- :func:`options_from_signature`: the keyword parameters of a function, each documented by the
+  comment that ends its line (``seed: int = 0,  # phantom, split and masks``);
+- :func:`options_from_call`: the keywords of a call written in a file, such as the ``train(...)``
+  call at the bottom of train.py, with their trailing comments.
+
+A comment alone on a line opens a section of the help. Options are given as ``--key=value`` or
+``--key value``; a bare ``--key`` sets a boolean; ``--help`` lists every option with its default
+and allowed values; an unknown option is refused with a suggestion. Bad input of any kind raises
+:class:`UserError`, which :func:`cli_errors` reports as one line on stderr with exit status 2.
+"""
 from __future__ import annotations
 
 import ast
 import difflib
 import inspect
+import io
+import json
 import os
 import re
 import sys
+import textwrap
+import tokenize
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 EXIT_USAGE = 2
+REQUIRED = inspect.Parameter.empty  # the default of an option that must be given
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
 class UserError(ValueError):
@@ -35,64 +57,349 @@ def cli_errors(argv=None):
         sys.exit(EXIT_USAGE)
 
 
+# ----------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class Option:
+    """One ``--name`` option: its default (``REQUIRED`` if it must be given), the comment that
+    documents it, its allowed values, the help section it belongs to, and how its text is read."""
+    name: str
+    default: Any = REQUIRED
+    help: str = ""
+    choices: tuple = ()
+    section: str = ""
+    parse: Callable[[str], Any] | None = None  # text -> value; None: by the default's type
+
+    def value(self, text: str):
+        """The value of ``text`` for this option; ``ValueError`` if it cannot be one."""
+        if self.parse is not None:
+            return self.parse(text)
+        return parse_value(text, self.default)
+
+
+@dataclass(frozen=True)
+class Positional:
+    """A positional argument: ``count`` is ``"1"`` (exactly one), ``"?"`` (optional, ``default``)
+    or ``"+"`` (one or more)."""
+    name: str
+    help: str = ""
+    count: str = "1"
+    default: Any = None
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
 def parse_value(text: str, default):
-    """Parse a command-line value to the type of ``default`` (bool/int/float/str/None/tuple)."""
+    """Read ``text`` as the type of ``default`` (bool, int, float or str); a ``None`` default takes
+    any text, ``none`` meaning None; other defaults (tuples) are read as Python literals."""
     if isinstance(default, bool):
-        lowered = text.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected true or false, got {text!r}")
+        return parse_bool(text)
     if isinstance(default, int):
         return int(text)
     if isinstance(default, float):
         return float(text)
-    if isinstance(default, str):
+    if isinstance(default, str) or default is REQUIRED:
         return text
-    if text.lower() == "none":
+    if default is None:
+        return None if text.lower() == "none" else text
+    return ast.literal_eval(text)
+
+
+def positive(text: str) -> int:
+    """An integer >= 1 (the option type of counts and sizes)."""
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def annotation_parser(annotation: str, default) -> Callable[[str], Any] | None:
+    """The reader of an annotated parameter whose default says nothing of its type
+    (``int | None = None``, a required ``int``); None: by the default."""
+    if not (default is None or default is REQUIRED):
         return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    kinds = [part.strip() for part in text.split("|")]
+    base = {"int": int, "float": float, "bool": parse_bool}.get(next((k for k in kinds if k != "None"), ""))
+    if base is None:
+        return None
+    return (lambda text: None if text.lower() == "none" else base(text)) if "None" in kinds else base
 
 
-def keyword_defaults(function) -> dict:
-    """The keyword parameters of ``function`` with their defaults."""
-    return {name: p.default for name, p in inspect.signature(function).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+def _trailing_comments(source: str) -> tuple[dict[int, str], dict[int, str]]:
+    """``(comments ending a line of code, comments alone on their line)``, by line number."""
+    trailing, alone = {}, {}
+    code_lines = set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            (alone if token.start[0] not in code_lines else trailing)[token.start[0]] = token.string[1:].strip()
+        elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            code_lines.update(range(token.start[0], token.end[0] + 1))
+    return trailing, alone
 
 
-def parse_overrides(args: list[str], defaults: dict, flags: tuple[str, ...] = ("--debug",)) -> dict:
-    """Parse ``--key=value`` arguments against ``defaults`` (key -> default value).
+def _documented(entries: list[tuple[str, int, int, Any]], source: str, choices: dict, parsers: dict,
+                annotations: dict) -> list[Option]:
+    """Options of ``(name, first line, last line, default)`` entries, documented by the comment
+    ending their last line; a comment alone on a line opens a section for what follows."""
+    trailing, alone = _trailing_comments(source)
+    options, section, previous_end = [], "", 0
+    for name, first, last, default in entries:
+        headers = [alone[line] for line in range(previous_end + 1, first) if line in alone]
+        section = headers[-1] if headers else section
+        parse = parsers.get(name) or annotation_parser(annotations.get(name), default)
+        options.append(Option(name, default, trailing.get(last, ""), tuple(choices.get(name, ())), section, parse))
+        previous_end = last
+    return options
 
-    Unknown keys, missing ``=`` and unparsable values raise ``UserError``; the bare ``flags``
-    are skipped. A bare ``--key`` for a boolean means true.
-    """
-    overrides = {}
-    for arg in args:
-        if arg in flags:
-            continue
-        match = re.fullmatch(r"--([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?", arg, re.S)
-        if not match:
-            raise UserError(f"argument {arg!r}: expected --key=value")
-        key, text = match.groups()
-        if key not in defaults:
-            close = difflib.get_close_matches(key, defaults, n=1)
-            hint = f" (did you mean --{close[0]}?)" if close else ""
-            raise UserError(f"unknown option --{key}{hint}")
-        if text is None:
-            if not isinstance(defaults[key], bool):
-                raise UserError(f"option --{key} needs a value: --{key}=VALUE")
-            text = "true"
+
+def options_from_signature(function, *, choices: dict | None = None, parsers: dict | None = None,
+                           exclude=()) -> list[Option]:
+    """The named parameters of ``function`` as options (defaults from the signature, ``REQUIRED``
+    where there is none; help from each parameter's trailing comment), without ``exclude``."""
+    source = textwrap.dedent(inspect.getsource(function))
+    node = ast.parse(source).body[0]
+    args = [*node.args.args, *node.args.kwonlyargs]
+    positional_defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults
+    defaults = dict(zip([a.arg for a in args], [*positional_defaults, *node.args.kw_defaults]))
+    signature = inspect.signature(function).parameters
+    entries = [(a.arg, a.lineno, (defaults[a.arg] or a).end_lineno, signature[a.arg].default)
+               for a in args if a.arg not in exclude]
+    annotations = {name: p.annotation for name, p in signature.items()}
+    return _documented(entries, source, choices or {}, parsers or {}, annotations)
+
+
+def options_from_call(path: Path, function_name: str, *, choices: dict | None = None) -> list[Option]:
+    """The keywords of the last ``function_name(...)`` call in the file ``path`` as options: their
+    literal values are the defaults and their trailing comments the help."""
+    source = Path(path).read_text()
+    calls = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Name) and node.func.id == function_name and node.keywords]
+    if not calls:
+        raise UserError(f"{path}: no {function_name}(...) call with keywords")
+    entries = []
+    for keyword in max(calls, key=lambda node: node.lineno).keywords:
         try:
-            overrides[key] = parse_value(text, defaults[key])
-        except ValueError as error:
-            raise UserError(f"option --{key}={text}: {error}") from None
-    return overrides
+            value = ast.literal_eval(keyword.value)
+        except ValueError:
+            raise UserError(f"{path}, line {keyword.lineno}: the value of {keyword.arg} must be a literal "
+                            f"(a number, a string, True, False or None)") from None
+        entries.append((keyword.arg, keyword.lineno, keyword.value.end_lineno, value))
+    return _documented(entries, source, choices or {}, {}, {})
 
 
+def positionals_of(function) -> list[Positional]:
+    """The positional parameters of ``function`` (required, optional with a default, or ``*many``),
+    each documented by the comment ending its line."""
+    source = textwrap.dedent(inspect.getsource(function))
+    node = ast.parse(source).body[0]
+    trailing, _ = _trailing_comments(source)
+    lines = {a.arg: a.end_lineno for a in [*node.args.args, *filter(None, [node.args.vararg])]}
+    found = []
+    for p in inspect.signature(function).parameters.values():
+        text = trailing.get(lines.get(p.name), "")
+        if p.kind == p.VAR_POSITIONAL:
+            found.append(Positional(p.name.upper(), text, "+"))
+        elif p.kind == p.POSITIONAL_OR_KEYWORD:
+            optional = p.default is not p.empty
+            found.append(Positional(p.name.upper(), text, "?" if optional else "1", p.default if optional else None))
+    return found
+
+
+# ----------------------------------------------------------------------------- parsing
+@dataclass
+class Command:
+    """What a command takes, for parsing and for ``--help``."""
+    prog: str
+    description: str
+    options: list[Option]
+    positionals: list[Positional] = field(default_factory=list)
+    config_file: bool = False  # accept --config=FILE: the "config" of a metrics.json as option values
+    not_from_config: tuple = ()  # keys of a --config file that are not taken (e.g. resume)
+
+    def usage(self) -> str:
+        names = [{"1": p.name, "?": f"[{p.name}]", "+": f"{p.name} [{p.name} ...]"}[p.count] for p in self.positionals]
+        required = [f"--{o.name}=VALUE" for o in self.options if o.default is REQUIRED]
+        config = ["[--config=FILE]"] if self.config_file else []
+        return " ".join(["usage:", self.prog, *names, *required, "[--key=value ...]", *config, "[--debug] [--help]"])
+
+    def help(self) -> str:
+        lines = [self.usage(), "", self.description.strip(), ""]
+        if self.positionals:
+            lines.append("arguments:")
+            lines += [_help_line(p.name, p.help, [f"default: {_show(p.default)}"] if p.count == "?" else [])
+                      for p in self.positionals]
+            lines.append("")
+        lines.append("options (--key=value or --key value; a bare --key means true for a boolean):")
+        section = ""
+        for option in self.options:
+            if option.section != section:
+                section = option.section
+                lines.append(f" {section}:")
+            lines.append(_help_line(f"--{option.name}", option.help, _facts(option)))
+        lines.append("")
+        if self.config_file:
+            lines.append(_help_line("--config", "rerun the configuration saved in FILE (output/NAME/metrics.json); "
+                                                "options given beside it still win"))
+        lines.append(_help_line("--debug", "show the traceback of an error"))
+        lines.append(_help_line("--help", "show this help and exit"))
+        return "\n".join(lines) + "\n"
+
+    def parse(self, argv: list[str]) -> tuple[list, dict]:
+        """``(positional values, option values given)``; ``--help`` prints the help and exits 0."""
+        by_name = {option.name: option for option in self.options}
+        values, from_file, words = {}, {}, []
+        i = 0
+        while i < len(argv):
+            arg = argv[i]
+            if arg in ("--help", "-h"):
+                print(self.help(), end="")
+                sys.exit(0)
+            if arg == "--debug":
+                pass
+            elif arg.startswith("--"):
+                key, has_value, text = arg[2:].partition("=")
+                if key == "config" and self.config_file:
+                    text, i = (text, i) if has_value else (_next_value(argv, i, key), i + 1)
+                    from_file = self.read_config(text)
+                else:
+                    option = self.option(key, by_name)
+                    if not has_value:
+                        text = _next_value(argv, i, key, boolean=isinstance(option.default, bool))
+                        i += text is not None
+                        text = "true" if text is None else text
+                    values[key] = self.value(option, text)
+            elif arg.startswith("-") and not re.fullmatch(r"-[\d.]+(e-?\d+)?", arg):
+                raise UserError(f"unknown option {arg}: options are written --key=value (see --help)")
+            else:
+                words.append(arg)
+            i += 1
+        values = {**from_file, **values}
+        missing = [f"--{o.name}" for o in self.options if o.default is REQUIRED and o.name not in values]
+        if missing:
+            raise UserError(f"option {missing[0]} is required ({self.usage()})")
+        return self.positional_values(words), values
+
+    def option(self, key: str, by_name: dict) -> Option:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise UserError(f"argument --{key}: expected --key=value")
+        if key not in by_name:
+            known = list(by_name) + (["config"] if self.config_file else [])
+            close = difflib.get_close_matches(key, known, n=1)
+            raise UserError(f"unknown option --{key}" + (f" (did you mean --{close[0]}?)" if close else "")
+                            + f"; {self.prog} --help lists them")
+        return by_name[key]
+
+    @staticmethod
+    def value(option: Option, text: str):
+        try:
+            value = option.value(text)
+        except (ValueError, SyntaxError) as error:
+            raise UserError(f"option --{option.name}={text}: {error}") from None
+        if option.choices and value not in option.choices:
+            raise UserError(f"--{option.name}={value!r}: choose one of {', '.join(map(str, option.choices))}")
+        return value
+
+    def read_config(self, path: str) -> dict:
+        """The option values of a run's saved configuration (the ``config`` of its metrics.json)."""
+        try:
+            saved = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise UserError(f"--config={path}: not a readable JSON file ({error})") from None
+        config = saved.get("config", saved) if isinstance(saved, dict) else None
+        if not isinstance(config, dict):
+            raise UserError(f"--config={path}: expected a JSON object (a run's metrics.json)")
+        known = {option.name for option in self.options}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise UserError(f"--config={path}: {unknown[0]!r} is not an option of {self.prog}")
+        return {key: value for key, value in config.items() if key not in self.not_from_config}
+
+    def positional_values(self, words: list[str]) -> list:
+        """Assign the positional words in order: every ``1`` takes one, the ``?`` ones take what is
+        left in order, a ``+`` takes one plus every spare word."""
+        counts = [p.count for p in self.positionals]
+        spare = len(words) - counts.count("1") - counts.count("+")
+        if spare < 0 or ("+" not in counts and spare > counts.count("?")):
+            raise UserError(self.usage())
+        values = []
+        for p in self.positionals:
+            if p.count == "1":
+                values.append(words.pop(0))
+            elif p.count == "?":
+                values.append(words.pop(0) if spare > 0 else p.default)
+                spare -= 1
+            else:
+                values.append([words.pop(0) for _ in range(1 + max(spare, 0))])
+                spare = 0
+        return values
+
+
+def _next_value(argv: list[str], i: int, key: str, boolean: bool = False) -> str | None:
+    """The word after ``--key`` as its value: for a boolean only a true/false word (else None)."""
+    following = argv[i + 1] if i + 1 < len(argv) else None
+    if boolean:
+        return following if following is not None and following.lower() in TRUE_WORDS + FALSE_WORDS else None
+    if following is None or following.startswith("--"):
+        raise UserError(f"option --{key} needs a value: --{key}=VALUE")
+    return following
+
+
+def _show(value) -> str:
+    """A default as it is typed on the command line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value == "":
+        return "''"
+    return str(value)
+
+
+def _facts(option: Option) -> list[str]:
+    """What ``--help`` says of an option besides its comment: default and allowed values."""
+    facts = ["required" if option.default is REQUIRED else f"default: {_show(option.default)}"]
+    if option.choices:
+        facts.append(f"one of: {', '.join(map(str, option.choices))}")
+    elif isinstance(option.default, bool):
+        facts.append("true or false")
+    return facts
+
+
+def _help_line(name: str, text: str, facts: list[str] = ()) -> str:
+    """``  --name   help [default: x; one of: a, b]`` wrapped at 100 columns."""
+    body = " ".join(part for part in (text, f"[{'; '.join(facts)}]" if facts else "") if part)
+    return textwrap.fill(body, width=100, initial_indent=f"  {name:<20} ", subsequent_indent=" " * 23,
+                         break_on_hyphens=False)
+
+
+def run_command(function, argv: list[str] | None = None, *, prog: str | None = None,
+                options: list[Option] | None = None, choices: dict | None = None, parsers: dict | None = None,
+                exclude=()):
+    """Parse ``argv`` (default ``sys.argv[1:]``) for ``function`` and call it.
+
+    Positional parameters become positional arguments (``*args``: one or more), keyword-only ones
+    options (:func:`options_from_signature`, or ``options`` when given); ``--help`` is generated
+    from them and the function's docstring. Raises ``UserError`` for bad input; use it inside
+    :func:`cli_errors`. Returns the function's result.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    positionals = positionals_of(function)
+    if options is None:
+        named = [p.name for p in inspect.signature(function).parameters.values() if p.kind == p.POSITIONAL_OR_KEYWORD]
+        options = options_from_signature(function, choices=choices, parsers=parsers, exclude=(*exclude, *named))
+    command = Command(prog or f"python {Path(sys.argv[0]).name}", inspect.getdoc(function) or "", options, positionals)
+    words, given = command.parse(argv)
+    values = {**{option.name: option.default for option in options}, **given}
+    positional = [value for p, value in zip(command.positionals, words) if p.count != "+"]
+    many = [value for p, value in zip(command.positionals, words) if p.count == "+"]
+    return function(*positional, *(many[0] if many else ()), **values)
+
+
+# ----------------------------------------------------------------------------- files
 def check_run_name(name: str) -> str:
     """Return ``name`` if it is a safe single path component (letters, digits, ``._-``)."""
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}", name or "") or ".." in name:
@@ -124,22 +431,21 @@ def make_run_dirs(roots: list[Path], name: str, resume: bool = False) -> list[Pa
     return dirs
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def atomic_write(path, content) -> None:
+    """Write ``path`` through a temporary file beside it and a rename, so a kill never leaves half a
+    file and the previous version survives until the new one is complete.
 
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename: a kill leaves the old file intact."""
-    import torch
-
+    content: text, bytes, or a function ``write(file)`` given the binary file (``torch.save``,
+    ``np.savez``, ...).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as file:
+            if callable(content):
+                content(file)
+            else:
+                file.write(content.encode() if isinstance(content, str) else content)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

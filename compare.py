@@ -4,10 +4,12 @@
         [--baselines=view_sharing,kt_sparse,lplus_s|none] [--masks=per_cine|fixed] [--max_cines=N]
         [--tune=true] [--tune_cines=8] [--batch_size=4] [--device=auto|cpu|cuda] [--amp=auto|bf16|fp16|none]
         [--data=... --num_samples=... --image_size=... --seed=... ...] [--out_dir=output] [--images_dir=images]
+        [--help]
 
 Trains nothing. A run name ``R`` stands for ``OUT_DIR/R/best.pt``. Every checkpoint must share its
 data settings (``DATA_KEYS``): the test split is rebuilt from them exactly as ``train.py`` builds it.
-Without checkpoints the data options describe the data (the baselines alone are compared).
+Without checkpoints the data options describe the data (the baselines alone are compared); their
+defaults are those of the ``train(...)`` call in train.py (``settings.train_defaults``).
 
 Every method sees the same test cines with the same masks: ``--masks=per_cine`` (default) gives
 cine i the evaluation mask seeded by ``(seed, i)``; ``--masks=fixed`` gives every cine the one mask
@@ -25,19 +27,21 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import train
 from baselines import GRIDS, METHODS, synchronize
 from baselines import tune as tune_weights
-from cli import (UserError, atomic_write_text, check_run_name, cli_errors, keyword_defaults, make_run_dirs,
-                 parse_overrides)
+from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors, make_run_dirs, \
+    options_from_signature
+from engine import autocast, choose_autocast, describe_device, evaluate, load_images, make_datasets, resolve_device
 from metrics import summarize
 from models import count_parameters, load_model
+from settings import train_defaults, train_options
 
 # The settings that make the test split, its cines and its masks; checkpoints must agree on them.
 DATA_KEYS = ("data", "num_samples", "image_size", "phantom_phase", "seed", "in_channels", "acceleration",
@@ -65,23 +69,23 @@ def compare(name: str, *,
             device: str = "auto",                 # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
             amp: str = "auto",                    # networks' autocast: 'auto' | 'bf16' | 'fp16' | 'none'
             verbose: bool = True,                 # print the CS solvers' time per call
-            # data, used only without checkpoints (as train.py: the embedded phantom unless --data)
-            data: str | None = None,
-            num_samples: int = 200,
-            image_size: int = 192,
-            phantom_phase: bool = False,
-            seed: int = 0,
-            in_channels: int = 20,
-            acceleration: float = 5.0,
-            center_lines: int = 11,               # at 192 rows; scaled to other heights unless given
-            density: str = "gaussian",
-            out_dir: str = "output",
-            images_dir: str = "images",
+            out_dir: str = "output",              # folder of the runs and of compare_NAME/
+            images_dir: str = "images",           # folder of the figures (images_dir/compare_NAME/)
             given: tuple = (),
-            command: str = "") -> dict:
-    """Evaluate every method on the same test cines; write the table and figures. ``given``:
-    the options set on the command line (to refuse data options that contradict checkpoints)."""
-    options = {key: value for key, value in locals().items() if key not in ("name", "given", "command")}
+            command: str = "",
+            **data) -> dict:
+    """Evaluate every method on the same test cines; write the table and figures.
+
+    data: the data settings (``DATA_KEYS``) used without checkpoints, by default those of the
+    ``train(...)`` call; given: the options set on the command line (to refuse data options that
+    contradict checkpoints); command: the command line, recorded in the results.
+    """
+    options = {key: value for key, value in locals().items() if key not in ("name", "given", "command", "data")}
+    unknown = sorted(set(data) - set(DATA_KEYS))
+    if unknown:
+        raise UserError(f"--{unknown[0]}: not an option of compare.py (its data options: {', '.join(DATA_KEYS)})")
+    defaults = train_defaults()
+    options.update({key: data.get(key, defaults[key]) for key in DATA_KEYS})
     check_run_name(name)
     folder = check_run_name(f"compare_{name}")
     roots = [Path(out_dir), Path(images_dir)]
@@ -94,15 +98,14 @@ def compare(name: str, *,
             raise UserError(f"--{key}={options[key]}: must be >= 0 (0 = all)")
     if batch_size < 1:
         raise UserError(f"--batch_size={batch_size}: must be a positive integer")
-    torch_device = train.resolve_device({"device": device}, 0)
-    amp_dtype = train.autocast_dtype({"amp": amp}, torch_device)
-
+    torch_device = resolve_device(device)
     networks = load_networks(methods["networks"], torch_device)
+    amp_dtype, amp_reason = choose_autocast(amp, torch_device) if networks else (None, "no networks")
     data_config, scale_lines = data_settings(options, networks, set(given))
     notes: list[str] = []
-    images, source = train.load_images(data_config, notes, scale_lines)
+    images, source = load_images(data_config, notes, scale_lines)
     mask_mode = "random" if masks == "per_cine" else "fixed"
-    _, val_set, test_set = train.make_datasets(images, {**data_config, "mask_mode": mask_mode}, torch_device)
+    _, val_set, test_set = make_datasets(images, {**data_config, "mask_mode": mask_mode}, torch_device)
     del images
     rows = np.arange(len(test_set))[:max_cines or None]
     val_rows = np.arange(len(val_set))[:tune_cines or None]
@@ -136,16 +139,16 @@ def compare(name: str, *,
         }
     report = {
         "name": name, "command": command, "date": datetime.now().isoformat(timespec="seconds"),
-        "device": train.describe_device(torch_device), "torch": torch.__version__,
-        "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+        "device": describe_device(torch_device), "torch": torch.__version__,
+        "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "autocast_reason": amp_reason,
         "data": {**data_config, "source": source, "notes": notes},
         "masks": {"protocol": masks, "label": MASK_PROTOCOLS[masks][0], "description": MASK_PROTOCOLS[masks][1]},
         "test": {"cines": len(rows), "of": len(test_set), "indices": test_set.indices[rows].tolist()},
         "tuning": {"validation_cines": val_set.indices[val_rows].tolist(), "methods": tuning},
         "methods": results,
     }
-    atomic_write_text(out_path / "results.json", json.dumps(report, indent=1))
-    atomic_write_text(out_path / "results.md", results_markdown(report))
+    atomic_write(out_path / "results.json", json.dumps(report, indent=1))
+    atomic_write(out_path / "results.md", results_markdown(report))
     write_figures(examples, reference, results, report, img_path)
     print("\n" + results_table(results) + f"\n\nresults {out_path / 'results.md'}, {out_path / 'results.json'}; "
           f"figures {img_path}/")
@@ -264,15 +267,15 @@ class Timed(torch.nn.Module):
 
 
 def run_method(model, test_set, rows, batch_size: int, amp_dtype, warm: bool) -> tuple[dict, float]:
-    """``train.evaluate`` of one method on the test cines ``rows`` (the first kept as an example)
+    """``engine.evaluate`` of one method on the test cines ``rows`` (the first kept as an example)
     and its reconstruction time per cine; ``warm``: one untimed call first (networks), so one-off
     costs such as kernel selection are not counted."""
     timed = Timed(model)
     if warm:
         batch = test_set.batch(rows[:1])
-        with torch.no_grad(), train.autocast(test_set.images.device, amp_dtype):
+        with torch.no_grad(), autocast(test_set.images.device, amp_dtype):
             model.eval()(batch["aliased"], batch["kspace"], batch["mask"])
-    scores = train.evaluate(timed, test_set, batch_size=batch_size, amp_dtype=amp_dtype, rows=rows,
+    scores = evaluate(timed, test_set, batch_size=batch_size, amp_dtype=amp_dtype, rows=rows,
                             keep={int(rows[0])})
     return scores, timed.seconds / max(timed.cines, 1)
 
@@ -350,19 +353,25 @@ def write_figures(examples: dict, reference: np.ndarray, results: dict, report: 
 
 
 # ----------------------------------------------------------------------------- command line
+def command() -> Command:
+    """``python compare.py NAME``: compare()'s options, then the data options of train.py's call."""
+    data_options = [replace(option, section="data, used only without checkpoints")
+                    for option in train_options() if option.name in DATA_KEYS]
+    options = options_from_signature(compare, choices={"masks": tuple(MASK_PROTOCOLS)},
+                                     exclude=("name", "given", "command"))
+    return Command("python compare.py", __doc__, options + data_options,
+                   [Positional("NAME", "the comparison's name: it writes OUT_DIR/compare_NAME/ and "
+                                       "IMAGES_DIR/compare_NAME/")])
+
+
 def parse_command_line(argv: list[str]) -> tuple[str, dict]:
-    """``NAME [--key=value ...] [--debug]`` -> (name, overrides)."""
-    names = [arg for arg in argv if not arg.startswith("--")]
-    if len(names) != 1:
-        raise UserError("usage: python compare.py NAME [--runs=A,B] [--checkpoints=PATH,...] [--key=value ...]")
-    defaults = keyword_defaults(compare)
-    for key in ("given", "command"):
-        defaults.pop(key)
-    return names[0], parse_overrides([arg for arg in argv if arg.startswith("--")], defaults)
+    """``NAME [--key=value ...]`` -> (name, the options given); ``--help`` lists them."""
+    (name,), given = command().parse(argv)
+    return name, given
 
 
 if __name__ == "__main__":
-    with cli_errors():
+    with cli_errors():  # bad input: one line on stderr, exit status 2 (--debug: traceback)
         compare_name, cli_overrides = parse_command_line(sys.argv[1:])
         compare(compare_name, **cli_overrides, given=tuple(cli_overrides),
                 command=shlex.join(["python", "compare.py", *sys.argv[1:]]))

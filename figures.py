@@ -1,5 +1,6 @@
-"""Figures of a reconstruction run: example reconstructions, UNet branch outputs, training curves,
-per-frame PSNR, method comparisons and an animated GIF of a cine.
+"""Every figure of the project (the phantom's own plot aside): sampling masks and aliasing, example
+reconstructions (with or without a reference), UNet branch outputs, training curves, per-frame
+PSNR, method comparisons and an animated GIF of a cine.
 
 Cines are ``[T, H, W]`` arrays (numpy or torch, real or complex); magnitudes are shown. Every image of
 one cine shares a grey scale from 0 to the reference's peak magnitude (1 for normalised data). Error
@@ -18,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw
 
-from metrics import psnr
+from metrics import frame_psnr, psnr
 
 ERROR_FRACTION = 0.2  # error maps span 0 .. 0.2 x the reference peak
 DPI = 100
@@ -68,6 +69,52 @@ def _error_title(vmax: float) -> str:
     return f"|error|, 0-{vmax:.2g}"
 
 
+# ----------------------------------------------------------------------------- sampling
+def plot_mask(mask, path, frame: int = 0) -> None:
+    """Save one frame's mask (ky x kx) and the ky-t pattern of a ``[T, H, W]`` mask to ``path``."""
+    mask = _array(mask)
+    frames, height, width = mask.shape
+    ky_t = mask[:, :, 0].T  # [H, T]
+    lines = int(ky_t[:, frame].sum())
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    ax_frame, ax_kt = fig.subplots(1, 2, width_ratios=[1, 1.3])
+    ax_frame.imshow(mask[frame], cmap="gray", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    ax_frame.set(title=f"frame {frame}: {lines}/{height} lines (R = {height / lines:.2f})",
+                 xlabel="kx (readout, fully sampled)", ylabel="ky (phase encoding)")
+    ax_kt.imshow(ky_t, cmap="gray", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    ax_kt.set(title=f"ky-t pattern: {frames} frames, a different draw per frame",
+              xlabel="frame t", ylabel="ky (phase encoding)")
+    ax_kt.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"Variable-density Cartesian sampling (white = sampled), "
+                 f"mean R = {mask.size / mask.sum():.2f}")
+    fig.savefig(path, dpi=110)
+
+
+def plot_aliasing(full, aliased, mask, path, frames=None) -> None:
+    """Save fully sampled | zero-filled (aliased) | mask for chosen frames of one cine.
+
+    full, aliased: ``[T, H, W]`` (magnitudes are shown on one grey scale); mask: ``[T, H, W]``.
+    frames defaults to the first and middle frame.
+    """
+    full, aliased, mask = _magnitude(full), _magnitude(aliased), _array(mask)
+    frames = [0, full.shape[0] // 2] if frames is None else list(frames)
+    psnr_t = frame_psnr(aliased, full)
+    vmax = full.max()
+    fig = Figure(figsize=(9, 3.1 * len(frames)), layout="constrained")
+    axes = fig.subplots(len(frames), 3, squeeze=False)
+    for row, t in zip(axes, frames):
+        row[0].imshow(full[t], cmap="gray", vmin=0, vmax=vmax)
+        row[0].set_title(f"fully sampled, frame {t}")
+        row[1].imshow(aliased[t], cmap="gray", vmin=0, vmax=vmax)
+        row[1].set_title(f"zero-filled, {psnr_t[t]:.1f} dB")
+        row[2].imshow(mask[t], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        row[2].set_title(f"mask, R = {mask[t].size / mask[t].sum():.2f}")
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.savefig(path, dpi=100)
+
+
 # ----------------------------------------------------------------------------- image panels
 def plot_reconstructions(examples: list[dict], path, frame: int | None = None,
                          title: str = "Test reconstructions") -> None:
@@ -92,6 +139,30 @@ def plot_reconstructions(examples: list[dict], path, frame: int | None = None,
     fig.colorbar(error, ax=axes[:, 3], shrink=0.8)
     fig.suptitle(f"{title}, frame {t} (PSNR over the whole cine)")
     _save(fig, path)
+
+
+def plot_without_reference(zero_filled, recon, path, index: int) -> None:
+    """Zero-filled | reconstruction (middle frame) | the reconstruction's x-t profile through the
+    middle column, magnitudes ``[T, H, W]`` on one grey scale (no reference to compare with)."""
+    zero_filled, recon = _magnitude(zero_filled), _magnitude(recon)
+    frames, height, width = recon.shape
+    t = frames // 2
+    grey = dict(cmap="gray", vmin=0, vmax=recon.max(), interpolation="nearest")
+    fig = Figure(figsize=(8.5, 3.2), layout="constrained")
+    axes = fig.subplots(1, 3, width_ratios=[1, 1, 0.6])
+    axes[0].imshow(zero_filled[t], **grey)
+    axes[0].set_title(f"zero-filled, frame {t}", fontsize=10)
+    axes[1].imshow(recon[t], **grey)
+    axes[1].set_title(f"reconstruction, frame {t}", fontsize=10)
+    axes[2].imshow(recon[:, :, width // 2].T, aspect="auto", **grey)
+    axes[2].set_title(f"x-t, column {width // 2}", fontsize=10)
+    axes[2].set_xlabel("frame")
+    for ax in axes:
+        ax.set_yticks([])
+    for ax in axes[:2]:
+        ax.set_xticks([])
+    fig.suptitle(f"Cine {index}: reconstruction from measured k-space (no reference)")
+    fig.savefig(path, dpi=100)
 
 
 def plot_branches(real: np.ndarray, imag: np.ndarray, path, frame: int | None = None, title: str = "") -> None:

@@ -2,12 +2,12 @@
 
     python reconstruct.py --checkpoint output/NAME/best.pt --input FILE --out recon.npz
         [--key NAME] [--mask MASK.npy|.npz] [--figures DIR] [--device auto|cpu|cuda|cuda:N]
-        [--batch_size N] [--debug]
+        [--batch_size N] [--debug] [--help]
 
 Two kinds of input:
 
 - Fully sampled cines: ``.npy``/``.npz`` ``[N, T, H, W]`` or one cine ``[T, H, W]`` (or anything
-  ``python data.py convert`` reads). They are undersampled retrospectively with the checkpoint's
+  ``python formats.py convert`` reads). They are undersampled retrospectively with the checkpoint's
   sampling (acceleration, centre lines, density; cine i gets the evaluation mask seeded
   ``data.mask_seed(seed, i)``, or the single mask of ``seed`` for ``mask_mode='fixed'``), or with
   ``--mask`` (``[T, H, W]`` for every cine, or ``[N, T, H, W]``). Each cine is divided by its peak
@@ -24,17 +24,18 @@ the result is cropped back. Measured k-space is zero-padded in k-space (unmeasur
 the network sees the same field of view on a finer grid, and cropping its k-space back keeps every
 measured sample, so hard data consistency still returns the measurements exactly.
 Frames: the dual UNet reconstructs exactly the ``in_channels`` frames it was trained with (resample
-cines first with ``python data.py convert FILE --frames N``); DC-CNN takes any number.
+cines first with ``python formats.py convert FILE --frames N``); DC-CNN takes any number.
 
 Writes ``--out`` (.npz, never overwritten), in the input's units: ``recon`` (complex64
 ``[N, T, H, W]``), ``magnitude`` (float32), ``zero_filled`` (complex64), ``mask`` (float32, as applied,
 on the network's grid), ``scale`` (the per-cine normalisation divisor) and, with a reference,
 ``psnr``, ``ssim``, ``psnr_zero_filled``, ``ssim_zero_filled`` per cine (magnitudes, peak 1).
-``--figures DIR``: per cine a PNG (and, with a reference, a GIF).
+``--figures DIR``: per cine a PNG and a GIF. Mixed precision follows the checkpoint's ``amp`` under
+``engine.choose_autocast`` (fp16 runs in float32 on a CPU).
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +44,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cli import UserError, cli_errors
-from data import DataError, check_cines, check_output, crop_or_pad, mask_seed, normalize, read_cines, save_npz
+from cli import UserError, cli_errors, positive, run_command
+from data import DataError, check_cines, mask_seed, normalize
+from engine import autocast, choose_autocast, resolve_device
+from formats import check_output, crop_or_pad, read_cines, save_npz
 from metrics import batch_psnr, batch_ssim, format_summary
 from models import UNET_LEVELS, load_model
 from sampling import check_sampling, fft2c, ifft2c, undersample, variable_density_mask
-from train import autocast, autocast_dtype, resolve_device
 
 
 @dataclass
@@ -136,7 +138,7 @@ def fully_sampled_problem(path: Path, config: dict, key: str | None, mask_path) 
     scale = np.abs(cines).reshape(len(cines), -1).max(1)
     reference = normalize(cines)  # [N, T, H, W] peak 1
     count, frames, height, width = reference.shape
-    check_frames(config, frames, path, f"resample first: python data.py convert {path} --frames "
+    check_frames(config, frames, path, f"resample first: python formats.py convert {path} --frames "
                                        f"{config['in_channels']} --out NEW.npz")
     size = network_size(config, height, width)
     notes = [f"input {path}: {description}: {count} fully sampled cine(s), each divided by its peak magnitude"]
@@ -210,39 +212,14 @@ def run(model, problem: Problem, *, batch_size: int, device: torch.device, amp_d
     return {**out, **(metrics if problem.reference is not None else {})}
 
 
-def inference_autocast(config: dict, device: torch.device):
-    """The checkpoint's mixed precision where the device allows it (fp16 runs in float32 on a CPU)."""
+def inference_autocast(config: dict, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """The checkpoint's mixed precision where the device allows it (fp16 runs in float32 on a CPU),
+    and the reason (``engine.choose_autocast``)."""
     amp = "none" if config["amp"] == "fp16" and device.type != "cuda" else config["amp"]
-    return autocast_dtype({"amp": amp}, device)
+    return choose_autocast(amp, device)
 
 
 # ----------------------------------------------------------------------------- figures
-def plot_without_reference(zero_filled: np.ndarray, recon: np.ndarray, path, index: int) -> None:
-    """Zero-filled | reconstruction (middle frame) | the reconstruction's x-t profile through the
-    middle column, magnitudes ``[T, H, W]`` on one grey scale (no reference to compare with)."""
-    from matplotlib.figure import Figure
-
-    zero_filled, recon = np.abs(zero_filled), np.abs(recon)
-    frames, height, width = recon.shape
-    t = frames // 2
-    grey = dict(cmap="gray", vmin=0, vmax=recon.max(), interpolation="nearest")
-    fig = Figure(figsize=(8.5, 3.2), layout="constrained")
-    axes = fig.subplots(1, 3, width_ratios=[1, 1, 0.6])
-    axes[0].imshow(zero_filled[t], **grey)
-    axes[0].set_title(f"zero-filled, frame {t}", fontsize=10)
-    axes[1].imshow(recon[t], **grey)
-    axes[1].set_title(f"reconstruction, frame {t}", fontsize=10)
-    axes[2].imshow(recon[:, :, width // 2].T, aspect="auto", **grey)
-    axes[2].set_title(f"x-t, column {width // 2}", fontsize=10)
-    axes[2].set_xlabel("frame")
-    for ax in axes:
-        ax.set_yticks([])
-    for ax in axes[:2]:
-        ax.set_xticks([])
-    fig.suptitle(f"Cine {index}: reconstruction from measured k-space (no reference)")
-    fig.savefig(path, dpi=100)
-
-
 def write_figures(problem: Problem, result: dict, directory: Path) -> list[str]:
     """Per cine a comparison PNG and a GIF (with a reference) or a PNG without one; the paths written."""
     import figures
@@ -253,7 +230,7 @@ def write_figures(problem: Problem, result: dict, directory: Path) -> list[str]:
         stem = directory / f"cine_{i:03d}"
         reference = None if problem.reference is None else problem.reference[i]
         if reference is None:
-            plot_without_reference(result["zero_filled"][i], result["recon"][i], f"{stem}.png", i)
+            figures.plot_without_reference(result["zero_filled"][i], result["recon"][i], f"{stem}.png", i)
         else:
             example = dict(index=i, target=reference, aliased=result["zero_filled"][i], recon=result["recon"][i])
             figures.plot_reconstructions([example], f"{stem}.png", title=f"Cine {i}")
@@ -276,58 +253,53 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
-def parse_args(argv):
-    def positive(text: str) -> int:
-        if not text.isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-        return int(text)
-
-    parser = argparse.ArgumentParser(prog="python reconstruct.py",
-                                     description="Reconstruct cines with a trained cinerecon checkpoint.")
-    parser.add_argument("--checkpoint", required=True, help="output/NAME/best.pt or last.pt")
-    parser.add_argument("--input", required=True,
-                        help="fully sampled cines (.npy/.npz [N,T,H,W] or [T,H,W], or any format data.py "
-                             "convert reads) or an .npz with 'kspace' and 'mask'")
-    parser.add_argument("--out", required=True, help="the .npz to write (never overwritten)")
-    parser.add_argument("--key", help="array name in the input .npz/.mat (default: 'dataset' or the only one)")
-    parser.add_argument("--mask", help="0/1 mask .npy/.npz, [T,H,W] for all cines or [N,T,H,W]")
-    parser.add_argument("--figures", type=Path, metavar="DIR", help="write a PNG (and a GIF) per cine here")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
-    parser.add_argument("--batch_size", type=positive, default=8, help="cines per batch (default 8)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    out = check_output(args.out)
-    device = resolve_device({"device": args.device}, 0)
-    model, config = load_model(args.checkpoint, device)
-    amp_dtype = inference_autocast(config, device)
-    path = Path(args.input)
+def reconstruct(*,
+                checkpoint: str,  # output/NAME/best.pt or last.pt
+                input: str,  # cines (.npy/.npz [N,T,H,W] or [T,H,W], or a formats.py format) or .npz kspace+mask
+                out: str,  # the .npz to write (never overwritten)
+                key: str | None = None,  # array name in the input .npz/.mat; None: 'dataset' or the only one
+                mask: str | None = None,  # 0/1 .npy/.npz, [T,H,W] or [N,T,H,W]; None: the checkpoint's sampling
+                figures: str | None = None,  # a folder for a PNG and a GIF per cine; None: no figures
+                device: str = "auto",  # 'auto' (CUDA if present) | 'cpu' | 'cuda' | 'cuda:N'
+                batch_size: int = 8) -> None:  # cines per batch (>= 1)
+    """Reconstruct cines with a trained cinerecon checkpoint: fully sampled cines are undersampled
+    with the checkpoint's sampling (or --mask) and scored; measured k-space (an .npz with 'kspace'
+    and 'mask') is reconstructed without a reference. Writes --out in the input's units."""
+    out = check_output(out)
+    torch_device = resolve_device(device)
+    model, config = load_model(checkpoint, torch_device)
+    amp_dtype, amp_reason = inference_autocast(config, torch_device)
+    path = Path(input)
     if "kspace" in npz_arrays(path):
-        problem = kspace_problem(path, config, args.mask)
+        problem = kspace_problem(path, config, mask)
     else:
-        problem = fully_sampled_problem(path, config, args.key, args.mask)
-    print(f"checkpoint {args.checkpoint}: {config['arch']} network, {config['cascades']} cascade(s), trained on "
-          f"{config['in_channels']}-frame cines; device {device}, autocast {amp_dtype or 'off'}")
+        problem = fully_sampled_problem(path, config, key, mask)
+    print(f"checkpoint {checkpoint}: {config['arch']} network, {config['cascades']} cascade(s), trained on "
+          f"{config['in_channels']}-frame cines; device {torch_device}, autocast {amp_dtype or 'off'} ({amp_reason})")
     for note in problem.notes:
         print(note)
-    result = run(model, problem, batch_size=args.batch_size, device=device, amp_dtype=amp_dtype)
+    result = run(model, problem, batch_size=batch_size, device=torch_device, amp_dtype=amp_dtype)
     scale, masks = problem.scale[:, None, None, None], problem.applied_masks()
-    metrics = {key: result[key] for key in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled") if key in result}
+    metrics = {name: result[name] for name in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled")
+               if name in result}
     save_npz(out, recon=result["recon"] * scale, magnitude=np.abs(result["recon"]) * scale,
              zero_filled=result["zero_filled"] * scale, mask=masks, scale=problem.scale, **metrics)
     for line in summary_lines(result):
         print(line)
     print(f"wrote {out}: recon {list(result['recon'].shape)} complex64 in the input's units, magnitude, "
           f"zero_filled, mask {list(masks.shape)}" + (", per-cine PSNR/SSIM" if metrics else ""))
-    if args.figures:
+    if figures:
         try:
-            written = write_figures(problem, result, args.figures)
+            written = write_figures(problem, result, Path(figures))
         except OSError as error:
-            raise UserError(f"{args.figures}: cannot write the figures ({error})") from None
-        print(f"figures: {len(written)} files in {args.figures}/")
+            raise UserError(f"{figures}: cannot write the figures ({error})") from None
+        print(f"figures: {len(written)} files in {figures}/")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python reconstruct.py --checkpoint=... --input=... --out=... [--key=value ...]``."""
+    run_command(reconstruct, sys.argv[1:] if argv is None else argv, prog="python reconstruct.py",
+                parsers={"batch_size": positive})
 
 
 if __name__ == "__main__":

@@ -10,15 +10,25 @@ Conventions used throughout the project:
   ``(H // 2, W // 2)``) and unitary, so ``F^-1 = F^H`` and energy is preserved (Parseval).
 - The acquisition is ``y = U F m`` and the zero-filled (aliased) image ``b = F^-1 U F m``, with
   ``U`` the binary mask (1 = sampled, 0 = not).
+- Data consistency ``DC(x) = F^-1((1 - U) F x + U y)`` replaces the sampled lines of an image's
+  k-space by the measurements.
 
-Functions accept numpy arrays or torch tensors and return the same kind.
+This module holds the physics that the dataset, the networks and the classical baselines share:
+FFTs, masks, undersampling, view sharing and data consistency. Functions accept numpy arrays or
+torch tensors and return the same kind, except :func:`data_consistency` (torch only).
+
+    python sampling.py [PATH] [--frames=20 --size=192 --acceleration=5 ...]   # draws a mask figure
 """
 from __future__ import annotations
 
+import inspect
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from cli import Option, UserError, cli_errors, options_from_signature, run_command
 
 DENSITIES = ("gaussian", "polynomial")
 REFERENCE_HEIGHT = 192  # the study's image height, at which 11 centre lines are used
@@ -64,6 +74,48 @@ def undersample(images, mask):
     return ifft2c(kspace), kspace
 
 
+def data_consistency(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor, *,
+                     centered: bool = True) -> torch.Tensor:
+    """``DC(x) = F^-1((1 - U) F x + U y)``: the k-space of ``image`` with its sampled lines replaced
+    by the measurements ``kspace``, back in the image domain; every result keeps the measured
+    k-space exactly.
+
+    image, kspace: complex tensors ``[..., H, W]``; mask: 0/1 (float or bool), broadcastable.
+    ``centered=False`` uses plain orthonormal FFTs, for cines already ``ifftshift``-ed in (H, W)
+    (where the classical solvers run, see baselines.py).
+    """
+    forward, inverse = (fft2c, ifft2c) if centered else (_plain_fft2, _plain_ifft2)
+    return inverse(torch.where(mask.bool(), kspace, forward(image)))
+
+
+def _plain_fft2(x: torch.Tensor) -> torch.Tensor:
+    return torch.fft.fft2(x, norm="ortho")
+
+
+def _plain_ifft2(x: torch.Tensor) -> torch.Tensor:
+    return torch.fft.ifft2(x, norm="ortho")
+
+
+def view_sharing(kspace, mask):
+    """k-t view sharing: every frame keeps its measured lines, and each k-space location it did not
+    sample is filled with the mean over the frames that sampled it (the temporal average; DC-CNN's
+    data sharing over all frames); locations no frame sampled stay zero.
+
+    ``F^-1 (y_t + (1 - U_t) sum_s y_s / sum_s U_s)`` for ``kspace`` / ``mask`` ``[T, H, W]`` or
+    ``[B, T, H, W]`` (entries of ``kspace`` off the mask are ignored). Keeps the sampled k-space
+    exactly, has no parameters, and is exact for a static object. Returns the complex cine, shaped
+    like ``kspace``.
+    """
+    was_numpy = not isinstance(kspace, torch.Tensor)
+    kspace = torch.as_tensor(kspace)
+    sampled = (torch.as_tensor(mask, device=kspace.device) != 0).expand(kspace.shape)  # [..., T, H, W]
+    measured = torch.where(sampled, kspace, 0)
+    counts = sampled.sum(-3, keepdim=True)  # [..., 1, H, W]: frames that sampled each location
+    mean = measured.sum(-3, keepdim=True) / counts.clamp_min(1)  # [..., 1, H, W]
+    shared = ifft2c(torch.where(sampled, measured, mean))
+    return shared.numpy() if was_numpy else shared
+
+
 # ----------------------------------------------------------------------------- masks
 def lines_per_frame(height: int, acceleration: float) -> int:
     """Number of ky lines sampled in every frame: ``round(H / acceleration)``."""
@@ -73,15 +125,21 @@ def lines_per_frame(height: int, acceleration: float) -> int:
 def scaled_center_lines(height: int, center_lines_at_reference: int = 11) -> int:
     """Centre lines for an image of ``height`` rows that keep the fraction of k-space that
     ``center_lines_at_reference`` lines cover at the study's 192 rows (11 at 192 -> 4 at 64)."""
+    _check_center_lines(center_lines_at_reference)
     return max(1, int(round(center_lines_at_reference * height / REFERENCE_HEIGHT)))
 
 
+def _check_center_lines(center_lines) -> None:
+    if not isinstance(center_lines, (int, float)) or int(center_lines) != center_lines or center_lines < 0:
+        raise ValueError(f"center_lines={center_lines!r}: must be a non-negative integer")
+
+
 def check_sampling(height: int, acceleration: float, center_lines: int) -> None:
-    """Raise ``ValueError`` with a clear message if the sampling request is impossible."""
+    """The one check of a sampling request: raise ``ValueError`` with a clear message if it is
+    impossible for images of ``height`` rows."""
     if not (isinstance(acceleration, (int, float)) and math.isfinite(acceleration)) or acceleration < 1:
-        raise ValueError(f"acceleration must be a number >= 1, got {acceleration!r}")
-    if int(center_lines) != center_lines or center_lines < 0:
-        raise ValueError(f"center_lines must be a non-negative integer, got {center_lines!r}")
+        raise ValueError(f"acceleration={acceleration!r}: must be a number >= 1")
+    _check_center_lines(center_lines)
     if center_lines > height:
         raise ValueError(f"center_lines={center_lines} is more than the {height} k-space rows of the image")
     budget = lines_per_frame(height, acceleration)
@@ -149,8 +207,12 @@ class MaskSampler:
         return rows[:, :, None].expand(num, self.height, self.width).contiguous()
 
 
-def variable_density_mask(shape=(20, 192, 192), acceleration: float = 5.0, center_lines: int = 11,
-                          seed: int = 0, density: str = "gaussian", **density_kw) -> np.ndarray:
+def variable_density_mask(shape=(20, 192, 192),  # frames, rows, columns [T, H, W]
+                          acceleration: float = 5.0,  # >= 1: round(H / acceleration) ky lines per frame
+                          center_lines: int = 11,  # fully sampled central ky lines, at most the lines per frame
+                          seed: int = 0,  # the same seed gives the same mask
+                          density: str = "gaussian",  # how the other lines are drawn (see line_density)
+                          **density_kw) -> np.ndarray:
     """Per-frame variable-density random Cartesian mask: float32 numpy ``[T, H, W]`` of 0s and 1s.
 
     Every frame samples exactly ``round(H / acceleration)`` whole ky lines (38 at H=192, 5x): the
@@ -163,79 +225,28 @@ def variable_density_mask(shape=(20, 192, 192), acceleration: float = 5.0, cente
     return sampler(frames, torch.Generator().manual_seed(int(seed))).numpy()
 
 
-# ----------------------------------------------------------------------------- figures
-def plot_mask(mask, path, frame: int = 0) -> None:
-    """Save one frame's mask (ky x kx) and the ky-t pattern of a ``[T, H, W]`` mask to ``path``."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+# ----------------------------------------------------------------------------- command line
+def mask_figure(path: str = "docs/mask.png",  # the PNG to write
+                *, frames: int, size: int, **sampling) -> None:
+    """Draw a variable-density mask (figures.plot_mask: one frame and the ky-t pattern) to PATH."""
+    from figures import plot_mask  # matplotlib only when drawing
 
-    mask = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
-    frames, height, width = mask.shape
-    ky_t = mask[:, :, 0].T  # [H, T]
-    lines = int(ky_t[:, frame].sum())
-    fig = Figure(figsize=(10, 4.5), layout="constrained")
-    ax_frame, ax_kt = fig.subplots(1, 2, width_ratios=[1, 1.3])
-    ax_frame.imshow(mask[frame], cmap="gray", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-    ax_frame.set(title=f"frame {frame}: {lines}/{height} lines (R = {height / lines:.2f})",
-                 xlabel="kx (readout, fully sampled)", ylabel="ky (phase encoding)")
-    ax_kt.imshow(ky_t, cmap="gray", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-    ax_kt.set(title=f"ky-t pattern: {frames} frames, a different draw per frame",
-              xlabel="frame t", ylabel="ky (phase encoding)")
-    ax_kt.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(f"Variable-density Cartesian sampling (white = sampled), "
-                 f"mean R = {mask.size / mask.sum():.2f}")
-    fig.savefig(path, dpi=110)
+    try:
+        mask = variable_density_mask((frames, size, size), **sampling)
+    except ValueError as error:
+        raise UserError(f"sampling: {error}") from None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    plot_mask(mask, path)
+    print(f"wrote {path}")
 
 
-def plot_aliasing(full, aliased, mask, path, frames=None) -> None:
-    """Save fully sampled | zero-filled (aliased) | mask for chosen frames of one cine.
-
-    full, aliased: ``[T, H, W]`` (magnitudes are shown on one grey scale); mask: ``[T, H, W]``.
-    frames defaults to the first and middle frame.
-    """
-    from matplotlib.figure import Figure
-
-    from metrics import frame_psnr
-
-    full, aliased, mask = (np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a)
-                           for a in (full, aliased, mask))
-    frames = [0, full.shape[0] // 2] if frames is None else list(frames)
-    full, aliased = np.abs(full), np.abs(aliased)
-    psnr_t = frame_psnr(aliased, full)
-    vmax = full.max()
-    fig = Figure(figsize=(9, 3.1 * len(frames)), layout="constrained")
-    axes = fig.subplots(len(frames), 3, squeeze=False)
-    for row, t in zip(axes, frames):
-        row[0].imshow(full[t], cmap="gray", vmin=0, vmax=vmax)
-        row[0].set_title(f"fully sampled, frame {t}")
-        row[1].imshow(aliased[t], cmap="gray", vmin=0, vmax=vmax)
-        row[1].set_title(f"zero-filled, {psnr_t[t]:.1f} dB")
-        row[2].imshow(mask[t], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        row[2].set_title(f"mask, R = {mask[t].size / mask[t].sum():.2f}")
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.savefig(path, dpi=100)
+def mask_options() -> list:
+    """The options of ``python sampling.py``: variable_density_mask's, its shape as frames and size."""
+    frames, size, _ = inspect.signature(variable_density_mask).parameters["shape"].default
+    return [Option("frames", frames, "frames per cine"), Option("size", size, "rows and columns (H = W)"),
+            *options_from_signature(variable_density_mask, choices={"density": DENSITIES}, exclude=("shape",))]
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    from cli import UserError, cli_errors, keyword_defaults, parse_overrides
-
     with cli_errors():
-        args = sys.argv[1:]
-        target = Path(args[0] if args and not args[0].startswith("--") else "docs/mask.png")
-        options = keyword_defaults(variable_density_mask)  # the function's defaults, with shape as frames, size
-        options["frames"], options["size"], _ = options.pop("shape")
-        options.update(parse_overrides([a for a in args if a.startswith("--")], options))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            mask = variable_density_mask((options["frames"], options["size"], options["size"]),
-                                         options["acceleration"], options["center_lines"], options["seed"],
-                                         options["density"])
-        except ValueError as error:
-            raise UserError(f"sampling: {error}") from None
-        plot_mask(mask, target)
-        print(f"wrote {target}")
+        run_command(mask_figure, options=mask_options())

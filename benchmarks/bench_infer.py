@@ -2,13 +2,14 @@
 
     python benchmarks/bench_infer.py [--quick] [--checkpoint=output/NAME/best.pt] [--repeats=N] [--results=DIR]
 
-Reconstructs one 20x192x192 cine (``--quick``: 8x32x32) of the embedded phantom, undersampled at
-5x, with: the dual UNet of the study's size (init_features 64; cascades 0 and 3, random weights:
-latency does not depend on the weights) or a trained ``--checkpoint``, in eval mode under
-autocast (bf16 where the hardware has it) with channels_last; and k-t sparse and L+S with their
-default iteration counts and tolerances (baselines.py). Reports the median wall time of
-``--repeats`` runs after one warm-up, with device synchronisation, and each method's time as a
-ratio of the plain network's. Results: ``benchmarks/results/bench_infer_<device>.json`` (or ``--results``).
+Reconstructs one cine of the embedded phantom at the size of train.py's ``train(...)`` call
+(20x192x192; ``--quick``: 8x32x32), undersampled as that call says (5x), with: the dual UNet of the
+call's size (cascades 0 and 3, random weights: latency does not depend on the weights) or a trained
+``--checkpoint``, in eval mode under the autocast ``engine.choose_autocast`` picks, channels_last;
+and k-t sparse and L+S with their default iteration counts and tolerances (baselines.py). Reports
+the median wall time of ``--repeats`` runs after one warm-up, with device synchronisation, and each
+method's time as a ratio of the plain network's. Results:
+``benchmarks/results/bench_infer_<device>.json`` (or ``--results``; ``--quick``: a temporary folder).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,14 +28,15 @@ sys.path.insert(0, str(ROOT))
 
 import baselines  # noqa: E402
 from baselines import synchronize  # noqa: E402
-import train  # noqa: E402
+from cli import cli_errors, run_command  # noqa: E402
+from engine import autocast, choose_autocast, describe_device, resolve_device  # noqa: E402
 from metrics import psnr  # noqa: E402
 from models import build_model, count_parameters, load_model, use_channels_last  # noqa: E402
 from phantom import make_phantom_dataset  # noqa: E402
 from sampling import undersample, variable_density_mask  # noqa: E402
+from settings import train_defaults  # noqa: E402
 
-FULL = dict(frames=20, size=192, center_lines=11, init_features=64, resnet_features=16)
-QUICK = dict(frames=8, size=32, center_lines=2, init_features=8, resnet_features=4)
+QUICK = dict(in_channels=8, out_channels=8, image_size=32, center_lines=2, init_features=8, resnet_features=4)
 
 
 def median_seconds(function, device: torch.device, repeats: int) -> float:
@@ -48,61 +51,63 @@ def median_seconds(function, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def networks(setup: dict, checkpoint: str | None, device: torch.device) -> dict:
-    """name -> eval-mode model on ``device``."""
+def networks(config: dict, checkpoint: str, device: torch.device) -> dict:
+    """name -> eval-mode model on ``device``: the checkpoint's, or the call's network with 0 and 3 cascades."""
     if checkpoint:
-        model, config = load_model(checkpoint, device)
-        return {f"checkpoint {Path(checkpoint).parent.name} (cascades {config['cascades']})": model}
-    models = {}
-    for cascades in (0, 3):
-        config = dict(in_channels=setup["frames"], init_features=setup["init_features"], cascades=cascades,
-                      dc="hard", dropout=0.3, attention="bottleneck", resnet_features=setup["resnet_features"],
-                      resnet_blocks=2, output="linear", arch="dual_unet")
-        models[f"dual UNet f{setup['init_features']}, cascades {cascades}"] = build_model(config).to(device).eval()
-    return models
+        model, saved = load_model(checkpoint, device)
+        return {f"checkpoint {Path(checkpoint).parent.name} (cascades {saved['cascades']})": model}
+    return {f"dual UNet f{config['init_features']}, cascades {cascades}":
+            build_model({**config, "cascades": cascades}).to(device).eval() for cascades in (0, 3)}
 
 
-def main(argv: list[str]) -> None:
-    options = dict(re.fullmatch(r"--(\w+)(?:=(.*))?", arg).groups() for arg in argv)
-    unknown = set(options) - {"quick", "checkpoint", "repeats", "device", "results"}
-    if unknown:
-        sys.exit(f"error: unknown option(s) --{', --'.join(sorted(unknown))}")
-    quick = "quick" in options
-    setup = QUICK if quick else FULL
-    device = torch.device(options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-    repeats = int(options.get("repeats") or (2 if quick else 5))
-    amp_dtype = train.autocast_dtype({"amp": "auto"}, device)
-    target = torch.from_numpy(make_phantom_dataset(1, setup["frames"], setup["size"], seed=7)).to(device)
-    mask = torch.from_numpy(variable_density_mask(target.shape[1:], center_lines=setup["center_lines"])).to(device)
-    aliased, kspace = undersample(target, mask)  # [1, T, H, W]
+def bench_infer(*,
+                quick: bool = False,  # a tiny cine (8x32x32) and network, written to a temporary folder
+                checkpoint: str = "",  # a trained output/NAME/best.pt instead of random-weight networks
+                repeats: int = 0,  # timed runs per method after one warm-up; 0: 5 (--quick: 2)
+                device: str = "auto",  # 'auto' (CUDA if present) | 'cpu' | 'cuda' | 'cuda:N'
+                results: str = "") -> None:  # folder of the JSON; '': benchmarks/results (--quick: a temporary one)
+    """Per-cine reconstruction latency of the network and of the CS baselines (see the module docstring)."""
+    config = {**train_defaults(), **(QUICK if quick else {})}
+    frames, size = config["in_channels"], config["image_size"]
+    torch_device = resolve_device(device)
+    repeats = repeats or (2 if quick else 5)
+    amp_dtype, amp_reason = choose_autocast("auto", torch_device)
+    target = torch.from_numpy(make_phantom_dataset(1, frames, size, seed=7)).to(torch_device)  # [1, T, H, W]
+    mask = torch.from_numpy(variable_density_mask((frames, size, size), config["acceleration"], config["center_lines"],
+                                                  density=config["density"])).to(torch_device)  # [T, H, W]
+    aliased, kspace = undersample(target, mask)  # [1, T, H, W] complex
     aliased, kspace, mask_b = aliased.to(torch.complex64), kspace.to(torch.complex64), mask[None]
     rows = []
-    for name, model in networks(setup, options.get("checkpoint"), device).items():
+    for name, model in networks(config, checkpoint, torch_device).items():
         use_channels_last(model)
 
         def run_network(model=model):
-            with torch.no_grad(), train.autocast(device, amp_dtype):
+            with torch.no_grad(), autocast(torch_device, amp_dtype):
                 return model(aliased, kspace, mask_b)
-        rows.append({"method": name, "seconds": median_seconds(run_network, device, repeats),
+        rows.append({"method": name, "seconds": median_seconds(run_network, torch_device, repeats),
                      "parameters": count_parameters(model), "psnr": psnr(run_network()[0], target[0])})
     for name, method in (("k-t sparse", baselines.kt_sparse), ("L+S", baselines.low_rank_plus_sparse)):
-        rows.append({"method": name, "seconds": median_seconds(lambda: method(kspace[0], mask), device, repeats),
-                     "parameters": 0, "psnr": psnr(method(kspace[0], mask), target[0])})
+        rows.append({"method": name, "parameters": 0, "psnr": psnr(method(kspace[0], mask), target[0]),
+                     "seconds": median_seconds(lambda: method(kspace[0], mask), torch_device, repeats)})
     reference = rows[0]["seconds"]
-    lines = [f"device: {train.describe_device(device)}, autocast {amp_dtype}, cine {setup['frames']}x{setup['size']}x"
-             f"{setup['size']}, median of {repeats}", "",
+    lines = [f"device: {describe_device(torch_device)}, autocast {amp_dtype} ({amp_reason}), cine {frames}x{size}x"
+             f"{size}, median of {repeats}", "",
              "| method | seconds per cine | vs first network | PSNR (dB, random weights for networks) |",
              "|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['seconds']:.3f} | {r['seconds'] / reference:.2f}x | {r['psnr']:.2f} |"
               for r in rows]
     print("\n".join(lines))
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", train.describe_device(device)).strip("_")
-    out = Path(options.get("results") or ROOT / "benchmarks" / "results") / f"bench_infer_{slug}{'_quick' if quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": train.describe_device(device), "torch": torch.__version__, "setup": setup,
-                               "repeats": repeats, "autocast": str(amp_dtype), "results": rows,
-                               "command": " ".join(sys.argv)}, indent=1))
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", describe_device(torch_device)).strip("_")
+    out_dir = Path(results or (tempfile.mkdtemp(prefix="bench_infer_") if quick else ROOT / "benchmarks" / "results"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"bench_infer_{slug}{'_quick' if quick else ''}.json"
+    path.write_text(json.dumps({"device": describe_device(torch_device), "torch": torch.__version__,
+                                "setup": {"frames": frames, "size": size, "init_features": config["init_features"]},
+                                "repeats": repeats, "autocast": str(amp_dtype), "autocast_reason": amp_reason,
+                                "results": rows, "command": " ".join(sys.argv)}, indent=1))
+    print(f"\nresults {path}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    with cli_errors():
+        run_command(bench_infer, prog="python benchmarks/bench_infer.py")

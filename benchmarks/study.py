@@ -1,6 +1,6 @@
 """Run the study's experiments on one data set and tabulate the test results.
 
-    python benchmarks/study.py [--prefix=study] [--only=default,l1] [--extra="--num_epochs=10"]
+    python benchmarks/study.py [--prefix=study] [--only=default,l1] [--extra="--num_epochs=10"] [--help]
 
 Each experiment is ``python train.py PREFIX_NAME <overrides> <extra>`` (the train(...) call at the
 bottom of train.py plus the overrides below; without CUDA the usual CPU scale-down applies).
@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cli import UserError, cli_errors, run_command  # noqa: E402
 
 # (name, overrides, what the row tests)
 EXPERIMENTS = [
@@ -53,8 +56,7 @@ EXPERIMENTS = [
 def machine() -> str:
     import torch
 
-    sys.path.insert(0, str(ROOT))
-    from train import describe_device
+    from engine import describe_device
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return f"{describe_device(device)}, torch {torch.__version__}"
@@ -83,21 +85,24 @@ def row(name: str, label: str) -> str:
             f" `{name}` |")
 
 
-def main(argv: list[str]) -> None:
-    options = dict(arg[2:].split("=", 1) for arg in argv if arg.startswith("--") and "=" in arg)
-    unknown = set(options) - {"prefix", "only", "extra"}
-    if unknown:
-        sys.exit(f"error: unknown option(s) {', '.join(sorted(unknown))}")
-    prefix = options.get("prefix", "study")
-    only = set(options["only"].split(",")) if "only" in options else None
-    extra = shlex.split(options.get("extra", ""))
+def study(*,
+          prefix: str = "study",  # runs are named PREFIX_NAME; the table goes to benchmarks/results/PREFIX.md
+          only: str = "",  # experiment names, comma-separated; '': all of them
+          extra: str = "") -> None:  # train.py options added to every run, e.g. --extra="--num_epochs=10"
+    """Run the study's experiments in turn (finished runs are skipped, interrupted ones resumed) and
+    tabulate their test results with the machine and the command."""
+    names = [name for name, _, _ in EXPERIMENTS]
+    chosen = set(only.split(",")) if only else set(names)
+    if chosen - set(names):
+        unknown = sorted(chosen - set(names))[0]
+        raise UserError(f"--only: unknown experiment {unknown!r}; choose from {', '.join(names)}")
     rows = []
     for name, overrides, label in EXPERIMENTS:
-        if only is None or name in only:
-            run(f"{prefix}_{name}", [*overrides, *extra])
+        if name in chosen:
+            run(f"{prefix}_{name}", [*overrides, *shlex.split(extra)])
             rows.append(row(f"{prefix}_{name}", label))
     table = "\n".join([
-        f"Study on `{prefix}`: {machine()}; command: `{shlex.join(['python', 'benchmarks/study.py', *argv])}`",
+        f"Study on `{prefix}`: {machine()}; command: `{shlex.join(['python', 'benchmarks/study.py', *sys.argv[1:]])}`",
         "",
         "| configuration | PSNR (dB) | SSIM | zero-filled PSNR | best val PSNR | parameters | time per epoch "
         "(median) | run |",
@@ -109,4 +114,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    with cli_errors():
+        run_command(study, prog="python benchmarks/study.py")

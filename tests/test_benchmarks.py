@@ -1,22 +1,56 @@
 """The benchmark scripts run end to end on a tiny configuration (their numbers are not asserted)."""
+import importlib.util
 import json
+import tempfile
+from pathlib import Path
 
-from helpers import run_tool
+import torch
+
+from helpers import ROOT, run_tool
 
 
-def test_bench_train_quick_reports_ratios(tmp_path):
-    result = run_tool("benchmarks/bench_train.py", ["--quick", "--cascades=1", "--steps=1", f"--results={tmp_path}"], tmp_path)
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_train_quick_reports_ratios_and_the_cpu(tmp_path):
+    result = run_tool("benchmarks/bench_train.py", ["--quick", "--cascades=1", "--steps", "1", f"--results={tmp_path}"],
+                      tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "speed-up vs reference" in result.stdout and "| 1 | ours+ckpt |" in result.stdout
     report = json.loads(next(tmp_path.glob("bench_train_*_quick.json")).read_text())
     assert {r["variant"] for r in report["results"]} == {"reference", "ours", "ours+ckpt"}
-    assert all(r["cines_per_s"] > 0 and 0 < r["mfu"] < 1 for r in report["results"])
+    assert all(r["status"] == "ok" and r["cines_per_s"] > 0 and 0 < r["mfu"] < 1 for r in report["results"])
+    assert report["cpu"]["model"] and set(report["cpu"]["flags"]) >= {"avx512_bf16", "amx_bf16"}
+    assert report["autocast"]["dtype"] in ("bfloat16", "float32") and report["autocast"]["reason"]
 
 
-def test_bench_infer_quick_compares_network_and_baselines(tmp_path):
-    result = run_tool("benchmarks/bench_infer.py", ["--quick", "--repeats=1", f"--results={tmp_path}"], tmp_path)
+def test_out_of_memory_is_recorded_and_tabulated(monkeypatch):
+    bench = load_script("bench_train")
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+        yield
+
+    monkeypatch.setattr(bench, "reference_steps", out_of_memory)
+    spec = dict(device="cpu", config=bench.configuration("quick"), cascades=0, variant="reference", steps=1,
+                warmup=1, compile=False)
+    assert bench.worker(spec) == {"status": "OOM"}
+    ours = {"cascades": 5, "variant": "ours", "status": "ok", "cines_per_s": 2.0, "epoch_s": 57.0, "peak_mb": 900.0,
+            "mfu": 0.3}
+    table = bench.summary_table([{"cascades": 5, "variant": "reference", "status": "OOM"}, ours])
+    assert "| 5 | reference | OOM |" in table and "| 5 | ours | 2.00 | 57.0 | 900 | 30.0% | reference OOM |" in table
+
+
+def test_bench_infer_quick_compares_network_and_baselines_in_a_temporary_folder(tmp_path):
+    result = run_tool("benchmarks/bench_infer.py", ["--quick", "--repeats=1"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     for method in ("cascades 0", "cascades 3", "k-t sparse", "L+S"):
         assert method in result.stdout
-    report = json.loads(next(tmp_path.glob("bench_infer_*_quick.json")).read_text())
+    path = Path(result.stdout.strip().splitlines()[-1].removeprefix("results "))
+    assert path.name.startswith("bench_infer_") and path.is_relative_to(tempfile.gettempdir())
+    report = json.loads(path.read_text())
     assert len(report["results"]) == 4 and all(r["seconds"] > 0 for r in report["results"])

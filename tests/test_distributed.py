@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-import train
 from data import CineDataset
+from engine import seed_epoch
 from helpers import TINY, read_metrics, run_tool
 from models import build_model, load_model
 
@@ -87,6 +87,6 @@ def test_each_rank_draws_its_own_training_masks():
     for rank in (0, 1, 0):
         dataset = CineDataset(images, np.arange(4), mask_mode="random", train=True, center_lines=2,
                               generator=torch.Generator())
-        train.seed_epoch(dataset, seed=0, rank=rank, epoch=5)
+        seed_epoch(dataset, seed=0, rank=rank, epoch=5)
         masks.append(dataset.batch([0])["mask"])
     assert not torch.equal(masks[0], masks[1]) and torch.equal(masks[0], masks[2])

@@ -1,12 +1,14 @@
-"""Format readers and ``python data.py convert``: round trips through files built here."""
+"""Format readers and ``python formats.py convert``: round trips through files built here."""
 import re
 import sys
 
 import numpy as np
 import pytest
 
-import data
-from data import DataError, convert, crop_or_pad, load_cine, read_cines, resample_frames, select_frames
+from cli import UserError
+from data import DataError, load_cine
+import formats
+from formats import convert, crop_or_pad, read_cines, resample_frames, select_frames
 from helpers import run_tool
 
 RNG = np.random.default_rng(7)
@@ -24,7 +26,7 @@ def peak_normalised(x):
 
 def converted(tmp_path, inputs, **options):
     out = tmp_path / "out.npz"
-    dataset = convert([tmp_path / name for name in inputs], out, log=lambda line: None, **options)
+    dataset = convert(*[tmp_path / name for name in inputs], out=out, log=lambda line: None, **options)
     np.testing.assert_allclose(load_cine(out), dataset, rtol=1e-6)
     return dataset
 
@@ -36,7 +38,7 @@ def test_npy_and_npz_with_axes(tmp_path):
     np.savez(tmp_path / "one.npz", image=x[0])  # a single cine [t, x, y]
     np.testing.assert_allclose(converted(tmp_path, ["cines.npy"], axes="xytn"), peak_normalised(x), rtol=1e-6)
     out = tmp_path / "single.npz"
-    convert([tmp_path / "one.npz"], out, log=lambda line: None)
+    convert(tmp_path / "one.npz", out=out, log=lambda line: None)
     np.testing.assert_allclose(load_cine(out), peak_normalised(x[:1]), rtol=1e-6)
 
 
@@ -202,12 +204,12 @@ def test_mixed_inputs_are_conformed_into_one_dataset(tmp_path):
     np.save(tmp_path / "a.npy", a)
     savemat(tmp_path / "b.mat", {"img": b[0]})  # 3-D: one cine [t, x, y]
     inputs, out, lines = [tmp_path / "a.npy", tmp_path / "b.mat"], tmp_path / "mixed.npz", []
-    with pytest.raises(data.UserError, match="different frame counts .*choose one with --frames"):
-        convert(inputs, out, log=lines.append)
-    with pytest.raises(data.UserError, match="different image sizes .*choose one with --size"):
-        convert(inputs, out, frames=6, log=lines.append)
+    with pytest.raises(UserError, match="different frame counts .*choose one with --frames"):
+        convert(*inputs, out=out, log=lines.append)
+    with pytest.raises(UserError, match="different image sizes .*choose one with --size"):
+        convert(*inputs, out=out, frames=6, log=lines.append)
     assert not out.exists()
-    dataset = convert(inputs, out, frames=6, size=(12, 12), log=lines.append)
+    dataset = convert(*inputs, out=out, frames=6, size=(12, 12), log=lines.append)
     assert dataset.shape == (3, 6, 12, 12) and dataset.dtype == np.complex64
     np.testing.assert_allclose(dataset[:2], peak_normalised(resample_frames(a, 6)), rtol=1e-5)
     np.testing.assert_allclose(dataset[2:], peak_normalised(crop_or_pad(b, (12, 12))), rtol=1e-5)
@@ -219,18 +221,34 @@ def test_mixed_inputs_are_conformed_into_one_dataset(tmp_path):
 def test_convert_cli_prints_what_it_did_and_refuses_to_overwrite(tmp_path):
     x = source_cines(2, 8, 12, 12)
     np.save(tmp_path / "a.npy", x)
-    result = run_tool("data.py", ["convert", "a.npy", "--out", "cine.npz", "--frames", "4", "--size", "16x8",
-                                  "--select"], tmp_path)
+    result = run_tool("formats.py", ["convert", "a.npy", "--out", "cine.npz", "--frames", "4", "--size", "16x8",
+                                     "--select"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "frames 8 -> 4 (evenly spaced frames selected)" in result.stdout
     assert "size 12x12 -> 16x8 (centre crop/zero-pad)" in result.stdout and "wrote cine.npz" in result.stdout
     written = (tmp_path / "cine.npz").read_bytes()
     np.testing.assert_allclose(load_cine(tmp_path / "cine.npz"), peak_normalised(crop_or_pad(x[:, ::2], (16, 8))),
                                rtol=1e-6)
-    again = run_tool("data.py", ["convert", "a.npy", "missing.npy", "--out", "cine.npz"], tmp_path)
+    again = run_tool("formats.py", ["convert", "a.npy", "missing.npy", "--out=cine.npz"], tmp_path)
     assert again.returncode == 2 and again.stderr.strip() == "error: cine.npz: already exists; choose another " \
                                                              "--out or remove it first"
     assert (tmp_path / "cine.npz").read_bytes() == written
     with pytest.raises(DataError, match="missing.npy: no such file or folder"):
-        convert([tmp_path / "a.npy", tmp_path / "missing.npy"], tmp_path / "new.npz")
+        convert(tmp_path / "a.npy", tmp_path / "missing.npy", out=tmp_path / "new.npz")
     assert not (tmp_path / "new.npz").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["convert", "a.npy"], "option --out is required"),
+    (["convert", "a.npy", "--out=b.npz", "--frame=4"], r"unknown option --frame \(did you mean --frames\?\)"),
+    (["convert", "a.npy", "--out=b.npz", "--frames=0"], "--frames=0: expected a positive integer"),
+    (["convert", "a.npy", "--out=b.npz", "--size=12y8"], "--size=12y8: expected SIZE or HEIGHTxWIDTH"),
+    (["convert", "a.npy", "--out=b.npz", "--select"], "--select needs --frames"),
+    (["transform", "a.npy"], "usage: python formats.py convert"),
+])
+def test_convert_cli_refuses_bad_options(tmp_path, monkeypatch, args, message):
+    np.save(tmp_path / "a.npy", source_cines())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=message):
+        formats.main(args)
+    assert not (tmp_path / "b.npz").exists()

@@ -6,7 +6,8 @@ from PIL import Image
 
 import reconstruct
 from cli import UserError
-from data import crop_or_pad, mask_seed
+from data import mask_seed
+from formats import crop_or_pad
 from helpers import TINY, run_tool
 from metrics import batch_psnr, batch_ssim
 from models import CHECKPOINT_FORMAT, build_model
@@ -126,7 +127,7 @@ def test_wrong_frame_count_is_one_line_and_exit_2(checkpoint, tmp_path):
                       tmp_path)
     assert result.returncode == 2 and not (tmp_path / "r.npz").exists()
     assert result.stderr.strip() == ("error: five.npy: 5 frames, but the checkpoint's dual UNet reconstructs exactly "
-                                     "6 (in_channels); resample first: python data.py convert five.npy --frames 6 "
+                                     "6 (in_channels); resample first: python formats.py convert five.npy --frames 6 "
                                      "--out NEW.npz")
 
 

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+import engine
 import train
-from cli import UserError, atomic_torch_save
+from cli import UserError
 from data import DataError, load_cine
-from helpers import ROOT, TINY, read_metrics, run_tool
+from engine import save_checkpoint
+from helpers import CACHE, ROOT, TINY, read_metrics, run_tool, train_defaults
 from models import load_checkpoint
 
 SHAPE = (14, 6, 32, 32)
@@ -73,11 +75,12 @@ BAD_INPUTS = [
     ("bool dtype", ["--data=bool.npy"], "bool.npy: dtype bool is not numeric"),
     ("string dtype", ["--data=strings.npy"], "strings.npy: dtype <U32 is not numeric"),
     ("object dtype", ["--data=objects.npy"], "objects.npy: holds pickled Python objects"),
-    ("acceleration < 1", ["--acceleration=0.5"], "--acceleration=0.5: must be a number >= 1"),
+    ("acceleration < 1", ["--acceleration=0.5"], "acceleration=0.5: must be a number >= 1"),
     ("acceleration too high", ["--acceleration=30"], "round\\(32/30\\) = 1 lines per frame, fewer than center_lines=2"),
     ("centre lines > rows", ["--center_lines=40"], "center_lines=40 is more than the 32 k-space rows"),
     ("batch > training split", ["--batch_size=9"], "--batch_size=9 is larger than the training split \\(8 cines\\)"),
     ("unknown key", ["--learning_rate=1"], "unknown option --learning_rate"),
+    ("unknown key, spaced value", ["--learning_rate", "1"], "unknown option --learning_rate"),
     ("bad value", ["--num_epochs=many"], "--num_epochs=many"),
     ("bad choice", ["--loss_tpe=L3"], "--loss_tpe='L3': choose one of L1, L2"),
     ("unwritable output", ["--out_dir=a_file/output"], "a_file/output/fresh: cannot write there"),
@@ -136,16 +139,18 @@ def tiny_overrides(tmp_path, **extra):
 
 def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_loss = train.reconstruction_loss
+    real_loss = engine.reconstruction_loss
 
-    def loss_that_explodes(recon, target, kind):
+    def loss_that_explodes(recon, target, kind, per_cine=False):
+        loss = real_loss(recon, target, kind, per_cine)
+        if per_cine:  # evaluation
+            return loss
         calls["n"] += 1
-        loss = real_loss(recon, target, kind)
         return loss * float("nan") if calls["n"] == 6 else loss  # 4 batches per epoch: epoch 2, batch 2
 
-    monkeypatch.setattr(train, "reconstruction_loss", loss_that_explodes)
+    monkeypatch.setattr(engine, "reconstruction_loss", loss_that_explodes)
     with pytest.raises(UserError, match="non-finite loss at epoch 2, batch 2.*last good checkpoint \\(epoch 1\\)"):
-        train.train("nan", overrides=tiny_overrides(tmp_path, num_epochs=3))
+        train.train("nan", tiny_overrides(tmp_path, num_epochs=3), **train_defaults())
     checkpoint = load_checkpoint(tmp_path / "output" / "nan" / "last.pt")
     assert checkpoint["state"]["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
@@ -160,7 +165,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
 
 
 def start_run(name, cwd, args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": CACHE}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), name, *TINY, *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -199,16 +204,16 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, straight_run, sig)
 
 def test_atomic_save_keeps_the_old_checkpoint_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    atomic_torch_save({"epoch": 1}, path)
+    save_checkpoint({"epoch": 1}, path)
     original = path.read_bytes()
 
-    def save_half_then_die(obj, target):
-        Path(target).write_bytes(b"PK half a checkpoint")
+    def save_half_then_die(obj, file):
+        file.write(b"PK half a checkpoint")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", save_half_then_die)
     with pytest.raises(KeyboardInterrupt):
-        atomic_torch_save({"epoch": 2}, path)
+        save_checkpoint({"epoch": 2}, path)
     assert path.read_bytes() == original
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temporary file is left behind"
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from sampling import (MaskSampler, center_rows, fft2c, ifft2c, line_density, lines_per_frame, plot_aliasing,
-                      plot_mask, scaled_center_lines, undersample, variable_density_mask)
-
+from figures import plot_aliasing, plot_mask
 from helpers import run_tool
+from sampling import (MaskSampler, center_rows, data_consistency, fft2c, ifft2c, line_density, lines_per_frame,
+                      scaled_center_lines, undersample, variable_density_mask, view_sharing)
 
 RNG = np.random.default_rng(0)
 
@@ -151,6 +151,32 @@ def test_forward_operator_is_adjoint_of_zero_filling():
     assert lhs == pytest.approx(rhs, rel=1e-12)
 
 
+def test_data_consistency_keeps_the_measurements_and_the_rest_of_the_image():
+    mask = torch.from_numpy(variable_density_mask((3, 16, 12), acceleration=3, center_lines=2, seed=5))
+    image = torch.from_numpy(random_complex(2, 3, 16, 12))
+    kspace = torch.from_numpy(random_complex(2, 3, 16, 12)) * mask
+    result = data_consistency(image, kspace, mask)
+    torch.testing.assert_close(fft2c(result) * mask, kspace)
+    torch.testing.assert_close(fft2c(result) * (1 - mask), fft2c(image) * (1 - mask))
+    shift = dict(dim=(-2, -1))  # the solvers' domain: ifftshift-ed cines, plain FFTs
+    shifted = data_consistency(torch.fft.ifftshift(image, **shift), torch.fft.ifftshift(kspace, **shift),
+                               torch.fft.ifftshift(mask, **shift), centered=False)
+    torch.testing.assert_close(torch.fft.fftshift(shifted, **shift), result)
+
+
+def test_view_sharing_fills_unsampled_kspace_with_the_temporal_mean():
+    mask = variable_density_mask((4, 16, 8), acceleration=4, center_lines=2, seed=1)
+    kspace = random_complex(4, 16, 8)  # entries off the mask are ignored
+    shared = view_sharing(kspace, mask)
+    assert isinstance(shared, np.ndarray) and shared.shape == (4, 16, 8)
+    filled = fft2c(shared)
+    np.testing.assert_allclose(filled[mask == 1], kspace[mask == 1], atol=1e-12)
+    row = int(np.flatnonzero((mask[:, :, 0].sum(0) > 0) & (mask[:, :, 0].sum(0) < 4))[0])  # sampled by some frames
+    frames = mask[:, row, 0] == 1
+    mean = kspace[frames, row].mean(0)  # [W]: the temporal mean of the measured lines
+    np.testing.assert_allclose(filled[~frames, row], np.broadcast_to(mean, filled[~frames, row].shape), atol=1e-12)
+
+
 def test_mask_and_aliasing_figures(tmp_path):
     mask = variable_density_mask((6, 32, 32), center_lines=2)
     x = RNG.random((6, 32, 32))
@@ -162,7 +188,7 @@ def test_mask_and_aliasing_figures(tmp_path):
 
 
 def test_mask_figure_command(tmp_path):
-    done = run_tool("sampling.py", ["mask.png", "--size=32", "--frames=4", "--center_lines=2"], tmp_path)
+    done = run_tool("sampling.py", ["mask.png", "--size=32", "--frames", "4", "--center_lines=2"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "mask.png").stat().st_size > 5000
     refused = run_tool("sampling.py", ["bad.png", "--size=32", "--center_lines=40"], tmp_path)

@@ -1,3 +1,7 @@
+import ast
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +9,10 @@ from PIL import Image
 
 import train
 from cli import UserError
-from helpers import TINY, read_metrics, run_tool
+from engine import load_images, lr_factor
+from helpers import ROOT, TINY, read_metrics, run_tool, train_defaults
+from models import build_model
+from settings import CHOICES, CPU_SCALE, resolve_config, train_options
 
 OUTPUTS = ["output.txt", "metrics.json", "last.pt", "best.pt"]
 FIGURES = ["mask.png", "aliasing.png", "reconstructions.png", "branches.png", "curves.png", "frame_psnr.png",
@@ -58,13 +65,14 @@ def test_best_checkpoint_holds_weights_config_and_epoch(tiny_run):
 
 def test_command_line_overrides_reach_train():
     name, overrides = train.parse_command_line(["run1", "--cascades=3", "--dropout=0", "--data=x.npz",
-                                                "--channels_last=false", "--initial_lr=3e-4", "--view_sharing"])
+                                                "--channels_last=false", "--initial_lr", "3e-4", "--view_sharing",
+                                                "--compile", "false", "--seed", "-2"])
     assert name == "run1"
     assert overrides == {"cascades": 3, "dropout": 0.0, "data": "x.npz", "channels_last": False, "initial_lr": 3e-4,
-                         "view_sharing": True}
-    config, _, _ = train.resolve_config(train_call(), overrides)
+                         "view_sharing": True, "compile": False, "seed": -2}
+    config, _, _ = resolve_config(train_defaults(), overrides)
     assert config["cascades"] == 3 and config["initial_lr"] == 3e-4
-    assert train.build_model(config).view_sharing, "every model keyword reaches the network"
+    assert build_model(config).view_sharing, "every model keyword reaches the network"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -72,40 +80,93 @@ def test_command_line_overrides_reach_train():
     (["run", "--cascades=three"], "--cascades=three"),
     (["run", "cascades=3"], "usage"),
     ([], "usage"),
+    (["run", "--amp=fp32"], "--amp='fp32': choose one of auto, bf16, fp16, none"),
+    (["run", "--num_epochs"], "--num_epochs needs a value"),
+    (["run", "--config=missing.json"], "--config=missing.json: not a readable JSON file"),
 ])
 def test_bad_command_lines(argv, message):
     with pytest.raises(UserError, match=message):
         train.parse_command_line(argv)
 
 
-def train_call(**values):
-    """The keyword values of a train(...) call, with the signature's defaults for the rest."""
-    from cli import keyword_defaults
-    call = keyword_defaults(train.train)
-    call.pop("overrides")
-    return {**call, **values}
-
-
 def test_cpu_scale_down_keeps_command_line_values():
-    config, notes, scale_lines = train.resolve_config(train_call(scale="cpu"), {"num_epochs": 7})
+    config, notes, scale_lines = resolve_config(train_defaults(scale="cpu"), {"num_epochs": 7})
     assert config["num_epochs"] == 7, "explicit values are never scaled"
-    assert config["image_size"] == train.CPU_SCALE["image_size"]
-    assert config["init_features"] == train.CPU_SCALE["init_features"]
+    assert config["image_size"] == CPU_SCALE["image_size"]
+    assert config["init_features"] == CPU_SCALE["init_features"]
     assert scale_lines and "image_size 192 -> 64" in notes[0]
-    full, notes, scale_lines = train.resolve_config(train_call(scale="full"), {})
+    full, notes, scale_lines = resolve_config(train_defaults(scale="full"), {})
     assert full["image_size"] == 192 and not notes and not scale_lines
 
 
 def test_centre_lines_scale_with_image_height():
-    config = train.resolve_config(train_call(scale="cpu"), {})[0]
+    config = resolve_config(train_defaults(scale="cpu"), {})[0]
     notes = []
-    train.load_images({**config, "num_samples": 3}, notes, True)
+    load_images({**config, "num_samples": 3}, notes, True)
     assert any("center_lines 11 -> 4" in note for note in notes)
 
 
 def test_learning_rate_schedule():
-    factor = train.lr_factor("warmup_cosine", total_steps=100, warmup=0.1)
+    factor = lr_factor("warmup_cosine", total_steps=100, warmup=0.1)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(55) == pytest.approx(0.5) and factor(99) < 0.01
     assert all(factor(s) >= factor(s + 1) for s in range(10, 99))
-    assert train.lr_factor("constant", 100, 0.1)(50) == 1.0
+    assert lr_factor("constant", 100, 0.1)(50) == 1.0
+
+
+# ----------------------------------------------------------------------------- the train(...) call and --help
+def test_every_setting_is_a_documented_keyword_of_the_call():
+    """The call at the bottom is the one source of the defaults: train() repeats none of them, every
+    keyword has a comment, and the allowed values a comment names are the ones the checks accept."""
+    options = train_options()
+    assert [o.name for o in options][:4] == ["data", "num_samples", "image_size", "phantom_phase"]
+    assert all(o.help for o in options), [o.name for o in options if not o.help]
+    assert {o.name for o in options} >= {"in_channels", "out_channels", "init_features", "num_epochs",
+                                         "weight_decay", "batch_size", "initial_lr", "loss_tpe"}
+    for option in options:
+        named = set(re.findall(r"'(\w+)'", option.help))
+        if option.name in CHOICES:
+            assert named <= set(CHOICES[option.name]), (option.name, named)
+    signature = next(node for node in ast.parse((ROOT / "train.py").read_text()).body
+                     if isinstance(node, ast.FunctionDef) and node.name == "train")
+    assert not signature.args.kw_defaults and not signature.args.defaults, "train() must not repeat the defaults"
+
+
+def test_help_lists_every_option_with_its_default(tmp_path):
+    result = run_tool("train.py", ["--help"], tmp_path)
+    assert result.returncode == 0 and not result.stderr
+    for option in train_options():
+        assert f"--{option.name} " in result.stdout
+    assert "[default: 800]" in result.stdout and "one of: L1, L2" in result.stdout and "--config" in result.stdout
+    assert not (tmp_path / "output").exists()
+
+
+def test_unknown_option_is_one_line_with_a_suggestion(tmp_path):
+    result = run_tool("train.py", ["run", "--num_epoch=3"], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown option --num_epoch (did you mean --num_epochs?); python train.py --help lists them"]
+
+
+def test_config_file_reruns_a_run_and_options_still_win(tiny_run, tmp_path):
+    cwd, _ = tiny_run
+    saved = read_metrics(cwd / "output" / "tiny")["config"]
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": {**saved, "resume": True}}))
+    name, given = train.parse_command_line(["again", f"--config={tmp_path / 'metrics.json'}", "--num_epochs", "2"])
+    assert name == "again" and given["num_epochs"] == 2 and "resume" not in given
+    assert {**given, "num_epochs": saved["num_epochs"]} == {k: v for k, v in saved.items() if k != "resume"}
+    config, notes, _ = resolve_config(train_defaults(), given)
+    assert config == {**saved, "num_epochs": 2} and not notes, "the saved configuration exactly, nothing scaled"
+    (tmp_path / "foreign.json").write_text(json.dumps({"config": {"learning_rate": 1}}))
+    with pytest.raises(UserError, match="'learning_rate' is not an option of python train.py"):
+        train.parse_command_line(["again", f"--config={tmp_path / 'foreign.json'}"])
+
+
+def test_layout_no_module_imports_train():
+    sources = [p for p in ROOT.rglob("*.py") if "tests" not in p.parts and p.name != "train.py"]
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) else []
+            assert "train" not in names, f"{path} imports train.py"
+    assert len((ROOT / "train.py").read_text().splitlines()) <= 400

@@ -1,0 +1,461 @@
+"""The shared runtime of training, evaluation, comparison, reconstruction and the benchmarks.
+
+- device and precision: :func:`resolve_device`, :func:`choose_autocast` (the one mixed-precision
+  rule, with its reason), :func:`autocast`, :func:`describe_device`;
+- data: :func:`load_images` (a data file or the embedded phantom), :func:`make_datasets`;
+- training pieces: :func:`reconstruction_loss` (the one loss), :func:`lr_factor`,
+  :func:`training_flops`, :func:`train_step`, :func:`seed_epoch`;
+- evaluation: :func:`evaluate`, :func:`evaluate_distributed`;
+- checkpoints: :func:`save_checkpoint`, :func:`snapshot`, :func:`check_resumable`, :func:`restore`;
+- runs: :func:`init_distributed`, :func:`create_run_dirs`, :func:`stop_on_signal`, :class:`Report`.
+
+Cines are ``[B, T, H, W]`` tensors (complex64 images and k-space, float32 masks) as in sampling.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import statistics
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.flop_counter import FlopCounterMode
+
+from cli import UserError, atomic_write, make_run_dirs
+from data import CineDataset, load_cine, split_indices
+from metrics import batch_psnr, batch_ssim
+from models import CHECKPOINT_FORMAT, UNET_LEVELS, build_model
+from sampling import REFERENCE_HEIGHT, check_sampling, scaled_center_lines
+
+# Keys that may differ when a run is resumed: they change how, not what, is computed.
+RUN_CONTROL_KEYS = ("device", "amp", "compile", "channels_last", "checkpointing", "checkpoint_every",
+                    "figures", "resume", "scale", "out_dir", "images_dir", "eval_batch_size")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of hardware bf16 arithmetic
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+# ----------------------------------------------------------------------------- device and precision
+def cuda_requested(device: str) -> bool:
+    """Whether the device option (``auto``, ``cpu``, ``cuda``, ``cuda:N``) means a GPU here."""
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """The torch device of the device option; ``auto`` and ``cuda`` take this process's GPU."""
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device={device}: no CUDA device is available")
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device(f"cuda:{local_rank}")
+    return resolved
+
+
+def _cpuinfo_field(name: str) -> list[str]:
+    """The values of every ``name : value`` line of /proc/cpuinfo (empty where there is none)."""
+    path = Path("/proc/cpuinfo")
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == name]
+
+
+def cpu_model() -> str:
+    models = _cpuinfo_field("model name")
+    return models[0] if models else "CPU"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (x86 ``flags``, Arm ``Features``) from /proc/cpuinfo."""
+    lines = _cpuinfo_field("flags") or _cpuinfo_field("Features")
+    return set(lines[0].split()) if lines else set()
+
+
+def native_bf16_flags() -> list[str]:
+    """The flags by which this CPU computes bf16 in hardware (elsewhere oneDNN emulates it)."""
+    return sorted(set(NATIVE_BF16_FLAGS) & cpu_flags())
+
+
+def describe_device(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and the threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def choose_autocast(amp: str, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype of the amp option on ``device`` (None: float32) and the reason for it.
+
+    - ``bf16``, ``fp16``, ``none``: as asked (fp16 needs CUDA).
+    - ``auto`` on a GPU: bf16 where it is supported, else fp16.
+    - ``auto`` on a CPU: bf16 only where it is faster. The CPU must compute bf16 natively
+      (``NATIVE_BF16_FLAGS``; elsewhere bf16 is emulated and about twice as slow as float32), and
+      a short training step timed in both dtypes (once per CPU model and torch version, cached,
+      see :func:`cpu_step_seconds`) must favour it.
+    """
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("--amp=fp16 needs a CUDA device (use bf16 on CPU)")
+    if amp != "auto":
+        return AMP_DTYPES[amp], f"--amp={amp} as given"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "amp=auto: the GPU computes bf16"
+        return torch.float16, "amp=auto: the GPU has no bf16, fp16 with loss scaling"
+    native = native_bf16_flags()
+    if not native:
+        return None, (f"amp=auto: this CPU has no native bf16 (none of the flags {', '.join(NATIVE_BF16_FLAGS)}), "
+                      f"so bf16 would be emulated and slower: float32")
+    seconds, cached = cpu_step_seconds()
+    faster = seconds["bf16"] < seconds["float32"]
+    return (torch.bfloat16 if faster else None), (
+        f"amp=auto: native bf16 ({', '.join(native)}); a test training step took {1e3 * seconds['bf16']:.0f} ms "
+        f"in bf16 and {1e3 * seconds['float32']:.0f} ms in float32 ({'cached in ' if cached else 'measured, saved to '}"
+        f"{autocast_cache_path()}): {'bf16' if faster else 'float32'}")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed-precision context for ``dtype`` (None: plain float32)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def autocast_cache_path() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cinerecon" / "cpu_autocast.json"
+
+
+def cpu_step_seconds() -> tuple[dict, bool]:
+    """``({"float32": s, "bf16": s}, cached)``: the time of the test step of :func:`time_cpu_step`
+    in each dtype, read from the cache of this CPU model and torch version or measured and saved
+    there (an unwritable cache only means measuring again next time)."""
+    path, key = autocast_cache_path(), f"{cpu_model()}; torch {torch.__version__}"
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key], True
+    cache[key] = {"float32": time_cpu_step(None), "bf16": time_cpu_step(torch.bfloat16)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(cache, indent=1))
+    except OSError:
+        pass
+    return cache[key], False
+
+
+def time_cpu_step(dtype: torch.dtype | None, repeats: int = 3) -> float:
+    """Median seconds of one training step (forward, backward) on the CPU under autocast ``dtype`` of
+    a small stand-in for the network, channels-last like training: 3x3 2D convolutions over 20
+    frames stacked as channels and 3x3x3 convolutions over time, at the CPU configuration's 64x64.
+    Torch's random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net2d = torch.nn.Sequential(torch.nn.Conv2d(20, 16, 3, padding=1), torch.nn.BatchNorm2d(16),
+                                    torch.nn.LeakyReLU(0.1), torch.nn.Conv2d(16, 20, 3, padding=1))
+        net3d = torch.nn.Sequential(torch.nn.Conv3d(2, 8, 3, padding=1), torch.nn.LeakyReLU(0.1),
+                                    torch.nn.Conv3d(8, 2, 3, padding=1))
+        net2d.to(memory_format=torch.channels_last)
+        net3d.to(memory_format=torch.channels_last_3d)
+        frames = torch.randn(4, 20, 64, 64).contiguous(memory_format=torch.channels_last)  # [B, T, H, W]
+        parts = torch.randn(4, 2, 20, 64, 64).contiguous(memory_format=torch.channels_last_3d)  # [B, 2, T, H, W]
+        device = torch.device("cpu")
+
+        def step() -> float:
+            started = time.perf_counter()
+            with autocast(device, dtype):
+                loss = net2d(frames).float().square().mean() + net3d(parts).float().square().mean()
+            loss.backward()
+            return time.perf_counter() - started
+
+        step()  # warm-up: oneDNN builds its kernels
+        return statistics.median(step() for _ in range(repeats))
+
+
+# ----------------------------------------------------------------------------- data
+def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.ndarray, str]:
+    """The cines ``[N, T, H, W]`` (peak magnitude 1 each) and a one-line description; with
+    ``scale_lines`` the centre lines are scaled to the image height (recorded in config and notes).
+    The sampling is checked against the image height here, before anything is written."""
+    frames = config["in_channels"]
+    if config["data"] is None:
+        from phantom import make_phantom_dataset
+
+        images = make_phantom_dataset(config["num_samples"], frames=frames, size=config["image_size"],
+                                      seed=config["seed"], complex_phase=config["phantom_phase"])
+        source = f"embedded phantom (seed {config['seed']})"
+    else:
+        images = load_cine(config["data"])
+        source = str(config["data"])
+        if images.shape[1] != frames:
+            raise UserError(f"{source}: cines have {images.shape[1]} frames but in_channels={frames}; "
+                            f"set --in_channels={images.shape[1]} --out_channels={images.shape[1]}")
+        images = pad_to_multiple(images, 2 ** UNET_LEVELS, notes, source)
+    height = images.shape[2]
+    if scale_lines and height != REFERENCE_HEIGHT:
+        lines = scaled_center_lines(height, config["center_lines"])
+        notes.append(f"center_lines {config['center_lines']} -> {lines}: {height} rows keep the share of "
+                     f"k-space that {config['center_lines']} central lines cover at {REFERENCE_HEIGHT} rows")
+        config["center_lines"] = lines
+    try:
+        check_sampling(height, config["acceleration"], config["center_lines"])
+    except ValueError as error:
+        raise UserError(f"sampling of {height}-row images: {error}") from None
+    kind = "complex" if np.iscomplexobj(images) else "magnitude"
+    return images, f"{source}: {images.shape[0]} {kind} cines of {'x'.join(map(str, images.shape[1:]))}"
+
+
+def pad_to_multiple(images: np.ndarray, multiple: int, notes: list[str], source: str) -> np.ndarray:
+    """Zero-pad H and W of ``[N, T, H, W]`` symmetrically to multiples of ``multiple`` (the UNet's
+    pooling factor)."""
+    height, width = images.shape[2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if not (pad_h or pad_w):
+        return images
+    notes.append(f"{source}: images zero-padded from {height}x{width} to {height + pad_h}x{width + pad_w} "
+                 f"(the UNet needs multiples of {multiple})")
+    return np.pad(images, ((0, 0), (0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)))
+
+
+def make_datasets(images: np.ndarray, config: dict, device: torch.device) -> list[CineDataset]:
+    """Train/val/test ``CineDataset``s resident on ``device``; training masks are drawn there too,
+    from a generator that :func:`seed_epoch` seeds."""
+    splits = split_indices(len(images), seed=config["seed"])
+    sampling = dict(mask_mode=config["mask_mode"], acceleration=config["acceleration"],
+                    center_lines=config["center_lines"], density=config["density"], seed=config["seed"])
+    generator = torch.Generator(device=device)
+    return [CineDataset(torch.from_numpy(images[idx]).to(device), idx, train=(i == 0),
+                        generator=generator if i == 0 else None, **sampling)
+            for i, idx in enumerate(splits)]
+
+
+# ----------------------------------------------------------------------------- training pieces
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str, per_cine: bool = False):
+    """Mean squared (``L2``) or absolute (``L1``) error over the real and imaginary parts of
+    ``[B, T, H, W]`` cines: a scalar, or ``[B]`` (one value per cine) with ``per_cine``."""
+    diff = torch.view_as_real(recon - target)  # [B, T, H, W, 2]
+    error = diff.pow(2) if kind == "L2" else diff.abs()
+    return error.flatten(1).mean(1) if per_cine else error.mean()
+
+
+def lr_factor(schedule: str, total_steps: int, warmup: float):
+    """Multiplier of the peak learning rate at each step: linear warm-up then cosine decay."""
+    warmup_steps = max(1, round(warmup * total_steps))
+
+    def factor(step: int) -> float:
+        if schedule == "constant":
+            return 1.0
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return factor
+
+
+def training_flops(config: dict, size: tuple[int, int, int]) -> int:
+    """FLOPs of one forward + backward pass for one cine ``[T, H, W]``, counted on the meta device
+    (no compute)."""
+    with torch.device("meta"):
+        model = build_model({**config, "checkpointing": False})
+        aliased = torch.empty((1, *size), dtype=torch.complex64)
+        mask = torch.empty((1, *size))
+    with FlopCounterMode(display=False) as counter:
+        model(aliased, aliased, mask).abs().sum().backward()
+    return counter.get_total_flops()
+
+
+def train_step(model, optimizer, scheduler, scaler, batch: dict, params: list, config: dict, amp_dtype):
+    """One optimisation step on ``batch`` (``[B, T, H, W]`` tensors); returns the loss (on the device)."""
+    with autocast(batch["target"].device, amp_dtype):
+        recon = model(batch["aliased"], batch["kspace"], batch["mask"])  # [B, T, H, W] complex
+    loss = reconstruction_loss(recon, batch["target"], config["loss_tpe"])
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if config["grad_clip"]:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, config["grad_clip"])
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss.detach()
+
+
+def seed_epoch(train_set: CineDataset, seed: int, rank: int, epoch: int) -> None:
+    """Seed dropout and the training masks from (seed, rank, epoch): runs resume exactly at any
+    epoch boundary, and each process draws its own masks."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, 2, rank, epoch]).generate_state(1)[0]))
+    train_set.generator.manual_seed(int(np.random.SeedSequence([seed, 3, rank, epoch]).generate_state(1)[0]))
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model, dataset: CineDataset, *, batch_size: int, amp_dtype=None, loss_type: str = "L2",
+             with_ssim: bool = True, rows=None, keep=()) -> dict:
+    """Reconstruct ``dataset`` (``rows`` of it, default all) and score every cine.
+
+    Returns numpy arrays keyed ``index`` (dataset index), ``loss``, ``psnr``, ``psnr_zero_filled``,
+    ``frame_psnr`` / ``frame_psnr_zero_filled`` ``[N, T]`` and, with ``with_ssim``, ``ssim`` and
+    ``ssim_zero_filled``; plus ``examples``: ``{index: {target, aliased, recon}}`` for rows in
+    ``keep``. Magnitude metrics with peak 1 (see metrics.py).
+    """
+    model.eval()
+    rows = np.arange(len(dataset)) if rows is None else np.asarray(rows)
+    device = dataset.images.device
+    out = {key: [] for key in ("loss", "psnr", "psnr_zero_filled", "frame_psnr", "frame_psnr_zero_filled",
+                               "ssim", "ssim_zero_filled")}
+    examples = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        batch = dataset.batch(chunk)
+        with autocast(device, amp_dtype):
+            recon = model(batch["aliased"], batch["kspace"], batch["mask"])  # [B, T, H, W] complex
+        target, aliased = batch["target"], batch["aliased"]
+        out["loss"].append(reconstruction_loss(recon, target, loss_type, per_cine=True))
+        for suffix, image in (("", recon), ("_zero_filled", aliased)):
+            out["psnr" + suffix].append(batch_psnr(image, target))
+            out["frame_psnr" + suffix].append(batch_psnr(image.flatten(0, 1)[:, None], target.flatten(0, 1)[:, None])
+                                              .view(len(chunk), -1))
+            if with_ssim:
+                out["ssim" + suffix].append(batch_ssim(image, target))
+        for j, row in enumerate(chunk):
+            if row in keep:
+                examples[int(dataset.indices[row])] = {key: value[j].cpu().numpy() for key, value in
+                                                       (("target", target), ("aliased", aliased), ("recon", recon))}
+    result = {key: torch.cat(values).cpu().numpy() for key, values in out.items() if values}
+    result["index"] = dataset.indices[rows]
+    result["examples"] = examples
+    return result
+
+
+def evaluate_distributed(model, dataset, world: int, rank: int, **kwargs) -> dict:
+    """``evaluate`` on this rank's share of the cines, gathered (in dataset order) on every rank."""
+    result = evaluate(model, dataset, rows=np.arange(rank, len(dataset), world), **kwargs)
+    if world == 1:
+        return result
+    parts = [None] * world
+    dist.all_gather_object(parts, result)
+    order = np.argsort(np.concatenate([part["index"] for part in parts]), kind="stable")
+    merged = {key: np.concatenate([part[key] for part in parts])[order]
+              for key in result if key != "examples"}
+    merged["examples"] = {k: v for part in parts for k, v in part["examples"].items()}
+    return merged
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    """``torch.save`` through :func:`cli.atomic_write`: a kill leaves the previous file intact."""
+    atomic_write(path, partial(torch.save, checkpoint))
+
+
+def snapshot(model, optimizer, scheduler, scaler, train_set: CineDataset, config: dict, state: dict) -> dict:
+    """Everything needed to continue exactly where training stands (``last.pt``)."""
+    rng = {"torch": torch.get_rng_state(), "masks": train_set.generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"format": CHECKPOINT_FORMAT, "config": config, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "rng": rng, "state": state}
+
+
+def check_resumable(checkpoint: dict, config: dict, path: Path) -> None:
+    """Refuse to resume ``last.pt`` if the config changed what is computed (model, data, optimiser)."""
+    if "state" not in checkpoint:
+        raise UserError(f"{path}: holds weights only (no training state) and cannot be resumed")
+    saved = checkpoint["config"]
+    differ = sorted(key for key in set(saved) | set(config)
+                    if key not in RUN_CONTROL_KEYS and saved.get(key) != config.get(key))
+    if differ:
+        detail = ", ".join(f"{key} {saved.get(key)!r} -> {config.get(key)!r}" for key in differ)
+        raise UserError(f"{path}: cannot resume with a different configuration ({detail})")
+
+
+def restore(checkpoint: dict, model, optimizer, scheduler, scaler) -> dict:
+    """Load the training state of ``last.pt``; returns the loop state (epoch, batch, history, best)."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    return checkpoint["state"]
+
+
+def restore_rng(rng: dict, train_set: CineDataset) -> None:
+    """Continue the random streams of an interrupted epoch (dropout and training masks)."""
+    torch.set_rng_state(rng["torch"])
+    train_set.generator.set_state(rng["masks"])
+    if "cuda" in rng and train_set.images.device.type == "cuda":
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# ----------------------------------------------------------------------------- runs
+def init_distributed(device: str) -> tuple[int, int, int]:
+    """Join the torchrun process group (NCCL on GPUs, gloo on CPU): (rank, world size, local rank)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    dist.init_process_group("nccl" if cuda_requested(device) else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def create_run_dirs(config: dict, name: str, rank: int, world: int) -> None:
+    """``output/NAME`` and ``images/NAME``, refusing an earlier run; every rank learns the outcome."""
+    roots = [Path(config["out_dir"]), Path(config["images_dir"])]
+    error = None
+    if rank == 0:
+        try:
+            make_run_dirs(roots, name, resume=config["resume"])
+        except UserError as failure:
+            error = str(failure)
+    if world > 1:
+        shared = [error]
+        dist.broadcast_object_list(shared)
+        error = shared[0]
+    if error:
+        raise UserError(error)
+
+
+@contextmanager
+def stop_on_signal():
+    """Turn the first SIGINT/SIGTERM into a stop request (``flag["stop"]``); a second Ctrl-C aborts."""
+    flag = {"stop": False}
+
+    def request(signum, frame):
+        if flag["stop"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this batch and saving a checkpoint "
+              f"(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_everywhere(stop: dict, world: int) -> bool:
+    """Whether a stop was requested (on rank 0, the one torchrun signals first) for all ranks."""
+    if world == 1:
+        return stop["stop"]
+    shared = [stop["stop"]]
+    dist.broadcast_object_list(shared)
+    return shared[0]
+
+
+class Report:
+    """``output.txt``: header, one line per epoch, then the test report; rewritten atomically."""
+
+    def __init__(self, path: Path, header: list[str]):
+        self.path = path
+        self.header = header
+
+    def write(self, history: list[dict], test_lines: list[str] = ()) -> None:
+        lines = list(self.header) + ["", "epoch  train_loss  val_loss  val_psnr_dB  lr  seconds  cines/s  TFLOP/s"]
+        lines += [f"{r['epoch']:5d}  {r['train_loss']:.6f}  {r['val_loss']:.6f}  {r['val_psnr']:.3f}  "
+                  f"{r['lr']:.3e}  {r['seconds']:.1f}  {r['cines_per_s']:.2f}  {r['tflops']:.3f}" for r in history]
+        atomic_write(self.path, "\n".join(lines + ["", *test_lines]) + "\n")

@@ -1,0 +1,366 @@
+"""Cine data as public datasets ship it, read and converted into the project's ``cine.npz``.
+
+    python formats.py convert INPUT [INPUT ...] --out cine.npz [--frames=20 --size=192 ...]
+
+Readers return cines ``[n, t, x, y]`` in the file's own dtype (x = image rows, the phase-encoding
+axis of the project's masks; y = columns):
+
+- NIfTI (ACDC ``patientXXX_4d.nii.gz``): the voxel array ``(i, j, slice, t)`` as stored, no
+  reorientation by the affine; every slice becomes one cine ``[t, i, j]`` (i -> rows, j -> columns).
+- DICOM: a folder holding one slice's frames; frames ordered by TriggerTime, then InstanceNumber;
+  RescaleSlope/RescaleIntercept applied; pixel rows -> x, columns -> y.
+- MATLAB ``.mat`` v5 (scipy) and v7.3 (HDF5, h5py; its arrays are stored transposed and are
+  transposed back), and ``.npy`` / ``.npz``: a 4-D array is ``[n, t, x, y]`` and a 3-D one a single
+  cine ``[t, x, y]`` unless ``axes`` says otherwise (``"xyt"``, ``"xytn"``: letters n, t, x, y in the
+  array's axis order, MATLAB's ``size()`` order for .mat files).
+
+nibabel, pydicom and h5py are optional extras (requirements-extras.txt), imported only when needed.
+:func:`conform` crops/pads and resamples cines in time; :func:`convert` is the ``convert`` command.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from cli import UserError, atomic_write, cli_errors, positive, run_command
+from data import DataError, check_cines, normalize, read_array
+
+EXTRAS_HINT = "pip install -r requirements-extras.txt"
+CINE_AXES = "ntxy"
+
+
+def _optional(module: str, source, what: str):
+    """Import the optional extra ``module`` or raise a one-line ``DataError`` saying what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DataError(f"{source}: reading {what} needs {module}: {EXTRAS_HINT}") from None
+
+
+def read_nifti(path: Path) -> tuple[np.ndarray, str]:
+    """A 4-D NIfTI cine volume ``(x, y, slice, t)`` -> ``[slice, t, x, y]`` (one cine per slice; empty
+    slices, which some volumes hold beyond the heart, are skipped)."""
+    nibabel = _optional("nibabel", path, "NIfTI")
+    try:
+        volume = np.asanyarray(nibabel.load(path).dataobj)  # scl_slope/scl_inter applied
+    except (nibabel.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as error:
+        raise DataError(f"{path}: not a readable NIfTI file ({error})") from None
+    if volume.ndim != 4:
+        raise DataError(f"{path}: expected a 4-D (x, y, slice, time) cine volume, got shape {volume.shape}")
+    x, y, slices, frames = volume.shape
+    cines = volume.transpose(2, 3, 0, 1)
+    signal = cines.reshape(slices, -1).any(1)
+    skipped = f", {int((~signal).sum())} empty slice(s) skipped" if not signal.all() else ""
+    return cines[signal], f"NIfTI {x}x{y}x{slices}x{frames} (x, y, slice, t), one cine per slice{skipped}"
+
+
+def _frame_order(frames: list) -> tuple[list, str]:
+    """Sort ``(path, dataset)`` pairs by TriggerTime, then InstanceNumber (whichever every frame has)."""
+    keys = [name for name in ("TriggerTime", "InstanceNumber") if all(name in ds for _, ds in frames)]
+    if not keys:
+        raise DataError(f"{frames[0][0].parent}: cannot order the frames: they lack TriggerTime and InstanceNumber")
+    ordered = sorted(frames, key=lambda item: tuple(float(item[1].get(name)) for name in keys))
+    return ordered, " then ".join(keys)
+
+
+def read_dicom_series(folder: Path) -> tuple[np.ndarray, str]:
+    """One slice's DICOM cine (a folder of single-frame images) -> ``[1, t, rows, columns]`` float32.
+
+    Files that are not DICOM images (DICOMDIR, notes) are skipped; frames of more than one slice
+    position or of different sizes are refused.
+    """
+    pydicom = _optional("pydicom", folder, "DICOM")
+    frames, skipped = [], 0
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            dataset = pydicom.dcmread(path)
+        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
+            skipped += 1
+            continue
+        if "PixelData" in dataset:
+            frames.append((path, dataset))
+        else:
+            skipped += 1
+    if not frames:
+        raise DataError(f"{folder}: no DICOM images in this folder")
+    positions = {tuple(round(float(v), 3) for v in ds.ImagePositionPatient)
+                 for _, ds in frames if "ImagePositionPatient" in ds}
+    if len(positions) > 1:
+        raise DataError(f"{folder}: frames of {len(positions)} slice positions; put one slice's cine per folder")
+    frames, order = _frame_order(frames)
+    images = []
+    for path, dataset in frames:
+        try:
+            pixels = dataset.pixel_array
+        except (AttributeError, NotImplementedError, RuntimeError, ValueError) as error:
+            raise DataError(f"{path}: cannot decode the pixel data ({error})") from None
+        if pixels.ndim != 2 or (images and pixels.shape != images[0].shape):
+            expected = f"{images[0].shape}, like the first frame" if images else "rows x columns"
+            raise DataError(f"{path}: image of shape {pixels.shape}; expected one grey-scale frame of {expected}")
+        slope, intercept = (float(dataset.get(name, default)) for name, default in
+                            (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)))
+        images.append(pixels.astype(np.float32) * slope + intercept)
+    note = f", {skipped} non-image file(s) skipped" if skipped else ""
+    rows, columns = images[0].shape
+    return (np.stack(images)[None],
+            f"DICOM series of {len(images)} frames {rows}x{columns}, ordered by {order}{note}")
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_hdf5(path: Path) -> bool:
+    """MATLAB v7.3 files are HDF5 with a 512-byte user block: the signature sits at 0, 512, 1024, ..."""
+    with open(path, "rb") as file:
+        head = file.read(2056)
+    return any(head[offset:offset + 8] == HDF5_SIGNATURE for offset in (0, 512, 1024, 2048))
+
+
+def _pick(names: dict, key: str | None, path: Path) -> str:
+    """The variable to read: ``key``, else the only array of 3 or more dimensions (names: name -> shape)."""
+    found = ", ".join(f"{name} {tuple(shape)}" for name, shape in names.items()) or "none"
+    if key is not None:
+        if key not in names:
+            raise DataError(f"{path}: no numeric array named {key!r} (found: {found})")
+        return key
+    cines = [name for name, shape in names.items() if len(shape) >= 3]
+    if len(cines) != 1:
+        raise DataError(f"{path}: {len(cines)} arrays of 3 or more dimensions (found: {found}); name one with --key")
+    return cines[0]
+
+
+def _read_mat5(path: Path, key: str | None) -> np.ndarray:
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        variables = loadmat(path)
+    except (MatReadError, ValueError, NotImplementedError, TypeError, OSError) as error:
+        raise DataError(f"{path}: not a readable MATLAB .mat file ({error})") from None
+    numeric = {name: value.shape for name, value in variables.items() if not name.startswith("__")
+               and isinstance(value, np.ndarray) and value.dtype.kind in "iufc"}
+    return variables[_pick(numeric, key, path)]
+
+
+def _read_mat73(path: Path, key: str | None) -> np.ndarray:
+    h5py = _optional("h5py", path, "MATLAB v7.3 .mat files")
+    try:
+        with h5py.File(path, "r") as file:
+            numeric = {name: item.shape[::-1] for name, item in file.items()
+                       if isinstance(item, h5py.Dataset) and "MATLAB_empty" not in item.attrs
+                       and (item.dtype.kind in "iuf" or item.dtype.names == ("real", "imag"))
+                       and item.attrs.get("MATLAB_class", b"double") not in (b"char", b"logical")}
+            array = file[_pick(numeric, key, path)][()]
+    except OSError as error:
+        raise DataError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({error})") from None
+    if array.dtype.names:  # MATLAB complex: a compound of real and imaginary parts
+        array = array["real"] + 1j * array["imag"]
+    return array.T  # HDF5 holds MATLAB's column-major array with the axes reversed
+
+
+def read_mat(path: Path, key: str | None = None) -> tuple[np.ndarray, str]:
+    """A MATLAB array (v5 via scipy, v7.3 via h5py) in MATLAB's axis order, and its description."""
+    version = "v7.3" if _is_hdf5(path) else "v5"
+    array = _read_mat73(path, key) if version == "v7.3" else _read_mat5(path, key)
+    return array, f"MATLAB {version} array {'x'.join(map(str, array.shape))}"
+
+
+def to_cine_axes(array: np.ndarray, axes: str | None, source) -> np.ndarray:
+    """Reorder ``array`` whose axes are named by ``axes`` (letters n, t, x, y; default ``ntxy`` for
+    4-D and ``txy`` for 3-D) to ``[n, t, x, y]``; a 3-D array is one cine."""
+    if axes is None:
+        if array.ndim not in (3, 4):
+            raise DataError(f"{source}: expected [t, x, y] or [n, t, x, y], got shape {array.shape}; "
+                            f"name its axes with --axes (e.g. xyt)")
+        axes = CINE_AXES[4 - array.ndim:]
+    if (len(set(axes)) != len(axes) or not set("txy") <= set(axes) <= set(CINE_AXES)
+            or len(axes) != array.ndim):
+        raise DataError(f"{source}: --axes {axes!r} does not describe shape {array.shape}: give one letter per "
+                        f"axis from n, t, x, y (t, x and y required, n optional)")
+    array = array.transpose([axes.index(name) for name in CINE_AXES if name in axes])
+    return array if "n" in axes else array[None]
+
+
+def read_cines(path, key: str | None = None, axes: str | None = None) -> tuple[np.ndarray, str]:
+    """Cines ``[n, t, x, y]`` (the file's dtype, not normalised) from a NIfTI file, a DICOM folder, a
+    ``.mat``, ``.npy`` or ``.npz`` file, and a one-line description. ``key`` names the array in
+    .mat/.npz files; ``axes`` describes .mat/.npy/.npz layouts (see :func:`to_cine_axes`)."""
+    path = Path(path)
+    name = path.name.lower()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return read_dicom_series(path)
+    if name.endswith((".nii", ".nii.gz")):
+        return read_nifti(path)
+    if name.endswith(".dcm"):
+        raise DataError(f"{path}: a DICOM cine is a folder of frames: give the folder {path.parent}")
+    if name.endswith(".mat"):
+        array, description = read_mat(path, key)
+    elif name.endswith((".npy", ".npz")):
+        array = read_array(path, key)
+        description = f"{name.rsplit('.', 1)[1]} array {'x'.join(map(str, array.shape))}"
+    else:
+        raise DataError(f"{path}: unsupported file type; expected .nii/.nii.gz, .mat, .npy, .npz or a DICOM folder")
+    cines = to_cine_axes(array, axes, path)
+    return cines, f"{description} (axes {axes or CINE_AXES[4 - array.ndim:]})"
+
+
+# ----------------------------------------------------------------------------- conforming
+def resample_frames(cines: np.ndarray, frames: int) -> np.ndarray:
+    """Resample ``[n, t, x, y]`` to ``frames`` frames spanning the same cardiac cycle.
+
+    A cine is one periodic heartbeat, so the interpolation is periodic: output frame k sits at time
+    ``k * t / frames`` (frame 0 stays frame 0) and the last frames blend back into the first. Linear
+    interpolation between the two neighbouring frames is used rather than Fourier resampling: every
+    output is a convex combination of measured frames, so magnitudes stay non-negative and within
+    their measured range (no temporal ringing around the fast systolic motion). It smooths slightly
+    and, when reducing frames, does not low-pass first; ``select_frames`` keeps measured frames instead.
+    """
+    total = cines.shape[1]
+    if frames == total:
+        return cines
+    position = np.arange(frames) * total / frames
+    before = np.floor(position).astype(int)
+    weight = (position - before).astype(np.float32)[None, :, None, None]
+    return (1 - weight) * cines[:, before] + weight * cines[:, (before + 1) % total]
+
+
+def select_frames(cines: np.ndarray, frames: int, source="cines") -> np.ndarray:
+    """Keep ``frames`` evenly spaced frames of ``[n, t, x, y]``: frame ``floor(k * t / frames)``."""
+    total = cines.shape[1]
+    if frames > total:
+        raise DataError(f"{source}: cannot select {frames} frames from {total}; resample instead (drop --select)")
+    return cines[:, np.arange(frames) * total // frames]
+
+
+def crop_or_pad(array, size: tuple[int, int]):
+    """Centre crop and/or zero-pad the last two axes of a numpy array to ``size`` (rows, columns).
+
+    The pixel at ``(H // 2, W // 2)`` (the FFT centre of sampling.fft2c) moves to ``(h // 2, w // 2)``,
+    so padding then cropping back returns the original, in the image or in k-space.
+    """
+    index = [slice(None)] * array.ndim
+    padding = [(0, 0)] * array.ndim
+    for axis, new in zip((array.ndim - 2, array.ndim - 1), size):
+        old = array.shape[axis]
+        if new <= old:
+            start = old // 2 - new // 2
+            index[axis] = slice(start, start + new)
+        else:
+            before = new // 2 - old // 2
+            padding[axis] = (before, new - old - before)
+    array = array[tuple(index)]
+    return np.pad(array, padding) if any(any(p) for p in padding) else array
+
+
+def conform(cines: np.ndarray, frames: int | None = None, size: tuple[int, int] | None = None,
+            select: bool = False, source="cines") -> tuple[np.ndarray, list[str]]:
+    """Crop/pad float32/complex64 ``[n, t, x, y]`` to ``size`` and resample (or ``select``) to ``frames``;
+    returns the result and notes on what changed."""
+    notes = []
+    _, total, height, width = cines.shape
+    if size is not None and size != (height, width):
+        cines = crop_or_pad(cines, size)
+        notes.append(f"size {height}x{width} -> {size[0]}x{size[1]} (centre crop/zero-pad)")
+    if frames is not None and frames != total:
+        if select:
+            cines = select_frames(cines, frames, source)
+            notes.append(f"frames {total} -> {frames} (evenly spaced frames selected)")
+        else:
+            cines = resample_frames(cines, frames)
+            notes.append(f"frames {total} -> {frames} (periodic linear interpolation)")
+    return cines, notes
+
+
+# ----------------------------------------------------------------------------- convert command
+def save_npz(path, **arrays) -> None:
+    """``np.savez`` through :func:`cli.atomic_write`: never half a file at ``path``."""
+    atomic_write(path, lambda file: np.savez(file, **arrays))
+
+
+def check_output(path) -> Path:
+    """A new ``.npz`` path in an existing folder; an existing file is never overwritten."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise UserError(f"{path}: the output must be a .npz file")
+    if path.exists():
+        raise UserError(f"{path}: already exists; choose another --out or remove it first")
+    if not path.parent.is_dir():
+        raise UserError(f"{path.parent}: no such folder for the output")
+    return path
+
+
+def _same(values: dict, what: str, option: str) -> None:
+    """Refuse inputs that differ in ``what`` (values: source -> value) when ``option`` is not given."""
+    if len(set(values.values())) > 1:
+        detail = ", ".join(f"{value} in {source}" for source, value in list(values.items())[:4])
+        raise UserError(f"the inputs have different {what} ({detail}); choose one with {option}")
+
+
+def convert(*inputs,  # files or DICOM folders (formats may be mixed)
+            out: str,  # the .npz to write (never overwritten)
+            frames: int | None = None,  # frames per cine (periodic linear interpolation); None: as read
+            size: tuple[int, int] | None = None,  # image size SIZE or HxW: centre crop/zero-pad; None: as read
+            key: str | None = None,  # array name in .mat/.npz files; None: 'dataset' or the only one
+            axes: str | None = None,  # axis order of .mat/.npy/.npz arrays, e.g. xyt or xytn; None: ntxy / txy
+            select: bool = False,  # with --frames: keep evenly spaced measured frames instead of resampling
+            log=print) -> np.ndarray:
+    """Read NIfTI 4-D volumes (one cine per slice), DICOM folders (one slice each), .mat (v5, v7.3),
+    .npy or .npz cines; crop/pad and resample them in time (:func:`conform`); normalise each cine to
+    peak magnitude 1 and write one .npz holding 'dataset' [N, T, H, W] (complex64 if any input is
+    complex). Returns the dataset written.
+    """
+    if select and frames is None:
+        raise UserError("--select needs --frames")
+    out = check_output(out)
+    parts = {}
+    for source in map(Path, inputs):
+        cines, description = read_cines(source, key, axes)
+        cines = check_cines(cines, str(source))
+        read = f"{len(cines)} cine(s) of {cines.shape[1]} frames of {cines.shape[2]}x{cines.shape[3]}"
+        cines, notes = conform(cines, frames, size, select, source)
+        parts[source] = check_cines(cines, str(source))  # cropping may leave a cine without signal
+        log(f"{source}: {description}: {read}" + "".join(f"; {note}" for note in notes))
+    _same({s: c.shape[1] for s, c in parts.items()}, "frame counts", "--frames")
+    _same({s: "x".join(map(str, c.shape[2:])) for s, c in parts.items()}, "image sizes", "--size")
+    kinds = {np.iscomplexobj(c) for c in parts.values()}
+    dataset = normalize(np.concatenate([c.astype(np.complex64) if kinds == {True, False} else c
+                                        for c in parts.values()]))
+    save_npz(out, dataset=dataset)
+    kind = "complex" if np.iscomplexobj(dataset) else "magnitude"
+    log(f"wrote {out}: dataset [{', '.join(map(str, dataset.shape))}] {dataset.dtype} ({kind}), every cine "
+        f"scaled to peak magnitude 1" + ("; magnitude inputs made complex" if len(kinds) > 1 else ""))
+    return dataset
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``192`` -> (192, 192); ``192x160`` -> (192, 160)."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(f"expected SIZE or HEIGHTxWIDTH (e.g. 192 or 192x160), got {text!r}")
+    return int(parts[0]), int(parts[-1])
+
+
+USAGE = ("usage: python formats.py convert INPUT [INPUT ...] --out=FILE [--key=value ...]; "
+         "python formats.py convert --help lists the options")
+
+
+def main(argv: list[str]) -> None:
+    """``python formats.py convert ...``: the module's one command."""
+    if argv[:1] != ["convert"]:
+        if argv[:1] not in (["--help"], ["-h"]):
+            raise UserError(USAGE)
+        print(USAGE)
+        return
+    run_command(convert, argv[1:], prog="python formats.py convert", exclude=("log",),
+                parsers={"frames": positive, "size": image_size})
+
+
+if __name__ == "__main__":
+    with cli_errors():  # bad input: one line on stderr, exit status 2 (--debug: traceback)
+        main(sys.argv[1:])

@@ -1,0 +1,90 @@
+"""A run's configuration: its options, their allowed values, the CPU scale-down, and the checks
+that refuse impossible settings before anything is computed or written.
+
+The defaults live in one place only: the ``train(...)`` call at the bottom of train.py, read here
+(:func:`train_options`, :func:`train_defaults`) for train.py's command line and for every tool
+that builds the same model or data (compare.py, the benchmarks).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cli import Option, UserError, options_from_call
+from data import MASK_MODES
+from engine import AMP_DTYPES, cuda_requested
+from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, UNET_LEVELS
+from sampling import DENSITIES
+
+# Applied when there is no CUDA device (scale="auto") or with scale="cpu", to every key not given
+# on the command line: a run that finishes in minutes on 2 CPU cores.
+CPU_SCALE = dict(image_size=64, num_samples=100, init_features=16, resnet_features=8,
+                 num_epochs=30, batch_size=4)
+# The allowed values of the options that take one of a few words.
+CHOICES = dict(arch=ARCHS, attention=ATTENTION, dc=DC_MODES, output=OUTPUTS, mask_mode=MASK_MODES,
+               density=DENSITIES, loss_tpe=("L1", "L2"), lr_schedule=("warmup_cosine", "constant"),
+               amp=("auto", *AMP_DTYPES), scale=("auto", "cpu", "full"))
+POSITIVE = ("num_samples", "image_size", "in_channels", "init_features", "resnet_features", "num_epochs",
+            "batch_size", "checkpoint_every")
+NON_NEGATIVE = ("cascades", "resnet_blocks", "eval_batch_size")
+TRAIN_SCRIPT = Path(__file__).resolve().with_name("train.py")
+
+
+def train_options() -> list[Option]:
+    """The options of ``python train.py``: the keywords of the ``train(...)`` call at the bottom of
+    train.py, their values the defaults and their trailing comments the help."""
+    return options_from_call(TRAIN_SCRIPT, "train", choices=CHOICES)
+
+
+def train_defaults() -> dict:
+    """Every setting of a run with its default (the ``train(...)`` call as written)."""
+    return {option.name: option.default for option in train_options()}
+
+
+def resolve_config(call: dict, overrides: dict) -> tuple[dict, list[str], bool]:
+    """The call's values, then the CPU scale-down for keys not overridden, then the overrides.
+
+    Returns (config, notes on what was changed, whether the centre lines still scale with the image
+    height, see ``engine.load_images``).
+    """
+    config = {**call, **overrides}
+    notes = []
+    scaled = config["scale"] == "cpu" or (config["scale"] == "auto" and not cuda_requested(config["device"]))
+    if scaled:
+        changed = [f"{key} {config[key]} -> {value}" for key, value in CPU_SCALE.items()
+                   if key not in overrides and config[key] != value]
+        config.update({key: value for key, value in CPU_SCALE.items() if key not in overrides})
+        if changed:
+            reason = "--scale=cpu" if config["scale"] == "cpu" else "no CUDA device"
+            notes.append(f"{reason}: scaled down to a CPU configuration that finishes in minutes "
+                         f"({', '.join(changed)}); --scale=full runs the call as written")
+    validate_config(config)
+    return config, notes, scaled and "center_lines" not in overrides
+
+
+def validate_config(config: dict) -> None:
+    """Refuse impossible settings with a message naming the option (the sampling is checked
+    against the image height when the images are loaded)."""
+    for key, allowed in CHOICES.items():
+        if config[key] not in allowed:
+            raise UserError(f"--{key}={config[key]!r}: choose one of {', '.join(map(str, allowed))}")
+    for key in POSITIVE:
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise UserError(f"--{key}={config[key]!r}: must be a positive integer")
+    for key in NON_NEGATIVE:
+        if not isinstance(config[key], int) or config[key] < 0:
+            raise UserError(f"--{key}={config[key]!r}: must be a non-negative integer")
+    if config["out_channels"] != config["in_channels"]:
+        raise UserError(f"--out_channels={config['out_channels']}: must equal in_channels="
+                        f"{config['in_channels']} (one output per frame)")
+    if not 0 <= config["dropout"] < 1:
+        raise UserError(f"--dropout={config['dropout']}: must be in [0, 1)")
+    if not (config["initial_lr"] > 0 and config["weight_decay"] >= 0 and config["grad_clip"] >= 0
+            and 0 <= config["warmup"] < 1):
+        raise UserError("initial_lr must be > 0, weight_decay and grad_clip >= 0, warmup in [0, 1)")
+    if config["data"] is None and config["image_size"] % 2 ** UNET_LEVELS:
+        raise UserError(f"--image_size={config['image_size']}: must be a multiple of {2 ** UNET_LEVELS} "
+                        f"(the UNet pools {UNET_LEVELS} times)")
+    if config["arch"] == "dccnn" and config["cascades"] < 1:
+        raise UserError("--arch=dccnn needs --cascades >= 1 (DC-CNN is a cascade with data consistency)")
+    if config["output"] == "sigmoid" and (config["cascades"] > 0 or config["phantom_phase"]):
+        raise UserError("--output=sigmoid is for magnitude targets with cascades=0 only")
