@@ -13,13 +13,10 @@ Cines are ``[B, T, H, W]`` tensors (complex64 images and k-space, float32 masks)
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
-import statistics
 import sys
-import time
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
@@ -39,6 +36,7 @@ from sampling import REFERENCE_HEIGHT, check_sampling, scaled_center_lines
 RUN_CONTROL_KEYS = ("device", "amp", "compile", "channels_last", "checkpointing", "checkpoint_every",
                     "figures", "resume", "scale", "out_dir", "images_dir", "eval_batch_size")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of hardware bf16 arithmetic
+CPUINFO = Path("/proc/cpuinfo")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
@@ -62,8 +60,7 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 
 def _cpuinfo_field(name: str) -> list[str]:
     """The values of every ``name : value`` line of /proc/cpuinfo (empty where there is none)."""
-    path = Path("/proc/cpuinfo")
-    lines = path.read_text().splitlines() if path.exists() else []
+    lines = CPUINFO.read_text().splitlines() if CPUINFO.exists() else []
     return [line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == name]
 
 
@@ -73,8 +70,8 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags (x86 ``flags``, Arm ``Features``) from /proc/cpuinfo."""
-    lines = _cpuinfo_field("flags") or _cpuinfo_field("Features")
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    lines = _cpuinfo_field("flags")
     return set(lines[0].split()) if lines else set()
 
 
@@ -95,10 +92,9 @@ def choose_autocast(amp: str, device: torch.device) -> tuple[torch.dtype | None,
 
     - ``bf16``, ``fp16``, ``none``: as asked (fp16 needs CUDA).
     - ``auto`` on a GPU: bf16 where it is supported, else fp16.
-    - ``auto`` on a CPU: bf16 only where it is faster. The CPU must compute bf16 natively
-      (``NATIVE_BF16_FLAGS``; elsewhere bf16 is emulated and about twice as slow as float32), and
-      a short training step timed in both dtypes (once per CPU model and torch version, cached,
-      see :func:`cpu_step_seconds`) must favour it.
+    - ``auto`` on a CPU: bf16 only where the CPU computes it natively (``NATIVE_BF16_FLAGS``).
+      Elsewhere oneDNN emulates bf16 and a training epoch takes about twice as long as in float32
+      (issue 16: 13.2 s against 6.0 s on a Xeon with AVX-512 but no AVX512_BF16).
     """
     if amp == "fp16" and device.type != "cuda":
         raise UserError("--amp=fp16 needs a CUDA device (use bf16 on CPU)")
@@ -109,72 +105,15 @@ def choose_autocast(amp: str, device: torch.device) -> tuple[torch.dtype | None,
             return torch.bfloat16, "amp=auto: the GPU computes bf16"
         return torch.float16, "amp=auto: the GPU has no bf16, fp16 with loss scaling"
     native = native_bf16_flags()
-    if not native:
-        return None, (f"amp=auto: this CPU has no native bf16 (none of the flags {', '.join(NATIVE_BF16_FLAGS)}), "
-                      f"so bf16 would be emulated and slower: float32")
-    seconds, cached = cpu_step_seconds()
-    faster = seconds["bf16"] < seconds["float32"]
-    return (torch.bfloat16 if faster else None), (
-        f"amp=auto: native bf16 ({', '.join(native)}); a test training step took {1e3 * seconds['bf16']:.0f} ms "
-        f"in bf16 and {1e3 * seconds['float32']:.0f} ms in float32 ({'cached in ' if cached else 'measured, saved to '}"
-        f"{autocast_cache_path()}): {'bf16' if faster else 'float32'}")
+    if native:
+        return torch.bfloat16, f"amp=auto: this CPU computes bf16 natively ({', '.join(native)})"
+    return None, (f"amp=auto: this CPU has no native bf16 (none of the flags {', '.join(NATIVE_BF16_FLAGS)}), "
+                  f"where emulated bf16 is slower than float32")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """Mixed-precision context for ``dtype`` (None: plain float32)."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-def autocast_cache_path() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cinerecon" / "cpu_autocast.json"
-
-
-def cpu_step_seconds() -> tuple[dict, bool]:
-    """``({"float32": s, "bf16": s}, cached)``: the time of the test step of :func:`time_cpu_step`
-    in each dtype, read from the cache of this CPU model and torch version or measured and saved
-    there (an unwritable cache only means measuring again next time)."""
-    path, key = autocast_cache_path(), f"{cpu_model()}; torch {torch.__version__}"
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return cache[key], True
-    cache[key] = {"float32": time_cpu_step(None), "bf16": time_cpu_step(torch.bfloat16)}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(cache, indent=1))
-    except OSError:
-        pass
-    return cache[key], False
-
-
-def time_cpu_step(dtype: torch.dtype | None, repeats: int = 3) -> float:
-    """Median seconds of one training step (forward, backward) on the CPU under autocast ``dtype`` of
-    a small stand-in for the network, channels-last like training: 3x3 2D convolutions over 20
-    frames stacked as channels and 3x3x3 convolutions over time, at the CPU configuration's 64x64.
-    Torch's random state is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net2d = torch.nn.Sequential(torch.nn.Conv2d(20, 16, 3, padding=1), torch.nn.BatchNorm2d(16),
-                                    torch.nn.LeakyReLU(0.1), torch.nn.Conv2d(16, 20, 3, padding=1))
-        net3d = torch.nn.Sequential(torch.nn.Conv3d(2, 8, 3, padding=1), torch.nn.LeakyReLU(0.1),
-                                    torch.nn.Conv3d(8, 2, 3, padding=1))
-        net2d.to(memory_format=torch.channels_last)
-        net3d.to(memory_format=torch.channels_last_3d)
-        frames = torch.randn(4, 20, 64, 64).contiguous(memory_format=torch.channels_last)  # [B, T, H, W]
-        parts = torch.randn(4, 2, 20, 64, 64).contiguous(memory_format=torch.channels_last_3d)  # [B, 2, T, H, W]
-        device = torch.device("cpu")
-
-        def step() -> float:
-            started = time.perf_counter()
-            with autocast(device, dtype):
-                loss = net2d(frames).float().square().mean() + net3d(parts).float().square().mean()
-            loss.backward()
-            return time.perf_counter() - started
-
-        step()  # warm-up: oneDNN builds its kernels
-        return statistics.median(step() for _ in range(repeats))
 
 
 # ----------------------------------------------------------------------------- data

@@ -345,7 +345,7 @@ if __name__ == "__main__":
               seed=0,                    # any integer: phantom, split, masks, initialisation
               # speed and memory
               device="auto",             # 'auto' (CUDA if present) | 'cpu' | 'cuda' | 'cuda:N'
-              amp="auto",                # 'auto' (bf16 where faster, engine.choose_autocast) | 'bf16' | 'fp16' | 'none'
+              amp="auto",                # 'auto' (bf16 on GPUs and on CPUs with native bf16) | 'bf16' | 'fp16' | 'none'
               channels_last=True,        # NHWC / NDHWC weights and activations
               compile=False,             # torch.compile the model
               checkpointing=False,       # recompute each cascade's activations in backward (saves memory)

@@ -3,21 +3,17 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num_samples=14", "--image_size=32", "--in_channels=6", "--out_channels=6", "--init_features=4",
         "--resnet_features=4", "--resnet_blocks=1", "--batch_size=2", "--center_lines=2", "--initial_lr=3e-3", "--scale=full",
         "--device=cpu", "--amp=none", "--channels_last=false"]
-# The tools' caches (engine's CPU autocast timing) go to a folder of this test session, not the user's.
-CACHE = tempfile.mkdtemp(prefix="cinerecon-test-cache-")
 
 
 def run_tool(script, args, cwd, timeout=300, env_extra=None, **kwargs):
     """Run ``python ROOT/script args`` in ``cwd``; returns the CompletedProcess (text)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": CACHE,
-           **(env_extra or {})}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, **kwargs)
 

@@ -1,6 +1,4 @@
-"""engine.py: the mixed-precision rule (CPU bf16 only where it is faster), the one loss."""
-import json
-
+"""engine.py: the mixed-precision rule (CPU bf16 only where the CPU computes it natively), the one loss."""
 import pytest
 import torch
 
@@ -10,32 +8,26 @@ from cli import UserError
 CPU = torch.device("cpu")
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    return tmp_path / "cinerecon" / "cpu_autocast.json"
-
-
-def test_cpu_without_native_bf16_computes_in_float32(monkeypatch, cache):
-    monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx512f", "avx512bw", "avx2"})
-    monkeypatch.setattr(engine, "time_cpu_step", lambda dtype: pytest.fail("no timing without native bf16"))
+def test_cpu_without_native_bf16_computes_in_float32(monkeypatch):
+    monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx512f", "avx512bw", "avx512_vnni", "avx2"})
     dtype, reason = engine.choose_autocast("auto", CPU)
-    assert dtype is None and "no native bf16" in reason and not cache.exists()
+    assert dtype is None and "no native bf16" in reason
 
 
-@pytest.mark.parametrize("seconds, expected", [({None: 2.0, torch.bfloat16: 1.0}, torch.bfloat16),
-                                               ({None: 1.0, torch.bfloat16: 1.5}, None)])
-def test_native_bf16_is_used_only_where_a_timed_step_is_faster(monkeypatch, cache, seconds, expected):
-    monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
-    monkeypatch.setattr(engine, "cpu_model", lambda: "Test CPU")
-    calls = []
-    monkeypatch.setattr(engine, "time_cpu_step", lambda dtype: calls.append(dtype) or seconds[dtype])
+@pytest.mark.parametrize("flag", ["avx512_bf16", "amx_bf16"])
+def test_cpu_with_native_bf16_uses_it(monkeypatch, flag):
+    monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx512f", flag})
     dtype, reason = engine.choose_autocast("auto", CPU)
-    assert dtype == expected and "avx512_bf16" in reason and "measured" in reason
-    assert json.loads(cache.read_text()) == {f"Test CPU; torch {torch.__version__}": {
-        "float32": seconds[None], "bf16": seconds[torch.bfloat16]}}
-    again, reason = engine.choose_autocast("auto", CPU)
-    assert again == expected and "cached" in reason and len(calls) == 2, "measured once per CPU model"
+    assert dtype == torch.bfloat16 and flag in reason
+
+
+def test_cpu_flags_come_from_proc_cpuinfo(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test Xeon\nflags\t\t: fpu avx512f avx512_bf16\n\n"
+                       "processor\t: 1\nmodel name\t: Test Xeon\nflags\t\t: fpu avx512f avx512_bf16\n")
+    monkeypatch.setattr(engine, "CPUINFO", cpuinfo)
+    assert engine.cpu_model() == "Test Xeon" and engine.cpu_flags() == {"fpu", "avx512f", "avx512_bf16"}
+    assert engine.native_bf16_flags() == ["avx512_bf16"]
 
 
 def test_explicit_amp_and_fp16_on_a_cpu():
@@ -43,12 +35,6 @@ def test_explicit_amp_and_fp16_on_a_cpu():
     assert engine.choose_autocast("bf16", CPU)[0] == torch.bfloat16
     with pytest.raises(UserError, match="--amp=fp16 needs a CUDA device"):
         engine.choose_autocast("fp16", CPU)
-
-
-def test_timing_step_leaves_the_random_state_alone(one_thread):
-    state = torch.get_rng_state()
-    assert engine.time_cpu_step(None, repeats=1) > 0
-    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_one_loss_for_training_and_per_cine_scores():

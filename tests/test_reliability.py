@@ -18,7 +18,7 @@ import train
 from cli import UserError
 from data import DataError, load_cine
 from engine import save_checkpoint
-from helpers import CACHE, ROOT, TINY, read_metrics, run_tool, train_defaults
+from helpers import ROOT, TINY, read_metrics, run_tool, train_defaults
 from models import load_checkpoint
 
 SHAPE = (14, 6, 32, 32)
@@ -165,7 +165,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
 
 
 def start_run(name, cwd, args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": CACHE}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), name, *TINY, *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
