@@ -27,7 +27,7 @@ from baselines import view_sharing as view_shared_image
 from sampling import fft2c, ifft2c
 
 ATTENTION = ("none", "bottleneck", "all")
-ARCHS = ("dual_unet", "dccnn")
+ARCHS = ("dual_unet", "cine_unet", "dccnn")
 DC_MODES = ("hard", "soft")
 OUTPUTS = ("linear", "sigmoid")
 UNET_LEVELS = 4  # pooling levels: image sizes must be multiples of 2**4 = 16
@@ -191,6 +191,138 @@ class DualUNetDenoiser(nn.Module):
         return torch.complex(torch.sigmoid(y[:, 0]), y[:, 1])
 
 
+def frame_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Conv3d:
+    """A 2D convolution applied to every frame of ``[B, C, T, H, W]`` (a ``1 x k x k`` 3D kernel)."""
+    return nn.Conv3d(in_channels, out_channels, (1, kernel_size, kernel_size), padding=(0, kernel_size // 2,
+                                                                                        kernel_size // 2))
+
+
+def time_conv(in_channels: int, out_channels: int) -> nn.Conv3d:
+    """A convolution along time over 3 frames of ``[B, C, T, H, W]`` (a ``3 x 1 x 1`` kernel), with
+    circular padding because a cine is one periodic heartbeat: defined for any number of frames."""
+    return nn.Conv3d(in_channels, out_channels, (3, 1, 1), padding=(1, 0, 0), padding_mode="circular")
+
+
+class FrameAttention(nn.Module):
+    """Channel then spatial attention (CBAM) on every frame: ``[B, C, T, H, W]`` -> same shape."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channel = ChannelAttention(channels)
+        self.spatial = SpatialAttention()
+
+    def forward(self, x):  # [B, C, T, H, W]
+        frames = x.transpose(1, 2).flatten(0, 1)  # [B*T, C, H, W]
+        frames = self.spatial(self.channel(frames))
+        return frames.unflatten(0, (x.shape[0], -1)).transpose(1, 2)  # [B, C, T, H, W]
+
+
+class SpaceTimeBlock(nn.Module):
+    """(2+1)D block: a 3x3 convolution per frame, LeakyReLU(0.1), a 3-frame convolution along time,
+    LeakyReLU(0.1); ``[B, C_in, T, H, W]`` -> ``[B, C_out, T, H, W]``; with ``attention``, channel +
+    spatial attention per frame at the end."""
+
+    def __init__(self, in_channels: int, out_channels: int, attention: bool = False):
+        super().__init__()
+        self.spatial = frame_conv(in_channels, out_channels)
+        self.temporal = time_conv(out_channels, out_channels)
+        self.attention = FrameAttention(out_channels) if attention else None
+
+    def forward(self, x):  # [B, C_in, T, H, W]
+        h = F.leaky_relu(self.spatial(x), 0.1)
+        h = F.leaky_relu(self.temporal(h), 0.1)
+        return self.attention(h) if self.attention is not None else h
+
+
+class CineUNet(nn.Module):
+    """A UNet over the frames of a cine with a convolution along time at every level:
+    ``[B, C_in, T, H, W]`` -> ``[B, C_out, T, H, W]`` for any number of frames T.
+
+    ``levels`` pooling levels (2x2, in space only) of widths f, 2f, ... (f = ``features``) and a
+    bottleneck of width ``2^levels f`` with channel + spatial attention (``attention="bottleneck"``,
+    or at every level with ``"all"``) and dropout; every level is a :class:`SpaceTimeBlock`, so the
+    receptive field grows in space and time together. H and W must be multiples of ``2^levels``.
+    Linear output.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, features: int = 16, levels: int = 3,
+                 dropout: float = 0.0, attention: str = "bottleneck"):
+        super().__init__()
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+        widths = [features * 2 ** level for level in range(levels)]  # [f, 2f, 4f, ...]
+        every_level = attention == "all"
+        self.encoders = nn.ModuleList()
+        channels = in_channels
+        for width in widths:
+            self.encoders.append(SpaceTimeBlock(channels, width, every_level))
+            channels = width
+        self.bottleneck = SpaceTimeBlock(channels, 2 * channels, attention != "none")
+        self.dropout = nn.Dropout3d(dropout)
+        self.upsamples = nn.ModuleList(nn.ConvTranspose3d(2 * w, w, (1, 2, 2), stride=(1, 2, 2))
+                                       for w in reversed(widths))
+        self.decoders = nn.ModuleList(SpaceTimeBlock(2 * w, w, every_level) for w in reversed(widths))
+        self.head = nn.Conv3d(features, out_channels, 1)
+
+    def forward(self, x):  # [B, C_in, T, H, W]
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)  # [B, f 2^l, T, H / 2^l, W / 2^l]
+            skips.append(x)
+            x = F.avg_pool3d(x, (1, 2, 2))
+        x = self.dropout(self.bottleneck(x))  # [B, f 2^(L+1), T, H / 2^L, W / 2^L]
+        for upsample, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
+            x = decoder(torch.cat([upsample(x), skip], 1))
+        return self.head(x)  # [B, C_out, T, H, W]
+
+
+class SpaceTimeResNet(nn.Module):
+    """Residual (2+1)D CNN at full resolution that fuses time: ``[B, 2, T, H, W]`` -> ``[B, 2, T, H, W]``.
+
+    A 3x3 stem to ``features`` channels, ``blocks`` residual :class:`SpaceTimeBlock` s, and a 1x1
+    head back to real/imaginary.
+    """
+
+    def __init__(self, features: int = 16, blocks: int = 2, channels: int = 2):
+        super().__init__()
+        self.stem = frame_conv(channels, features)
+        self.blocks = nn.ModuleList(SpaceTimeBlock(features, features) for _ in range(blocks))
+        self.head = nn.Conv3d(features, channels, 1)
+
+    def forward(self, x):  # [B, 2, T, H, W]
+        h = F.leaky_relu(self.stem(x), 0.1)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(h)
+
+
+class DualCineDenoiser(nn.Module):
+    """The frame-count-agnostic form of the study's network: a real-part and an imaginary-part
+    :class:`CineUNet`, then a :class:`SpaceTimeResNet` that fuses time, all residual.
+
+    ``[B, T, H, W]`` complex -> ``[B, T, H, W]`` complex for any T. Each UNet sees both parts of
+    every frame (undersampling mixes them once the image has phase) and corrects its own part;
+    the output convolutions start at zero, so the untrained denoiser is the identity.
+    """
+
+    residual = True
+
+    def __init__(self, init_features: int = 16, levels: int = 3, dropout: float = 0.0,
+                 attention: str = "bottleneck", resnet_features: int = 16, resnet_blocks: int = 2):
+        super().__init__()
+        self.unet_real = CineUNet(2, 1, init_features, levels, dropout, attention)
+        self.unet_imag = CineUNet(2, 1, init_features, levels, dropout, attention)
+        self.temporal = SpaceTimeResNet(resnet_features, resnet_blocks)
+        for head in (self.unet_real.head, self.unet_imag.head, self.temporal.head):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, image):  # [B, T, H, W] complex
+        x = complex_to_channels(image)  # [B, 2, T, H, W]
+        y = x + torch.cat([self.unet_real(x), self.unet_imag(x)], 1)
+        return channels_to_complex(y + self.temporal(y))  # [B, T, H, W] complex
+
+
 class DCCNNDenoiser(nn.Module):
     """DC-CNN's denoiser (Schlemper et al. 2017, 3D variant): 5 3x3x3 convolutions with ReLU,
     ``features`` wide, predicting a residual correction. ``[B, T, H, W]`` complex in and out."""
@@ -258,7 +390,8 @@ class CineReconNet(nn.Module):
     def __init__(self, frames: int = 20, init_features: int = 64, cascades: int = 0, dc: str = "hard",
                  dropout: float = 0.3, attention: str = "bottleneck", resnet_features: int = 16,
                  resnet_blocks: int = 2, output: str = "linear", arch: str = "dual_unet",
-                 checkpointing: bool = False, view_sharing: bool = False):
+                 checkpointing: bool = False, view_sharing: bool = False, levels: int = 3,
+                 share_weights: bool = False):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -270,22 +403,28 @@ class CineReconNet(nn.Module):
         self.cascades = cascades
         self.checkpointing = checkpointing
         self.view_sharing = view_sharing
-        stages = max(cascades, 1)
-        if arch == "dual_unet":
-            self.denoisers = nn.ModuleList(
-                DualUNetDenoiser(frames, init_features, dropout, attention, resnet_features, resnet_blocks, output)
-                for _ in range(stages))
-        else:
-            self.denoisers = nn.ModuleList(DCCNNDenoiser(init_features) for _ in range(stages))
+        if arch == "cine_unet" and output != "linear":
+            raise ValueError("arch='cine_unet' is residual: output must be 'linear'")
+        self.stages = max(cascades, 1)
+
+        def denoiser():
+            if arch == "dual_unet":
+                return DualUNetDenoiser(frames, init_features, dropout, attention, resnet_features, resnet_blocks,
+                                        output)
+            if arch == "cine_unet":
+                return DualCineDenoiser(init_features, levels, dropout, attention, resnet_features, resnet_blocks)
+            return DCCNNDenoiser(init_features)
+
+        self.denoisers = nn.ModuleList(denoiser() for _ in range(1 if share_weights else self.stages))
         self.dcs = nn.ModuleList(DataConsistency(dc) for _ in range(cascades))
 
     def _stage(self, i: int, image, kspace, mask):
-        image = self.denoisers[i](image)
+        image = self.denoisers[min(i, len(self.denoisers) - 1)](image)
         return self.dcs[i](image, kspace, mask) if self.cascades else image
 
     def forward(self, aliased, kspace, mask):  # [B, T, H, W] complex, complex, float
         image = view_shared_image(kspace, mask) if self.view_sharing else aliased  # [B, T, H, W] complex
-        for i in range(len(self.denoisers)):
+        for i in range(self.stages):
             if self.checkpointing and self.training:
                 image = checkpoint(self._stage, i, image, kspace, mask, use_reentrant=False)
             else:

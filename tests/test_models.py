@@ -163,3 +163,53 @@ def test_channels_last_matches_and_bf16_autocast_is_close():
     loss_c, grad_c = loss_and_grads(fast, batch, torch.bfloat16)
     assert abs(loss_c - loss_a) / loss_a < 2e-2
     assert torch.nn.functional.cosine_similarity(grad_c, grad_a, dim=0) > 0.99
+
+
+def cine_net(frames=T, **kwargs):
+    torch.manual_seed(0)
+    return CineReconNet(frames=frames, arch="cine_unet", init_features=4, resnet_features=4, resnet_blocks=1,
+                        levels=2, **kwargs)
+
+
+def cine_example(frames, batch=1):
+    generator = torch.Generator().manual_seed(frames)
+    target = torch.randn((batch, frames, H, W), generator=generator, dtype=torch.complex64)
+    mask = torch.from_numpy(variable_density_mask((frames, H, W), acceleration=4, center_lines=2, seed=frames))
+    aliased, kspace = undersample(target, mask.expand(batch, -1, -1, -1))
+    return aliased, kspace, mask.expand(batch, -1, -1, -1)
+
+
+def test_cine_unet_reconstructs_any_frame_count_with_one_set_of_weights():
+    net = randomise_heads(cine_net(frames=8, cascades=2))
+    for frames in (8, 12, 20):
+        aliased, kspace, mask = cine_example(frames)
+        out = net(aliased, kspace, mask)
+        assert out.shape == (1, frames, H, W) and out.dtype == torch.complex64
+        torch.testing.assert_close(fft2c(out) * mask, kspace, atol=1e-5, rtol=0)
+
+
+def test_cine_unet_is_the_identity_untrained_and_mixes_time():
+    aliased, kspace, mask = cine_example(8)
+    torch.testing.assert_close(cine_net(cascades=0)(aliased, kspace, mask), aliased)
+    denoiser = randomise_heads(cine_net(cascades=0)).denoisers[0].eval()
+    x = torch.randn(1, 8, H, W, dtype=torch.complex64)
+    y = x.clone()
+    y[:, 4] += 1.0  # perturb frame 4 only
+    change = (denoiser(y) - denoiser(x)).abs().amax(dim=(0, 2, 3))  # [T]
+    assert change[3] > 1e-4 and change[5] > 1e-4, "neighbouring frames respond"
+    assert (change > 0).all(), "the deepest path reaches every frame of the cine"
+
+
+def test_cine_unet_is_equivariant_to_a_circular_shift_in_time():
+    net = randomise_heads(cine_net(cascades=0)).eval()
+    x = torch.randn(1, 8, H, W, dtype=torch.complex64)
+    shifted = net(x.roll(3, 1), None, None)
+    torch.testing.assert_close(shifted, net(x, None, None).roll(3, 1), atol=1e-5, rtol=1e-4)
+
+
+def test_shared_weights_reuse_one_denoiser_for_every_cascade():
+    shared, separate = cine_net(cascades=4, share_weights=True), cine_net(cascades=4)
+    assert len(shared.denoisers) == 1 and len(separate.denoisers) == 4
+    assert count_parameters(separate) == 4 * count_parameters(shared)
+    aliased, kspace, mask = cine_example(T)
+    assert shared(aliased, kspace, mask).shape == (1, T, H, W)

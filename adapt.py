@@ -1,0 +1,174 @@
+"""Scan-specific self-supervised adaptation of a trained network (``reconstruct.py --adapt=STEPS``).
+
+A network trained on the phantom meets a new scan whose anatomy, contrast and noise it has not
+seen. This module fine-tunes it on the scan's own measurements, with no fully sampled reference,
+by self-supervised learning via data undersampling (SSDU, Yaman et al. 2020) in its zero-shot,
+scan-specific form (ZS-SSL, Yaman et al. 2022):
+
+- the measured ky lines of every frame, centre block excluded, are split once into a held-out set
+  ``Gamma`` (``holdout`` of them) that no training step sees, and the rest;
+- every step draws a fresh split of the rest into lines the network sees (``Theta``, plus the
+  centre block) and lines the loss compares against (``Lambda``, ``loss_fraction`` of them);
+  the loss is the normalised L2 + L1 k-space error on ``Lambda``:
+  ``||U_L (F x - y)||_2 / ||U_L y||_2 + ||U_L (F x - y)||_1 / ||U_L y||_1``;
+- every ``check_every`` steps the network, given every measured line but ``Gamma``, predicts
+  ``Gamma``; the weights with the lowest held-out error are kept, and adaptation stops after
+  ``patience`` checks without improvement;
+- the final reconstruction uses every measured line and ends with hard data consistency, so it
+  keeps every measured sample exactly.
+
+Unmeasured k-space is never read: the inputs are multiplied by the mask first.
+
+Speed: the readout (kx, the image columns) is fully sampled, so the problem separates along x.
+Adaptation runs on a band of ``crop`` columns (where the view-shared cine moves most, that is the
+heart), which is an exact smaller problem: its k-space is the 1D Fourier transform, along the
+cropped columns, of the measured data's hybrid (ky, x) space.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from sampling import fft2c, ifft2c
+
+
+# ----------------------------------------------------------------------------- k-space helpers
+def _centered_fft1(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Centred orthonormal 1D FFT along the last axis (columns, kx <-> x)."""
+    transform = torch.fft.ifft if inverse else torch.fft.fft
+    return torch.fft.fftshift(transform(torch.fft.ifftshift(x, dim=-1), dim=-1, norm="ortho"), dim=-1)
+
+
+def crop_columns(kspace: torch.Tensor, start: int, width: int) -> torch.Tensor:
+    """The k-space ``[..., H, width]`` of image columns ``start:start + width`` of the cine whose
+    k-space is ``kspace`` ``[..., H, W]``: exact whenever the mask is constant along kx."""
+    hybrid = _centered_fft1(kspace, inverse=True)  # [..., ky, x]
+    return _centered_fft1(hybrid[..., start:start + width])
+
+
+def moving_band(kspace: torch.Tensor, mask: torch.Tensor, width: int) -> int:
+    """First column of the ``width`` columns where the view-shared cine varies most over time."""
+    from baselines import view_sharing
+
+    image = view_sharing(kspace, mask).abs()  # [B, T, H, W]
+    motion = image.std(dim=1).sum(dim=(0, 1))  # [W]
+    window = torch.nn.functional.conv1d(motion[None, None], torch.ones(1, 1, width))[0, 0]  # [W - width + 1]
+    return int(window.argmax())
+
+
+def row_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Sampled ky rows ``[B, T, H]`` (bool) of a Cartesian mask ``[B, T, H, W]``."""
+    return mask[..., 0] != 0
+
+
+def center_block(rows: torch.Tensor) -> slice:
+    """The contiguous block of ky rows around the DC row ``H // 2`` that every frame sampled
+    (``rows`` ``[B, T, H]`` bool); empty if the DC row is not always sampled."""
+    always = rows.flatten(0, -2).all(0)  # [H]
+    low = high = rows.shape[-1] // 2
+    if not always[low]:
+        return slice(low, low)
+    while low > 0 and always[low - 1]:
+        low -= 1
+    while high + 1 < len(always) and always[high + 1]:
+        high += 1
+    return slice(low, high + 1)
+
+
+def split_rows(rows: torch.Tensor, fraction: float, center: slice, generator: torch.Generator) -> torch.Tensor:
+    """Pick ``round(fraction * n)`` of the ``n`` sampled rows of every frame outside ``center``.
+
+    rows: ``[B, T, H]`` bool; returns the picked rows ``[B, T, H]`` bool (a subset of ``rows``).
+    """
+    candidates = rows.clone()
+    candidates[..., center] = False
+    keys = torch.rand(rows.shape, generator=generator, device=rows.device)
+    keys[~candidates] = 2.0  # never picked
+    count = (candidates.sum(-1, keepdim=True) * fraction).round().long()  # [B, T, 1]
+    order = keys.argsort(-1).argsort(-1)  # rank of every row among its frame's rows
+    return order < count
+
+
+def _expand(rows: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows ``[B, T, H]`` bool -> a float mask ``[B, T, H, W]``."""
+    return rows[..., None].expand(*rows.shape, width).float()
+
+
+def kspace_error(recon: torch.Tensor, kspace: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Normalised L2 + L1 error of ``F recon`` against the measurements on ``rows`` ``[B, T, H]``."""
+    where = _expand(rows, kspace.shape[-1])
+    diff = torch.view_as_real((fft2c(recon) - kspace) * where)
+    reference = torch.view_as_real(kspace * where)
+    return diff.norm() / reference.norm() + diff.abs().sum() / reference.abs().sum()
+
+
+# ----------------------------------------------------------------------------- adaptation
+def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, steps: int = 60,
+          lr: float = 1e-5, loss_fraction: float = 0.4, holdout: float = 0.15, check_every: int = 5,
+          patience: int = 4, crop: int = 64, seed: int = 0, amp_dtype=None,
+          log=print) -> tuple[torch.nn.Module, dict]:
+    """Fine-tune a copy of ``model`` on one scan's measurements; returns ``(adapted model, info)``.
+
+    kspace: measured k-space ``[B, T, H, W]`` complex (B cines of one scan, e.g. slices);
+    mask: ``[B, T, H, W]`` 0/1 (whole ky lines; the centre block that every frame sampled is always
+    shown to the network); crop: columns to adapt on (0 or >= W: all). The model's batch
+    normalisation layers, if any, keep their running statistics. ``info`` holds the steps run,
+    the step whose weights were kept, the held-out error before and after, and the seconds.
+    """
+    started = time.perf_counter()
+    device = kspace.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    kspace = kspace * mask  # never read unmeasured k-space
+    width = kspace.shape[-1]
+    if 0 < crop < width:
+        start = moving_band(kspace, mask, crop)
+        kspace, mask = crop_columns(kspace, start, crop) * mask[..., :crop], mask[..., :crop]
+    rows = row_mask(mask)  # [B, T, H]
+    center = center_block(rows)
+    held_out = split_rows(rows, holdout, center, generator)  # Gamma, fixed
+    trainable = rows & ~held_out
+
+    model = copy.deepcopy(model)
+    model.eval()  # dropout off and batch-norm statistics frozen; gradients still flow
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+
+    def forward(seen: torch.Tensor) -> torch.Tensor:
+        seen_mask = _expand(seen, kspace.shape[-1])
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return model(ifft2c(kspace * seen_mask), kspace * seen_mask, seen_mask)
+
+    def held_out_error() -> float:
+        with torch.no_grad():
+            return float(kspace_error(forward(trainable), kspace, held_out))
+
+    best_error = first_error = held_out_error()
+    best_state, best_step, waited, done = copy.deepcopy(model.state_dict()), 0, 0, 0
+    for done in range(1, steps + 1):
+        loss_rows = split_rows(trainable, loss_fraction, center, generator)  # Lambda
+        loss = kspace_error(forward(trainable & ~loss_rows), kspace, loss_rows)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if done % check_every == 0 or done == steps:
+            error = held_out_error()
+            log(f"adapt step {done}: loss {loss.item():.4f}, held-out k-space error {error:.4f}")
+            if error < best_error:
+                best_error, best_state, best_step, waited = error, copy.deepcopy(model.state_dict()), done, 0
+            else:
+                waited += 1
+                if waited >= patience:
+                    break
+    model.load_state_dict(best_state)
+    info = {"steps": done, "kept_step": best_step, "held_out_error_before": first_error,
+            "held_out_error_after": best_error, "seconds": time.perf_counter() - started,
+            "columns": int(kspace.shape[-1])}
+    return model.eval(), info
+
+
+def hard_consistency(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Replace the measured lines of ``image`` ``[B, T, H, W]`` by the measurements."""
+    return ifft2c(fft2c(image) * (1 - mask) + kspace * mask)
