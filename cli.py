@@ -4,8 +4,9 @@ safe run names, run directories that never overwrite an earlier run, and atomic 
 Every command is described by its options (:class:`Option`), read from the source that holds their
 defaults, so ``--help`` cannot drift from them:
 
-- :func:`options_from_signature`: the keyword parameters of a function, each documented by the
-  comment that ends its line (``seed: int = 0,  # phantom, split and masks``);
+- :func:`options_from_signature`: the named parameters of a function, each documented by the
+  comment that ends its line (``seed: int = 0,  # phantom, split and masks``); :func:`run_command`
+  turns a function into a command (positional parameters become arguments, keyword-only ones options);
 - :func:`options_from_call`: the keywords of a call written in a file, such as the ``train(...)``
   call at the bottom of train.py, with their trailing comments.
 

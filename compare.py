@@ -41,12 +41,13 @@ from cli import Command, Positional, UserError, atomic_write, check_run_name, cl
 from engine import autocast, choose_autocast, describe_device, evaluate, load_images, make_datasets, resolve_device
 from metrics import summarize
 from models import count_parameters, load_model
-from settings import train_defaults, train_options
+from settings import CHOICES, train_defaults, train_options
 
 # The settings that make the test split, its cines and its masks; checkpoints must agree on them.
 DATA_KEYS = ("data", "num_samples", "image_size", "phantom_phase", "seed", "in_channels", "acceleration",
              "center_lines", "density")
 PHANTOM_KEYS = ("num_samples", "image_size", "phantom_phase")  # used only without a data file
+CENTER_LINES_HELP = ">= 0 fully sampled central ky lines at 192 rows, scaled to the image height unless given"
 BASELINE_LABELS = {"view_sharing": "view sharing", "kt_sparse": "k-t sparse", "lplus_s": "L+S"}
 ZERO_FILLED = "zero-filled"
 MASK_PROTOCOLS = {  # name -> (short label, description)
@@ -355,9 +356,10 @@ def write_figures(examples: dict, reference: np.ndarray, results: dict, report: 
 # ----------------------------------------------------------------------------- command line
 def command() -> Command:
     """``python compare.py NAME``: compare()'s options, then the data options of train.py's call."""
-    data_options = [replace(option, section="data, used only without checkpoints")
+    data_options = [replace(option, section="data, used only without checkpoints",
+                            help=CENTER_LINES_HELP if option.name == "center_lines" else option.help)
                     for option in train_options() if option.name in DATA_KEYS]
-    options = options_from_signature(compare, choices={"masks": tuple(MASK_PROTOCOLS)},
+    options = options_from_signature(compare, choices={"masks": tuple(MASK_PROTOCOLS), "amp": CHOICES["amp"]},
                                      exclude=("name", "given", "command"))
     return Command("python compare.py", __doc__, options + data_options,
                    [Positional("NAME", "the comparison's name: it writes OUT_DIR/compare_NAME/ and "
