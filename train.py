@@ -113,9 +113,10 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
         model = torch.compile(model)
 
     # ---- the report's header
+    precision = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast", None: "float32"}[amp_dtype]
     header = [f"cinerecon run {name}, started {datetime.now():%Y-%m-%d %H:%M}, torch {torch.__version__}, "
-              f"{describe_device(device)}, {world} process(es), autocast {amp_dtype or 'off'}",
-              f"precision: {str(amp_dtype).replace('torch.', '') if amp_dtype else 'float32'} ({amp_reason})",
+              f"{describe_device(device)}, {world} process(es)",
+              f"precision: {precision} ({amp_reason})",
               *notes, f"data: {source}; split {len(train_set)}/{len(val_set)}/{len(test_set)} (train/val/test)",
               f"model: {describe_parameters(core)}; {flops / 1e9:.1f} GFLOP per cine per training step",
               "config: " + json.dumps(config, sort_keys=True)]

@@ -40,7 +40,7 @@ def test_cli_run_writes_every_output(tiny_run):
 def test_report_holds_config_epochs_and_test_summary(tiny_run):
     cwd, _ = tiny_run
     text = (cwd / "output" / "tiny" / "output.txt").read_text()
-    assert '"cascades": 1' in text and "split 8/2/4" in text
+    assert '"cascades": 1' in text and "split 8/2/4" in text and "\nprecision: float32 (--amp=none as given)\n" in text
     epoch_lines = [line for line in text.splitlines() if line[:5].strip().isdigit()]
     assert len(epoch_lines) == 8 and len(epoch_lines[0].split()) == 8
     for label in ("zero-filled PSNR", "zero-filled SSIM", "PSNR", "SSIM", "test loss (L2)"):
