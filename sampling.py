@@ -240,7 +240,7 @@ def mask_figure(path: str = "docs/mask.png",  # the PNG to write
     print(f"wrote {path}")
 
 
-def mask_options() -> list:
+def mask_options() -> list[Option]:
     """The options of ``python sampling.py``: variable_density_mask's, its shape as frames and size."""
     frames, size, _ = inspect.signature(variable_density_mask).parameters["shape"].default
     return [Option("frames", frames, "frames per cine"), Option("size", size, "rows and columns (H = W)"),
