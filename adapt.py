@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from sampling import fft2c, ifft2c
+from sampling import fft2c, ifft2c, view_sharing
 
 
 # ----------------------------------------------------------------------------- k-space helpers
@@ -50,8 +50,6 @@ def crop_columns(kspace: torch.Tensor, start: int, width: int) -> torch.Tensor:
 
 def moving_band(kspace: torch.Tensor, mask: torch.Tensor, width: int) -> int:
     """First column of the ``width`` columns where the view-shared cine varies most over time."""
-    from baselines import view_sharing
-
     image = view_sharing(kspace, mask).abs()  # [B, T, H, W]
     motion = image.std(dim=1).sum(dim=(0, 1))  # [W]
     window = torch.nn.functional.conv1d(motion[None, None], torch.ones(1, 1, width))[0, 0]  # [W - width + 1]

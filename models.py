@@ -23,8 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from baselines import view_sharing as view_shared_image
 from sampling import fft2c, ifft2c
+from sampling import view_sharing as view_shared_image
 
 ATTENTION = ("none", "bottleneck", "all")
 ARCHS = ("dual_unet", "cine_unet", "dccnn")
@@ -455,7 +455,20 @@ def build_model(config: dict) -> CineReconNet:
                         attention=config["attention"], resnet_features=config["resnet_features"],
                         resnet_blocks=config["resnet_blocks"], output=config["output"],
                         arch=config["arch"], checkpointing=config.get("checkpointing", False),
-                        view_sharing=config.get("view_sharing", False))
+                        view_sharing=config.get("view_sharing", False), levels=config.get("levels", 3),
+                        share_weights=config.get("share_weights", False))
+
+
+def size_multiple(config: dict) -> int:
+    """Image heights and widths the network of ``config`` takes must be multiples of this."""
+    if config["arch"] == "dual_unet":
+        return 2 ** UNET_LEVELS
+    return 2 ** config.get("levels", 3) if config["arch"] == "cine_unet" else 1
+
+
+def fixed_frame_count(config: dict) -> int | None:
+    """The number of frames the network of ``config`` needs (frames as channels), or None: any."""
+    return config["in_channels"] if config["arch"] == "dual_unet" else None
 
 
 def use_channels_last(model: nn.Module) -> nn.Module:
