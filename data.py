@@ -150,6 +150,8 @@ class CineDataset(torch.utils.data.Dataset):
         augmentation, drawn on the device with ``generator``); with ``train=False`` cine i gets
         its own mask drawn from ``(seed, indices[i])``, the same in every run.
 
+    boxes: ``[N, 4]`` heart boxes ``(row0, row1, col0, col1)`` for region-of-interest metrics, or None.
+
     ``batch(rows)`` returns a dict of ``[B, T, H, W]`` tensors: ``aliased`` (complex64
     zero-filled image ``F^-1 U F m``), ``target`` (the fully sampled cine), ``mask`` (float32)
     and ``kspace`` (complex64 sampled k-space ``U F m``). ``dataset[i]`` is the same without B.
@@ -157,11 +159,12 @@ class CineDataset(torch.utils.data.Dataset):
 
     def __init__(self, images: torch.Tensor, indices, *, mask_mode: str = "fixed", train: bool = False,
                  acceleration: float = 5, center_lines: int = 11, density: str = "gaussian",
-                 seed: int = 0, generator: torch.Generator | None = None):
+                 seed: int = 0, generator: torch.Generator | None = None, boxes: np.ndarray | None = None):
         if mask_mode not in MASK_MODES:
             raise UserError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
         self.images = images  # [N, T, H, W]
         self.indices = np.asarray(indices)
+        self.boxes = None if boxes is None else np.asarray(boxes)  # [N, 4] heart boxes (row0, row1, col0, col1)
         self.draw_fresh = mask_mode == "random" and train
         _, frames, height, width = images.shape
         self.sampling = dict(acceleration=acceleration, center_lines=center_lines, density=density)

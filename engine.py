@@ -2,7 +2,8 @@
 
 - device and precision: :func:`resolve_device`, :func:`choose_autocast` (the one mixed-precision
   rule, with its reason), :func:`autocast`, :func:`describe_device`;
-- data: :func:`load_images` (a data file or the embedded phantom), :func:`make_datasets`;
+- data: :func:`load_images` (a data file or the embedded phantom), :func:`make_datasets`,
+  :class:`FreshPhantom` (new phantom training cines every epoch);
 - training pieces: :func:`reconstruction_loss` (the one loss), :func:`lr_factor`,
   :func:`training_flops`, :func:`train_step`, :func:`seed_epoch`;
 - evaluation: :func:`evaluate`, :func:`evaluate_distributed`;
@@ -17,6 +18,8 @@ import math
 import os
 import signal
 import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
@@ -28,8 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cli import UserError, atomic_write, make_run_dirs
 from data import CineDataset, load_cine, split_indices
-from metrics import batch_psnr, batch_ssim
-from models import CHECKPOINT_FORMAT, UNET_LEVELS, build_model
+from metrics import SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim
+from models import CHECKPOINT_FORMAT, build_model, fixed_frame_count, size_multiple
 from sampling import REFERENCE_HEIGHT, check_sampling, scaled_center_lines
 
 # Keys that may differ when a run is resumed: they change how, not what, is computed.
@@ -117,24 +120,24 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 # ----------------------------------------------------------------------------- data
-def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.ndarray, str]:
-    """The cines ``[N, T, H, W]`` (peak magnitude 1 each) and a one-line description; with
-    ``scale_lines`` the centre lines are scaled to the image height (recorded in config and notes).
-    The sampling is checked against the image height here, before anything is written."""
+def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """The cines ``[N, T, H, W]`` (peak magnitude 1 each), a one-line description and the heart
+    boxes ``[N, 4]`` (row0, row1, col0, col1; the phantom's own geometry, None for data files);
+    with ``scale_lines`` the centre lines are scaled to the image height (recorded in config and
+    notes). The sampling is checked against the image height here, before anything is written."""
     frames = config["in_channels"]
+    boxes = None
     if config["data"] is None:
-        from phantom import make_phantom_dataset
-
-        images = make_phantom_dataset(config["num_samples"], frames=frames, size=config["image_size"],
-                                      seed=config["seed"], complex_phase=config["phantom_phase"])
-        source = f"embedded phantom (seed {config['seed']})"
+        images, boxes = render_phantom(config, config["num_samples"], config["seed"])
+        kind = "complex" if config["phantom_phase"] else "magnitude"
+        source = f"embedded phantom (seed {config['seed']}, {kind})"
     else:
         images = load_cine(config["data"])
         source = str(config["data"])
-        if images.shape[1] != frames:
+        if fixed_frame_count(config) not in (None, images.shape[1]):
             raise UserError(f"{source}: cines have {images.shape[1]} frames but in_channels={frames}; "
                             f"set --in_channels={images.shape[1]} --out_channels={images.shape[1]}")
-        images = pad_to_multiple(images, 2 ** UNET_LEVELS, notes, source)
+        images = pad_to_multiple(images, size_multiple(config), notes, source)
     height = images.shape[2]
     if scale_lines and height != REFERENCE_HEIGHT:
         lines = scaled_center_lines(height, config["center_lines"])
@@ -146,7 +149,69 @@ def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.n
     except ValueError as error:
         raise UserError(f"sampling of {height}-row images: {error}") from None
     kind = "complex" if np.iscomplexobj(images) else "magnitude"
-    return images, f"{source}: {images.shape[0]} {kind} cines of {'x'.join(map(str, images.shape[1:]))}"
+    return images, f"{source}: {images.shape[0]} {kind} cines of {'x'.join(map(str, images.shape[1:]))}", boxes
+
+
+def render_phantom(config: dict, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` phantom cines ``[N, T, H, W]`` of the run's size and kind, and their heart boxes
+    ``[N, 4]``, each grown to at least the SSIM window (11 x 11 pixels) where the image allows."""
+    from phantom import make_phantom_dataset
+
+    images, boxes = make_phantom_dataset(count, frames=config["in_channels"], size=config["image_size"], seed=seed,
+                                         complex_phase=config["phantom_phase"], return_boxes=True)
+    return images, grow_boxes(boxes, 2 * SSIM_RADIUS + 1, images.shape[2:])
+
+
+def grow_boxes(boxes: np.ndarray, minimum: int, shape: tuple[int, int]) -> np.ndarray:
+    """Boxes ``[N, 4]`` (row0, row1, col0, col1) grown symmetrically to at least ``minimum`` pixels
+    per side, kept inside an image of ``shape`` (H, W)."""
+    boxes = np.array(boxes)
+    for axis, limit in enumerate(shape):
+        low, high = boxes[:, 2 * axis], boxes[:, 2 * axis + 1]
+        grow = np.maximum(min(minimum, limit) - (high - low), 0)
+        low = np.clip(low - grow // 2, 0, None)
+        high = np.maximum(high + grow - grow // 2, low + min(minimum, limit))
+        shift = np.maximum(high - limit, 0)
+        boxes[:, 2 * axis], boxes[:, 2 * axis + 1] = low - shift, high - shift
+    return boxes
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the fresh phantom training cines of ``epoch`` (disjoint from the fixed cines' seed)."""
+    return int(np.random.SeedSequence([seed, 4, epoch]).generate_state(1)[0])
+
+
+class FreshPhantom:
+    """New phantom training cines every epoch, rendered one epoch ahead in a background thread.
+
+    ``cines(epoch)`` returns the ``[N, T, H, W]`` cines of ``epoch`` on ``device`` (the same for the
+    same seed and epoch, so a resumed run trains on the same data) and starts rendering the next
+    epoch's. ``waited`` is the time the last call spent waiting for its cines (0 when the render
+    finished during the previous epoch), ``rendered`` the time that render took.
+    """
+
+    def __init__(self, config: dict, count: int, device: torch.device):
+        self.config, self.count, self.device = config, count, device
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="phantom")
+        self.pending: dict[int, Future] = {}
+        self.waited = self.rendered = 0.0
+
+    def _render(self, epoch: int) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        images, _ = render_phantom(self.config, self.count, epoch_seed(self.config["seed"], epoch))
+        return images, time.perf_counter() - started
+
+    def cines(self, epoch: int) -> torch.Tensor:
+        started = time.perf_counter()
+        future = self.pending.pop(epoch, None) or self.pool.submit(self._render, epoch)
+        images, self.rendered = future.result()
+        self.waited = time.perf_counter() - started
+        if epoch + 1 < self.config["num_epochs"]:
+            self.pending[epoch + 1] = self.pool.submit(self._render, epoch + 1)
+        return torch.from_numpy(images).to(self.device)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def pad_to_multiple(images: np.ndarray, multiple: int, notes: list[str], source: str) -> np.ndarray:
@@ -161,15 +226,17 @@ def pad_to_multiple(images: np.ndarray, multiple: int, notes: list[str], source:
     return np.pad(images, ((0, 0), (0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)))
 
 
-def make_datasets(images: np.ndarray, config: dict, device: torch.device) -> list[CineDataset]:
+def make_datasets(images: np.ndarray, config: dict, device: torch.device, boxes: np.ndarray | None = None
+                  ) -> list[CineDataset]:
     """Train/val/test ``CineDataset``s resident on ``device``; training masks are drawn there too,
-    from a generator that :func:`seed_epoch` seeds."""
+    from a generator that :func:`seed_epoch` seeds. ``boxes`` ``[N, 4]``: heart boxes, if known."""
     splits = split_indices(len(images), seed=config["seed"])
     sampling = dict(mask_mode=config["mask_mode"], acceleration=config["acceleration"],
                     center_lines=config["center_lines"], density=config["density"], seed=config["seed"])
     generator = torch.Generator(device=device)
     return [CineDataset(torch.from_numpy(images[idx]).to(device), idx, train=(i == 0),
-                        generator=generator if i == 0 else None, **sampling)
+                        generator=generator if i == 0 else None, boxes=None if boxes is None else boxes[idx],
+                        **sampling)
             for i, idx in enumerate(splits)]
 
 
@@ -237,16 +304,18 @@ def evaluate(model, dataset: CineDataset, *, batch_size: int, amp_dtype=None, lo
              with_ssim: bool = True, rows=None, keep=()) -> dict:
     """Reconstruct ``dataset`` (``rows`` of it, default all) and score every cine.
 
-    Returns numpy arrays keyed ``index`` (dataset index), ``loss``, ``psnr``, ``psnr_zero_filled``,
-    ``frame_psnr`` / ``frame_psnr_zero_filled`` ``[N, T]`` and, with ``with_ssim``, ``ssim`` and
-    ``ssim_zero_filled``; plus ``examples``: ``{index: {target, aliased, recon}}`` for rows in
+    Returns numpy arrays keyed ``index`` (dataset index), ``loss``, ``psnr``, ``nmse``,
+    ``frame_psnr`` ``[N, T]`` and, with ``with_ssim``, ``ssim``; with heart boxes in the dataset also
+    ``psnr_roi``, ``nmse_roi`` (and ``ssim_roi``); each metric also for the zero-filled input
+    (``..._zero_filled``); plus ``examples``: ``{index: {target, aliased, recon}}`` for rows in
     ``keep``. Magnitude metrics with peak 1 (see metrics.py).
     """
     model.eval()
     rows = np.arange(len(dataset)) if rows is None else np.asarray(rows)
     device = dataset.images.device
-    out = {key: [] for key in ("loss", "psnr", "psnr_zero_filled", "frame_psnr", "frame_psnr_zero_filled",
-                               "ssim", "ssim_zero_filled")}
+    metrics = ["psnr", "ssim", "nmse"] + (["psnr_roi", "ssim_roi", "nmse_roi"] if dataset.boxes is not None else [])
+    out = {key: [] for key in ["loss", "frame_psnr", "frame_psnr_zero_filled", *metrics,
+                               *(metric + "_zero_filled" for metric in metrics)]}
     examples = {}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
@@ -255,12 +324,19 @@ def evaluate(model, dataset: CineDataset, *, batch_size: int, amp_dtype=None, lo
             recon = model(batch["aliased"], batch["kspace"], batch["mask"])  # [B, T, H, W] complex
         target, aliased = batch["target"], batch["aliased"]
         out["loss"].append(reconstruction_loss(recon, target, loss_type, per_cine=True))
+        box = None if dataset.boxes is None else torch.as_tensor(dataset.boxes[chunk])  # [B, 4]
         for suffix, image in (("", recon), ("_zero_filled", aliased)):
             out["psnr" + suffix].append(batch_psnr(image, target))
+            out["nmse" + suffix].append(batch_nmse(image, target))
             out["frame_psnr" + suffix].append(batch_psnr(image.flatten(0, 1)[:, None], target.flatten(0, 1)[:, None])
                                               .view(len(chunk), -1))
             if with_ssim:
                 out["ssim" + suffix].append(batch_ssim(image, target))
+            if box is not None:
+                out["psnr_roi" + suffix].append(batch_psnr(image, target, box=box))
+                out["nmse_roi" + suffix].append(batch_nmse(image, target, box=box))
+                if with_ssim:
+                    out["ssim_roi" + suffix].append(batch_ssim(image, target, box=box))
         for j, row in enumerate(chunk):
             if row in keep:
                 examples[int(dataset.indices[row])] = {key: value[j].cpu().numpy() for key, value in
@@ -387,14 +463,17 @@ def stop_everywhere(stop: dict, world: int) -> bool:
 
 
 class Report:
-    """``output.txt``: header, one line per epoch, then the test report; rewritten atomically."""
+    """``output.txt``: header, one line per epoch, then the test report; rewritten atomically.
+    ``data_wait_s``: seconds the epoch waited for its fresh phantom cines (0 when they were ready)."""
 
     def __init__(self, path: Path, header: list[str]):
         self.path = path
         self.header = header
 
     def write(self, history: list[dict], test_lines: list[str] = ()) -> None:
-        lines = list(self.header) + ["", "epoch  train_loss  val_loss  val_psnr_dB  lr  seconds  cines/s  TFLOP/s"]
+        lines = list(self.header) + ["", "epoch  train_loss  val_loss  val_psnr_dB  lr  seconds  cines/s  TFLOP/s  "
+                                         "data_wait_s"]
         lines += [f"{r['epoch']:5d}  {r['train_loss']:.6f}  {r['val_loss']:.6f}  {r['val_psnr']:.3f}  "
-                  f"{r['lr']:.3e}  {r['seconds']:.1f}  {r['cines_per_s']:.2f}  {r['tflops']:.3f}" for r in history]
+                  f"{r['lr']:.3e}  {r['seconds']:.1f}  {r['cines_per_s']:.2f}  {r['tflops']:.3f}  "
+                  f"{r.get('data_wait_s', 0.0):.2f}" for r in history]
         atomic_write(self.path, "\n".join(lines + ["", *test_lines]) + "\n")

@@ -439,10 +439,14 @@ def count_parameters(module: nn.Module) -> int:
 def describe_parameters(model: CineReconNet) -> str:
     """One line per component with its parameter count."""
     first = model.denoisers[0]
-    parts = [f"total {count_parameters(model) / 1e6:.3f} M parameters in {len(model.denoisers)} denoiser(s)"]
+    parts = [f"total {count_parameters(model) / 1e6:.3f} M parameters in {len(model.denoisers)} denoiser(s) "
+             f"for {model.stages} stage(s)"]
     if isinstance(first, DualUNetDenoiser):
         parts.append(f"per denoiser: 2 x UNet2D {count_parameters(first.unet_real) / 1e6:.3f} M + "
                      f"TemporalResNet3D {count_parameters(first.temporal) / 1e6:.3f} M")
+    elif isinstance(first, DualCineDenoiser):
+        parts.append(f"per denoiser: 2 x CineUNet {count_parameters(first.unet_real) / 1e6:.3f} M + "
+                     f"SpaceTimeResNet {count_parameters(first.temporal) / 1e6:.3f} M")
     else:
         parts.append(f"per denoiser: DC-CNN 3D {count_parameters(first) / 1e6:.3f} M")
     return "; ".join(parts)

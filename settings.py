@@ -12,7 +12,7 @@ from pathlib import Path
 from cli import Option, UserError, options_from_call
 from data import MASK_MODES
 from engine import AMP_DTYPES, cuda_requested
-from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, UNET_LEVELS
+from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, size_multiple
 from sampling import DENSITIES
 
 # Applied when there is no CUDA device (scale="auto") or with scale="cpu", to every key not given
@@ -23,7 +23,7 @@ CPU_SCALE = dict(image_size=64, num_samples=100, init_features=16, resnet_featur
 CHOICES = dict(arch=ARCHS, attention=ATTENTION, dc=DC_MODES, output=OUTPUTS, mask_mode=MASK_MODES,
                density=DENSITIES, loss_tpe=("L1", "L2"), lr_schedule=("warmup_cosine", "constant"),
                amp=("auto", *AMP_DTYPES), scale=("auto", "cpu", "full"))
-POSITIVE = ("num_samples", "image_size", "in_channels", "init_features", "resnet_features", "num_epochs",
+POSITIVE = ("num_samples", "image_size", "in_channels", "init_features", "resnet_features", "num_epochs", "levels",
             "batch_size", "checkpoint_every")
 NON_NEGATIVE = ("cascades", "resnet_blocks", "eval_batch_size")
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train.py")
@@ -81,10 +81,13 @@ def validate_config(config: dict) -> None:
     if not (config["initial_lr"] > 0 and config["weight_decay"] >= 0 and config["grad_clip"] >= 0
             and 0 <= config["warmup"] < 1):
         raise UserError("initial_lr must be > 0, weight_decay and grad_clip >= 0, warmup in [0, 1)")
-    if config["data"] is None and config["image_size"] % 2 ** UNET_LEVELS:
-        raise UserError(f"--image_size={config['image_size']}: must be a multiple of {2 ** UNET_LEVELS} "
-                        f"(the UNet pools {UNET_LEVELS} times)")
+    multiple = size_multiple(config)
+    if config["data"] is None and config["image_size"] % multiple:
+        raise UserError(f"--image_size={config['image_size']}: must be a multiple of {multiple} "
+                        f"(the {config['arch']} network pools {multiple.bit_length() - 1} times)")
     if config["arch"] == "dccnn" and config["cascades"] < 1:
         raise UserError("--arch=dccnn needs --cascades >= 1 (DC-CNN is a cascade with data consistency)")
+    if config["output"] == "sigmoid" and config["arch"] == "cine_unet":
+        raise UserError("--output=sigmoid is for arch=dual_unet only (cine_unet is residual)")
     if config["output"] == "sigmoid" and (config["cascades"] > 0 or config["phantom_phase"]):
         raise UserError("--output=sigmoid is for magnitude targets with cascades=0 only")

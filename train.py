@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors
 from engine import (Report, autocast, check_resumable, choose_autocast, create_run_dirs, describe_device,
-                    evaluate_distributed, init_distributed, load_images, lr_factor, make_datasets, resolve_device,
+                    evaluate_distributed, FreshPhantom, init_distributed, load_images, lr_factor, make_datasets, resolve_device,
                     restore, restore_rng, save_checkpoint, seed_epoch, snapshot, stop_everywhere, stop_on_signal,
                     train_step, training_flops)
 from metrics import format_summary, summarize
@@ -66,11 +66,12 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
 
     # ---- data: every bad input is refused before a file or directory is written
     checkpoint = load_checkpoint(last_path) if config["resume"] else None
-    images, source = load_images(config, notes, scale_lines)
+    images, source, boxes = load_images(config, notes, scale_lines)
     if checkpoint is not None:
         check_resumable(checkpoint, config, last_path)
-    train_set, val_set, test_set = make_datasets(images, config, device)
+    train_set, val_set, test_set = make_datasets(images, config, device, boxes)
     del images
+    fresh = FreshPhantom(config, len(train_set), device) if config["data"] is None and config["fresh_data"] else None
     if config["batch_size"] > len(train_set):
         raise UserError(f"--batch_size={config['batch_size']} is larger than the training split "
                         f"({len(train_set)} cines)")
@@ -137,6 +138,8 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
                       initial=state["epoch"], total=config["num_epochs"], disable=rank != 0, dynamic_ncols=True)
         for epoch in epochs:
             started = time.perf_counter()
+            if fresh is not None:  # new phantom cines, rendered during the previous epoch
+                train_set.images = fresh.cines(epoch)
             seed_epoch(train_set, config["seed"], rank, epoch)
             if state["batch"]:  # resuming mid-epoch: continue the random streams where they stopped
                 restore_rng(checkpoint["rng"], train_set)
@@ -155,7 +158,9 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
             row = {"epoch": epoch + 1, "train_loss": mean_loss, "val_loss": float(val["loss"].mean()),
                    "val_psnr": float(val["psnr"].mean()), "lr": optimizer.param_groups[0]["lr"],
                    "seconds": round(seconds, 2), "cines_per_s": round(len(train_set) / seconds, 2),
-                   "tflops": round(flops * len(train_set) / seconds / 1e12, 3)}
+                   "tflops": round(flops * len(train_set) / seconds / 1e12, 3),
+                   "data_wait_s": round(fresh.waited, 3) if fresh else 0.0,
+                   "data_render_s": round(fresh.rendered, 3) if fresh else 0.0}
             state.update(epoch=epoch + 1, batch=0, loss_sum=0.0, seen=0)
             state["history"].append(row)
             epochs.set_postfix(train=f"{row['train_loss']:.3g}", val=f"{row['val_loss']:.3g}",
@@ -174,6 +179,8 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
                 log(f"saved {last_path} after epoch {epoch + 1}; continue with the same command plus --resume")
                 raise SystemExit(130)
         epochs.close()
+    if fresh is not None:
+        fresh.close()
 
     # ---- test the best weights and report
     return test_and_report(name, core, test_set, config, state, report, amp_dtype, world, rank, best_path, img_dir,
@@ -236,7 +243,7 @@ def test_and_report(name, model, test_set, config, state, report, amp_dtype, wor
         dist.barrier()
     best = load_checkpoint(best_path, map_location=test_set.images.device)
     model.load_state_dict(best["model"])
-    keep = set(range(min(3, len(test_set))))
+    keep = {0}  # the first test cine's images, for the figures
     test = evaluate_distributed(model, test_set, world, rank, batch_size=config["eval_batch_size"] or batch_size,
                                 amp_dtype=amp_dtype, loss_type=config["loss_tpe"], keep=keep)
     if rank != 0:
@@ -246,16 +253,23 @@ def test_and_report(name, model, test_set, config, state, report, amp_dtype, wor
              format_summary("zero-filled PSNR", test["psnr_zero_filled"]),
              format_summary("zero-filled SSIM", test["ssim_zero_filled"]),
              format_summary("PSNR", test["psnr"]), format_summary("SSIM", test["ssim"]),
-             format_summary(f"test loss ({config['loss_tpe']})", test["loss"], digits=6)]
+             format_summary("zero-filled NMSE", test["nmse_zero_filled"], digits=6),
+             format_summary("NMSE", test["nmse"], digits=6)]
+    if "psnr_roi" in test:  # the heart box of every test cine
+        lines += [format_summary(f"heart-box {label}", test[key], digits=6 if "nmse" in key else 4)
+                  for label, key in (("zero-filled PSNR", "psnr_roi_zero_filled"), ("PSNR", "psnr_roi"),
+                                     ("zero-filled SSIM", "ssim_roi_zero_filled"), ("SSIM", "ssim_roi"),
+                                     ("NMSE", "nmse_roi"))]
+    lines.append(format_summary(f"test loss ({config['loss_tpe']})", test["loss"], digits=6))
     report.write(state["history"], lines)
     summary = {key: dict(zip(("mean", "std"), summarize(test[key])))
-               for key in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled", "loss")}
+               for key in test if key not in ("index", "examples") and not key.startswith("frame_")}
     metrics = {"name": name, "config": config, "best_epoch": best["epoch"], "history": state["history"],
                "summary": summary,
                "test": {key: test[key].tolist() for key in test if key != "examples"}}
     atomic_write(report.path.parent / "metrics.json", json.dumps(metrics, indent=1))
     if config["figures"]:
-        write_figures(model, test_set, test, state["history"], img_dir, amp_dtype)
+        write_figures(model, test_set, test, state["history"], img_dir, amp_dtype, config)
     print(f"\n{name}: test PSNR {summary['psnr']['mean']:.2f} +- {summary['psnr']['std']:.2f} dB "
           f"(zero-filled {summary['psnr_zero_filled']['mean']:.2f}), SSIM {summary['ssim']['mean']:.3f} "
           f"(zero-filled {summary['ssim_zero_filled']['mean']:.3f})\n"
@@ -264,18 +278,23 @@ def test_and_report(name, model, test_set, config, state, report, amp_dtype, wor
     return summary
 
 
-def write_figures(model, test_set, test, history, img_dir: Path, amp_dtype) -> None:
-    """The run's figures under ``images/NAME/``."""
+def write_figures(model, test_set, test, history, img_dir: Path, amp_dtype, config: dict) -> None:
+    """The run's figures under ``images/NAME/`` (see figures.py), every title with the sampling."""
     import figures
 
+    sampling = figures.sampling_label(config["acceleration"], config["center_lines"])
     first = test_set[0]
     figures.plot_mask(first["mask"], img_dir / "mask.png")
     figures.plot_aliasing(first["target"], first["aliased"], first["mask"], img_dir / "aliasing.png")
-    examples = [dict(index=index, **example) for index, example in test["examples"].items()]
-    figures.plot_reconstructions(examples, img_dir / "reconstructions.png")
-    figures.plot_curves(history, img_dir / "curves.png")
-    figures.plot_frame_psnr(test["frame_psnr_zero_filled"], test["frame_psnr"], img_dir / "frame_psnr.png")
-    figures.save_gif(examples[0]["target"], examples[0]["aliased"], examples[0]["recon"], img_dir / "cine.gif")
+    (index, example), = test["examples"].items()
+    figures.plot_reconstructions({"zero-filled": example["aliased"], "reconstruction": example["recon"]},
+                                 img_dir / "reconstructions.png", example["target"], title=f"Test cine {index}",
+                                 sampling=sampling)
+    figures.plot_curves(history, img_dir / "curves.png", sampling=sampling)
+    figures.plot_frame_psnr(test["frame_psnr_zero_filled"], test["frame_psnr"], img_dir / "frame_psnr.png",
+                            sampling=sampling)
+    figures.save_gif(example["target"], example["aliased"], example["recon"], img_dir / "cine.gif",
+                     caption=f"test cine {index}, {sampling}")
     denoiser = model.denoisers[-1]
     if hasattr(denoiser, "unet_real"):
         captured = {}
@@ -290,7 +309,7 @@ def write_figures(model, test_set, test, history, img_dir: Path, amp_dtype) -> N
                               img_dir / "branches.png",
                               title=f"UNet branch outputs of the last denoiser"
                                     f"{' (residual corrections)' if denoiser.residual else ''}, "
-                                    f"test cine {int(test_set.indices[0])}")
+                                    f"test cine {int(test_set.indices[0])} ({sampling})")
 
 
 def command() -> Command:
@@ -315,7 +334,8 @@ if __name__ == "__main__":
               data=None,                 # None: the embedded phantom | a cine.npz / .npy [nsamples, nt, nx, ny]
               num_samples=200,           # phantom only: number of cines (>= 7 for the 4:1:2 split)
               image_size=192,            # phantom only: H = W, a multiple of 16
-              phantom_phase=False,       # phantom only: add a smooth background phase (complex cines)
+              phantom_phase=True,        # phantom only: complex cines (smooth, tissue and flow phase) | False: magnitude
+              fresh_data=True,           # phantom only: new training cines every epoch | False: the fixed training split
               # sampling
               acceleration=5.0,          # >= 1: round(H / acceleration) ky lines per frame
               center_lines=11,           # >= 0 fully sampled central ky lines (scaled with H on the CPU scale-down)
@@ -325,7 +345,9 @@ if __name__ == "__main__":
               in_channels=20,            # frames per cine (>= 1; the UNets stack frames as channels)
               out_channels=20,           # must equal in_channels
               init_features=64,          # >= 1: UNet width f (levels f, 2f, 4f, 8f, bottleneck 16f); DC-CNN width
-              arch="dual_unet",          # 'dual_unet' (the study's network) | 'dccnn' (Schlemper et al. 2017)
+              arch="dual_unet",          # 'cine_unet' (any frame count) | 'dual_unet' (the study's network) | 'dccnn' (Schlemper et al. 2017)
+              levels=3,                  # >= 1: cine_unet pooling levels (image sizes: multiples of 2^levels)
+              share_weights=False,       # one denoiser for every cascade (weights shared) | False: one per cascade
               cascades=0,                # >= 0: 0 plain denoiser (the study) | N: N x (denoiser -> data consistency)
               dc="hard",                 # data consistency: 'hard' (replace lines) | 'soft' (learned lambda >= 0)
               dropout=0.3,               # in [0, 1): UNet bottleneck dropout probability, 0 = off
