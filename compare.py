@@ -18,8 +18,9 @@ set of ``seed`` (the study's protocol). The CS weights are tuned by mean PSNR on
 
 Writes ``OUT_DIR/compare_NAME/results.md`` and ``results.json`` (PSNR and SSIM mean +- std, time
 per cine, parameters, tuned weights, per-cine values) and ``IMAGES_DIR/compare_NAME/methods.png``
-(one frame of one test cine from every method, with error maps) and ``psnr_boxes.png``. An earlier
-comparison of the same NAME is never overwritten.
+(one test cine from every method: a frame, error maps, a zoom on the heart, x-t and y-t profiles),
+``psnr_boxes.png`` and, with networks and baselines, ``paired_psnr.png`` (per test cine, each network's
+PSNR minus the best classical method's). An earlier comparison of the same NAME is never overwritten.
 """
 from __future__ import annotations
 
@@ -344,13 +345,24 @@ def results_markdown(report: dict) -> str:
 
 
 def write_figures(examples: dict, reference: np.ndarray, results: dict, report: dict, img_path: Path) -> None:
+    """``methods.png`` (one test cine from every method: frames, amplified errors, heart zoom, x-t
+    and y-t profiles), ``psnr_boxes.png`` (per-cine PSNR of every method) and, with networks and
+    classical baselines, ``paired_psnr.png`` (each network minus the best classical method, per cine)."""
     import figures
 
     index = report["test"]["indices"][0]
-    figures.plot_method_grid(examples, reference, img_path / "methods.png",
-                             title=f"Test cine {index}, {report['masks']['label']}")
-    figures.plot_psnr_boxes({label: r["per_cine"]["psnr"] for label, r in results.items()},
-                            img_path / "psnr_boxes.png")
+    sampling = figures.sampling_label(report["data"]["acceleration"], report["data"]["center_lines"])
+    figures.plot_reconstructions(examples, img_path / "methods.png", reference,
+                                 title=f"Test cine {index}, {report['masks']['label']}", sampling=sampling)
+    per_cine = {label: r["per_cine"]["psnr"] for label, r in results.items()}
+    figures.plot_psnr_boxes(per_cine, img_path / "psnr_boxes.png", sampling=sampling)
+    networks = [label for label, r in results.items() if r["kind"] == "network"]
+    classical = [label for label, r in results.items() if r["kind"] != "network" and label != ZERO_FILLED]
+    if networks and classical:
+        best = max(classical, key=lambda label: results[label]["psnr"]["mean"])
+        figures.plot_paired_differences({label: per_cine[label] for label in (best, *networks)}, best,
+                                        img_path / "paired_psnr.png", sampling=sampling,
+                                        title=f"Per-cine PSNR against the best classical method, {best}")
 
 
 # ----------------------------------------------------------------------------- command line

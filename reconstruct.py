@@ -226,15 +226,17 @@ def write_figures(problem: Problem, result: dict, directory: Path) -> list[str]:
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
+    masks = problem.applied_masks()
     for i in range(len(result["recon"])):
         stem = directory / f"cine_{i:03d}"
         reference = None if problem.reference is None else problem.reference[i]
-        if reference is None:
-            figures.plot_without_reference(result["zero_filled"][i], result["recon"][i], f"{stem}.png", i)
-        else:
-            example = dict(index=i, target=reference, aliased=result["zero_filled"][i], recon=result["recon"][i])
-            figures.plot_reconstructions([example], f"{stem}.png", title=f"Cine {i}")
-        figures.save_gif(reference, result["zero_filled"][i], result["recon"][i], f"{stem}.gif")
+        sampling = figures.mask_label(masks[i])  # measured from the mask as applied
+        images = {"zero-filled": result["zero_filled"][i], "reconstruction": result["recon"][i]}
+        figures.plot_reconstructions(images, f"{stem}.png", reference, sampling=sampling,
+                                     title=f"Cine {i}" + (" from measured k-space (no reference)" if reference is None
+                                                          else ""))
+        figures.save_gif(reference, result["zero_filled"][i], result["recon"][i], f"{stem}.gif",
+                         caption=f"cine {i}, {sampling}")
         written += [f"{stem}.png", f"{stem}.gif"]
     return written
 

@@ -289,7 +289,7 @@ def write_figures(model, test_set, test, history, img_dir: Path, amp_dtype, conf
     (index, example), = test["examples"].items()
     figures.plot_reconstructions({"zero-filled": example["aliased"], "reconstruction": example["recon"]},
                                  img_dir / "reconstructions.png", example["target"], title=f"Test cine {index}",
-                                 sampling=sampling)
+                                 sampling=sampling, box=None if test_set.boxes is None else test_set.boxes[0])
     figures.plot_curves(history, img_dir / "curves.png", sampling=sampling)
     figures.plot_frame_psnr(test["frame_psnr_zero_filled"], test["frame_psnr"], img_dir / "frame_psnr.png",
                             sampling=sampling)
