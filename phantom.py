@@ -23,6 +23,7 @@ which vessels and atria are cut, and how much lung, liver and stomach is seen.
 """
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,7 +41,7 @@ RV_WALL = 0.018  # RV free-wall thickness, body units
 SEPTAL_MOTION = 0.25  # the free wall ejects 1 + this, the septum 1 - this, of the mean
 RIB_ANGLES = np.array([-2.65, -2.25, -1.95, -1.2, -0.9, -0.5, -0.1, 0.35, 2.8, 3.25])  # on the cavity
 TABLE = 1024  # angular samples of the heart's shape profiles (a power of 2)
-ANGLES = np.linspace(-np.pi, np.pi, TABLE, endpoint=False)  # [TABLE]
+ANGLES = np.linspace(-np.pi, np.pi, TABLE, endpoint=False, dtype=np.float32)  # [TABLE]
 BOX_MARGIN = 0.04  # heart box margin, fraction of the image height
 
 
@@ -89,6 +90,27 @@ def _harmonics(rng, orders, amplitude) -> list:
 def _fourier(coeffs: list, theta):
     """``sum_k a_k cos(k theta + phi_k)``."""
     return sum(a * np.cos(k * theta + phi) for k, a, phi in coeffs)
+
+
+def _fourier_table(coeffs: list) -> np.ndarray:
+    """:func:`_fourier` over ``ANGLES``, float64 ``[TABLE]``."""
+    k, a, phi = np.array(coeffs, np.float32).T[:, :, None]  # [K, 1] each
+    return (a * np.cos(k * ANGLES + phi)).sum(0)
+
+
+class _Uniform:
+    """``u(lo, hi)``: a uniform draw from ``rng`` (scalars served from blocks of 64, to save numpy
+    calls); ``u(lo, hi, n)``: ``n`` of them as an array."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng, self.block = rng, []
+
+    def __call__(self, lo: float, hi: float, n: int | None = None):
+        if n is not None:
+            return self.rng.uniform(lo, hi, n)
+        if not self.block:
+            self.block = self.rng.random(64).tolist()[::-1]
+        return lo + (hi - lo) * self.block.pop()
 
 
 def _pick(drawn: float, option) -> float:
@@ -191,8 +213,8 @@ def _sample_motion(u, frames: int, s: float, breathing: float) -> dict:
 
 def _sample_imaging(u, snr) -> dict:
     """Receive coils, smooth phase, B0 (bSSFP banding) and the SNR."""
-    p = dict(coil_gain=(u(0.6, 1.5), u(0.0, 0.45)), coil_angle=u(-0.6, 0.6), phase_coeffs=tuple(u(-2.0, 2.0, 6)),
-             band_radius=u(0.45, 1.4), band_aspect=u(0.6, 1.6), b0_gradient=tuple(u(-1.5, 1.5, 2)),
+    p = dict(coil_gain=(u(0.6, 1.5), u(0.0, 0.45)), coil_angle=u(-0.6, 0.6), phase_coeffs=u(-2.0, 2.0, 6).tolist(),
+             band_radius=u(0.45, 1.4), band_aspect=u(0.6, 1.6), b0_gradient=u(-1.5, 1.5, 2).tolist(),
              band_depth=u(0.6, 0.95), band_width=u(0.15, 0.35))
     drawn = u(0, 1)
     p["snr"] = None if snr is None else _pick(drawn, snr)
@@ -210,9 +232,7 @@ def sample_anatomy(rng: np.random.Generator, frames: int = 20, slice_position=(0
     ``[T]``, the LV cavity area ``lv_area`` ``[T]`` (body units^2, papillary muscles and trabeculae
     included, as clinical contours do) and the LV blood-pool area ``blood_area`` ``[T]`` (without them).
     """
-    def u(lo, hi, n=None):
-        return float(rng.uniform(lo, hi)) if n is None else rng.uniform(lo, hi, n)
-
+    u = _Uniform(rng)
     s = _pick(u(0, 1), slice_position)
     p = dict(slice_position=s, **_sample_body(u, rng, s), **_sample_heart(u, rng, s), values=_tissue_values(u),
              **_sample_cycle(u, frames), **_sample_motion(u, frames, s, breathing), **_sample_imaging(u, snr))
@@ -231,16 +251,15 @@ def _heart_tables(p) -> dict:
     ``spokes`` (0 .. 1); ``endo``, the ED endocardial radius."""
     theta = ANGLES
     relative = (theta - p["rv_shift"]) / p["rv_insertion"]  # +-1 at the RV insertions
-    angle, width, height = p["trabeculae"].T[:, :, None]  # [n, 1] each
-    offset = np.mod(theta - angle + np.pi, 2 * np.pi) - np.pi  # [n, TABLE]
-    endo = p["endo_r"] * (1 + _fourier(p["endo_shape"], theta))
-    epi = (p["endo_r"] + p["wall"]) * (1 + _fourier(p["epi_shape"], theta))
+    angle, width, height = p["trabeculae"].astype(np.float32).T[:, :, None]  # [n, 1] each
+    endo = p["endo_r"] * (1 + _fourier_table(p["endo_shape"]))
+    epi = (p["endo_r"] + p["wall"]) * (1 + _fourier_table(p["epi_shape"]))
     crescent = 1 - np.clip(relative, -1, 1) ** 2
     tables = dict(endo=endo, endo2=endo ** 2, epi2=epi ** 2,
                   shrink2=endo ** 2 * p["ef"] * (1 + SEPTAL_MOTION * np.cos(theta - np.pi)),
                   crescent=crescent, rv_wall=RV_WALL * np.minimum(1, 4 * crescent),
                   fat=p["epi_fat"] + p["groove_fat"] * np.exp(-(relative ** 2 - 1) ** 2 / 0.15),
-                  spokes=np.minimum((height * np.exp(-(offset / width) ** 2)).sum(0), 1))
+                  spokes=np.minimum((height * np.exp((np.cos(theta - angle) - 1) * (2 / width ** 2))).sum(0), 1))
     return {name: table.astype(np.float32) for name, table in tables.items()}
 
 
@@ -293,13 +312,18 @@ def _ellipse_sdf(x, y, a, b):
     """Approximate signed distance to the ellipse ``(x/a)^2 + (y/b)^2 = 1``: ``(r - 1) / |grad r|``."""
     gx, gy = x / (a * a), y / (b * b)
     r = np.sqrt(x * gx + y * gy)
-    return (r - 1) * (r + 1e-6) / (np.sqrt(gx * gx + gy * gy) + 1e-6 / np.maximum(a, b))
+    return (r - 1) * (r + 1e-6) / (np.sqrt(gx * gx + gy * gy) + np.float32(1e-6) / np.float32(np.maximum(a, b)))
 
 
 def _rotate(x, y, angle):
-    """Coordinates of the points ``(x, y)`` along axes rotated by ``angle``."""
-    c, s = np.cos(angle), np.sin(angle)
+    """Coordinates of the points ``(x, y)`` along axes rotated by ``angle`` (a number keeps float32 float32)."""
+    c, s = (math.cos(angle), math.sin(angle)) if np.ndim(angle) == 0 else (np.cos(angle), np.sin(angle))
     return x * c + y * s, y * c - x * s
+
+
+def _length(x, y):
+    """``sqrt(x^2 + y^2)`` elementwise (much faster than ``np.hypot`` on float32)."""
+    return np.sqrt(x * x + y * y)
 
 
 def _angle_index(theta):
@@ -325,9 +349,10 @@ class _Grid:
         return _rotate(c[None, :] * d - np.float32(self.center[0]), r[:, None] * d - np.float32(self.center[1]),
                        np.float32(self.angle))
 
-    def pixel(self, x, y):
+    def pixel(self, x: float, y: float):
         """``(row, col)`` (float) of the body point ``(x, y)``."""
-        ix, iy = _rotate(x, y, -self.angle)
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        ix, iy = x * c - y * s, y * c + x * s  # rotated back to the image axes
         return ((iy + self.center[1]) / self.spacing + self.shape[0] // 2,
                 (ix + self.center[0]) / self.spacing + self.shape[1] // 2)
 
@@ -401,7 +426,7 @@ def _smooth_field(rng, shape, spacing: float, cycles: float) -> np.ndarray:
     h, w = shape
     fov_h, fov_w = h * spacing, w * spacing  # body units
     half_h, half_w = int(np.ceil(4 * cycles * fov_h)), int(np.ceil(4 * cycles * fov_w))
-    white = rng.standard_normal((2, 2 * half_h + 1, half_w + 1), dtype=np.float32)  # whatever the grid
+    white = _complex_noise(rng, (2 * half_h + 1, half_w + 1))  # drawn whatever the grid
     gy = np.exp(-(np.arange(-half_h, half_h + 1) / fov_h) ** 2 / (2 * cycles ** 2))  # [2 half_h + 1]
     gx = np.exp(-(np.arange(half_w + 1) / fov_w) ** 2 / (2 * cycles ** 2))  # [half_w + 1]
     variance = (gy ** 2).sum() * (gx[0] ** 2 + 4 * (gx[1:] ** 2).sum())  # a column kx > 0 stands for +-kx
@@ -409,8 +434,7 @@ def _smooth_field(rng, shape, spacing: float, cycles: float) -> np.ndarray:
     rows = slice(half_h - ny, half_h + ny + 1)
     amplitude = (gy[rows, None] * gx[None, : nx + 1] / np.sqrt(variance)).astype(np.float32)
     spectrum = np.zeros((h, w // 2 + 1), np.complex64)
-    coefficients = white[0, rows, : nx + 1] + 1j * white[1, rows, : nx + 1]  # [2 ny + 1, nx + 1]
-    spectrum[np.arange(-ny, ny + 1) % h, : nx + 1] = coefficients * amplitude
+    spectrum[np.arange(-ny, ny + 1) % h, : nx + 1] = white[rows, : nx + 1] * amplitude
     return sfft.irfft2(spectrum, s=(h, w), norm="forward").astype(np.float32, copy=False)
 
 
@@ -448,6 +472,8 @@ def _tissue_maps(p, tex_med, tex_fine) -> dict:
 def _disc(canvas: _Canvas, cx, cy, a, b, tissue, clip=None):
     """Paint the ellipse of semi-axes ``a, b`` at ``(cx, cy)`` (body units) in its own region."""
     region = canvas.region(cx, cy, max(a, b))
+    if region[0].start == region[0].stop or region[1].start == region[1].stop:
+        return  # outside the field of view
     x, y = canvas.x[region], canvas.y[region]
     canvas.paint(_ellipse_sdf(x - cx, y - cy, a, b), tissue, region, clip=None if clip is None else clip[region])
 
@@ -477,11 +503,11 @@ def _chest(p, canvas: _Canvas, tex_coarse):
     inner = canvas.paint(skin + fat, "muscle")
     cavity = canvas.paint(skin + fat + muscle, "mediastinum")
     ca, cb = a - p["fat"] - p["muscle"], p["body_b_ant"] - p["fat"] - p["muscle"]
-    for angle, length in p["ribs"]:
-        cx, cy = (ca + 0.015) * np.cos(angle), (cb + 0.015) * np.sin(angle)
+    for angle, length in p["ribs"].tolist():
+        cx, cy = (ca + 0.015) * math.cos(angle), (cb + 0.015) * math.sin(angle)
         region = canvas.region(cx, cy, length)
         u, v = _rotate(canvas.x[region] - cx, canvas.y[region] - cy,
-                       np.arctan2(cb * np.cos(angle), -ca * np.sin(angle)))  # u along the chest wall
+                       math.atan2(cb * math.cos(angle), -ca * math.sin(angle)))  # u along the chest wall
         canvas.paint(_ellipse_sdf(u, v, length, 0.02), "cortex", region)
         canvas.paint(_ellipse_sdf(u, v, length - 0.01, 0.01), "marrow", region)
     _disc(canvas, 0.0, -cb - 0.02, 0.07, 0.025, "cortex")  # sternum
@@ -539,21 +565,21 @@ def _pulse_background(p, canvas: _Canvas) -> None:
     amplitude, decay = (value * canvas.px for value in p["pulsation"])  # pixels
     levels = int(np.clip(np.ceil(amplitude * np.ptp(c)) + 1, 2, len(c)))
     row, col = canvas.grid.pixel(*p["heart_center"])
+    row, col = np.float32(row - canvas.offset[0]), np.float32(col - canvas.offset[1])  # the LV centre
     h, w = canvas.x.shape
-    dr = np.arange(h, dtype=np.float32)[:, None] - np.float32(row - canvas.offset[0])  # [h, 1]
-    dc = np.arange(w, dtype=np.float32)[None, :] - np.float32(col - canvas.offset[1])  # [1, w]
-    r = np.hypot(dr, dc)  # [h, w] pixels from the LV centre
+    dr, dc = np.arange(h, dtype=np.float32)[:, None] - row, np.arange(w, dtype=np.float32)[None, :] - col
+    r = _length(dr, dc)  # [h, w] pixels from the LV centre
     epicardium = (p["endo_r"] + p["wall"]) * canvas.px
     pull = amplitude * np.exp(-np.maximum(r - epicardium, 0) / decay) / np.maximum(r, 1)  # [h, w]
     background = canvas.image[0].copy()  # [h, w]
-    steps = np.linspace(c.min(), c.max(), levels)
-    warped = np.stack([map_coordinates(background, [dr + step * pull * dr + np.float32(row - canvas.offset[0]),
-                                                    dc + step * pull * dc + np.float32(col - canvas.offset[1])],
-                                       order=1, mode="nearest") for step in steps])  # [levels, h, w]
+    warped = np.stack([map_coordinates(background, [row + (1 + step * pull) * dr, col + (1 + step * pull) * dc],
+                                       order=1, mode="nearest")  # sampled farther out: tissue moves in
+                       for step in np.linspace(c.min(), c.max(), levels, dtype=np.float32)])  # [levels, h, w]
     position = (c - c.min()) / np.ptp(c) * (levels - 1)  # [T]
-    below = np.minimum(position.astype(int), levels - 2)
-    weight = _per_frame(position - below)
-    canvas.image[...] = warped[below] * (1 - weight) + warped[below + 1] * weight
+    lower = np.minimum(position.astype(int), levels - 2)
+    for frame, level, weight in zip(canvas.image, lower, position - lower):
+        np.multiply(warped[level], np.float32(1 - weight), out=frame)
+        frame += np.float32(weight) * warped[level + 1]
 
 
 def _heart_coordinates(p, canvas: _Canvas):
@@ -586,7 +612,7 @@ def _union(regions):
 def _paint_vessel(canvas: _Canvas, u, v, region, centre, radius, wall: float, factor) -> None:
     """A vessel or chamber of per-frame ``radius`` ``[T, 1, 1]`` at the heart-frame ``centre``: a
     myocardial/muscular wall of thickness ``wall`` around blood times ``factor`` ``[T, 1, 1]``."""
-    distance = np.hypot(u[(Ellipsis, *region)] - centre[0], v[(Ellipsis, *region)] - centre[1]) - radius
+    distance = _length(u[(Ellipsis, *region)] - centre[0], v[(Ellipsis, *region)] - centre[1]) - radius
     if wall > 0:
         canvas.paint(distance - wall, "myo", region)
     canvas.paint(distance, "blood", region, factor=factor)
@@ -620,7 +646,7 @@ def _paint_heart(p, canvas: _Canvas):
     tables = p["tables"]
     c = _per_frame(p["contraction"])  # [T, 1, 1]
     u, v = _heart_coordinates(p, canvas)  # [T, h, w]
-    rho = np.hypot(u, v)
+    rho = _length(u, v)
     idx = _angle_index(np.arctan2(v, u))
     shrink = np.take(tables["shrink2"], idx) * c
     d_epi = rho - np.sqrt(np.take(tables["epi2"], idx) - shrink)
@@ -649,7 +675,7 @@ def _paint_heart(p, canvas: _Canvas):
     for angle in (np.pi - p["pap_spread"], np.pi + p["pap_spread"]) if p["pap_r"] > 0 else ():
         at = _angle_index(np.float32(angle))
         radius = np.sqrt(tables["endo2"][at] - tables["shrink2"][at] * c) - pap_r  # touching the wall
-        canvas.paint(np.hypot(cu - radius * np.cos(angle), cv - radius * np.sin(angle)) - pap_r, "myo", cavity)
+        canvas.paint(_length(cu - radius * math.cos(angle), cv - radius * math.sin(angle)) - pap_r, "myo", cavity)
     pool = np.zeros(canvas.image.shape, bool)
     pool[(Ellipsis, *cavity)] = rho < 0.5 * r_endo
     _paint_basal_vessels(p, canvas, u, v, c, behind=False)
@@ -662,7 +688,7 @@ def _paint_body_vessels(p, canvas: _Canvas) -> None:
     radius = p["aorta_r"] * _per_frame(1 + p["distension"] * p["distension_curve"])  # [T, 1, 1]
     wall = 0.012
     region = canvas.region(ax, ay, p["aorta_r"] * (1 + p["distension"]) + wall)
-    distance = np.hypot(canvas.x[region] - ax, canvas.y[region] - ay) - radius
+    distance = _length(canvas.x[region] - ax, canvas.y[region] - ay) - radius
     canvas.paint(distance - wall, "muscle", region)
     canvas.paint(distance, "blood", region, factor=0.9 * _phasor(-p["flow_phase"] * p["arterial_flow"]))
     dx, dy, r = p["ivc"]
@@ -670,7 +696,7 @@ def _paint_body_vessels(p, canvas: _Canvas) -> None:
         ix, iy = p["spine_x"] + dx, p["body_b_post"] - p["spine_depth"] + dy
         region = canvas.region(ix, iy, 1.05 * r)
         radius = r * _per_frame(1 + 0.1 * (p["venous_flow"] - 0.7))  # [T, 1, 1]
-        distance = np.hypot(canvas.x[region] - ix, canvas.y[region] - iy) - radius
+        distance = _length(canvas.x[region] - ix, canvas.y[region] - iy) - radius
         canvas.paint(distance, "blood", region, factor=_phasor(0.3 * p["flow_phase"] * p["venous_flow"]))
 
 
@@ -690,14 +716,14 @@ def _receive_field(p, x, y, tex_coarse) -> np.ndarray:
     and posterior arrays), bSSFP off-resonance (shimmed at the heart, dark bands where the precession
     per TR reaches +-pi, and half of it as phase) and a smooth coil phase."""
     front, back = p["coil_gain"]
-    ax, ay = 0.9 * np.sin(p["coil_angle"]), -0.9 * np.cos(p["coil_angle"])
+    ax, ay = 0.9 * math.sin(p["coil_angle"]), -0.9 * math.cos(p["coil_angle"])
     bias = (1 + front * np.exp(-((x - ax) ** 2 + (y - ay) ** 2) / 0.4)
             + back * np.exp(-(x ** 2 + (y - 0.9) ** 2) / 0.4)) * (1 + 0.05 * tex_coarse)
     hx, hy = p["heart_center"]
     gx, gy = p["b0_gradient"]
     precession = (np.pi * ((x - hx) ** 2 + p["band_aspect"] * (y - hy) ** 2) / p["band_radius"] ** 2
                   + gx * (x - hx) + gy * (y - hy))  # [H, W] rad per TR
-    wrapped = np.mod(precession + np.pi, 2 * np.pi) - np.pi
+    wrapped = precession - np.float32(2 * np.pi) * np.rint(precession * np.float32(0.5 / np.pi))  # [-pi, pi]
     bias *= 1 - p["band_depth"] * np.exp(-((np.abs(wrapped) - np.pi) / p["band_width"]) ** 2)
     a = p["phase_coeffs"]
     phase = (a[0] + a[1] * x + a[2] * y + a[3] * x * y + a[4] * x * x + a[5] * y * y + wrapped / 2).astype(np.float32)
@@ -707,10 +733,9 @@ def _receive_field(p, x, y, tex_coarse) -> np.ndarray:
 
 
 def _crop_spectrum(x, axis: int, n: int):
-    """Orthonormal FFT of ``x`` along ``axis`` (pixel ``N // 2`` the origin) kept to the ``n`` central
-    frequencies, in the FFT order of an ``n``-pixel image whose origin is pixel ``n // 2``, times
-    ``sqrt(N / n)``: the output's centred k-space, unshifted, but for the factor ``sqrt(N / n)``
-    (:func:`_kspace` divides it out, which keeps the intensities)."""
+    """Orthonormal FFT of ``x`` along ``axis`` (``N`` pixels, the origin at ``N // 2``) cropped to the
+    ``n`` central frequencies and ordered as the FFT of an ``n``-pixel image whose origin is pixel
+    ``n // 2``: the output's k-space along ``axis``, unshifted and not yet scaled by ``sqrt(n / N)``."""
     fine = x.shape[axis]
     freq = np.fft.fftfreq(n, 1 / n).astype(int)  # [n] integer frequencies in FFT order
     spectrum = np.take(sfft.fft(x, axis=axis, norm="ortho"), freq % fine, axis=axis)
