@@ -3,8 +3,11 @@
     python compare.py NAME [--runs=A,B] [--checkpoints=PATH,...] [--labels=...]
         [--baselines=view_sharing,kt_sparse,lplus_s|none] [--masks=per_cine|fixed] [--max_cines=N]
         [--tune=true] [--tune_cines=8] [--batch_size=4] [--device=auto|cpu|cuda] [--amp=auto|bf16|fp16|none]
+        [--split=test|all] [--adapt=STEPS [--adapt_lr=1e-5] [--adapt_crop=64]]
         [--data=... --num_samples=... --image_size=... --seed=... ...] [--out_dir=output] [--images_dir=images]
         [--help]
+
+    python compare.py pincat --data=../shared/data/pincat.npz --split=all --runs=A,B [--adapt=STEPS]
 
 Trains nothing. A run name ``R`` stands for ``OUT_DIR/R/best.pt``. Every checkpoint must share its
 data settings (``DATA_KEYS``): the test split is rebuilt from them exactly as ``train.py`` builds it.
@@ -16,6 +19,20 @@ cine i the evaluation mask seeded by ``(seed, i)``; ``--masks=fixed`` gives ever
 set of ``seed`` (the study's protocol). The CS weights are tuned by mean PSNR on the first
 ``--tune_cines`` validation cines under the same protocol, never on the test split.
 
+``--split=all`` evaluates every cine of ``--data`` as a test cine (no split, so one cine is enough;
+an external benchmark such as PINCAT): the networks are used as they are (their own data settings
+play no part; a dual UNet needs the file's frame count), the sampling options are used exactly as
+given (``--center_lines`` is not scaled with the image height), the images are zero-padded to the
+networks' size multiples, and the CS weights are tuned on the validation cines of the embedded
+phantom (``--num_samples``, ``--seed``; complex where the file's cines are, unless
+``--phantom_phase`` is given) rendered at the file's size and frame count, never on the evaluated
+cines.
+
+``--adapt=STEPS`` adds, for every network, a ``<label> + adapt`` row: a copy of the network adapted
+to each test cine's own measurements (adapt.py, docs/adapt.md), then the cine reconstructed with it.
+results.md also gives, for every network, the per-cine PSNR and SSIM differences against the
+classical method with the best mean PSNR (mean +- std, cines better).
+
 Writes ``OUT_DIR/compare_NAME/results.md`` and ``results.json`` (PSNR and SSIM mean +- std, time
 per cine, parameters, tuned weights, per-cine values) and ``IMAGES_DIR/compare_NAME/methods.png``
 (one test cine from every method: a frame, error maps, a zoom on the heart, x-t and y-t profiles),
@@ -25,6 +42,7 @@ PSNR minus the best classical method's). An earlier comparison of the same NAME 
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 import time
@@ -39,16 +57,23 @@ from baselines import GRIDS, METHODS, synchronize
 from baselines import tune as tune_weights
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors, make_run_dirs, \
     options_from_signature
-from engine import autocast, choose_autocast, describe_device, evaluate, load_images, make_datasets, resolve_device
+from data import CineDataset, load_cine, split_indices
+from engine import autocast, choose_autocast, describe_device, evaluate, load_images, make_datasets, pad_to_multiple, \
+    resolve_device
 from metrics import summarize
-from models import count_parameters, load_model
+from models import count_parameters, fixed_frame_count, load_model, size_multiple
+from reconstruct import adapted_reconstruction, check_adaptation
+from sampling import check_sampling
 from settings import CHOICES, train_defaults, train_options
 
 # The settings that make the test split, its cines and its masks; checkpoints must agree on them.
 DATA_KEYS = ("data", "num_samples", "image_size", "phantom_phase", "seed", "in_channels", "acceleration",
              "center_lines", "density")
 PHANTOM_KEYS = ("num_samples", "image_size", "phantom_phase")  # used only without a data file
-CENTER_LINES_HELP = ">= 0 fully sampled central ky lines at 192 rows, scaled to the image height unless given"
+CENTER_LINES_HELP = (">= 0 fully sampled central ky lines at 192 rows, scaled to the image height unless given; "
+                     "with --split=all used exactly as given")
+SPLITS = ("test", "all")
+FILE_SHAPE_KEYS = ("image_size", "in_channels")  # taken from the file with --split=all
 BASELINE_LABELS = {"view_sharing": "view sharing", "kt_sparse": "k-t sparse", "lplus_s": "L+S"}
 ZERO_FILLED = "zero-filled"
 MASK_PROTOCOLS = {  # name -> (short label, description)
@@ -64,12 +89,16 @@ def compare(name: str, *,
             labels: str = "",                     # method labels for runs then checkpoints (default: run names)
             baselines: str = "view_sharing,kt_sparse,lplus_s",  # baselines, comma-separated, or 'none'
             masks: str = "per_cine",              # 'per_cine' | 'fixed' (the study's protocol)
+            split: str = "test",                  # 'test': the data's test split | 'all': every cine of --data
             max_cines: int = 0,                   # evaluate the first N test cines; 0 = all
             tune: bool = True,                    # tune the CS weights on validation cines (else defaults)
             tune_cines: int = 8,                  # validation cines for tuning; 0 = all
             batch_size: int = 4,                  # cines per reconstruction call
             device: str = "auto",                 # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
             amp: str = "auto",                    # networks' autocast: 'auto' | 'bf16' | 'fp16' | 'none'
+            adapt: int = 0,                       # > 0: add each network adapted to every test cine (at most N steps)
+            adapt_lr: float = 1e-5,               # learning rate of the adaptation
+            adapt_crop: int = 64,                 # columns adapted on (a multiple of the size multiples); 0 = all
             verbose: bool = True,                 # print the CS solvers' time per call
             out_dir: str = "output",              # folder of the runs and of compare_NAME/
             images_dir: str = "images",           # folder of the figures (images_dir/compare_NAME/)
@@ -95,6 +124,8 @@ def compare(name: str, *,
     methods = parse_method_options(options)
     if masks not in MASK_PROTOCOLS:
         raise UserError(f"--masks={masks!r}: choose one of {', '.join(MASK_PROTOCOLS)}")
+    if split not in SPLITS:
+        raise UserError(f"--split={split!r}: choose one of {', '.join(SPLITS)}")
     for key in ("max_cines", "tune_cines"):
         if options[key] < 0:
             raise UserError(f"--{key}={options[key]}: must be >= 0 (0 = all)")
@@ -103,14 +134,24 @@ def compare(name: str, *,
     torch_device = resolve_device(device)
     networks = load_networks(methods["networks"], torch_device)
     amp_dtype, amp_reason = choose_autocast(amp, torch_device) if networks else (None, "no networks")
-    data_config, scale_lines = data_settings(options, networks, set(given))
     notes: list[str] = []
-    images, source = load_images(data_config, notes, scale_lines)
     mask_mode = "random" if masks == "per_cine" else "fixed"
-    _, val_set, test_set = make_datasets(images, {**data_config, "mask_mode": mask_mode}, torch_device)
-    del images
+    if split == "all":
+        data_config = {key: options[key] for key in DATA_KEYS}
+        test_set, source = external_cines(data_config, networks, mask_mode, torch_device, notes, set(given))
+        val_set = (phantom_validation(data_config, tune_cines, mask_mode, torch_device)
+                   if methods["baselines"] and tune else None)
+    else:
+        data_config, scale_lines = data_settings(options, networks, set(given))
+        images, source, meta = load_images(data_config, notes, scale_lines)
+        _, val_set, test_set = make_datasets(images, {**data_config, "mask_mode": mask_mode}, torch_device, meta)
+        del images
+    if adapt:
+        for net in networks.values():
+            check_adaptation(adapt, adapt_lr, adapt_crop, size_multiple(net["config"]), test_set.images.shape[-1])
     rows = np.arange(len(test_set))[:max_cines or None]
-    val_rows = np.arange(len(val_set))[:tune_cines or None]
+    val_rows = np.arange(len(val_set) if val_set is not None else 0)[:tune_cines or None]
+    validation = val_set.indices[val_rows].tolist() if val_set is not None else []
     out_path, img_path = make_run_dirs(roots, folder, resume=True)  # refused above if taken
 
     tuning = {}
@@ -120,8 +161,14 @@ def compare(name: str, *,
         tuning[method] = {"params": params, "grid": {k: list(v) for k, v in GRIDS[method].items()} if tune else None,
                           "val_psnr": table}
         solvers[BASELINE_LABELS[method]] = (Solver(METHODS[method], params, verbose), None)
-    entries = {ZERO_FILLED: (ZeroFilled(), None), **solvers,
-               **{label: (net["model"], amp_dtype) for label, net in networks.items()}}
+    entries = {ZERO_FILLED: (ZeroFilled(), None), **solvers}
+    network_of = {}  # row label -> the network's label
+    for label, net in networks.items():
+        entries[label], network_of[label] = (net["model"], amp_dtype), label
+        if adapt:
+            adapting = Adapting(net["model"], net["config"], amp_dtype, verbose, steps=adapt, lr=adapt_lr,
+                                crop=adapt_crop)
+            entries[f"{label} + adapt"], network_of[f"{label} + adapt"] = (adapting, amp_dtype), label
 
     results, examples = {}, {}
     for label, (model, dtype) in entries.items():
@@ -129,15 +176,16 @@ def compare(name: str, *,
         scores, seconds = run_method(model, test_set, rows, batch_size, dtype, warm=label in networks)
         example = next(iter(scores["examples"].values()))
         examples[label], reference = example["recon"], example["target"]
+        net = networks.get(network_of.get(label))
         results[label] = {
-            "kind": "network" if label in networks else "baseline",
+            "kind": "network" if net else "baseline",
             "psnr": dict(zip(("mean", "std"), summarize(scores["psnr"]))),
             "ssim": dict(zip(("mean", "std"), summarize(scores["ssim"]))),
             "seconds_per_cine": seconds,
-            "parameters": count_parameters(model) if label in networks else None,
+            "parameters": count_parameters(model) if net else None,
             "per_cine": {key: scores[key].tolist() for key in ("index", "psnr", "ssim")},
-            **({"checkpoint": str(networks[label]["path"]), "config": networks[label]["config"]}
-               if label in networks else {}),
+            **({"checkpoint": str(net["path"]), "config": net["config"]} if net else {}),
+            **({"adapt": model.infos} if isinstance(model, Adapting) else {}),
         }
     report = {
         "name": name, "command": command, "date": datetime.now().isoformat(timespec="seconds"),
@@ -145,9 +193,13 @@ def compare(name: str, *,
         "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "autocast_reason": amp_reason,
         "data": {**data_config, "source": source, "notes": notes},
         "masks": {"protocol": masks, "label": MASK_PROTOCOLS[masks][0], "description": MASK_PROTOCOLS[masks][1]},
+        "split": split,
         "test": {"cines": len(rows), "of": len(test_set), "indices": test_set.indices[rows].tolist()},
-        "tuning": {"validation_cines": val_set.indices[val_rows].tolist(), "methods": tuning},
+        "tuning": {"validation_cines": validation, "methods": tuning,
+                   "source": tuning_source(split, data_config, validation)},
         "methods": results,
+        "paired": paired_differences(results),
+        "adaptation": {"steps": adapt, "lr": adapt_lr, "crop": adapt_crop} if adapt and networks else None,
     }
     atomic_write(out_path / "results.json", json.dumps(report, indent=1))
     atomic_write(out_path / "results.md", results_markdown(report))
@@ -230,6 +282,79 @@ def data_settings(options: dict, networks: dict, given: set) -> tuple[dict, bool
     return settings, False
 
 
+def sampling_of(config: dict, mask_mode: str) -> dict:
+    """The ``CineDataset`` keywords of evaluation masks under ``config``'s sampling."""
+    return dict(mask_mode=mask_mode, acceleration=config["acceleration"], center_lines=config["center_lines"],
+                density=config["density"], seed=config["seed"])
+
+
+def external_cines(config: dict, networks: dict, mask_mode: str, device: torch.device, notes: list[str],
+                   given: set) -> tuple[CineDataset, str]:
+    """``--split=all``: every cine of the file ``config["data"]`` as a test cine, at its own frame count,
+    zero-padded to the networks' size multiples, sampled with the centre lines exactly as given.
+    Records the cines' frames and (H, W) in ``config`` (``in_channels``, ``image_size``) and, unless
+    given, their kind (``phantom_phase``: the tuning phantom is complex where they are). Networks are
+    used as they are: one that needs another frame count is refused. Returns the test set and a
+    description."""
+    if config["data"] is None:
+        raise UserError("--split=all evaluates every cine of a data file: give --data=FILE")
+    fixed = sorted(given & set(FILE_SHAPE_KEYS))
+    if fixed:
+        raise UserError(f"--{fixed[0]}: with --split=all the cines of {config['data']} keep their own size and frames")
+    source = str(config["data"])
+    images = load_cine(source)  # [N, T, H, W], peak magnitude 1 each
+    frames = images.shape[1]
+    for label, net in networks.items():
+        needed = fixed_frame_count(net["config"])
+        if needed not in (None, frames):
+            raise UserError(f"{net['path']} ({label}): its {net['config']['arch']} network reconstructs exactly "
+                            f"{needed} frames but the cines of {source} have {frames}; networks are used as they are "
+                            f"(resample the file: python formats.py convert {source} --frames {needed} --out NEW.npz)")
+    multiple = math.lcm(1, *(size_multiple(net["config"]) for net in networks.values()))
+    images = pad_to_multiple(images, multiple, notes, source)
+    count, frames, height, width = images.shape
+    try:
+        check_sampling(height, config["acceleration"], config["center_lines"])
+    except ValueError as error:
+        raise UserError(f"sampling of {height}-row images: {error}") from None
+    kind = "complex" if np.iscomplexobj(images) else "magnitude"
+    config.update(in_channels=frames, image_size=[height, width])
+    if "phantom_phase" not in given:
+        config["phantom_phase"] = kind == "complex"
+    notes.append(f"--split=all: every cine of {source} is a test cine; {config['center_lines']} centre lines "
+                 f"exactly as given (not scaled with the image height)")
+    print(notes[-1], flush=True)
+    test_set = CineDataset(torch.from_numpy(images).to(device), np.arange(count), **sampling_of(config, mask_mode))
+    return test_set, f"{source}: {count} {kind} cine(s) of {frames}x{height}x{width}"
+
+
+def phantom_validation(config: dict, count: int, mask_mode: str, device: torch.device) -> CineDataset:
+    """The first ``count`` (0: all) validation cines of the embedded phantom of ``config`` (its
+    ``num_samples`` cines of ``seed``, split as train.py splits them, ``phantom_phase``), rendered at
+    the evaluated cines' size and frames (``image_size`` [H, W], ``in_channels``) and sampled like
+    them: where ``--split=all`` tunes the CS weights, never on the evaluated cines."""
+    from phantom import make_phantom_cine
+
+    _, indices, _ = split_indices(config["num_samples"], seed=config["seed"])
+    indices = indices[:count or None]
+    # cine i of make_phantom_dataset(num_samples, seed=seed) draws from the i-th child of SeedSequence(seed)
+    generators = [np.random.default_rng(np.random.SeedSequence(config["seed"], spawn_key=(int(i),))) for i in indices]
+    cines = np.stack([make_phantom_cine(rng, frames=config["in_channels"], size=tuple(config["image_size"]),
+                                        complex_phase=config["phantom_phase"]) for rng in generators])  # [n, T, H, W]
+    return CineDataset(torch.from_numpy(cines).to(device), indices, **sampling_of(config, mask_mode))
+
+
+def tuning_source(split: str, config: dict, validation: list[int]) -> str:
+    """Where the CS weights were tuned, as a phrase for results.md."""
+    if split == "test":
+        return f"validation cines {validation} under the same mask protocol; never on the test split"
+    frames, (height, width) = config["in_channels"], config["image_size"]
+    kind = "complex" if config["phantom_phase"] else "magnitude"
+    return (f"validation cines {validation} of the embedded phantom ({config['num_samples']} {kind} cines of seed "
+            f"{config['seed']}, split as train.py splits them), rendered at {frames}x{height}x{width} like the "
+            f"evaluated cines, under the same mask protocol; never on the evaluated cines")
+
+
 # ----------------------------------------------------------------------------- methods
 class ZeroFilled(torch.nn.Module):
     """The zero-filled reconstruction ``F^-1 y`` as a method."""
@@ -247,6 +372,28 @@ class Solver(torch.nn.Module):
 
     def forward(self, aliased, kspace, mask):  # [B, T, H, W] each
         return self.solve(kspace, mask, verbose=self.verbose, **self.params)
+
+
+class Adapting(torch.nn.Module):
+    """A network adapted to each cine before it reconstructs it (``reconstruct.adapted_reconstruction``:
+    a fresh copy per cine, discarded afterwards, ending in hard data consistency); ``infos`` collects
+    adapt's record of every cine."""
+
+    def __init__(self, model: torch.nn.Module, config: dict, amp_dtype, verbose: bool, **options):
+        super().__init__()
+        self.model, self.config, self.amp_dtype, self.verbose = model, config, amp_dtype, verbose
+        self.options = options  # steps, lr, crop of adapt.adapt
+        self.infos: list[dict] = []
+
+    def forward(self, aliased, kspace, mask):  # [B, T, H, W] each
+        recons = []
+        for i in range(len(aliased)):
+            recon, info = adapted_reconstruction(self.model, self.config, aliased[i:i + 1], kspace[i:i + 1],
+                                                 mask[i:i + 1], amp_dtype=self.amp_dtype,
+                                                 log=print if self.verbose else lambda line: None, **self.options)
+            recons.append(recon)
+            self.infos.append(info)
+        return torch.cat(recons)  # [B, T, H, W] complex64
 
 
 class Timed(torch.nn.Module):
@@ -311,13 +458,16 @@ def describe_params(params: dict) -> str:
 def results_markdown(report: dict) -> str:
     data, test = report["data"], report["test"]
     networks = {label: r for label, r in report["methods"].items() if r["kind"] == "network"}
+    everything = report["split"] == "all"
     lines = [f"# Comparison `{report['name']}`", "",
              f"    {report['command']}" if report["command"] else "", "",
              f"- date: {report['date']}; device: {report['device']}; torch {report['torch']}"
              + (f"; networks' autocast: {report['autocast']}" if networks else ""),
-             f"- data: {data['source']}; acceleration {data['acceleration']:g}, {data['center_lines']} centre lines, "
-             f"{data['density']} density, seed {data['seed']}",
+             f"- data: {data['source']}; acceleration {data['acceleration']:g}, {data['center_lines']} centre lines"
+             f"{' (exactly as given)' if everything else ''}, {data['density']} density, seed {data['seed']}",
              *[f"- note: {note}" for note in data["notes"]],
+             f"- test: {test['cines']} of the {test['of']} cines of the file, every one a test cine (`--split=all`: "
+             f"no train/validation/test split; same cines for every method)" if everything else
              f"- test: {test['cines']} of the {test['of']} test-split cines (same cines for every method)",
              f"- masks: `--masks={report['masks']['protocol']}`, {report['masks']['label']}: "
              f"{report['masks']['description']}",
@@ -327,8 +477,8 @@ def results_markdown(report: dict) -> str:
     tuning = report["tuning"]["methods"]
     if tuning:
         lines += ["## Baseline parameters", "",
-                  f"Relative regularisation weights (see baselines.py), chosen by mean PSNR on validation cines "
-                  f"{report['tuning']['validation_cines']} under the same mask protocol; never on the test split.", ""]
+                  f"Relative regularisation weights (see baselines.py), chosen by mean PSNR on "
+                  f"{report['tuning']['source']}.", ""]
         for method, t in tuning.items():
             lines.append(f"- {BASELINE_LABELS[method]}: **{describe_params(t['params'])}**")
             lines += [f"    - {describe_params(row['params'])}: {row['psnr']:.2f} dB" for row in t["val_psnr"]]
@@ -341,7 +491,63 @@ def results_markdown(report: dict) -> str:
             lines.append(f"| {label} | `{r['checkpoint']}` | {c.get('arch')} | {c.get('cascades')} | "
                          f"{c.get('output')} | {c.get('mask_mode')} |")
         lines.append("")
+    if report["paired"]:
+        lines += paired_markdown(report["paired"])
+    if report["adaptation"]:
+        lines += adaptation_markdown(report["adaptation"], report["methods"])
     return "\n".join(lines)
+
+
+def paired_differences(results: dict) -> dict | None:
+    """Per test cine, every network's PSNR and SSIM minus those of the classical method with the best
+    mean PSNR: mean and std of the difference and the cines where the network scores higher (None
+    without networks or classical methods)."""
+    classical = [label for label, r in results.items() if r["kind"] == "baseline" and label != ZERO_FILLED]
+    networks = [label for label, r in results.items() if r["kind"] == "network"]
+    if not (classical and networks):
+        return None
+    best = max(classical, key=lambda label: results[label]["psnr"]["mean"])
+    methods = {}
+    for label in networks:
+        methods[label] = {}
+        for metric in ("psnr", "ssim"):
+            diff = np.subtract(results[label]["per_cine"][metric], results[best]["per_cine"][metric])  # [N]
+            mean, std = summarize(diff)
+            methods[label][metric] = {"mean": mean, "std": std, "better": int((diff > 0).sum()), "cines": len(diff)}
+    return {"reference": best, "methods": methods}
+
+
+def paired_markdown(paired: dict) -> list[str]:
+    best = paired["reference"]
+    lines = [f"## Paired differences against {best}", "",
+             f"Per test cine, each network minus {best}, the classical method with the best mean PSNR; ± is the "
+             f"standard deviation of the difference over cines; better: cines where the network scores higher.", "",
+             "| method | PSNR difference (dB) mean ± std | better (PSNR) | SSIM difference mean ± std "
+             "| better (SSIM) |",
+             "| --- | --- | --- | --- | --- |"]
+    for label, row in paired["methods"].items():
+        psnr, ssim = row["psnr"], row["ssim"]
+        lines.append(f"| {label} | {psnr['mean']:+.2f} ± {psnr['std']:.2f} | {psnr['better']}/{psnr['cines']} | "
+                     f"{ssim['mean']:+.4f} ± {ssim['std']:.4f} | {ssim['better']}/{ssim['cines']} |")
+    return lines + [""]
+
+
+def adaptation_markdown(options: dict, results: dict) -> list[str]:
+    lines = ["## Adaptation", "",
+             f"`--adapt={options['steps']}`: each `+ adapt` row fine-tunes a fresh copy of its network on every test "
+             f"cine's own measurements (adapt.py: self-supervised, no reference; learning rate {options['lr']:g}, "
+             f"{options['crop'] or 'all'} columns, seeded by the checkpoint's seed, stopped early on held-out "
+             f"measured lines), reconstructs the cine from all its measurements with it and ends in hard data "
+             f"consistency; the copy is then discarded. Its time per cine includes the adaptation. Means over cines:",
+             "", "| method | steps run | step kept | held-out k-space error before → after | adaptation (s) |",
+             "| --- | --- | --- | --- | --- |"]
+    for label, r in results.items():
+        if "adapt" in r:
+            mean = {key: np.mean([info[key] for info in r["adapt"]]) for key in r["adapt"][0]}
+            lines.append(f"| {label} | {mean['steps']:.1f} | {mean['kept_step']:.1f} | "
+                         f"{mean['held_out_error_before']:.4f} → {mean['held_out_error_after']:.4f} | "
+                         f"{mean['seconds']:.1f} |")
+    return lines + [""]
 
 
 def write_figures(examples: dict, reference: np.ndarray, results: dict, report: dict, img_path: Path) -> None:
@@ -368,10 +574,11 @@ def write_figures(examples: dict, reference: np.ndarray, results: dict, report: 
 # ----------------------------------------------------------------------------- command line
 def command() -> Command:
     """``python compare.py NAME``: compare()'s options, then the data options of train.py's call."""
-    data_options = [replace(option, section="data, used only without checkpoints",
+    data_options = [replace(option, section="data (without checkpoints; with --split=all: sampling and tuning phantom)",
                             help=CENTER_LINES_HELP if option.name == "center_lines" else option.help)
                     for option in train_options() if option.name in DATA_KEYS]
-    options = options_from_signature(compare, choices={"masks": tuple(MASK_PROTOCOLS), "amp": CHOICES["amp"]},
+    options = options_from_signature(compare, choices={"masks": tuple(MASK_PROTOCOLS), "amp": CHOICES["amp"],
+                                                       "split": SPLITS},
                                      exclude=("name", "given", "command"))
     return Command("python compare.py", __doc__, options + data_options,
                    [Positional("NAME", "the comparison's name: it writes OUT_DIR/compare_NAME/ and "

@@ -2,7 +2,7 @@
 
     python reconstruct.py --checkpoint output/NAME/best.pt --input FILE --out recon.npz
         [--key NAME] [--mask MASK.npy|.npz] [--figures DIR] [--device auto|cpu|cuda|cuda:N]
-        [--batch_size N] [--debug] [--help]
+        [--batch_size N] [--adapt STEPS [--adapt_lr 1e-5] [--adapt_crop 64]] [--debug] [--help]
 
 Two kinds of input:
 
@@ -18,18 +18,32 @@ Two kinds of input:
   magnitude of its zero-filled image instead (training divided by the fully sampled peak, so
   intensities seen by the network may be off by that ratio).
 
-Sizes: the dual UNet needs H and W multiples of 16 (DC-CNN takes any). Fully sampled cines are
-zero-padded in the image, centred; the masks are drawn for (``--mask`` must have) the padded size and
-the result is cropped back. Measured k-space is zero-padded in k-space (unmeasured outer lines, mask 0):
-the network sees the same field of view on a finer grid, and cropping its k-space back keeps every
-measured sample, so hard data consistency still returns the measurements exactly.
-Frames: the dual UNet reconstructs exactly the ``in_channels`` frames it was trained with (resample
-cines first with ``python formats.py convert FILE --frames N``); DC-CNN takes any number.
+Sizes: H and W must be multiples of ``models.size_multiple(config)`` (16 for the dual UNet,
+``2^levels`` for cine_unet, 1 for DC-CNN). Fully sampled cines are zero-padded in the image, centred;
+the masks are drawn for (``--mask`` must have) the padded size and the result is cropped back.
+Measured k-space is zero-padded in k-space (unmeasured outer lines, mask 0): the network sees the
+same field of view on a finer grid, and cropping its k-space back keeps every measured sample, so
+hard data consistency still returns the measurements exactly.
+Frames: the dual UNet stacks frames as channels and reconstructs exactly the ``in_channels`` frames
+it was trained with (resample cines first with ``python formats.py convert FILE --frames N``);
+cine_unet and DC-CNN take any number (``models.fixed_frame_count``).
+
+Adaptation (``--adapt=STEPS``, docs/adapt.md): before reconstructing, a copy of the network is
+fine-tuned on each cine's own measurements in turn (``adapt.adapt``: self-supervised, no reference,
+seeded by the checkpoint's seed), the cine is reconstructed from all its measurements with that copy,
+and the copy is discarded. The result ends in hard data consistency (added after the network when
+its last stage is not a hard-DC cascade), so it keeps every measured sample exactly. Needs whole ky
+lines (a Cartesian mask). On a grid padded in k-space the padded kx columns count as measured zeros
+during adaptation (the readout is fully sampled, so the data hold nothing there).
 
 Writes ``--out`` (.npz, never overwritten), in the input's units: ``recon`` (complex64
 ``[N, T, H, W]``), ``magnitude`` (float32), ``zero_filled`` (complex64), ``mask`` (float32, as applied,
 on the network's grid), ``scale`` (the per-cine normalisation divisor) and, with a reference,
-``psnr``, ``ssim``, ``psnr_zero_filled``, ``ssim_zero_filled`` per cine (magnitudes, peak 1).
+``psnr``, ``ssim``, ``psnr_zero_filled``, ``ssim_zero_filled`` per cine (magnitudes, peak 1). With
+``--adapt``, per cine: ``adapt_steps`` (steps run), ``adapt_kept_step`` (the step whose weights were
+kept, 0: the checkpoint's), ``adapt_error_before`` / ``adapt_error_after`` (held-out k-space error),
+``adapt_seconds``, ``adapt_columns`` (columns adapted on) and, with a reference,
+``psnr_before_adapt`` / ``ssim_before_adapt`` (the checkpoint as it is; ``psnr``/``ssim`` are after).
 ``--figures DIR``: per cine a PNG and a GIF. Mixed precision follows the checkpoint's ``amp`` under
 ``engine.choose_autocast`` (fp16 runs in float32 on a CPU).
 """
@@ -44,12 +58,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from adapt import adapt as adapt_to_scan
+from adapt import hard_consistency
 from cli import UserError, cli_errors, positive, run_command
 from data import DataError, check_cines, mask_seed, normalize
 from engine import autocast, choose_autocast, resolve_device
 from formats import check_output, crop_or_pad, read_cines, save_npz
 from metrics import batch_psnr, batch_ssim, format_summary
-from models import UNET_LEVELS, load_model
+from models import fixed_frame_count, load_model, size_multiple
 from sampling import check_sampling, fft2c, ifft2c, undersample, variable_density_mask
 
 
@@ -87,14 +103,14 @@ def npz_arrays(path: Path) -> list[str]:
 
 
 def network_size(config: dict, height: int, width: int) -> tuple[int, int]:
-    """The grid the network runs on: the dual UNet needs multiples of 16, DC-CNN any size."""
-    multiple = 2 ** UNET_LEVELS if config["arch"] == "dual_unet" else 1
+    """The grid the network runs on: H and W rounded up to multiples of ``size_multiple(config)``."""
+    multiple = size_multiple(config)
     return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
 def check_frames(config: dict, frames: int, source, remedy: str) -> None:
-    """The dual UNet stacks frames as channels: it takes exactly ``in_channels`` frames."""
-    if config["arch"] == "dual_unet" and frames != config["in_channels"]:
+    """The dual UNet stacks frames as channels: it takes exactly ``in_channels`` frames; the others any."""
+    if fixed_frame_count(config) not in (None, frames):
         raise UserError(f"{source}: {frames} frames, but the checkpoint's dual UNet reconstructs exactly "
                         f"{config['in_channels']} (in_channels); {remedy}")
 
@@ -144,7 +160,7 @@ def fully_sampled_problem(path: Path, config: dict, key: str | None, mask_path) 
     notes = [f"input {path}: {description}: {count} fully sampled cine(s), each divided by its peak magnitude"]
     if size != (height, width):
         notes.append(f"images zero-padded (centred) from {height}x{width} to {size[0]}x{size[1]} for the network "
-                     f"(multiples of {2 ** UNET_LEVELS}) and the results cropped back")
+                     f"(multiples of {size_multiple(config)}) and the results cropped back")
     images = crop_or_pad(reference, size)
     if mask_path is None:
         masks, sampling = retrospective_masks(config, count, (frames, *size))
@@ -172,7 +188,7 @@ def kspace_problem(path: Path, config: dict, mask_path) -> Problem:
              f"from {source} (mean acceleration {mask.size / max(mask.sum(), 1):.2f})"]
     if size != (height, width):
         notes.append(f"k-space zero-padded (centred, unmeasured) from {height}x{width} to {size[0]}x{size[1]} for "
-                     f"the network (multiples of {2 ** UNET_LEVELS}): the same field of view on a finer grid; "
+                     f"the network (multiples of {size_multiple(config)}): the same field of view on a finer grid; "
                      f"its k-space is cropped back afterwards")
     measured = crop_or_pad(kspace * mask, size)  # [N, T, Hn, Wn]
     masks = crop_or_pad(mask, size)
@@ -219,6 +235,76 @@ def inference_autocast(config: dict, device: torch.device) -> tuple[torch.dtype 
     return choose_autocast(amp, device)
 
 
+# ----------------------------------------------------------------------------- adaptation
+# The per-cine arrays of an adaptation in the output and the keys of adapt.adapt's info they hold.
+ADAPT_ARRAYS = {"adapt_steps": "steps", "adapt_kept_step": "kept_step", "adapt_error_before": "held_out_error_before",
+                "adapt_error_after": "held_out_error_after", "adapt_seconds": "seconds", "adapt_columns": "columns"}
+
+
+def ends_in_hard_dc(config: dict) -> bool:
+    """Whether the network's last stage replaces the measured lines by the measurements."""
+    return config["cascades"] > 0 and config["dc"] == "hard"
+
+
+def check_adaptation(steps: int, lr: float, crop: int, multiple: int, width: int) -> None:
+    """Refuse adaptation options the network cannot use (``multiple``: its size multiple, ``width``:
+    the columns of its grid)."""
+    if steps < 0:
+        raise UserError(f"--adapt={steps}: adaptation steps must be >= 0 (0 = off)")
+    if not lr > 0:
+        raise UserError(f"--adapt_lr={lr}: must be > 0")
+    if crop < 0 or (0 < crop < width and crop % multiple):
+        raise UserError(f"--adapt_crop={crop}: give 0 (all {width} columns) or a multiple of {multiple}, "
+                        f"the network's size multiple")
+
+
+def check_whole_lines(masks: np.ndarray, source: str) -> None:
+    """Adaptation splits the measured ky lines: refuse a mask ``[..., H, W]`` that is not constant
+    along each row."""
+    if not (masks == masks[..., :1]).all():
+        raise UserError(f"{source}: --adapt needs a Cartesian mask of whole ky lines (each row all 0 or all 1)")
+
+
+def adapted_reconstruction(model, config: dict, aliased, kspace, mask, *, steps: int, lr: float, crop: int,
+                           amp_dtype, log=print) -> tuple[torch.Tensor, dict]:
+    """Fine-tune a copy of ``model`` on one scan's measurements (``adapt.adapt``, seeded by the
+    checkpoint's seed), reconstruct the scan from all of them with it, and end in hard data
+    consistency. aliased, kspace, mask: ``[B, T, H, W]``; the mask holds whole ky lines, except that
+    the kx columns padded onto a grid enlarged in k-space are 0: adaptation counts them as measured
+    zeros. Returns the reconstruction ``[B, T, H, W]`` complex64 and adapt's info."""
+    lines = mask.amax(-1, keepdim=True).expand_as(mask)  # [B, T, H, W]: the measured ky lines, every column
+    with torch.enable_grad(), torch.autocast(kspace.device.type, enabled=False):
+        adapted, info = adapt_to_scan(model, kspace, lines, steps=steps, lr=lr, crop=crop, seed=config["seed"],
+                                      amp_dtype=amp_dtype, log=log)
+    with torch.no_grad(), autocast(kspace.device, amp_dtype):
+        recon = adapted(aliased, kspace, mask)  # [B, T, H, W] complex64
+    return (recon if ends_in_hard_dc(config) else hard_consistency(recon, kspace, mask)), info
+
+
+def run_adapted(model, config: dict, problem: Problem, *, steps: int, lr: float, crop: int, device: torch.device,
+                amp_dtype) -> dict[str, np.ndarray]:
+    """Adapt a copy of ``model`` to each cine in turn and reconstruct that cine with it. Returns
+    ``recon`` (normalised, complex64 ``[N, T, H, W]``), adapt's info per cine (``ADAPT_ARRAYS``,
+    ``[N]`` each) and, with a reference, ``psnr`` and ``ssim`` ``[N]``."""
+    count = len(problem.images)
+    recon = np.empty((count, problem.images.shape[1], *problem.size), np.complex64)
+    scores = {key: np.empty(count) for key in ("psnr", "ssim")}
+    infos = []
+    for i in range(count):
+        mask = torch.tensor(problem.masks[i:i + 1], device=device)  # [1, T, Hn, Wn]
+        aliased, kspace = undersample(torch.tensor(problem.images[i:i + 1], device=device), mask)
+        prefix = f"cine {i}: "
+        image, info = adapted_reconstruction(model, config, aliased, kspace, mask, steps=steps, lr=lr, crop=crop,
+                                             amp_dtype=amp_dtype, log=lambda line: print(prefix + line, flush=True))
+        recon[i:i + 1] = problem.to_input_grid(image.cpu().numpy())
+        infos.append(info)
+        if problem.reference is not None:
+            scores["psnr"][i] = float(batch_psnr(recon[i:i + 1], problem.reference[i:i + 1])[0])
+            scores["ssim"][i] = float(batch_ssim(recon[i:i + 1], problem.reference[i:i + 1])[0])
+    arrays = {name: np.array([info[key] for info in infos]) for name, key in ADAPT_ARRAYS.items()}
+    return {"recon": recon, **arrays, **(scores if problem.reference is not None else {})}
+
+
 # ----------------------------------------------------------------------------- figures
 def write_figures(problem: Problem, result: dict, directory: Path) -> list[str]:
     """Per cine a comparison PNG and a GIF (with a reference) or a PNG without one; the paths written."""
@@ -243,15 +329,32 @@ def write_figures(problem: Problem, result: dict, directory: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- command line
 def summary_lines(result: dict) -> list[str]:
-    if "psnr" not in result:
-        return []
-    lines = [format_summary("PSNR", result["psnr"]), format_summary("SSIM", result["ssim"]),
-             format_summary("zero-filled PSNR", result["psnr_zero_filled"]),
-             format_summary("zero-filled SSIM", result["ssim_zero_filled"])]
-    if len(result["psnr"]) <= 20:
-        lines += [f"cine {i}: PSNR {result['psnr'][i]:.2f} dB (zero-filled {result['psnr_zero_filled'][i]:.2f}), "
-                  f"SSIM {result['ssim'][i]:.4f} (zero-filled {result['ssim_zero_filled'][i]:.4f})"
-                  for i in range(len(result["psnr"]))]
+    """The study's mean/std lines (PSNR and SSIM, before adaptation too when it ran, and of the
+    zero-filled input), then per cine (up to 20 cines) the scores and the adaptation's record."""
+    lines = []
+    count = len(result["recon"])
+    adapted = "adapt_steps" in result
+    if "psnr" in result:
+        compared = [("", ""), *([("_before_adapt", "before adaptation ")] if adapted else []),
+                    ("_zero_filled", "zero-filled ")]
+        lines += [format_summary(f"{label}{metric.upper()}", result[metric + suffix])
+                  for suffix, label in compared for metric in ("psnr", "ssim")]
+        for i in range(count if count <= 20 else 0):
+            parts = []
+            for metric, digits, unit in (("psnr", 2, " dB"), ("ssim", 4, "")):
+                others = ", ".join(f"{label}{result[metric + suffix][i]:.{digits}f}" for suffix, label in compared[1:])
+                parts.append(f"{metric.upper()} {result[metric][i]:.{digits}f}{unit} ({others})")
+            lines.append(f"cine {i}: " + ", ".join(parts))
+    if adapted:
+        lines.append(format_summary("adaptation seconds", result["adapt_seconds"], 1)
+                     + f", total = {result['adapt_seconds'].sum():.1f}")
+        lines.append(format_summary("held-out k-space error before adaptation", result["adapt_error_before"])
+                     + "; " + format_summary("after", result["adapt_error_after"]))
+        if count <= 20:
+            lines += [f"cine {i}: adaptation ran {result['adapt_steps'][i]} steps on {result['adapt_columns'][i]} "
+                      f"columns and kept step {result['adapt_kept_step'][i]}, held-out k-space error "
+                      f"{result['adapt_error_before'][i]:.4f} -> {result['adapt_error_after'][i]:.4f}, "
+                      f"{result['adapt_seconds'][i]:.1f} s" for i in range(count)]
     return lines
 
 
@@ -263,10 +366,16 @@ def reconstruct(*,
                 mask: str | None = None,  # 0/1 .npy/.npz, [T,H,W] or [N,T,H,W]; None: the checkpoint's sampling
                 figures: str | None = None,  # a folder for a PNG and a GIF per cine; None: no figures
                 device: str = "auto",  # 'auto' (CUDA if present) | 'cpu' | 'cuda' | 'cuda:N'
-                batch_size: int = 8) -> None:  # cines per batch (>= 1)
+                batch_size: int = 8,  # cines per batch (>= 1)
+                # scan-specific self-supervised adaptation (docs/adapt.md)
+                adapt: int = 0,  # at most this many steps fine-tuning on each cine's own measurements first; 0 = off
+                adapt_lr: float = 1e-5,  # Adam learning rate of the adaptation (> 0)
+                adapt_crop: int = 64) -> None:  # columns adapted on, a multiple of the network's size multiple; 0 = all
     """Reconstruct cines with a trained cinerecon checkpoint: fully sampled cines are undersampled
     with the checkpoint's sampling (or --mask) and scored; measured k-space (an .npz with 'kspace'
-    and 'mask') is reconstructed without a reference. Writes --out in the input's units."""
+    and 'mask') is reconstructed without a reference. With --adapt, a copy of the network is first
+    fine-tuned on each cine's own measurements (self-supervised, no reference needed). Writes --out
+    in the input's units."""
     out = check_output(out)
     torch_device = resolve_device(device)
     model, config = load_model(checkpoint, torch_device)
@@ -280,16 +389,29 @@ def reconstruct(*,
           f"{config['in_channels']}-frame cines; device {torch_device}, autocast {amp_dtype or 'off'} ({amp_reason})")
     for note in problem.notes:
         print(note)
-    result = run(model, problem, batch_size=batch_size, device=torch_device, amp_dtype=amp_dtype)
     scale, masks = problem.scale[:, None, None, None], problem.applied_masks()
-    metrics = {name: result[name] for name in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled")
+    if adapt:
+        check_adaptation(adapt, adapt_lr, adapt_crop, size_multiple(config), problem.images.shape[-1])
+        check_whole_lines(masks, f"the mask of {mask or input}")
+    result = run(model, problem, batch_size=batch_size, device=torch_device, amp_dtype=amp_dtype)
+    if adapt:
+        print(f"adapting a copy of the network to each cine in turn: at most {adapt} steps, learning rate "
+              f"{adapt_lr:g}, {adapt_crop or 'all'} columns, seed {config['seed']} (the checkpoint's)"
+              + ("" if ends_in_hard_dc(config) else "; hard data consistency added after the network"))
+        adapted = run_adapted(model, config, problem, steps=adapt, lr=adapt_lr, crop=adapt_crop, device=torch_device,
+                              amp_dtype=amp_dtype)
+        before = {f"{name}_before_adapt": result[name] for name in ("psnr", "ssim") if name in result}
+        result = {**result, **before, **adapted}
+    metrics = {name: result[name] for name in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled",
+                                               "psnr_before_adapt", "ssim_before_adapt", *ADAPT_ARRAYS)
                if name in result}
     save_npz(out, recon=result["recon"] * scale, magnitude=np.abs(result["recon"]) * scale,
              zero_filled=result["zero_filled"] * scale, mask=masks, scale=problem.scale, **metrics)
     for line in summary_lines(result):
         print(line)
     print(f"wrote {out}: recon {list(result['recon'].shape)} complex64 in the input's units, magnitude, "
-          f"zero_filled, mask {list(masks.shape)}" + (", per-cine PSNR/SSIM" if metrics else ""))
+          f"zero_filled, mask {list(masks.shape)}" + (", per-cine PSNR/SSIM" if "psnr" in metrics else "")
+          + (", the adaptation per cine" if adapt else ""))
     if figures:
         try:
             written = write_figures(problem, result, Path(figures))

@@ -7,8 +7,10 @@ from PIL import Image
 
 import compare
 from cli import UserError
-from helpers import TINY, read_metrics, run_tool
+from data import split_indices
+from helpers import TINY, read_metrics, run_tool, train_defaults
 from models import CHECKPOINT_FORMAT, build_model
+from phantom import make_phantom_dataset
 
 ROWS = ["zero-filled", "view sharing", "k-t sparse", "L+S", "ours", "DC-CNN", "seed config"]
 COMPARE = ["cmp", "--runs=tinyA,dccnn,seed", "--labels=ours,DC-CNN,seed config", "--device=cpu", "--amp=none",
@@ -44,8 +46,10 @@ def compared(tmp_path_factory):
 def test_comparison_writes_the_table_and_figures(compared):
     cwd, result = compared
     text = (cwd / "output/compare_cmp/results.md").read_text()
-    table = [line for line in text.splitlines() if line.startswith("| ") and "±" in line][1:]  # after the header
+    table = next(block for block in text.split("\n\n") if block.startswith("| method | PSNR (dB)")).splitlines()[2:]
     assert [line.split(" | ")[0][2:] for line in table] == ROWS
+    paired = next(block for block in text.split("\n\n") if block.startswith("| method | PSNR difference")).splitlines()
+    assert [line.split(" | ")[0][2:] for line in paired[2:]] == ROWS[4:] and all("/2 |" in line for line in paired[2:])
     assert "--masks=per_cine" in text and "lam=" in text and "lambda_l=" in text
     assert "python compare.py cmp --runs=tinyA,dccnn,seed" in text
     for name in ("methods.png", "psnr_boxes.png"):
@@ -58,6 +62,11 @@ def test_results_json_holds_every_method_per_cine(compared):
     cwd, _ = compared
     report = json.loads((cwd / "output/compare_cmp/results.json").read_text())
     assert list(report["methods"]) == ROWS
+    best = max(ROWS[1:4], key=lambda label: report["methods"][label]["psnr"]["mean"])
+    assert report["paired"]["reference"] == best and list(report["paired"]["methods"]) == ROWS[4:]
+    ours = report["paired"]["methods"]["ours"]["psnr"]
+    difference = np.subtract(report["methods"]["ours"]["per_cine"]["psnr"], report["methods"][best]["per_cine"]["psnr"])
+    assert ours["mean"] == pytest.approx(difference.mean()) and ours["better"] == (difference > 0).sum()
     assert report["test"]["cines"] == 2 and report["masks"]["protocol"] == "per_cine"
     for label, method in report["methods"].items():
         assert len(method["per_cine"]["psnr"]) == 2 and method["seconds_per_cine"] >= 0
@@ -131,3 +140,76 @@ def test_command_line_parsing():
         compare.parse_command_line(["x", "--run=a"])
     with pytest.raises(UserError, match="usage"):
         compare.parse_command_line([])
+
+
+# ----------------------------------------------------------------------------- --split=all: an external cine
+def cine_unet_config(**values):
+    """A tiny frame-count-agnostic network trained (so to speak) on 8 frames."""
+    return train_defaults(arch="cine_unet", in_channels=8, out_channels=8, init_features=4, levels=2,
+                          resnet_features=4, resnet_blocks=1, cascades=2, dropout=0.0, view_sharing=True, **values)
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory):
+    """One magnitude cine of 12x32x32 (a tiny PINCAT), an 8-frame cine_unet checkpoint, and their
+    comparison in one call: --split=all with adaptation."""
+    cwd = tmp_path_factory.mktemp("external")
+    np.savez(cwd / "one.npz", dataset=make_phantom_dataset(1, frames=12, size=32, seed=5, complex_phase=False))
+    save_checkpoint(cwd / "output/net/best.pt", cine_unet_config())
+    report = compare.compare("ext", runs="net", data=str(cwd / "one.npz"), split="all",
+                             baselines="view_sharing,kt_sparse", adapt=2, adapt_lr=1e-2, adapt_crop=16,
+                             acceleration=2.0, num_samples=7, tune_cines=1, device="cpu", amp="none", verbose=False,
+                             out_dir=str(cwd / "output"), images_dir=str(cwd / "images"))
+    return cwd, report
+
+
+def test_every_cine_of_a_file_is_a_test_cine_and_the_cs_weights_are_tuned_on_the_phantom(external):
+    cwd, report = external
+    assert list(report["methods"]) == ["zero-filled", "view sharing", "k-t sparse", "net", "net + adapt"]
+    assert report["split"] == "all" and report["test"] == {"cines": 1, "of": 1, "indices": [0]}
+    data = report["data"]
+    assert data["center_lines"] == 11 and data["in_channels"] == 12 and data["image_size"] == [32, 32]
+    assert data["phantom_phase"] is False  # a magnitude file: the tuning phantom is magnitude too
+    assert report["tuning"]["validation_cines"] == split_indices(7, seed=0)[1][:1].tolist()
+    text = (cwd / "output/compare_ext/results.md").read_text()
+    for phrase in ("11 centre lines (exactly as given)", "`--split=all`", "of the embedded phantom (7 magnitude cines",
+                   "rendered at 12x32x32 like the evaluated cines", "never on the evaluated cines"):
+        assert phrase in text
+
+
+def test_adapted_rows_and_paired_differences_against_the_best_cs_method(external):
+    cwd, report = external
+    adapted = report["methods"]["net + adapt"]
+    assert adapted["kind"] == "network" and adapted["checkpoint"] == report["methods"]["net"]["checkpoint"]
+    assert [info["steps"] for info in adapted["adapt"]] == [2] and adapted["adapt"][0]["columns"] == 16
+    best = max(("view sharing", "k-t sparse"), key=lambda label: report["methods"][label]["psnr"]["mean"])
+    assert report["paired"]["reference"] == best
+    assert {row["psnr"]["cines"] for row in report["paired"]["methods"].values()} == {1}
+    text = (cwd / "output/compare_ext/results.md").read_text()
+    assert f"## Paired differences against {best}" in text and "## Adaptation" in text and "| net + adapt | 2.0 |" in text
+
+
+def test_tuning_phantom_is_the_validation_split_rendered_at_the_data_size():
+    config = dict(num_samples=7, seed=3, phantom_phase=True, in_channels=5, image_size=[32, 48], acceleration=4.0,
+                  center_lines=2, density="gaussian")
+    val = compare.phantom_validation(config, 0, "random", torch.device("cpu"))
+    _, indices, _ = split_indices(7, seed=3)
+    np.testing.assert_array_equal(val.indices, indices)
+    np.testing.assert_array_equal(val.images.numpy(), make_phantom_dataset(7, frames=5, size=(32, 48), seed=3)[indices])
+
+
+def test_split_all_refusals(external):
+    cwd, _ = external
+    save_checkpoint(cwd / "output/dual/best.pt", train_defaults(in_channels=6, out_channels=6, init_features=4,
+                                                                resnet_features=4, resnet_blocks=1))
+    dirs = dict(out_dir=str(cwd / "output"), images_dir=str(cwd / "images"), split="all", device="cpu")
+    with pytest.raises(UserError, match="give --data=FILE"):
+        compare.compare("refused", **dirs)
+    with pytest.raises(UserError, match="dual_unet network reconstructs exactly 6 frames but the cines .* have 12"):
+        compare.compare("refused", runs="dual", data=str(cwd / "one.npz"), **dirs)
+    with pytest.raises(UserError, match="--image_size: with --split=all"):
+        compare.compare("refused", data=str(cwd / "one.npz"), image_size=64, given=("image_size",), **dirs)
+    with pytest.raises(UserError, match="--adapt_crop=10: give 0 .* or a multiple of 4"):
+        compare.compare("refused", runs="net", data=str(cwd / "one.npz"), adapt=1, adapt_crop=10,
+                        acceleration=2.0, **dirs)
+    assert not (cwd / "output/compare_refused").exists()

@@ -8,7 +8,7 @@ import reconstruct
 from cli import UserError
 from data import mask_seed
 from formats import crop_or_pad
-from helpers import TINY, run_tool
+from helpers import TINY, run_tool, train_defaults
 from metrics import batch_psnr, batch_ssim
 from models import CHECKPOINT_FORMAT, build_model
 from phantom import make_phantom_dataset
@@ -139,3 +139,93 @@ def test_dccnn_takes_any_frame_count_and_size(checkpoint, tmp_path, capsys):
     result = recon(tmp_path / "dccnn.pt", tmp_path, tmp_path / "odd.npy")
     assert result["recon"].shape == result["mask"].shape == (1, 5, 20, 20)
     assert "zero-padded" not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- frame-count-agnostic network, adaptation
+ADAPT = ["--adapt", "4", "--adapt_lr", "1e-2", "--adapt_crop", "16"]
+
+
+def cine_unet_checkpoint(path, **values):
+    """An untrained cine_unet checkpoint (8 frames, 2 pooling levels: sizes multiples of 4, 2 hard-DC
+    cascades) whose weights are perturbed as after training (its output heads are no longer zero)."""
+    config = train_defaults(arch="cine_unet", in_channels=8, out_channels=8, init_features=4, levels=2,
+                            resnet_features=4, resnet_blocks=1, cascades=2, dropout=0.0, view_sharing=True,
+                            center_lines=2, amp="none", **values)
+    torch.manual_seed(0)
+    model = build_model(config)
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d)):
+            torch.nn.init.normal_(module.weight, std=0.05)
+    torch.save({"format": CHECKPOINT_FORMAT, "config": config, "model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cine_unet(tmp_path_factory):
+    return cine_unet_checkpoint(tmp_path_factory.mktemp("cine_unet") / "cine_unet.pt")
+
+
+@pytest.mark.parametrize("frames", [12, 20])
+def test_cine_unet_trained_on_8_frames_reconstructs_other_frame_counts(cine_unet, tmp_path, capsys, frames):
+    x = cines(1, frames=frames, size=34)
+    np.save(tmp_path / "cine.npy", x)
+    result = recon(cine_unet, tmp_path, tmp_path / "cine.npy")
+    assert "zero-padded (centred) from 34x34 to 36x36 for the network (multiples of 4)" in capsys.readouterr().out
+    assert result["recon"].shape == (1, frames, 34, 34) and result["mask"].shape == (1, frames, 36, 36)
+    assert np.isfinite(result["recon"]).all() and result["psnr"][0] > result["psnr_zero_filled"][0] - 3
+
+
+@pytest.mark.parametrize("dc", ["hard", "soft"])
+def test_adapt_keeps_every_measured_sample_and_records_the_adaptation(tmp_path, capsys, dc):
+    checkpoint = cine_unet_checkpoint(tmp_path / f"{dc}.pt", dc=dc)
+    x = cines(1, frames=8)
+    np.save(tmp_path / "cine.npy", x)
+    result = recon(checkpoint, tmp_path, tmp_path / "cine.npy", *ADAPT)
+    assert_keeps_measurements(result, fft2c(x), result["mask"])
+    assert result["adapt_steps"].tolist() == [4] and result["adapt_columns"].tolist() == [16]
+    assert 0 <= result["adapt_kept_step"][0] <= 4 and result["adapt_seconds"][0] > 0
+    assert result["adapt_error_after"][0] <= result["adapt_error_before"][0]
+    plain = recon(checkpoint, tmp_path, tmp_path / "cine.npy", name="plain.npz")
+    np.testing.assert_allclose(result["psnr_before_adapt"], plain["psnr"], rtol=1e-6)
+    out = capsys.readouterr().out
+    assert "before adaptation PSNR: mean = " in out and "held-out k-space error" in out and "kept step" in out
+    assert ("hard data consistency added after the network" in out) == (dc == "soft")
+
+
+def test_adaptation_is_reproducible(cine_unet, tmp_path):
+    np.save(tmp_path / "cine.npy", cines(1, frames=8))
+    first = recon(cine_unet, tmp_path, tmp_path / "cine.npy", *ADAPT, name="first.npz")
+    again = recon(cine_unet, tmp_path, tmp_path / "cine.npy", *ADAPT, name="again.npz")
+    plain = recon(cine_unet, tmp_path, tmp_path / "cine.npy", name="plain.npz")
+    assert first["adapt_kept_step"][0] > 0  # the adapted weights were kept: the test compares adapted results
+    np.testing.assert_array_equal(first["recon"], again["recon"])
+    assert np.abs(first["recon"] - plain["recon"]).max() > 1e-6
+
+
+def test_adapted_kspace_reconstruction_never_reads_unmeasured_kspace(cine_unet, tmp_path):
+    """Measured k-space on a grid padded in both directions (34 -> 36): entries off the mask are
+    polluted, the result is bit-identical and keeps every measured sample."""
+    x = cines(1, frames=8, size=34)
+    mask = variable_density_mask((8, 34, 34), 5, 2, seed=3)
+    kspace = fft2c(x) * mask
+    polluted = kspace + (1 - mask) * np.random.default_rng(0).standard_normal(kspace.shape) * np.abs(kspace).max()
+    np.savez(tmp_path / "clean.npz", kspace=kspace, mask=mask)
+    np.savez(tmp_path / "polluted.npz", kspace=polluted.astype(np.complex64), mask=mask)
+    clean = recon(cine_unet, tmp_path, tmp_path / "clean.npz", *ADAPT, name="clean_out.npz")
+    dirty = recon(cine_unet, tmp_path, tmp_path / "polluted.npz", *ADAPT, name="dirty_out.npz")
+    np.testing.assert_array_equal(clean["recon"], dirty["recon"])
+    assert_keeps_measurements(clean, kspace, mask)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--adapt_crop", "10"], "--adapt_crop=10: give 0 .* or a multiple of 4"),
+    (["--adapt_lr", "0"], "--adapt_lr=0.0: must be > 0"),
+    (["--mask", "checker.npy"], "Cartesian mask of whole ky lines"),
+])
+def test_bad_adaptation_options_are_refused(cine_unet, tmp_path, extra, message):
+    np.save(tmp_path / "cine.npy", cines(1, frames=8))
+    np.save(tmp_path / "checker.npy", (np.indices((8, 32, 32)).sum(0) % 2).astype(np.float32))
+    with pytest.raises(UserError, match=message):
+        recon(cine_unet, tmp_path, tmp_path / "cine.npy", "--adapt", "2",
+              *[str(tmp_path / word) if word.endswith(".npy") else word for word in extra])
+    assert not (tmp_path / "recon.npz").exists()
