@@ -5,17 +5,24 @@ normalised so that its largest magnitude is 1 (PSNR with peak 1 is then meaningf
 """
 from __future__ import annotations
 
+import math
+import os
 import sys
+import tokenize
 import zipfile
+import zlib
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cli import UserError, cli_errors
+from cli import UserError, check_readable, cli_errors
 from sampling import MaskSampler, undersample, variable_density_mask
 
 MASK_MODES = ("fixed", "random")
+MEMINFO = Path("/proc/meminfo")
+CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: memory.max and memory.current
 
 
 # ----------------------------------------------------------------------------- loading
@@ -23,43 +30,129 @@ class DataError(UserError):
     """A data file that cannot be used; the message names the file and the problem."""
 
 
-def read_array(path: Path, key: str | None) -> np.ndarray:
-    """Read an array from a .npy or .npz file (``key``: its name in an .npz) without ever unpickling."""
+def available_memory() -> int:
+    """Bytes of memory this process can still use: the system's ``MemAvailable``, or what a cgroup
+    limit leaves if that is less."""
+    found = []
+    with suppress(OSError, ValueError, IndexError):
+        found += [int(line.split()[1]) * 1024 for line in MEMINFO.read_text().splitlines()
+                  if line.startswith("MemAvailable:")]
+    with suppress(OSError, ValueError):
+        limit = (CGROUP / "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int((CGROUP / "memory.current").read_text()))
+    return min(found) if found else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def format_bytes(count: float) -> str:
+    """``38654705664000`` -> ``'35.2 TiB'``."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+
+
+def check_memory(source: str, needed: int, what: str) -> None:
+    """Refuse, before allocating, work that needs more than the memory available (``what`` says
+    what needs ``needed`` bytes)."""
+    available = available_memory()
+    if needed > available:
+        raise DataError(f"{source}: {what} would need about {format_bytes(needed)} of memory, more than the "
+                        f"{format_bytes(available)} available")
+
+
+def loading_bytes(shape, dtype) -> int:
+    """Memory that loading an array needs: as stored, converted to float32/complex64, normalised."""
+    dtype = np.dtype(dtype)
+    return math.prod(shape) * (dtype.itemsize + 2 * (8 if dtype.kind == "c" else 4))
+
+
+def _npy_header(file, source: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the ``.npy`` header at the start of ``file`` (nothing else is read)."""
+    try:
+        version = np.lib.format.read_magic(file)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"format version {version[0]}.{version[1]}, not 1.0 or 2.0")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(file)
+    except (ValueError, TypeError, SyntaxError, EOFError, tokenize.TokenError) as error:
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise DataError(f"{source}: not a readable .npy/.npz file (malformed .npy header: {reason})") from None
+    return tuple(shape), dtype
+
+
+def _check_size(source: str, shape, dtype, stored: int) -> None:
+    """Refuse a header that promises more data than ``stored`` bytes, or more than memory holds."""
+    if dtype.hasobject:
+        raise DataError(f"{source}: holds pickled Python objects, which are refused for safety; "
+                        f"save a plain numeric array")
+    claimed = math.prod(shape) * dtype.itemsize
+    if stored < claimed:
+        raise DataError(f"{source}: truncated or damaged: its header describes an array {tuple(shape)} of {dtype} "
+                        f"({format_bytes(claimed)}) but it holds {format_bytes(stored)} of data")
+    check_memory(source, loading_bytes(shape, dtype), f"loading the array {tuple(shape)} of {dtype}")
+
+
+def _choose_key(path: Path, names: list[str], key: str | None) -> str:
+    """The array to read from an ``.npz`` holding ``names``: ``key``, else 'dataset', else the only one."""
+    if key is None:
+        if "dataset" in names:
+            return "dataset"
+        if len(names) == 1:
+            return names[0]
+        raise DataError(f"{path}: no array named 'dataset' and {len(names)} arrays to choose from "
+                        f"({', '.join(names) or 'none'}); name one with key=...")
+    if key not in names:
+        raise DataError(f"{path}: no array named {key!r} (found: {', '.join(names) or 'none'})")
+    return key
+
+
+def array_header(path, key: str | None = None) -> tuple[str | None, tuple[int, ...], np.dtype]:
+    """``(array name in an .npz or None, shape, dtype)`` of a .npy/.npz file, read from its headers
+    alone (numpy's format header; for an .npz that of the zip member). Only regular files are read;
+    a header that promises more data than the file holds, or more than memory holds, is refused
+    before anything is allocated."""
+    path = check_readable(path, expected="a .npz or .npy file", error=DataError)
     with open(path, "rb") as file:
         magic = file.read(6)
-    if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":
+        if magic == b"\x93NUMPY":
+            file.seek(0)
+            shape, dtype = _npy_header(file, str(path))
+            _check_size(str(path), shape, dtype, path.stat().st_size - file.tell())
+            return None, shape, dtype
+    if magic[:4] != b"PK\x03\x04":
         raise DataError(f"{path}: not a .npy/.npz file (its content is neither a numpy array nor a zip archive)")
     try:
-        loaded = np.load(path, allow_pickle=False)
+        with zipfile.ZipFile(path) as archive:
+            members = {name[:-4] if name.endswith(".npy") else name: name for name in archive.namelist()}
+            key = _choose_key(path, list(members), key)
+            info = archive.getinfo(members[key])
+            with archive.open(info) as member:
+                shape, dtype = _npy_header(member, f"{path}: array {key!r}")
+                offset = member.tell()
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as error:
+        raise DataError(f"{path}: not a readable .npy/.npz file ({error})") from None
+    _check_size(f"{path}: array {key!r}", shape, dtype, info.file_size - offset)
+    return key, shape, dtype
+
+
+def read_array(path: Path, key: str | None) -> np.ndarray:
+    """Read an array from a .npy or .npz file (``key``: its name in an .npz) without ever unpickling,
+    after checking its header (:func:`array_header`)."""
+    key, _, _ = array_header(path, key)
+    source = str(path) if key is None else f"{path}: array {key!r}"
+    try:
+        if key is None:
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as loaded:
+            return loaded[key]
     except ValueError as error:
         if "allow_pickle" in str(error):
-            raise DataError(f"{path}: holds pickled Python objects, which are refused for safety; "
+            raise DataError(f"{source}: holds pickled Python objects, which are refused for safety; "
                             f"save a plain numeric array") from None
-        raise DataError(f"{path}: not a readable .npy/.npz file ({error})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
-        raise DataError(f"{path}: not a readable .npy/.npz file ({error})") from None
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded:
-        names = list(loaded.files)
-        if key is None:
-            if "dataset" in names:
-                key = "dataset"
-            elif len(names) == 1:
-                key = names[0]
-            else:
-                raise DataError(f"{path}: no array named 'dataset' and {len(names)} arrays to choose from "
-                                f"({', '.join(names) or 'none'}); name one with key=...")
-        if key not in names:
-            raise DataError(f"{path}: no array named {key!r} (found: {', '.join(names) or 'none'})")
-        try:
-            return loaded[key]
-        except ValueError as error:
-            if "allow_pickle" in str(error):
-                raise DataError(f"{path}: array {key!r} holds pickled Python objects, refused for safety") from None
-            raise DataError(f"{path}: array {key!r} cannot be read ({error})") from None
-        except (OSError, EOFError, zipfile.BadZipFile) as error:
-            raise DataError(f"{path}: array {key!r} cannot be read ({error})") from None
+        raise DataError(f"{source}: cannot be read ({error})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{source}: cannot be read ({error})") from None
 
 
 def check_cines(array: np.ndarray, source: str) -> np.ndarray:
@@ -100,15 +193,16 @@ def load_cine(path, key: str | None = None) -> np.ndarray:
     array) or ``.npy``; real or complex. Returns float32/complex64, each cine with peak magnitude 1.
     Raises ``DataError`` (one line naming the file) for anything unusable.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a .npz or .npy file")
+    return normalize(check_cines(read_array(cine_file(path), key), str(path)))
+
+
+def cine_file(path) -> Path:
+    """``path`` if it is a regular ``.npz``/``.npy`` file, else a one-line ``DataError``."""
+    path = check_readable(path, expected="a .npz or .npy file", error=DataError)
     if path.suffix.lower() not in (".npz", ".npy"):
         raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'}; expected .npz or .npy "
                         f"(convert other formats with: python formats.py convert ...)")
-    return normalize(check_cines(read_array(path, key), str(path)))
+    return path
 
 
 # ----------------------------------------------------------------------------- split
@@ -130,6 +224,35 @@ def split_indices(n: int, ratios=(4, 1, 2), seed: int = 0) -> tuple[np.ndarray, 
     order = np.random.default_rng(seed).permutation(n)
     return (np.sort(order[:n_train]), np.sort(order[n_train:n_train + n_val]),
             np.sort(order[n_train + n_val:]))
+
+
+def split_by_subject(subjects, ratios=(4, 1, 2), seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train/val/test indices (sorted) of cines whose ``subjects`` ``[N]`` say which patient or file
+    each came from: whole subjects go to one split, so no subject is in two. Subjects are shuffled
+    by ``seed`` and dealt to the splits in the 4:1:2 proportions of their cine counts."""
+    names, which = np.unique(np.asarray(subjects), return_inverse=True)
+    if len(names) < len(ratios):
+        raise UserError(f"{len(names)} subject(s) cannot be split into train/val/test by subject: "
+                        f"at least {len(ratios)} are needed")
+    order = np.random.default_rng(seed).permutation(len(names))
+    sizes = np.bincount(which, minlength=len(names))[order]  # cines per subject, shuffled
+    shares = np.cumsum(ratios)[:-1] / sum(ratios) * sizes.sum()
+    cuts = np.searchsorted(np.cumsum(sizes), shares, side="left") + 1
+    cuts = np.clip(cuts, np.arange(1, len(ratios)), len(names) - np.arange(len(ratios) - 1, 0, -1))
+    groups = np.split(order, cuts)  # subject ids of train, val, test
+    return tuple(np.flatnonzero(np.isin(which, group)) for group in groups)
+
+
+def load_subjects(path) -> np.ndarray | None:
+    """The ``subject`` array ``[N]`` of an .npz written by ``python formats.py convert`` (the file,
+    patient or series each cine came from), or None if the file has none."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        return None
+    with np.load(path, allow_pickle=False) as loaded:
+        if "subject" not in loaded.files:
+            return None
+    return read_array(path, "subject")
 
 
 # ----------------------------------------------------------------------------- examples

@@ -7,15 +7,21 @@
 - training pieces: :func:`reconstruction_loss` (the one loss), :func:`lr_factor`,
   :func:`training_flops`, :func:`train_step`, :func:`seed_epoch`;
 - evaluation: :func:`evaluate`, :func:`evaluate_distributed`;
-- checkpoints: :func:`save_checkpoint`, :func:`snapshot`, :func:`check_resumable`, :func:`restore`;
+- checkpoints: :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`validate_checkpoint`,
+  :func:`load_trained_model`, :func:`data_fingerprint`, :func:`snapshot`, :func:`check_resumable`,
+  :func:`finished_summary`, :func:`restore`;
 - runs: :func:`init_distributed`, :func:`create_run_dirs`, :func:`stop_on_signal`, :class:`Report`.
 
 Cines are ``[B, T, H, W]`` tensors (complex64 images and k-space, float32 masks) as in sampling.py.
 """
 from __future__ import annotations
 
+import ast
+import hashlib
+import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -29,10 +35,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
-from cli import UserError, atomic_write, make_run_dirs
-from data import CineDataset, load_cine, split_indices
+import models
+from cli import UserError, atomic_write, check_readable, make_run_dirs
+from data import CineDataset, array_header, cine_file, load_cine, load_subjects, split_by_subject, split_indices
 from metrics import SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim
-from models import CHECKPOINT_FORMAT, build_model, fixed_frame_count, size_multiple
+from models import ARCHS, CHECKPOINT_FORMAT, build_model, fixed_frame_count, size_multiple
 from sampling import REFERENCE_HEIGHT, check_sampling, scaled_center_lines
 
 # Keys that may differ when a run is resumed: they change how, not what, is computed.
@@ -41,6 +48,9 @@ RUN_CONTROL_KEYS = ("device", "amp", "compile", "channels_last", "checkpointing"
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of hardware bf16 arithmetic
 CPUINFO = Path("/proc/cpuinfo")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the legacy format, a pickle
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "state")  # what last.pt holds beyond the weights
+PHANTOM_SOURCE = Path(__file__).resolve().with_name("phantom.py")
 
 
 # ----------------------------------------------------------------------------- device and precision
@@ -49,13 +59,23 @@ def cuda_requested(device: str) -> bool:
     return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
+def check_device(device) -> None:
+    """Refuse a device option that is not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UserError(f"--device={device}: use auto, cpu, cuda or cuda:N (N: the index of a GPU)")
+
+
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     """The torch device of the device option; ``auto`` and ``cuda`` take this process's GPU."""
+    check_device(device)
     if device == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device={device}: no CUDA device is available")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise UserError(f"--device={device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if resolved.type == "cuda" and resolved.index is None:
         resolved = torch.device(f"cuda:{local_rank}")
     return resolved
@@ -120,20 +140,22 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 # ----------------------------------------------------------------------------- data
-def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.ndarray, str, np.ndarray | None]:
-    """The cines ``[N, T, H, W]`` (peak magnitude 1 each), a one-line description and the heart
-    boxes ``[N, 4]`` (row0, row1, col0, col1; the phantom's own geometry, None for data files);
-    with ``scale_lines`` the centre lines are scaled to the image height (recorded in config and
-    notes). The sampling is checked against the image height here, before anything is written."""
+def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.ndarray, str, dict]:
+    """The cines ``[N, T, H, W]`` (peak magnitude 1 each), a one-line description, and what is known
+    about them: ``boxes`` ``[N, 4]`` (heart boxes row0, row1, col0, col1: the phantom's geometry)
+    and ``splits`` (train/val/test indices when the data fix them: three files given as
+    ``--data=TRAIN,VAL,TEST``, or an .npz whose ``subject`` array names each cine's patient, split
+    by subject). With ``scale_lines`` the centre lines are scaled to the image height (recorded in
+    config and notes). The sampling is checked against the image height here, before anything is
+    written."""
     frames = config["in_channels"]
-    boxes = None
+    meta = {"boxes": None, "splits": None}
     if config["data"] is None:
-        images, boxes = render_phantom(config, config["num_samples"], config["seed"])
+        images, meta["boxes"] = render_phantom(config, config["num_samples"], config["seed"])
         kind = "complex" if config["phantom_phase"] else "magnitude"
         source = f"embedded phantom (seed {config['seed']}, {kind})"
     else:
-        images = load_cine(config["data"])
-        source = str(config["data"])
+        images, meta["splits"], source = load_data_files(config["data"], config["seed"], notes)
         if fixed_frame_count(config) not in (None, images.shape[1]):
             raise UserError(f"{source}: cines have {images.shape[1]} frames but in_channels={frames}; "
                             f"set --in_channels={images.shape[1]} --out_channels={images.shape[1]}")
@@ -149,7 +171,37 @@ def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.n
     except ValueError as error:
         raise UserError(f"sampling of {height}-row images: {error}") from None
     kind = "complex" if np.iscomplexobj(images) else "magnitude"
-    return images, f"{source}: {images.shape[0]} {kind} cines of {'x'.join(map(str, images.shape[1:]))}", boxes
+    return images, f"{source}: {images.shape[0]} {kind} cines of {'x'.join(map(str, images.shape[1:]))}", meta
+
+
+def load_data_files(data: str, seed: int, notes: list[str]) -> tuple[np.ndarray, tuple | None, str]:
+    """One data file (split 4:1:2 later, or by subject here when it names them) or three
+    comma-separated files TRAIN,VAL,TEST: ``(cines [N, T, H, W], splits or None, description)``."""
+    paths = [part.strip() for part in str(data).split(",")]
+    if len(paths) == 1:
+        subjects = load_subjects(paths[0])
+        images = load_cine(paths[0])
+        if subjects is None or len(np.unique(subjects)) < 3:
+            if subjects is not None:
+                notes.append(f"{paths[0]}: only {len(np.unique(subjects))} subject(s): split by cine, so slices of "
+                             f"one subject can be in two splits")
+            return images, None, paths[0]
+        if len(subjects) != len(images):
+            raise UserError(f"{paths[0]}: 'subject' names {len(subjects)} cines but 'dataset' holds {len(images)}")
+        splits = split_by_subject(subjects, seed=seed)
+        notes.append(f"{paths[0]}: split by subject ({len(np.unique(subjects))} subjects): no subject is in two "
+                     f"splits")
+        return images, splits, paths[0]
+    if len(paths) != 3 or not all(paths):
+        raise UserError(f"--data={data}: give one file, or three comma-separated files TRAIN,VAL,TEST")
+    parts = [load_cine(path) for path in paths]
+    shapes = {path: part.shape[1:] for path, part in zip(paths, parts)}
+    if len(set(shapes.values())) > 1:
+        raise UserError(f"--data: the train, validation and test files differ in frames or size ({shapes})")
+    bounds = np.cumsum([0] + [len(part) for part in parts])
+    splits = tuple(np.arange(low, high) for low, high in zip(bounds[:-1], bounds[1:]))
+    notes.append(f"explicit split: train {paths[0]}, validation {paths[1]}, test {paths[2]}")
+    return np.concatenate(parts), splits, " + ".join(paths)
 
 
 def render_phantom(config: dict, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,11 +278,14 @@ def pad_to_multiple(images: np.ndarray, multiple: int, notes: list[str], source:
     return np.pad(images, ((0, 0), (0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)))
 
 
-def make_datasets(images: np.ndarray, config: dict, device: torch.device, boxes: np.ndarray | None = None
+def make_datasets(images: np.ndarray, config: dict, device: torch.device, meta: dict | None = None
                   ) -> list[CineDataset]:
     """Train/val/test ``CineDataset``s resident on ``device``; training masks are drawn there too,
-    from a generator that :func:`seed_epoch` seeds. ``boxes`` ``[N, 4]``: heart boxes, if known."""
-    splits = split_indices(len(images), seed=config["seed"])
+    from a generator that :func:`seed_epoch` seeds. ``meta``: from :func:`load_images` (heart boxes,
+    a fixed split), if known."""
+    meta = meta or {}
+    boxes = meta.get("boxes")
+    splits = meta.get("splits") or split_indices(len(images), seed=config["seed"])
     sampling = dict(mask_mode=config["mask_mode"], acceleration=config["acceleration"],
                     center_lines=config["center_lines"], density=config["density"], seed=config["seed"])
     generator = torch.Generator(device=device)
@@ -363,30 +418,176 @@ def evaluate_distributed(model, dataset, world: int, rank: int, **kwargs) -> dic
 
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
-    """``torch.save`` through :func:`cli.atomic_write`: a kill leaves the previous file intact."""
-    atomic_write(path, partial(torch.save, checkpoint))
+    """``torch.save`` through :func:`cli.atomic_write`: a kill leaves the previous file intact, and a
+    failed write (disk full) stops the run with one line saying how to continue it."""
+    atomic_write(path, partial(torch.save, checkpoint),
+                 then="continue the run with the same command plus --resume")
 
 
-def snapshot(model, optimizer, scheduler, scaler, train_set: CineDataset, config: dict, state: dict) -> dict:
-    """Everything needed to continue exactly where training stands (``last.pt``)."""
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """``models.load_checkpoint`` of a regular file (not a folder, a named pipe or a loop of symbolic
+    links) that starts as a torch file does; anything else is one ``UserError``."""
+    path = check_readable(path, missing="no such checkpoint file", expected="a checkpoint file (.pt)")
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if not head.startswith(TORCH_FILE_STARTS):
+        raise UserError(f"{path}: not a torch file (neither the zip archive that torch.save writes nor a pickle); "
+                        f"expected a checkpoint written by train.py")
+    return models.load_checkpoint(path, map_location=map_location)
+
+
+def _weights_mismatch(expected: dict, weights: dict) -> str:
+    """How ``weights`` differ from the state dict ``expected`` ('' when they fit)."""
+    missing = [key for key in expected if key not in weights]
+    unexpected = [key for key in weights if key not in expected]
+    reshaped = [key for key in expected if key in weights and tuple(weights[key].shape) != tuple(expected[key].shape)]
+    parts = [f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []
+    parts += [f"{len(unexpected)} unexpected, e.g. {unexpected[0]}"] if unexpected else []
+    parts += [f"{len(reshaped)} of another shape, e.g. {reshaped[0]} {tuple(weights[reshaped[0]].shape)} instead "
+              f"of {tuple(expected[reshaped[0]].shape)}"] if reshaped else []
+    return "; ".join(parts)
+
+
+def validate_checkpoint(checkpoint: dict, path, resumable: bool = False) -> None:
+    """Refuse, in one line, a checkpoint whose contents cannot be used: missing keys, a config with
+    an unknown arch or one that builds no network, weights that do not fit the network its config
+    describes (checked on the meta device: nothing is allocated), and with ``resumable`` missing
+    training state."""
+    if resumable and "state" not in checkpoint:
+        raise UserError(f"{path}: holds weights only (no training state) and cannot be resumed")
+    missing = [key for key in ("config", "model", *(RESUME_KEYS if resumable else ())) if key not in checkpoint]
+    if missing:
+        raise UserError(f"{path}: incomplete checkpoint, it lacks {', '.join(missing)}")
+    config, weights = checkpoint["config"], checkpoint["model"]
+    if not (isinstance(config, dict) and isinstance(weights, dict)
+            and all(isinstance(value, torch.Tensor) for value in weights.values())):
+        raise UserError(f"{path}: damaged checkpoint: 'config' must be a dict of settings and 'model' one of tensors")
+    if config.get("arch") not in ARCHS:
+        raise UserError(f"{path}: unknown arch {config.get('arch')!r} (known: {', '.join(ARCHS)}): the checkpoint "
+                        f"is damaged or from another version of cinerecon")
+    try:
+        with torch.device("meta"):
+            expected = build_model({**config, "checkpointing": False}).state_dict()
+    except KeyError as error:
+        raise UserError(f"{path}: its config lacks the setting {error.args[0]!r}: the checkpoint is damaged or "
+                        f"from another version of cinerecon") from None
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise UserError(f"{path}: its config describes no network ({str(error).splitlines()[0][:160]})") from None
+    mismatch = _weights_mismatch(expected, weights)
+    if mismatch:
+        raise UserError(f"{path}: the weights do not fit the {config['arch']} network its config describes "
+                        f"({mismatch})")
+
+
+def load_trained_model(path, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """The trained network of a checkpoint (eval mode, on ``device``) and the run config it was saved
+    with; a file or contents that cannot be used is one ``UserError`` (:func:`validate_checkpoint`)."""
+    checkpoint = load_checkpoint(path, map_location=device)
+    validate_checkpoint(checkpoint, path)
+    model = build_model({**checkpoint["config"], "checkpointing": False}).to(device)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), checkpoint["config"]
+
+
+def phantom_version() -> str:
+    """The embedded phantom's version: a digest of phantom.py's syntax tree without docstrings (edits
+    of comments, docstrings or layout keep it; any change of code gives a new one)."""
+    tree = ast.parse(PHANTOM_SOURCE.read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            del body[0]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
+
+
+def smallest_side(config: dict) -> int:
+    """The smallest image height and width the network of ``config`` takes: its pooling multiple, and
+    twice that for the dual UNet, whose bottleneck BatchNorm needs more than one value per channel."""
+    multiple = size_multiple(config)
+    return 2 * multiple if config["arch"] == "dual_unet" else multiple
+
+
+def check_data_shape(config: dict, shape: tuple[int, ...], source: str) -> None:
+    """Refuse, from a data file's header, cines the run would refuse once loaded: not ``[N, T, H, W]``,
+    another frame count than the network takes, or images too small for it (after padding)."""
+    if len(shape) != 4:
+        raise UserError(f"{source}: expected 4 dimensions [nsamples, nt, nx, ny], got {len(shape)} with shape "
+                        f"{tuple(shape)}" + ("; for a single cine save x[None]" if len(shape) == 3 else ""))
+    frames = fixed_frame_count(config)
+    if frames not in (None, shape[1]):
+        raise UserError(f"{source}: cines have {shape[1]} frames but in_channels={frames}; "
+                        f"set --in_channels={shape[1]} --out_channels={shape[1]}")
+    multiple, smallest = size_multiple(config), smallest_side(config)
+    padded = [-(-side // multiple) * multiple for side in shape[2:]]
+    if min(padded) < smallest:
+        raise UserError(f"{source}: images of {shape[2]}x{shape[3]} (padded to {padded[0]}x{padded[1]}) are too "
+                        f"small for the {config['arch']} network, which needs at least {smallest}x{smallest}")
+
+
+def data_fingerprint(config: dict) -> dict:
+    """What resuming a run must find unchanged, stored in its ``last.pt``: for each data file (one,
+    or TRAIN,VAL,TEST) its size, shape, dtype and SHA-256, its header checked first by
+    :func:`check_data_shape`, before anything is loaded; for the embedded phantom its
+    :func:`phantom_version` (its parameters are in the config)."""
+    if config["data"] is None:
+        return {"phantom": phantom_version()}
+    fingerprint = {}
+    for path in map(cine_file, str(config["data"]).split(",")):
+        _, shape, dtype = array_header(path)
+        check_data_shape(config, shape, str(path))
+        with open(path, "rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+        fingerprint.update({f"{path} bytes": path.stat().st_size, f"{path} shape": list(shape),
+                            f"{path} dtype": str(dtype), f"{path} sha256": digest})
+    return fingerprint
+
+
+def snapshot(model, optimizer, scheduler, scaler, train_set: CineDataset, config: dict, state: dict,
+             data: dict) -> dict:
+    """Everything needed to continue exactly where training stands (``last.pt``); ``data``: the
+    :func:`data_fingerprint` of the run."""
     rng = {"torch": torch.get_rng_state(), "masks": train_set.generator.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {"format": CHECKPOINT_FORMAT, "config": config, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng, "state": state}
+            "rng": rng, "state": state, "data": data}
 
 
-def check_resumable(checkpoint: dict, config: dict, path: Path) -> None:
-    """Refuse to resume ``last.pt`` if the config changed what is computed (model, data, optimiser)."""
-    if "state" not in checkpoint:
-        raise UserError(f"{path}: holds weights only (no training state) and cannot be resumed")
+def _shown(value) -> str:
+    """A fingerprint value in a message (digests shortened)."""
+    return f"{value[:12]}..." if isinstance(value, str) and len(value) > 16 else repr(value)
+
+
+def check_resumable(checkpoint: dict, config: dict, path: Path, data: dict) -> None:
+    """Refuse to resume ``last.pt`` if its contents cannot be used (:func:`validate_checkpoint`), if
+    the config changed what is computed (model, data, optimiser), or if the data differ from the
+    checkpoint's ``data`` fingerprint (checkpoints written before fingerprints are not checked)."""
+    validate_checkpoint(checkpoint, path, resumable=True)
     saved = checkpoint["config"]
     differ = sorted(key for key in set(saved) | set(config)
                     if key not in RUN_CONTROL_KEYS and saved.get(key) != config.get(key))
     if differ:
         detail = ", ".join(f"{key} {saved.get(key)!r} -> {config.get(key)!r}" for key in differ)
         raise UserError(f"{path}: cannot resume with a different configuration ({detail})")
+    trained_on = checkpoint.get("data", data)
+    differ = sorted(key for key in set(trained_on) | set(data) if trained_on.get(key) != data.get(key))
+    if differ:
+        detail = ", ".join(f"{key} {_shown(trained_on.get(key))} -> {_shown(data.get(key))}" for key in differ)
+        raise UserError(f"{path}: cannot resume on different data ({detail}): the run was trained on other "
+                        f"data; restore them, or start a new run")
+
+
+def finished_summary(checkpoint: dict, config: dict, out_dir: Path) -> dict | None:
+    """The test summary in ``out_dir/metrics.json`` of a run whose ``last.pt`` has every epoch done,
+    or None when the run still has to train or test (a damaged metrics.json is written again)."""
+    if checkpoint["state"]["epoch"] < config["num_epochs"]:
+        return None
+    try:
+        return json.loads((Path(out_dir) / "metrics.json").read_text())["summary"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def restore(checkpoint: dict, model, optimizer, scheduler, scaler) -> dict:
@@ -466,9 +667,14 @@ class Report:
     """``output.txt``: header, one line per epoch, then the test report; rewritten atomically.
     ``data_wait_s``: seconds the epoch waited for its fresh phantom cines (0 when they were ready)."""
 
-    def __init__(self, path: Path, header: list[str]):
+    def __init__(self, path: Path, header: list[str], resumed: bool = False):
+        """``resumed``: keep the header of the run's existing output.txt and add the lines of
+        ``header`` that differ, each marked ``resumed:``."""
         self.path = path
         self.header = header
+        if resumed and path.is_file():
+            original = path.read_text().split("\n\n", 1)[0].splitlines()
+            self.header = original + [f"resumed: {line}" for line in header if line not in original]
 
     def write(self, history: list[dict], test_lines: list[str] = ()) -> None:
         lines = list(self.header) + ["", "epoch  train_loss  val_loss  val_psnr_dB  lr  seconds  cines/s  TFLOP/s  "

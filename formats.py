@@ -20,14 +20,15 @@ nibabel, pydicom and h5py are optional extras (requirements-extras.txt), importe
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from cli import UserError, atomic_write, cli_errors, positive, run_command
-from data import DataError, check_cines, normalize, read_array
+from cli import UserError, atomic_write, check_readable, cli_errors, positive, run_command
+from data import DataError, check_cines, check_memory, loading_bytes, normalize, read_array
 
 EXTRAS_HINT = "pip install -r requirements-extras.txt"
 CINE_AXES = "ntxy"
@@ -46,7 +47,9 @@ def read_nifti(path: Path) -> tuple[np.ndarray, str]:
     slices, which some volumes hold beyond the heart, are skipped)."""
     nibabel = _optional("nibabel", path, "NIfTI")
     try:
-        volume = np.asanyarray(nibabel.load(path).dataobj)  # scl_slope/scl_inter applied
+        image = nibabel.load(path)
+        check_memory(str(path), loading_bytes(image.shape, np.float64), f"reading the volume {image.shape}")
+        volume = np.asanyarray(image.dataobj)  # scl_slope/scl_inter applied
     except (nibabel.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as error:
         raise DataError(f"{path}: not a readable NIfTI file ({error})") from None
     if volume.ndim != 4:
@@ -154,7 +157,10 @@ def _read_mat73(path: Path, key: str | None) -> np.ndarray:
                        if isinstance(item, h5py.Dataset) and "MATLAB_empty" not in item.attrs
                        and (item.dtype.kind in "iuf" or item.dtype.names == ("real", "imag"))
                        and item.attrs.get("MATLAB_class", b"double") not in (b"char", b"logical")}
-            array = file[_pick(numeric, key, path)][()]
+            item = file[_pick(numeric, key, path)]
+            stored = np.complex128 if item.dtype.names else item.dtype
+            check_memory(str(path), loading_bytes(item.shape, stored), f"reading the array {item.shape[::-1]}")
+            array = item[()]
     except OSError as error:
         raise DataError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({error})") from None
     if array.dtype.names:  # MATLAB complex: a compound of real and imaginary parts
@@ -189,10 +195,9 @@ def read_cines(path, key: str | None = None, axes: str | None = None) -> tuple[n
     """Cines ``[n, t, x, y]`` (the file's dtype, not normalised) from a NIfTI file, a DICOM folder, a
     ``.mat``, ``.npy`` or ``.npz`` file, and a one-line description. ``key`` names the array in
     .mat/.npz files; ``axes`` describes .mat/.npy/.npz layouts (see :func:`to_cine_axes`)."""
-    path = Path(path)
+    path = check_readable(path, missing="no such file or folder", expected="a data file or a DICOM folder",
+                          folder_ok=True, error=DataError)
     name = path.name.lower()
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
         return read_dicom_series(path)
     if name.endswith((".nii", ".nii.gz")):
@@ -313,7 +318,8 @@ def convert(*inputs,  # files or DICOM folders (formats may be mixed)
     """Read NIfTI 4-D volumes (one cine per slice), DICOM folders (one slice each), .mat (v5, v7.3),
     .npy or .npz cines; crop/pad and resample them in time (:func:`conform`); normalise each cine to
     peak magnitude 1 and write one .npz holding 'dataset' [N, T, H, W] (complex64 if any input is
-    complex). Returns the dataset written.
+    complex) and 'subject' [N] (the input each cine came from: train.py splits by it, so slices of
+    one input never land in two splits). Returns the dataset written.
     """
     if select and frames is None:
         raise UserError("--select needs --frames")
@@ -323,6 +329,9 @@ def convert(*inputs,  # files or DICOM folders (formats may be mixed)
         cines, description = read_cines(source, key, axes)
         cines = check_cines(cines, str(source))
         read = f"{len(cines)} cine(s) of {cines.shape[1]} frames of {cines.shape[2]}x{cines.shape[3]}"
+        shape = (len(cines), frames or cines.shape[1], *(size or cines.shape[2:]))
+        check_memory(str(source), 3 * math.prod(shape) * cines.itemsize,  # conformed, concatenated, normalised
+                     f"{shape[0]} cine(s) of {shape[1]} frames of {shape[2]}x{shape[3]}")
         cines, notes = conform(cines, frames, size, select, source)
         parts[source] = check_cines(cines, str(source))  # cropping may leave a cine without signal
         log(f"{source}: {description}: {read}" + "".join(f"; {note}" for note in notes))
@@ -331,7 +340,8 @@ def convert(*inputs,  # files or DICOM folders (formats may be mixed)
     kinds = {np.iscomplexobj(c) for c in parts.values()}
     dataset = normalize(np.concatenate([c.astype(np.complex64) if kinds == {True, False} else c
                                         for c in parts.values()]))
-    save_npz(out, dataset=dataset)
+    subjects = np.concatenate([np.full(len(c), str(source)) for source, c in parts.items()])  # [N]
+    save_npz(out, dataset=dataset, subject=subjects)
     kind = "complex" if np.iscomplexobj(dataset) else "magnitude"
     log(f"wrote {out}: dataset [{', '.join(map(str, dataset.shape))}] {dataset.dtype} ({kind}), every cine "
         f"scaled to peak magnitude 1" + ("; magnitude inputs made complex" if len(kinds) > 1 else ""))

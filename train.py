@@ -29,12 +29,13 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors
-from engine import (Report, autocast, check_resumable, choose_autocast, create_run_dirs, describe_device,
-                    evaluate_distributed, FreshPhantom, init_distributed, load_images, lr_factor, make_datasets, resolve_device,
+from engine import (Report, autocast, check_resumable, choose_autocast, create_run_dirs, data_fingerprint,
+                    describe_device, evaluate_distributed, finished_summary, FreshPhantom, init_distributed,
+                    load_checkpoint, load_images, lr_factor, make_datasets, resolve_device,
                     restore, restore_rng, save_checkpoint, seed_epoch, snapshot, stop_everywhere, stop_on_signal,
                     train_step, training_flops)
 from metrics import format_summary, summarize
-from models import CHECKPOINT_FORMAT, build_model, describe_parameters, load_checkpoint, use_channels_last
+from models import CHECKPOINT_FORMAT, build_model, describe_parameters, use_channels_last
 from settings import resolve_config, train_options
 
 
@@ -66,10 +67,15 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
 
     # ---- data: every bad input is refused before a file or directory is written
     checkpoint = load_checkpoint(last_path) if config["resume"] else None
-    images, source, boxes = load_images(config, notes, scale_lines)
+    fingerprint = data_fingerprint(config)  # the data file's header is checked here, before it is loaded
+    images, source, meta = load_images(config, notes, scale_lines)
     if checkpoint is not None:
-        check_resumable(checkpoint, config, last_path)
-    train_set, val_set, test_set = make_datasets(images, config, device, boxes)
+        check_resumable(checkpoint, config, last_path, fingerprint)
+        finished = finished_summary(checkpoint, config, out_dir)
+        if finished is not None:  # nothing to do: leave the finished run as it is
+            log(f"{out_dir}: this run already finished ({config['num_epochs']} epochs, tested); nothing was changed")
+            return finished
+    train_set, val_set, test_set = make_datasets(images, config, device, meta)
     del images
     fresh = FreshPhantom(config, len(train_set), device) if config["data"] is None and config["fresh_data"] else None
     if config["batch_size"] > len(train_set):
@@ -123,7 +129,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
               "config: " + json.dumps(config, sort_keys=True)]
     for line in header:
         log(line)
-    report = Report(out_dir / "output.txt", header)
+    report = Report(out_dir / "output.txt", header, resumed=checkpoint is not None)
 
     # ---- the loop: train an epoch, validate, keep the best weights, checkpoint
     sampler = DistributedSampler(range(len(train_set)), num_replicas=world, rank=rank, shuffle=True,
@@ -131,7 +137,8 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
 
     def save_last():
         if rank == 0:
-            save_checkpoint(snapshot(core, optimizer, scheduler, scaler, train_set, config, state), last_path)
+            save_checkpoint(snapshot(core, optimizer, scheduler, scaler, train_set, config, state, fingerprint),
+                            last_path)
 
     with stop_on_signal() as stop:
         epochs = tqdm(range(state["epoch"], config["num_epochs"]), desc="epochs", unit="epoch",
@@ -308,8 +315,8 @@ def write_figures(model, test_set, test, history, img_dir: Path, amp_dtype, conf
         figures.plot_branches(captured["real"][0].cpu().numpy(), captured["imag"][0].cpu().numpy(),
                               img_dir / "branches.png",
                               title=f"UNet branch outputs of the last denoiser"
-                                    f"{' (residual corrections)' if denoiser.residual else ''}, "
-                                    f"test cine {int(test_set.indices[0])} ({sampling})")
+                                    f"{' (residual corrections)' if denoiser.residual else ''}\n"
+                                    f"test cine {int(test_set.indices[0])}, {sampling}")
 
 
 def command() -> Command:
@@ -365,7 +372,7 @@ if __name__ == "__main__":
               warmup=0.05,               # in [0, 1): fraction of all steps spent warming up
               loss_tpe="L2",             # 'L2' (mean squared error) | 'L1' (mean absolute error), on real/imag parts
               grad_clip=1.0,             # >= 0: max gradient norm, 0 = off
-              seed=0,                    # any integer: phantom, split, masks, initialisation
+              seed=0,                    # 0 to 2^63 - 1: phantom, split, masks, initialisation
               # speed and memory
               device="auto",             # 'auto' (CUDA if present) | 'cpu' | 'cuda' | 'cuda:N'
               amp="auto",                # 'auto' (bf16 on GPUs and on CPUs with native bf16) | 'bf16' | 'fp16' | 'none'

@@ -146,3 +146,34 @@ def test_evaluation_masks_are_per_cine_and_reproducible():
     masks = a.batch([0, 1])["mask"]
     assert not torch.equal(masks[0], masks[1])
     assert mask_seed(3, 10) != mask_seed(3, 11) and mask_seed(3, 10) == mask_seed(3, 10)
+
+
+def test_subject_level_split_never_shares_a_subject():
+    from data import split_by_subject
+
+    subjects = np.repeat([f"patient{i:02d}" for i in range(15)], np.random.default_rng(1).integers(1, 9, 15))
+    train, val, test = split_by_subject(subjects, seed=3)
+    assert sorted(np.concatenate([train, val, test])) == list(range(len(subjects)))
+    names = [set(subjects[part]) for part in (train, val, test)]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    assert all(len(part) for part in (train, val, test))
+    again = split_by_subject(subjects, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (train, val, test)))
+
+
+def test_converted_subjects_and_explicit_files_fix_the_split(tmp_path):
+    from engine import load_images
+    from helpers import train_defaults
+
+    cines = np.random.default_rng(0).random((12, 4, 16, 16)).astype(np.float32) + 0.1
+    np.savez(tmp_path / "subjects.npz", dataset=cines, subject=np.repeat(["a", "b", "c", "d"], 3))
+    config = train_defaults(data=str(tmp_path / "subjects.npz"), in_channels=4, out_channels=4, center_lines=2,
+                            arch="cine_unet", levels=2)
+    _, _, meta = load_images(config, [], False)
+    groups = [set(np.repeat(["a", "b", "c", "d"], 3)[part]) for part in meta["splits"]]
+    assert not (groups[0] & groups[2]) and all(groups)
+    for name, count in (("train", 5), ("val", 2), ("test", 3)):
+        np.save(tmp_path / f"{name}.npy", cines[:count])
+    files = ",".join(str(tmp_path / f"{name}.npy") for name in ("train", "val", "test"))
+    images, _, meta = load_images({**config, "data": files}, [], False)
+    assert len(images) == 10 and [len(part) for part in meta["splits"]] == [5, 2, 3]
