@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import ast
 import difflib
+import errno
+import fcntl
 import inspect
 import io
 import json
 import os
 import re
+import stat
 import sys
 import textwrap
 import tokenize
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -309,7 +312,7 @@ class Command:
     def read_config(self, path: str) -> dict:
         """The option values of a run's saved configuration (the ``config`` of its metrics.json)."""
         try:
-            saved = json.loads(Path(path).read_text())
+            saved = json.loads(check_readable(path, expected="a JSON file").read_text())
         except (OSError, ValueError) as error:
             raise UserError(f"--config={path}: not a readable JSON file ({error})") from None
         config = saved.get("config", saved) if isinstance(saved, dict) else None
@@ -401,26 +404,84 @@ def run_command(function, argv: list[str] | None = None, *, prog: str | None = N
 
 
 # ----------------------------------------------------------------------------- files
+RUN_LOCK = ".run.lock"  # in a run's folder: held (flock) by the process that runs it
+STALE_TEMP = re.compile(r"\..+\.tmp\d+")  # what atomic_write leaves when it is killed mid-write
+_held_locks: dict[Path, Any] = {}  # run folder -> its open lock file, held by this process
+SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+                 (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_readable(path, *, missing: str = "no such file", expected: str = "a file", folder_ok: bool = False,
+                   error: type[UserError] = UserError) -> Path:
+    """``path`` if it is a regular file (or, with ``folder_ok``, a folder), else ``error`` in one line:
+    missing (``missing``), a loop of symbolic links, unreadable, a folder, or a named pipe, device or
+    socket (reading those can wait forever); ``expected`` names what was expected."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as failure:
+        if failure.errno == errno.ELOOP:
+            raise error(f"{path}: a loop of symbolic links (it never reaches a file)") from None
+        if failure.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise error(f"{path}: {missing}") from None
+        raise error(f"{path}: cannot be read ({failure.strerror or failure})") from None
+    if stat.S_ISDIR(mode) and not folder_ok:
+        raise error(f"{path}: is a folder, expected {expected}")
+    special = next((what for test, what in SPECIAL_FILES if test(mode)), None)
+    if special:
+        raise error(f"{path}: is {special}, not a regular file; expected {expected}")
+    return path
+
+
 def check_run_name(name: str) -> str:
     """Return ``name`` if it is a safe single path component (letters, digits, ``._-``)."""
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}", name or "") or ".." in name:
-        raise UserError(f"run name {name!r}: use 1-100 letters, digits, '.', '_' or '-', "
-                        f"not starting with '.' and without '..' or '/'")
+        raise UserError(f"run name {name!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a letter, "
+                        f"a digit or '_', without '..'")
     return name
 
 
-def make_run_dirs(roots: list[Path], name: str, resume: bool = False) -> list[Path]:
-    """Create ``root/name`` under every root; refuse to reuse an existing run unless resuming.
+def _claim(directory: Path) -> None:
+    """Hold ``directory/RUN_LOCK`` exclusively for the life of this process (or until
+    :func:`release_run_dirs`); refuse at once if another process holds it. The operating system
+    releases the lock when its holder ends, even by SIGKILL."""
+    if directory in _held_locks:
+        return
+    lock = open(directory / RUN_LOCK, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise UserError(f"{directory} is in use by a run in progress (process {holder}): wait for it to end, "
+                        f"or choose another name") from None
+    _held_locks[directory] = lock
 
-    Raises ``UserError`` if a directory cannot be written or already belongs to a run.
+
+def _refuse_earlier_run(dirs: list[Path]) -> None:
+    """Refuse folders that hold what an earlier run wrote (the lock and stale temporary files aside)."""
+    for directory in dirs:
+        if directory.is_dir() and any(p.name != RUN_LOCK and not STALE_TEMP.fullmatch(p.name)
+                                      for p in directory.iterdir()):
+            raise UserError(f"{directory} already holds an earlier run: choose another name, "
+                            f"or pass --resume to continue that run")
+
+
+def make_run_dirs(roots: list[Path], name: str, resume: bool = False) -> list[Path]:
+    """Create ``root/name`` under every root and claim the run: the first folder's lock is held by
+    this process, so a second process with the same name is refused at once, whatever the timing.
+    An earlier run is refused unless resuming; stale temporary files of interrupted writes are
+    removed. Raises ``UserError`` if a folder cannot be written or already belongs to a run.
     """
     check_run_name(name)
     dirs = [Path(root) / name for root in roots]
+    for directory in dirs:
+        if directory.exists() and not directory.is_dir():
+            raise UserError(f"{directory} exists and is a file, not a folder: move or remove it, or choose "
+                            f"another name")
     if not resume:
-        taken = [str(d) for d in dirs if d.exists() and any(d.iterdir())]
-        if taken:
-            raise UserError(f"{taken[0]} already holds an earlier run: choose another name, "
-                            f"or pass --resume to continue that run")
+        _refuse_earlier_run(dirs)
     for directory in dirs:
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -429,12 +490,36 @@ def make_run_dirs(roots: list[Path], name: str, resume: bool = False) -> list[Pa
             probe.unlink()
         except OSError as error:
             raise UserError(f"{directory}: cannot write there ({error.strerror or error})") from None
+    _claim(dirs[0])
+    if not resume:  # again under the lock: a run with this name may have finished since the first check
+        try:
+            _refuse_earlier_run(dirs)
+        except UserError:
+            release_run_dirs(dirs[0])
+            raise
+    lock = _held_locks[dirs[0]]
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    for directory in dirs:
+        for stale in directory.iterdir():
+            if STALE_TEMP.fullmatch(stale.name):
+                stale.unlink(missing_ok=True)
     return dirs
 
 
-def atomic_write(path, content) -> None:
+def release_run_dirs(directory: Path) -> None:
+    """Give up this process's claim on a run folder of :func:`make_run_dirs` (a no-op if not held)."""
+    lock = _held_locks.pop(Path(directory), None)
+    if lock is not None:
+        lock.close()
+
+
+def atomic_write(path, content, then: str = "run the command again") -> None:
     """Write ``path`` through a temporary file beside it and a rename, so a kill never leaves half a
-    file and the previous version survives until the new one is complete.
+    file and the previous version survives until the new one is complete. An ``OSError`` (disk
+    full, a file where a folder should be) becomes a one-line ``UserError``; for a full disk it
+    says to free space and then ``then``.
 
     content: text, bytes, or a function ``write(file)`` given the binary file (``torch.save``,
     ``np.savez``, ...).
@@ -448,5 +533,11 @@ def atomic_write(path, content) -> None:
             else:
                 file.write(content.encode() if isinstance(content, str) else content)
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{path}: not written, the disk is full ({error.strerror}); its previous version, if "
+                            f"any, is unchanged: free some space, then {then}") from None
+        raise UserError(f"{path}: cannot be written ({error.strerror or error})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):
+            tmp.unlink()

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cli import Option, UserError, options_from_call
-from data import MASK_MODES
-from engine import AMP_DTYPES, cuda_requested
+from data import MASK_MODES, check_memory
+from engine import AMP_DTYPES, check_device, cuda_requested, smallest_side
 from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, size_multiple
 from sampling import DENSITIES
 
@@ -27,6 +27,8 @@ POSITIVE = ("num_samples", "image_size", "in_channels", "init_features", "resnet
             "batch_size", "checkpoint_every")
 NON_NEGATIVE = ("cascades", "resnet_blocks", "eval_batch_size")
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train.py")
+PHANTOM_COPIES = 3  # phantom cines held at once: as rendered, split into datasets, the next epoch's fresh ones
+PHANTOM_RENDER = 24  # peak memory of rendering one cine, in rendered cines (about 21 measured at 64 and 128)
 
 
 def train_options() -> list[Option]:
@@ -73,6 +75,11 @@ def validate_config(config: dict) -> None:
     for key in NON_NEGATIVE:
         if not isinstance(config[key], int) or config[key] < 0:
             raise UserError(f"--{key}={config[key]!r}: must be a non-negative integer")
+    if not isinstance(config["seed"], int) or not 0 <= config["seed"] < 2 ** 63:
+        raise UserError(f"--seed={config['seed']!r}: must be an integer from 0 to 2^63 - 1")
+    if not (config["data"] is None or isinstance(config["data"], str) and config["data"]):
+        raise UserError(f"--data={config['data']!r}: expected the path of a .npz or .npy file (or none: the phantom)")
+    check_device(config["device"])
     if config["out_channels"] != config["in_channels"]:
         raise UserError(f"--out_channels={config['out_channels']}: must equal in_channels="
                         f"{config['in_channels']} (one output per frame)")
@@ -85,9 +92,24 @@ def validate_config(config: dict) -> None:
     if config["data"] is None and config["image_size"] % multiple:
         raise UserError(f"--image_size={config['image_size']}: must be a multiple of {multiple} "
                         f"(the {config['arch']} network pools {multiple.bit_length() - 1} times)")
+    if config["data"] is None:
+        check_phantom_size(config)
     if config["arch"] == "dccnn" and config["cascades"] < 1:
         raise UserError("--arch=dccnn needs --cascades >= 1 (DC-CNN is a cascade with data consistency)")
     if config["output"] == "sigmoid" and config["arch"] == "cine_unet":
         raise UserError("--output=sigmoid is for arch=dual_unet only (cine_unet is residual)")
     if config["output"] == "sigmoid" and (config["cascades"] > 0 or config["phantom_phase"]):
         raise UserError("--output=sigmoid is for magnitude targets with cascades=0 only")
+
+
+def check_phantom_size(config: dict) -> None:
+    """Refuse phantom images smaller than the network takes, and a phantom that would not fit in
+    memory, before anything is rendered."""
+    size, count, frames = config["image_size"], config["num_samples"], config["in_channels"]
+    smallest = smallest_side(config)
+    if size < smallest:
+        raise UserError(f"--image_size={size}: too small for the {config['arch']} network, which needs at least "
+                        f"{smallest}")
+    cine = frames * size * size * 8  # complex64
+    check_memory(f"--num_samples={count} --image_size={size}", (PHANTOM_COPIES * count + PHANTOM_RENDER) * cine,
+                 f"the phantom's {count} cines of {frames}x{size}x{size}")

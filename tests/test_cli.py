@@ -107,6 +107,6 @@ def test_atomic_write_replaces_whole_files_only(tmp_path):
         file.write(b"half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="file.txt: cannot be written \\(disk full\\)"):
         atomic_write(path, fail)
     assert path.read_text() == "second" and [p.name for p in tmp_path.iterdir()] == ["file.txt"]
