@@ -58,10 +58,10 @@ from baselines import tune as tune_weights
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors, make_run_dirs, \
     options_from_signature
 from data import CineDataset, load_cine, split_indices
-from engine import autocast, choose_autocast, describe_device, evaluate, load_images, make_datasets, pad_to_multiple, \
-    resolve_device
+from engine import autocast, choose_autocast, describe_device, evaluate, load_images, load_trained_model, \
+    make_datasets, pad_to_multiple, resolve_device
 from metrics import summarize
-from models import count_parameters, fixed_frame_count, load_model, size_multiple
+from models import count_parameters, fixed_frame_count, size_multiple
 from reconstruct import adapted_reconstruction, check_adaptation
 from sampling import check_sampling
 from settings import CHOICES, train_defaults, train_options
@@ -252,7 +252,7 @@ def load_networks(paths: dict, device: torch.device) -> dict:
     for label, path in paths.items():
         if not path.is_file():
             raise UserError(f"{path}: no such checkpoint (method {label!r}; train it first or check --out_dir)")
-        model, config = load_model(path, device)
+        model, config = load_trained_model(path, device)
         networks[label] = {"model": model, "config": config, "path": path}
     return networks
 

@@ -62,10 +62,10 @@ from adapt import adapt as adapt_to_scan
 from adapt import hard_consistency
 from cli import UserError, cli_errors, positive, run_command
 from data import DataError, check_cines, mask_seed, normalize
-from engine import autocast, choose_autocast, resolve_device
+from engine import autocast, choose_autocast, load_trained_model, resolve_device
 from formats import check_output, crop_or_pad, read_cines, save_npz
 from metrics import batch_psnr, batch_ssim, format_summary
-from models import fixed_frame_count, load_model, size_multiple
+from models import fixed_frame_count, size_multiple
 from sampling import check_sampling, fft2c, ifft2c, undersample, variable_density_mask
 
 
@@ -125,6 +125,10 @@ def read_mask(path, shape: tuple[int, ...], source: str, hint: str = "") -> np.n
                         f"cine or [N, T, H, W] = {tuple(shape)}{hint}")
     if mask.dtype.kind not in "biuf" or not np.isin(mask, (0, 1)).all():
         raise DataError(f"{source}: the mask must hold only 0 and 1")
+    unsampled = np.flatnonzero(~mask.reshape(len(mask), -1).any(1))
+    if unsampled.size:
+        which = "" if len(mask) == 1 else f" of cine {unsampled[0]}"
+        raise DataError(f"{source}: the mask{which} is all zeros: it samples no k-space")
     return np.broadcast_to(mask.astype(np.float32), shape)
 
 
@@ -378,7 +382,7 @@ def reconstruct(*,
     in the input's units."""
     out = check_output(out)
     torch_device = resolve_device(device)
-    model, config = load_model(checkpoint, torch_device)
+    model, config = load_trained_model(checkpoint, torch_device)
     amp_dtype, amp_reason = inference_autocast(config, torch_device)
     path = Path(input)
     if "kspace" in npz_arrays(path):

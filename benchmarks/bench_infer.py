@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 import baselines  # noqa: E402
 from baselines import synchronize  # noqa: E402
 from cli import cli_errors, run_command  # noqa: E402
-from engine import autocast, choose_autocast, describe_device, resolve_device  # noqa: E402
+from engine import autocast, choose_autocast, describe_device, load_trained_model, resolve_device  # noqa: E402
 from metrics import psnr  # noqa: E402
-from models import build_model, count_parameters, load_model, use_channels_last  # noqa: E402
+from models import build_model, count_parameters, use_channels_last  # noqa: E402
 from phantom import make_phantom_dataset  # noqa: E402
 from sampling import undersample, variable_density_mask  # noqa: E402
 from settings import train_defaults  # noqa: E402
@@ -54,7 +54,7 @@ def median_seconds(function, device: torch.device, repeats: int) -> float:
 def networks(config: dict, checkpoint: str, device: torch.device) -> dict:
     """name -> eval-mode model on ``device``: the checkpoint's, or the call's network with 0 and 3 cascades."""
     if checkpoint:
-        model, saved = load_model(checkpoint, device)
+        model, saved = load_trained_model(checkpoint, device)
         return {f"checkpoint {Path(checkpoint).parent.name} (cascades {saved['cascades']})": model}
     return {f"dual UNet f{config['init_features']}, cascades {cascades}":
             build_model({**config, "cascades": cascades}).to(device).eval() for cascades in (0, 3)}
