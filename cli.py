@@ -122,6 +122,13 @@ def positive(text: str) -> int:
     return int(text)
 
 
+def non_negative(text: str) -> int:
+    """An integer >= 0 (the option type of counts where 0 means a default)."""
+    if not text.isdigit():
+        raise ValueError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
 def annotation_parser(annotation: str, default) -> Callable[[str], Any] | None:
     """The reader of an annotated parameter whose default says nothing of its type
     (``int | None = None``, a required ``int``); None: by the default."""
@@ -513,6 +520,16 @@ def release_run_dirs(directory: Path) -> None:
     lock = _held_locks.pop(Path(directory), None)
     if lock is not None:
         lock.close()
+
+
+def make_folder(path) -> Path:
+    """Create the folder ``path`` and its parents if needed; a one-line ``UserError`` if it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{path}: cannot create this folder ({error.strerror or error})") from None
+    return path
 
 
 def atomic_write(path, content, then: str = "run the command again") -> None:

@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 import baselines  # noqa: E402
 from baselines import synchronize  # noqa: E402
-from cli import cli_errors, run_command  # noqa: E402
+from cli import UserError, atomic_write, cli_errors, make_folder, non_negative, run_command  # noqa: E402
 from engine import autocast, choose_autocast, describe_device, load_trained_model, resolve_device  # noqa: E402
 from metrics import psnr  # noqa: E402
-from models import build_model, count_parameters, use_channels_last  # noqa: E402
+from models import build_model, count_parameters, fixed_frame_count, size_multiple, use_channels_last  # noqa: E402
 from phantom import make_phantom_dataset  # noqa: E402
 from sampling import undersample, variable_density_mask  # noqa: E402
 from settings import train_defaults  # noqa: E402
@@ -55,6 +55,11 @@ def networks(config: dict, checkpoint: str, device: torch.device) -> dict:
     """name -> eval-mode model on ``device``: the checkpoint's, or the call's network with 0 and 3 cascades."""
     if checkpoint:
         model, saved = load_trained_model(checkpoint, device)
+        frames, size = config["in_channels"], config["image_size"]
+        if fixed_frame_count(saved) not in (None, frames) or size % size_multiple(saved):
+            raise UserError(f"{checkpoint}: its {saved['arch']} network cannot take the benchmark's {frames}x{size}x"
+                            f"{size} cine (it takes {fixed_frame_count(saved) or 'any number of'} frames and sizes "
+                            f"that are multiples of {size_multiple(saved)})")
         return {f"checkpoint {Path(checkpoint).parent.name} (cascades {saved['cascades']})": model}
     return {f"dual UNet f{config['init_features']}, cascades {cascades}":
             build_model({**config, "cascades": cascades}).to(device).eval() for cascades in (0, 3)}
@@ -70,6 +75,8 @@ def bench_infer(*,
     config = {**train_defaults(), **(QUICK if quick else {})}
     frames, size = config["in_channels"], config["image_size"]
     torch_device = resolve_device(device)
+    out_dir = make_folder(results or (tempfile.mkdtemp(prefix="bench_infer_") if quick
+                                      else ROOT / "benchmarks" / "results"))
     repeats = repeats or (2 if quick else 5)
     amp_dtype, amp_reason = choose_autocast("auto", torch_device)
     target = torch.from_numpy(make_phantom_dataset(1, frames, size, seed=7)).to(torch_device)  # [1, T, H, W]
@@ -98,16 +105,14 @@ def bench_infer(*,
               for r in rows]
     print("\n".join(lines))
     slug = re.sub(r"[^A-Za-z0-9]+", "_", describe_device(torch_device)).strip("_")
-    out_dir = Path(results or (tempfile.mkdtemp(prefix="bench_infer_") if quick else ROOT / "benchmarks" / "results"))
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"bench_infer_{slug}{'_quick' if quick else ''}.json"
-    path.write_text(json.dumps({"device": describe_device(torch_device), "torch": torch.__version__,
-                                "setup": {"frames": frames, "size": size, "init_features": config["init_features"]},
-                                "repeats": repeats, "autocast": str(amp_dtype), "autocast_reason": amp_reason,
-                                "results": rows, "command": " ".join(sys.argv)}, indent=1))
+    atomic_write(path, json.dumps({"device": describe_device(torch_device), "torch": torch.__version__,
+                                   "setup": {"frames": frames, "size": size, "init_features": config["init_features"]},
+                                   "repeats": repeats, "autocast": str(amp_dtype), "autocast_reason": amp_reason,
+                                   "results": rows, "command": " ".join(sys.argv)}, indent=1))
     print(f"\nresults {path}")
 
 
 if __name__ == "__main__":
     with cli_errors():
-        run_command(bench_infer, prog="python benchmarks/bench_infer.py")
+        run_command(bench_infer, prog="python benchmarks/bench_infer.py", parsers={"repeats": non_negative})

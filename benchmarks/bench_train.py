@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baselines import synchronize  # noqa: E402
-from cli import cli_errors, run_command  # noqa: E402
+from cli import atomic_write, cli_errors, make_folder, non_negative, run_command  # noqa: E402
 from data import CineDataset, split_counts  # noqa: E402
 from engine import (NATIVE_BF16_FLAGS, choose_autocast, cpu_flags, cpu_model, describe_device,  # noqa: E402
                     reconstruction_loss, resolve_device, train_step, training_flops)
@@ -261,6 +261,13 @@ def summary_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cascade_counts(text: str) -> str:
+    """The ``--cascades`` option: cascade counts (integers >= 0), comma-separated, or '' (the default)."""
+    if text and not all(part.isdigit() for part in text.split(",")):
+        raise ValueError(f"expected cascade counts >= 0, comma-separated (e.g. 0,1,3), got {text!r}")
+    return text
+
+
 def bench_train(*,
                 quick: bool = False,  # a tiny configuration (about a minute on a CPU), written to a temporary folder
                 cascades: str = "",  # cascade counts, comma-separated; '': 0,1,3,5 (--quick: 0,1)
@@ -271,6 +278,8 @@ def bench_train(*,
     """Training throughput, epoch time, MFU and peak memory of our loop against a plain float32
     reference, for each cascade count, each in a fresh process (see the module docstring)."""
     torch_device = resolve_device(device)
+    out_dir = make_folder(results or (tempfile.mkdtemp(prefix="bench_train_") if quick
+                                      else ROOT / "benchmarks" / "results"))
     config = configuration("quick" if quick else "gpu" if torch_device.type == "cuda" else "cpu")
     counts = [int(c) for c in (cascades or ("0,1" if quick else "0,1,3,5")).split(",")]
     steps = steps or (3 if quick else 10)
@@ -301,11 +310,9 @@ def bench_train(*,
                            "reason": amp_reason},
               "setup": describe(config), "config": config, "steps": steps, "quick": quick, "peak_tflops": peak,
               "results": rows, "counted_memory_gib": memory_rows, "command": " ".join(sys.argv)}
-    out_dir = Path(results or (tempfile.mkdtemp(prefix="bench_train_") if quick else ROOT / "benchmarks" / "results"))
-    out_dir.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "_", describe_device(torch_device)).strip("_")
     path = out_dir / f"bench_train_{slug}{'_quick' if quick else ''}.json"
-    path.write_text(json.dumps(report, indent=1))
+    atomic_write(path, json.dumps(report, indent=1))
     print(f"\nresults {path}")
 
 
@@ -314,4 +321,5 @@ if __name__ == "__main__":
         print("RESULT " + json.dumps(worker(json.loads(sys.argv[2]))))
     else:
         with cli_errors():
-            run_command(bench_train, prog="python benchmarks/bench_train.py")
+            run_command(bench_train, prog="python benchmarks/bench_train.py",
+                        parsers={"cascades": cascade_counts, "steps": non_negative})

@@ -6,12 +6,14 @@ Each experiment is ``python train.py PREFIX_NAME <overrides> <extra>`` (the trai
 bottom of train.py plus the overrides below; without CUDA the usual CPU scale-down applies).
 Runs that already finished (output/PREFIX_NAME/metrics.json exists) are not repeated and
 interrupted ones continue from their last checkpoint (``--resume``), so the script can be
-stopped and rerun. The table goes to stdout and to
-``benchmarks/results/PREFIX.md``, with the machine and the commands.
+stopped and rerun. The table goes to stdout and to ``benchmarks/results/PREFIX.md``, with the
+machine and the last command; it lists every finished experiment of PREFIX and keeps the rows it
+already had, so running a few experiments (``--only``) never shrinks it.
 """
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import statistics
 import subprocess
@@ -21,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cli import UserError, cli_errors, run_command  # noqa: E402
+from cli import UserError, atomic_write, check_run_name, cli_errors, make_folder, run_command  # noqa: E402
 
 # (name, overrides, what the row tests)
 EXPERIMENTS = [
@@ -70,7 +72,18 @@ def run(name: str, overrides: list[str]) -> None:
     resume = ["--resume=true"] if (run_dir / "last.pt").exists() else []
     command = [sys.executable, str(ROOT / "train.py"), name, *overrides, *resume]
     print("$", shlex.join(command[1:]), flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
+    status = subprocess.run(command, cwd=ROOT).returncode
+    if status:
+        raise UserError(f"{name}: train.py stopped with exit status {status} (its message is above); the study "
+                        f"stops here and its table is not rewritten: rerun it to go on (finished runs are kept)")
+
+
+def earlier_rows(path: Path) -> dict[str, str]:
+    """The rows of an existing table, keyed by the run named in their last cell."""
+    if not path.is_file():
+        return {}
+    rows = (re.fullmatch(r"\|.*\| `([^`]+)` \|", line) for line in path.read_text().splitlines())
+    return {match.group(1): match.group(0) for match in rows if match}
 
 
 def row(name: str, label: str) -> str:
@@ -96,20 +109,36 @@ def study(*,
     if chosen - set(names):
         unknown = sorted(chosen - set(names))[0]
         raise UserError(f"--only: unknown experiment {unknown!r}; choose from {', '.join(names)}")
-    rows = []
+    try:
+        check_run_name(prefix)
+        check_run_name(f"{prefix}_{max(names, key=len)}")
+    except UserError as error:
+        raise UserError(f"--prefix={prefix!r} names the runs (PREFIX_NAME) and the table: {error}") from None
+    try:
+        extra_options = shlex.split(extra)
+    except ValueError as error:
+        raise UserError(f"--extra={extra}: {error}") from None
+    path = ROOT / "benchmarks" / "results" / f"{prefix}.md"
+    by_run = earlier_rows(path)  # kept unless replaced: the table never loses a row
     for name, overrides, label in EXPERIMENTS:
+        run_name = f"{prefix}_{name}"
         if name in chosen:
-            run(f"{prefix}_{name}", [*overrides, *shlex.split(extra)])
-            rows.append(row(f"{prefix}_{name}", label))
+            run(run_name, [*overrides, *extra_options])
+        if name in chosen or (ROOT / "output" / run_name / "metrics.json").exists():
+            by_run[run_name] = row(run_name, label)
+    order = [f"{prefix}_{name}" for name in names]
+    rows = [by_run[name] for name in order if name in by_run] + [line for name, line in by_run.items()
+                                                                 if name not in order]
     table = "\n".join([
-        f"Study on `{prefix}`: {machine()}; command: `{shlex.join(['python', 'benchmarks/study.py', *sys.argv[1:]])}`",
+        f"Study on `{prefix}`: {machine()}; last command: "
+        f"`{shlex.join(['python', 'benchmarks/study.py', *sys.argv[1:]])}` (every finished experiment is listed)",
         "",
         "| configuration | PSNR (dB) | SSIM | zero-filled PSNR | best val PSNR | parameters | time per epoch "
         "(median) | run |",
         "|---|---|---|---|---|---|---|---|",
         *rows])
-    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "benchmarks" / "results" / f"{prefix}.md").write_text(table + "\n")
+    make_folder(path.parent)
+    atomic_write(path, table + "\n")
     print(table)
 
 
