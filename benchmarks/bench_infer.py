@@ -113,6 +113,11 @@ def bench_infer(*,
     print(f"\nresults {path}")
 
 
+def main(argv: list[str] | None = None) -> None:
+    """``python benchmarks/bench_infer.py [--key=value ...]``: bad options raise ``UserError``."""
+    run_command(bench_infer, argv, prog="python benchmarks/bench_infer.py", parsers={"repeats": non_negative})
+
+
 if __name__ == "__main__":
     with cli_errors():
-        run_command(bench_infer, prog="python benchmarks/bench_infer.py", parsers={"repeats": non_negative})
+        main()

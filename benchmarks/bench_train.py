@@ -316,10 +316,15 @@ def bench_train(*,
     print(f"\nresults {path}")
 
 
+def main(argv: list[str] | None = None) -> None:
+    """``python benchmarks/bench_train.py [--key=value ...]``: bad options raise ``UserError``."""
+    run_command(bench_train, argv, prog="python benchmarks/bench_train.py",
+                parsers={"cascades": cascade_counts, "steps": non_negative})
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:  # one measurement, started by measure()
         print("RESULT " + json.dumps(worker(json.loads(sys.argv[2]))))
     else:
         with cli_errors():
-            run_command(bench_train, prog="python benchmarks/bench_train.py",
-                        parsers={"cascades": cascade_counts, "steps": non_negative})
+            main()
