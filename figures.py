@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,13 @@ def _save(fig: Figure, path) -> None:
 
 def _with_sampling(title: str, sampling: str) -> str:
     return f"{title} ({sampling})" if sampling else title
+
+
+def _wrap(text: str, width: int) -> str:
+    """``text`` wrapped at ``width`` characters, never inside ``R = 5`` or ``|error| ×5``."""
+    glue = "\0"
+    kept = text.replace("R = ", f"R{glue}={glue}").replace(" ×", f"{glue}×")
+    return textwrap.fill(kept, width).replace(glue, " ")
 
 
 def _safe_ssim(image, reference, box=None) -> float:
@@ -265,8 +273,10 @@ def plot_reconstructions(images: dict, path, reference=None, *, frame: int | Non
     heading = title or ("Reconstruction" if target is not None else "Reconstruction without a reference")
     detail = ("PSNR, SSIM: whole cine; heart: the yellow box" if target is not None
               else "no reference: no errors, no metrics")
-    fig.suptitle(f"{heading}, {sampling + ', ' if sampling else ''}frame {t}\n{detail}; profiles through the "
-                 f"heart (most motion):\nx-t along the blue row, y-t along the orange column", fontsize=10)
+    width = int(12 * fig.get_figwidth())  # characters per line at fontsize 10
+    lines = [f"{heading}, {sampling + ', ' if sampling else ''}frame {t}",
+             f"{detail}; profiles through the heart (most motion): x-t along the blue row, y-t along the orange column"]
+    fig.suptitle("\n".join(_wrap(line, width) for line in lines), fontsize=10)
     _save(fig, path)
 
 
@@ -454,24 +464,27 @@ def plot_paired_differences(per_method: dict[str, np.ndarray], baseline: str, pa
 
 
 # ----------------------------------------------------------------------------- animation
-def _to_uint8(cine: np.ndarray, vmax: float, scale: int) -> np.ndarray:
+def _to_uint8(cine: np.ndarray, vmax: float, scale: int, grey_levels: int = GIF_LEVELS) -> np.ndarray:
     """Magnitude ``[T, H, W]`` -> uint8 ``[T, H * scale, W * scale]`` on the grey scale 0 .. vmax."""
-    levels = np.round(np.clip(cine / (vmax or 1.0), 0, 1) * (GIF_LEVELS - 1))
-    return np.round(levels * (255 / (GIF_LEVELS - 1))).astype(np.uint8).repeat(scale, axis=1).repeat(scale, axis=2)
+    levels = np.round(np.clip(cine / (vmax or 1.0), 0, 1) * (grey_levels - 1))
+    return np.round(levels * (255 / (grey_levels - 1))).astype(np.uint8).repeat(scale, axis=1).repeat(scale, axis=2)
 
 
-def save_gif(target, aliased, recon, path, fps: int = 8, caption: str = "") -> None:
+def save_gif(target, aliased, recon, path, fps: int = 8, caption: str = "", *, min_height: int = GIF_MIN_HEIGHT,
+             grey_levels: int = GIF_LEVELS) -> None:
     """Looping GIF of a cine: reference | zero-filled | reconstruction side by side, one GIF frame
     per cine frame. Inputs ``[T, H, W]`` (real or complex), magnitudes on the reference grey scale,
-    upscaled by an integer factor to at least ``GIF_MIN_HEIGHT`` rows, labelled above each panel;
-    ``caption`` (for example the sampling) is written in a strip below the panels.
+    upscaled by an integer factor to at least ``min_height`` rows, labelled above each panel;
+    ``caption`` (for example the sampling) is written in a strip below the panels. Fewer
+    ``grey_levels`` give a smaller file (noise compresses badly).
     ``target=None`` (no reference) leaves the reference panel out and scales to the reconstruction.
     Pillow merges identical consecutive frames, so a static cine gives fewer GIF frames."""
     named = [("reference", target), ("zero-filled", aliased), ("reconstruction", recon)]
     labels, cines = zip(*[(label, _magnitude(x)) for label, x in named if x is not None])
     frames, height, width = cines[0].shape
-    scale = max(1, math.ceil(GIF_MIN_HEIGHT / height))
-    panels = [_to_uint8(cine, float(cines[0 if target is not None else -1].max()), scale) for cine in cines]
+    scale = max(1, math.ceil(min_height / height))
+    vmax = float(cines[0 if target is not None else -1].max())
+    panels = [_to_uint8(cine, vmax, scale, grey_levels) for cine in cines]
     panel_width = width * scale
     below = GIF_LABEL_HEIGHT if caption else 0
     canvas = np.full((frames, GIF_LABEL_HEIGHT + height * scale + below,

@@ -156,6 +156,17 @@ def test_save_gif_frames_and_panels(tmp_path):
     captioned = tmp_path / "captioned.gif"
     figures.save_gif(example["target"], example["aliased"], example["recon"], captioned, caption="R = 5")
     assert Image.open(captioned).height == gif.height + figures.GIF_LABEL_HEIGHT  # a caption strip below
+    small = tmp_path / "small.gif"
+    figures.save_gif(example["target"], example["aliased"], example["recon"], small, min_height=64, grey_levels=16)
+    assert Image.open(small).height == 2 * SIZE + figures.GIF_LABEL_HEIGHT  # upscaled x2 only
+    assert small.stat().st_size < path.stat().st_size
+
+
+def test_titles_wrap_but_keep_the_sampling_together():
+    text = "Cine 0 from measured k-space (no reference), R = 4, 4 centre lines, frame 10, |error| ×5"
+    wrapped = figures._wrap(text, 20)
+    assert any("R = 4," in line for line in wrapped.splitlines())
+    assert all(len(line) <= 20 for line in wrapped.splitlines()) and "|error| ×5" in wrapped
 
 
 def test_save_gif_shows_magnitudes_on_the_reference_grey_scale(tmp_path):
