@@ -50,6 +50,7 @@ CPUINFO = Path("/proc/cpuinfo")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the legacy format, a pickle
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "state")  # what last.pt holds beyond the weights
+LOOP_STATE = ("epoch", "batch", "loss_sum", "seen", "history", "best")  # last.pt's "state"
 PHANTOM_SOURCE = Path(__file__).resolve().with_name("phantom.py")
 
 
@@ -462,6 +463,8 @@ def validate_checkpoint(checkpoint: dict, path, resumable: bool = False) -> None
     if not (isinstance(config, dict) and isinstance(weights, dict)
             and all(isinstance(value, torch.Tensor) for value in weights.values())):
         raise UserError(f"{path}: damaged checkpoint: 'config' must be a dict of settings and 'model' one of tensors")
+    if resumable and not (isinstance(checkpoint["state"], dict) and set(LOOP_STATE) <= set(checkpoint["state"])):
+        raise UserError(f"{path}: damaged checkpoint: its training state must hold {', '.join(LOOP_STATE)}")
     if config.get("arch") not in ARCHS:
         raise UserError(f"{path}: unknown arch {config.get('arch')!r} (known: {', '.join(ARCHS)}): the checkpoint "
                         f"is damaged or from another version of cinerecon")
@@ -533,7 +536,7 @@ def data_fingerprint(config: dict) -> dict:
     if config["data"] is None:
         return {"phantom": phantom_version()}
     fingerprint = {}
-    for path in map(cine_file, str(config["data"]).split(",")):
+    for path in (cine_file(part.strip()) for part in str(config["data"]).split(",")):
         _, shape, dtype = array_header(path)
         check_data_shape(config, shape, str(path))
         with open(path, "rb") as file:

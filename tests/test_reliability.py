@@ -193,8 +193,13 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, straight_run, sig)
     assert state["epoch"] < 6, "the run must be interrupted before it ends"
     if sig == signal.SIGINT:
         assert "plus --resume" in stdout + stderr
+    report = tmp_path / "output" / "run" / "output.txt"
+    header = report.read_text().split("\n\n")[0].splitlines() if report.exists() else []
     resumed = run_tool("train.py", ["run", *TINY, *RESUMABLE, "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lines = report.read_text().splitlines()
+    assert lines[:len(header)] == header, "output.txt keeps the original run's header"
+    assert not header or lines[len(header)].startswith("resumed: cinerecon run run, started")
     metrics = read_metrics(tmp_path / "output" / "run")
     assert [row["epoch"] for row in metrics["history"]] == list(range(1, 7))
     np.testing.assert_allclose(metrics["test"]["psnr"], straight_run["test"]["psnr"], rtol=1e-5)

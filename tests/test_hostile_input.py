@@ -1,0 +1,444 @@
+"""Issue 15: no race, no silent rewrite, no traceback, no memory blow-up from a small file.
+
+One test per failing case of the issue (docs/reliability.md lists them), on tiny shapes and in
+process wherever the entry point can be called directly.
+"""
+import errno
+import hashlib
+import importlib
+import io
+import json
+import math
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import compare
+import data
+import engine
+import formats
+import reconstruct
+import settings
+import train
+from cli import UserError, check_run_name, cli_errors, make_run_dirs, run_command
+from data import DataError, load_cine
+from helpers import ROOT, TINY, read_metrics, train_defaults
+from models import CHECKPOINT_FORMAT, build_model
+
+SHAPE = (14, 6, 32, 32)  # the tiny runs' cines: 8/2/4 split, 6 frames of 32x32
+
+
+def cines(seed=0, shape=SHAPE):
+    return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+def overrides(tmp_path, **values):
+    """train()'s command-line overrides for a tiny dual-UNet run writing under ``tmp_path``."""
+    _, given = train.parse_command_line(["x", *TINY])
+    return {**given, "arch": "dual_unet", "out_dir": str(tmp_path / "output"), "images_dir": str(tmp_path / "images"),
+            "figures": False, **values}
+
+
+def tiny_config(**values):
+    return settings.resolve_config(train_defaults(), overrides(ROOT, **values))[0]
+
+
+def files(root):
+    """Every file under ``root`` with a hash of its bytes and its modification time."""
+    return {str(p.relative_to(root)): (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def forbidden(*args, **kwargs):
+    raise AssertionError("the data were read: the header should have been refused first")
+
+
+# ----------------------------------------------------------------------------- run names
+HOLD = ("import sys; from cli import make_run_dirs; make_run_dirs(sys.argv[1:], 'x'); print('claimed', flush=True); "
+        "sys.stdin.read()")
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Another process that claimed the run name 'x' under tmp_path; it holds it until killed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "output"), str(tmp_path / "images")],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert process.stdout.readline().strip() == "claimed"
+    yield process
+    process.kill()
+    process.wait(10)
+
+
+def test_a_second_run_with_the_same_name_is_refused_at_once(tmp_path, holder):
+    roots = [tmp_path / "output", tmp_path / "images"]
+    for resume in (False, True):
+        with pytest.raises(UserError, match=rf"output/x is in use by a run in progress \(process {holder.pid}\)"):
+            make_run_dirs(roots, "x", resume=resume)
+    with pytest.raises(UserError, match="output/x is in use by a run in progress"):
+        train.train("x", overrides(tmp_path, num_epochs=1), **train_defaults())
+    assert [p.name for p in (tmp_path / "output" / "x").iterdir()] == [".run.lock"]
+    holder.kill()  # even SIGKILL releases the claim, and an empty claimed folder is free
+    holder.wait(10)
+    assert make_run_dirs(roots, "x") == [root / "x" for root in roots]
+
+
+def test_stale_temporary_files_are_removed_when_the_run_starts_again(tmp_path):
+    roots = [tmp_path / "output", tmp_path / "images"]
+    run = tmp_path / "output" / "x"
+    run.mkdir(parents=True)
+    (run / ".last.pt.tmp4242").write_bytes(b"half a checkpoint")  # left by a SIGKILL mid-write
+    make_run_dirs(roots, "x")  # nothing but a stale temporary file: a fresh start
+    assert not (run / ".last.pt.tmp4242").exists()
+    (run / "last.pt").write_bytes(b"checkpoint")
+    (run / ".best.pt.tmp77").write_bytes(b"half")
+    make_run_dirs(roots, "x", resume=True)
+    assert sorted(p.name for p in run.iterdir()) == [".run.lock", "last.pt"]
+
+
+def test_a_file_where_the_run_folder_should_be_is_one_line(tmp_path):
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output" / "x").write_text("")
+    with pytest.raises(UserError, match="output/x exists and is a file, not a folder: move or remove it"):
+        make_run_dirs([tmp_path / "output", tmp_path / "images"], "x")
+
+
+def test_the_run_name_rule_is_stated_as_it_is_checked():
+    for name in ("-x", ".x"):
+        with pytest.raises(UserError, match="starting with a letter, a digit or '_', without '..'"):
+            check_run_name(name)
+
+
+def test_disk_full_while_saving_a_checkpoint_says_what_to_do(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    engine.save_checkpoint({"epoch": 1}, path)
+    before = path.read_bytes()
+
+    def disk_full(obj, file):
+        file.write(b"PK part of a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(UserError, match=r"last.pt: not written, the disk is full \(No space left on device\); its "
+                                        r"previous version.* unchanged: free some space, then continue the run with "
+                                        r"the same command plus --resume"):
+        engine.save_checkpoint({"epoch": 2}, path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.pt"]
+
+
+# ----------------------------------------------------------------------------- resuming
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 1-epoch run 'd' on the data file cines.npy."""
+    cwd = tmp_path_factory.mktemp("finished")
+    np.save(cwd / "cines.npy", cines())
+    train.train("d", overrides(cwd, num_epochs=1, data=str(cwd / "cines.npy")), **train_defaults())
+    return cwd
+
+
+def test_resume_refuses_other_data_and_leaves_a_finished_run_as_it_is(finished, capsys):
+    before = files(finished / "output")
+    original = (finished / "cines.npy").read_bytes()
+    resume = overrides(finished, num_epochs=1, data=str(finished / "cines.npy"), resume=True)
+    np.save(finished / "cines.npy", cines(seed=1))  # the same name, shape and dtype; other cines
+    try:
+        with pytest.raises(UserError, match=r"d/last.pt: cannot resume on different data \(.*cines.npy sha256 "
+                                            r"[0-9a-f]{12}\.\.\. -> [0-9a-f]{12}\.\.\.\)"):
+            train.train("d", resume, **train_defaults())
+    finally:
+        (finished / "cines.npy").write_bytes(original)
+    capsys.readouterr()
+    summary = train.train("d", resume, **train_defaults())
+    assert "this run already finished (1 epochs, tested); nothing was changed" in capsys.readouterr().out
+    assert summary == read_metrics(finished / "output" / "d")["summary"]
+    assert files(finished / "output") == before
+
+
+def test_resume_refuses_a_phantom_of_other_code(tmp_path):
+    config = tiny_config()
+    checkpoint = {"format": CHECKPOINT_FORMAT, "config": config, "model": build_model(config).state_dict(),
+                  "optimizer": {}, "scheduler": {}, "scaler": {}, "rng": {}, "data": {"phantom": "0123456789abcdef"},
+                  "state": {"epoch": 0, "batch": 0, "loss_sum": 0.0, "seen": 0, "history": [], "best": None}}
+    fingerprint = engine.data_fingerprint(config)
+    with pytest.raises(UserError, match=r"cannot resume on different data \(phantom '0123456789abcdef' -> "
+                                        r"'[0-9a-f]{16}'\)"):
+        engine.check_resumable(checkpoint, config, tmp_path / "last.pt", fingerprint)
+    with pytest.raises(UserError, match="damaged checkpoint: its training state must hold epoch, batch"):
+        engine.check_resumable({**checkpoint, "state": {"epoch": 1}}, config, tmp_path / "last.pt", fingerprint)
+
+
+def test_the_phantom_version_follows_its_code_not_its_comments(tmp_path, monkeypatch):
+    source = tmp_path / "phantom.py"
+    monkeypatch.setattr(engine, "PHANTOM_SOURCE", source)
+    source.write_text('"""The phantom."""\ndef draw(x):\n    """One cine."""\n    return x + 1  # shift\n')
+    first = engine.phantom_version()
+    source.write_text('"""Reworded."""\n\n\ndef draw(x):\n    return x + 1  # another comment\n')
+    assert engine.phantom_version() == first
+    source.write_text("def draw(x):\n    return x + 2\n")
+    assert engine.phantom_version() != first
+
+
+def test_a_resumed_report_keeps_the_original_header(tmp_path):
+    path = tmp_path / "output.txt"
+    engine.Report(path, ["cinerecon run x, started 10:00", "config: {}"]).write([])
+    engine.Report(path, ["cinerecon run x, started 11:00", "config: {}"], resumed=True).write([])
+    assert path.read_text().splitlines()[:4] == ["cinerecon run x, started 10:00", "config: {}",
+                                                 "resumed: cinerecon run x, started 11:00", ""]
+
+
+# ----------------------------------------------------------------------------- headers before data
+def npy_header(shape, descr="<f4") -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def small_npz_claiming(path, shape):
+    """An .npz of a few KiB whose 'dataset' holds a float32 ``shape`` header and 4 KiB of zeros, its
+    zip directory claiming the whole array: a small file that promises a huge one."""
+    header = npy_header(shape)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("dataset.npy", header + bytes(4096))
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<I", raw, raw.rindex(b"PK\x01\x02") + 24, len(header) + math.prod(shape) * 4)  # size
+    path.write_bytes(raw)
+
+
+def test_a_small_npy_claiming_36_tib_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "huge.npy"
+    path.write_bytes(npy_header((1000, 20, 1024, 480000)))
+    with pytest.raises(DataError, match=r"huge.npy: truncated or damaged: its header describes an array "
+                                        r"\(1000, 20, 1024, 480000\) of float32 \(35.8 TiB\) but it holds 0 bytes"):
+        load_cine(path)
+    with pytest.raises(DataError, match=r"huge.npy: truncated or damaged: .*35.8 TiB"):
+        formats.convert(str(path), out=str(tmp_path / "out.npz"), log=lambda line: None)
+
+
+def test_an_npz_of_25x20x1024x1024_is_refused_by_its_frame_count_before_decompressing(tmp_path, monkeypatch):
+    small_npz_claiming(tmp_path / "big.npz", (25, 20, 1024, 1024))
+    assert (tmp_path / "big.npz").stat().st_size < 10_000
+    monkeypatch.setattr(data, "available_memory", lambda: 2 ** 40)  # the frame count decides, on any machine
+    monkeypatch.setattr(np, "load", forbidden)
+    with pytest.raises(UserError, match="big.npz: cines have 20 frames but in_channels=6"):
+        train.train("x", overrides(tmp_path, data=str(tmp_path / "big.npz")), **train_defaults())
+    assert not (tmp_path / "output").exists() and not (tmp_path / "images").exists()
+
+
+def test_an_array_larger_than_the_memory_available_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    np.save(tmp_path / "cines.npy", np.ones((7, 2, 32, 32), np.float32))
+    np.savez(tmp_path / "cines.npz", dataset=np.ones((7, 2, 32, 32), np.float32))
+    monkeypatch.setattr(data, "available_memory", lambda: 100 * 1024)
+    monkeypatch.setattr(np, "load", forbidden)
+    for name in ("cines.npy", "cines.npz"):
+        with pytest.raises(DataError, match=rf"{name}(: array 'dataset')?: loading the array \(7, 2, 32, 32\) of "
+                                            r"float32 would need about 168.0 KiB of memory, more than the 100.0 KiB"):
+            load_cine(tmp_path / name)
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(image_size=100000), r"--num_samples=14 --image_size=100000: the phantom's 14 cines of 6x100000x100000 "
+                              r"would need about [\d.]+ TiB of memory, more than the"),
+    (dict(num_samples=10 ** 9), r"--num_samples=1000000000 --image_size=32: the phantom's .* TiB of memory"),
+    (dict(image_size=16), r"--image_size=16: too small for the dual_unet network, which needs at least 32"),
+    (dict(seed=-1), r"--seed=-1: must be an integer from 0 to 2\^63 - 1"),
+    (dict(device="tpu"), r"--device=tpu: use auto, cpu, cuda or cuda:N"),
+    (dict(device="cuda:abc"), r"--device=cuda:abc: use auto, cpu, cuda or cuda:N"),
+    (dict(data=123), r"--data=123: expected the path of a .npz or .npy file"),
+], ids=["image_size=100000", "num_samples=1e9", "image_size=16", "seed=-1", "tpu", "cuda:abc", "data=123"])
+def test_impossible_settings_are_refused_before_anything_is_computed(values, message):
+    with pytest.raises(UserError, match=message):
+        tiny_config(**values)
+
+
+def test_convert_refuses_a_size_that_cannot_fit_in_memory(tmp_path):
+    np.save(tmp_path / "cines.npy", cines(shape=(2, 6, 8, 8)))
+    with pytest.raises(DataError, match=r"cines.npy: 2 cine\(s\) of 6 frames of 100000x100000 would need about "
+                                        r"[\d.]+ TiB of memory"):
+        formats.convert(str(tmp_path / "cines.npy"), out=str(tmp_path / "out.npz"), size=(100000, 100000),
+                        log=lambda line: None)
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_images_too_small_for_the_network_are_refused_before_run_folders_exist(tmp_path):
+    np.save(tmp_path / "small.npy", cines(shape=(14, 6, 4, 4)))
+    with pytest.raises(UserError, match=r"small.npy: images of 4x4 \(padded to 16x16\) are too small for the "
+                                        r"dual_unet network, which needs at least 32x32"):
+        train.train("x", overrides(tmp_path, data=str(tmp_path / "small.npy")), **train_defaults())
+    assert not (tmp_path / "output").exists() and not (tmp_path / "images").exists()
+
+
+@pytest.mark.parametrize("header", [b"{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 3, 4), '''}",
+                                    b"{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2"])
+def test_a_malformed_npy_header_is_one_line(tmp_path, header):
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    path = tmp_path / "bad.npy"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header)
+    for read in (load_cine, formats.read_cines):
+        with pytest.raises(DataError, match=r"bad.npy: not a readable .npy/.npz file \(malformed .npy header: "):
+            read(path)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def broken_checkpoints(tmp_path) -> dict:
+    """name -> path of checkpoints with the right marker but contents that cannot be used."""
+    config = tiny_config()
+    weights = build_model(config).state_dict()
+    wider = build_model({**config, "init_features": 8}).state_dict()
+    contents = {
+        "other weights": {"config": config, "model": wider},
+        "no weights": {"config": config},
+        "unknown arch": {"config": {**config, "arch": "transformer"}, "model": weights},
+        "config lacks a key": {"config": {k: v for k, v in config.items() if k != "init_features"}, "model": weights},
+        "weights not tensors": {"config": config, "model": {"w": 1}},
+    }
+    paths = {}
+    for name, content in contents.items():
+        paths[name] = tmp_path / f"{name.replace(' ', '_')}.pt"
+        torch.save({"format": CHECKPOINT_FORMAT, **content}, paths[name])
+    return paths
+
+
+CONTENT_ERRORS = {
+    "other weights": r"the weights do not fit the dual_unet network its config describes \(\d+ of another shape, "
+                     r"e\.g\. \S+ \(8, 6, 3, 3\) instead of \(4, 6, 3, 3\)\)",
+    "no weights": r"incomplete checkpoint, it lacks model",
+    "unknown arch": r"unknown arch 'transformer' \(known: .*dual_unet",
+    "config lacks a key": r"its config lacks the setting 'init_features'",
+    "weights not tensors": r"damaged checkpoint: 'config' must be a dict of settings and 'model' one of tensors",
+}
+
+
+def test_checkpoint_contents_that_cannot_be_used_are_one_line(tmp_path):
+    for name, path in broken_checkpoints(tmp_path).items():
+        with pytest.raises(UserError, match=rf"{path.name}: {CONTENT_ERRORS[name]}"):
+            engine.load_trained_model(path)
+
+
+def test_reconstruct_compare_and_bench_infer_validate_checkpoint_contents(tmp_path):
+    from benchmarks import bench_infer
+
+    path = broken_checkpoints(tmp_path)["other weights"]
+    message = rf"{path.name}: {CONTENT_ERRORS['other weights']}"
+    with pytest.raises(UserError, match=message):
+        reconstruct.main([f"--checkpoint={path}", "--input=x.npy", f"--out={tmp_path / 'r.npz'}", "--device=cpu"])
+    with pytest.raises(UserError, match=message):
+        compare.load_networks({"net": path}, torch.device("cpu"))
+    with pytest.raises(UserError, match=message):
+        bench_infer.networks(tiny_config(), str(path), torch.device("cpu"))
+
+
+def test_random_bytes_are_not_a_torch_file(tmp_path):
+    path = tmp_path / "output" / "x" / "last.pt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x17" + np.random.default_rng(0).bytes(4095))
+    for load in (engine.load_checkpoint, engine.load_trained_model):
+        with pytest.raises(UserError, match="last.pt: not a torch file"):
+            load(path)
+    with pytest.raises(UserError, match="x/last.pt: not a torch file"):
+        train.train("x", overrides(tmp_path, resume=True), **train_defaults())
+
+
+# ----------------------------------------------------------------------------- files that are not files
+READERS = {
+    "load_cine": load_cine,
+    "convert's read_cines": formats.read_cines,
+    "data_fingerprint": lambda path: engine.data_fingerprint({"data": str(path)}),
+    "load_checkpoint": lambda path: engine.load_checkpoint(path),
+    "--config": lambda path: train.parse_command_line(["x", f"--config={path}"]),
+}
+
+
+@pytest.fixture
+def alarm():
+    """Fail rather than hang: a SIGALRM after 20 seconds."""
+    def hung(signum, frame):
+        raise TimeoutError("the read waited for a writer")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_named_pipe_is_refused_without_waiting(tmp_path, alarm, reader):
+    os.mkfifo(tmp_path / "pipe.npy")
+    with pytest.raises(UserError, match="pipe.npy: is a named pipe, not a regular file"):
+        READERS[reader](tmp_path / "pipe.npy")
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_symlink_loop_is_reported_as_such(tmp_path, reader):
+    (tmp_path / "a.npy").symlink_to(tmp_path / "b.npy")
+    (tmp_path / "b.npy").symlink_to(tmp_path / "a.npy")
+    with pytest.raises(UserError, match=r"a.npy: a loop of symbolic links \(it never reaches a file\)"):
+        READERS[reader](tmp_path / "a.npy")
+
+
+def test_an_all_zero_mask_is_refused(tmp_path):
+    np.save(tmp_path / "mask.npy", np.zeros((6, 32, 32), np.float32))
+    with pytest.raises(DataError, match="--mask mask.npy: the mask is all zeros: it samples no k-space"):
+        reconstruct.read_mask(tmp_path / "mask.npy", (2, 6, 32, 32), "--mask mask.npy")
+    masks = np.ones((2, 6, 32, 32), np.float32)
+    masks[1] = 0
+    np.save(tmp_path / "masks.npy", masks)
+    with pytest.raises(DataError, match="the mask of cine 1 is all zeros"):
+        reconstruct.read_mask(tmp_path / "masks.npy", (2, 6, 32, 32), "--mask masks.npy")
+
+
+# ----------------------------------------------------------------------------- benchmarks
+@pytest.mark.parametrize("script, argv, message", [
+    ("bench_train", ["--cascades=a"], r"--cascades=a: expected cascade counts >= 0, comma-separated"),
+    ("bench_train", ["--cascades=-1"], r"--cascades=-1: expected cascade counts >= 0"),
+    ("bench_train", ["--steps=-1"], r"--steps=-1: expected an integer >= 0"),
+    ("bench_train", ["--device=tpu"], r"--device=tpu: use auto, cpu, cuda or cuda:N"),
+    ("bench_train", ["--results=/dev/null/x"], r"/dev/null/x: cannot create this folder"),
+    ("bench_infer", ["--repeats=-1"], r"--repeats=-1: expected an integer >= 0"),
+    ("bench_infer", ["--device=cuda:abc"], r"--device=cuda:abc: use auto"),
+    ("bench_infer", ["--results=/dev/null/x"], r"/dev/null/x: cannot create this folder"),
+    ("study", ["--only=casc_1"], r"--only: unknown experiment 'casc_1'"),
+    ("study", ["--prefix=../../.."], r"--prefix='../../..' names the runs \(PREFIX_NAME\) and the table: run name"),
+    ("study", ["--extra='--num_epochs=1"], r"--extra='--num_epochs=1: No closing quotation"),
+])
+def test_benchmark_argument_errors_are_one_line_and_exit_2(script, argv, message, capsys):
+    module = importlib.import_module(f"benchmarks.{script}")
+    with pytest.raises(SystemExit) as stop:
+        with cli_errors([]):
+            module.main(argv) if hasattr(module, "main") else run_command(module.study, argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1 and re.search(message, lines[0]), lines
+
+
+def test_the_study_never_shrinks_its_table(tmp_path, monkeypatch):
+    from benchmarks import study
+
+    monkeypatch.setattr(study, "ROOT", tmp_path)
+    table = tmp_path / "benchmarks" / "results" / "t.md"
+    table.parent.mkdir(parents=True)
+    table.write_text("Study on `t`\n\n| configuration | run |\n|---|---|\n| L1 loss | `t_l1` |\n"
+                     "| an experiment since retired | `t_retired` |\n| the default | `t_default` |\n")
+    run = tmp_path / "output" / "t_default"  # finished: study() tabulates it without training
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({
+        "summary": {key: {"mean": 30.0, "std": 1.0} for key in ("psnr", "ssim", "psnr_zero_filled")},
+        "history": [{"seconds": 2.0, "val_psnr": 29.0}]}))
+    (run / "output.txt").write_text("model: total 0.123 M parameters\n")
+    study.study(prefix="t", only="default")
+    rows = [line for line in table.read_text().splitlines() if line.endswith("` |")]
+    assert [row.rsplit("`", 2)[1] for row in rows] == ["t_default", "t_l1", "t_retired"]
+    assert "30.00 ± 1.00" in rows[0] and "0.123 M" in rows[0]
+
+
+# ----------------------------------------------------------------------------- CI
+@pytest.mark.parametrize("module", ["nibabel", "pydicom", "h5py"])
+def test_every_format_reader_is_installed(module):
+    importlib.import_module(module)  # requirements.txt installs them, so the reader tests never skip
