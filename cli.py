@@ -319,7 +319,10 @@ class Command:
     def read_config(self, path: str) -> dict:
         """The option values of a run's saved configuration (the ``config`` of its metrics.json)."""
         try:
-            saved = json.loads(check_readable(path, expected="a JSON file").read_text())
+            saved = json.loads(check_readable(path, missing="not a readable JSON file (no such file)",
+                                              expected="a JSON file (a run's metrics.json)").read_text())
+        except UserError as error:
+            raise UserError(f"--config={error}") from None
         except (OSError, ValueError) as error:
             raise UserError(f"--config={path}: not a readable JSON file ({error})") from None
         config = saved.get("config", saved) if isinstance(saved, dict) else None

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -250,7 +251,7 @@ def load_networks(paths: dict, device: torch.device) -> dict:
     """label -> {"model", "config", "path"} for every checkpoint (a missing run is named)."""
     networks = {}
     for label, path in paths.items():
-        if not path.is_file():
+        if not os.path.lexists(path):  # anything else (a folder, a loop of links) is named by load_trained_model
             raise UserError(f"{path}: no such checkpoint (method {label!r}; train it first or check --out_dir)")
         model, config = load_trained_model(path, device)
         networks[label] = {"model": model, "config": config, "path": path}

@@ -14,7 +14,8 @@ axis of the project's masks; y = columns):
   cine ``[t, x, y]`` unless ``axes`` says otherwise (``"xyt"``, ``"xytn"``: letters n, t, x, y in the
   array's axis order, MATLAB's ``size()`` order for .mat files).
 
-nibabel, pydicom and h5py are optional extras (requirements-extras.txt), imported only when needed.
+nibabel, pydicom and h5py (requirements-extras.txt, which requirements.txt includes) are imported
+only when a file of their format is read.
 :func:`conform` crops/pads and resamples cines in time; :func:`convert` is the ``convert`` command.
 """
 from __future__ import annotations
