@@ -671,13 +671,15 @@ class Report:
     ``data_wait_s``: seconds the epoch waited for its fresh phantom cines (0 when they were ready)."""
 
     def __init__(self, path: Path, header: list[str], resumed: bool = False):
-        """``resumed``: keep the header of the run's existing output.txt and add the lines of
-        ``header`` that differ, each marked ``resumed:``."""
+        """``resumed``: keep the header of the run's existing output.txt, then add the first line of
+        ``header`` (when and where the run resumed) and every other line that differs, each marked
+        ``resumed:``."""
         self.path = path
         self.header = header
         if resumed and path.is_file():
             original = path.read_text().split("\n\n", 1)[0].splitlines()
-            self.header = original + [f"resumed: {line}" for line in header if line not in original]
+            self.header = original + [f"resumed: {line}" for i, line in enumerate(header)
+                                      if i == 0 or line not in original]
 
     def write(self, history: list[dict], test_lines: list[str] = ()) -> None:
         lines = list(self.header) + ["", "epoch  train_loss  val_loss  val_psnr_dB  lr  seconds  cines/s  TFLOP/s  "

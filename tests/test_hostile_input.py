@@ -188,10 +188,12 @@ def test_the_phantom_version_follows_its_code_not_its_comments(tmp_path, monkeyp
 
 def test_a_resumed_report_keeps_the_original_header(tmp_path):
     path = tmp_path / "output.txt"
-    engine.Report(path, ["cinerecon run x, started 10:00", "config: {}"]).write([])
-    engine.Report(path, ["cinerecon run x, started 11:00", "config: {}"], resumed=True).write([])
-    assert path.read_text().splitlines()[:4] == ["cinerecon run x, started 10:00", "config: {}",
-                                                 "resumed: cinerecon run x, started 11:00", ""]
+    engine.Report(path, ["cinerecon run x, started 10:00", "data: a", "config: {}"]).write([])
+    engine.Report(path, ["cinerecon run x, started 11:00", "data: a", "config: {\"resume\": true}"],
+                  resumed=True).write([])
+    assert path.read_text().splitlines()[:6] == ["cinerecon run x, started 10:00", "data: a", "config: {}",
+                                                 "resumed: cinerecon run x, started 11:00",
+                                                 "resumed: config: {\"resume\": true}", ""]
 
 
 # ----------------------------------------------------------------------------- headers before data

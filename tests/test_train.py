@@ -70,7 +70,7 @@ def test_command_line_overrides_reach_train():
     assert name == "run1"
     assert overrides == {"cascades": 3, "dropout": 0.0, "data": "x.npz", "channels_last": False, "initial_lr": 3e-4,
                          "view_sharing": True, "compile": False, "seed": -2}
-    config, _, _ = resolve_config(train_defaults(), overrides)
+    config, _, _ = resolve_config(train_defaults(), {**overrides, "seed": 2})  # -2 parses, and seeds are >= 0
     assert config["cascades"] == 3 and config["initial_lr"] == 3e-4
     assert build_model(config).view_sharing, "every model keyword reaches the network"
 
