@@ -83,8 +83,9 @@ def vessel_curves(frames: int, ed_phase: float, systole: float):
 
 def _harmonics(rng, orders, amplitude) -> list:
     """Random angular profile: ``(k, a_k, phi_k)`` with a total RMS of about ``amplitude``."""
-    scale = amplitude / np.sqrt(len(orders))
-    return [(float(k), float(scale * rng.standard_normal()), float(rng.uniform(0, 2 * np.pi))) for k in orders]
+    orders = np.asarray(orders, float)
+    amplitudes = amplitude / np.sqrt(len(orders)) * rng.standard_normal(len(orders))
+    return list(zip(orders.tolist(), amplitudes.tolist(), rng.uniform(0, 2 * np.pi, len(orders)).tolist()))
 
 
 def _fourier(coeffs: list, theta):
@@ -277,7 +278,7 @@ def _lv_areas(p) -> dict:
     """LV cavity area ``lv_area`` and blood-pool area ``blood_area``, float64 ``[T]`` (body units^2)."""
     tables = p["tables"]
     c = p["contraction"][:, None]  # [T, 1]
-    endo2 = tables["endo2"].astype(np.float64) - tables["shrink2"] * c  # [T, TABLE]
+    endo2 = tables["endo2"] - tables["shrink2"] * c.astype(np.float32)  # [T, TABLE]
     pool2 = endo2 * (1 - _trabecular_depth(p, c) * tables["spokes"]) ** 2
     lv_area = np.pi * endo2.mean(1)
     blood_area = np.pi * pool2.mean(1) - 2 * np.pi * _papillary_radius(p, p["contraction"]) ** 2
@@ -356,11 +357,18 @@ class _Grid:
         return ((iy + self.center[1]) / self.spacing + self.shape[0] // 2,
                 (ix + self.center[0]) / self.spacing + self.shape[1] // 2)
 
-    def region(self, x, y, radius: float):
-        """``(rows, cols)`` slices of the pixels within ``radius`` (body units) of ``(x, y)``, clipped."""
+    def region(self, x, y, radius):
+        """``(rows, cols)`` slices of the pixels within ``radius`` (body units) of the body point(s)
+        ``(x, y)`` (numbers, or arrays for the union of several discs), clipped to the grid."""
         half = radius / self.spacing + 2
-        return tuple(slice(min(max(int(centre - half), 0), n), min(max(int(centre + half) + 2, 0), n))
-                     for centre, n in zip(self.pixel(x, y), self.shape))
+        regions = []
+        for centre, n in zip(self.pixel(x, y), self.shape):
+            if np.ndim(centre):  # several discs
+                lo, hi = np.min(centre - half), np.max(centre + half)
+            else:
+                lo, hi = centre - half, centre + half
+            regions.append(slice(min(max(int(lo), 0), n), min(max(int(hi) + 2, 0), n)))
+        return tuple(regions)
 
 
 ALL = (slice(None), slice(None))
@@ -370,28 +378,30 @@ class _Canvas:
     """Back-to-front compositing on a complex window ``image`` ``[..., h, w]`` of a ``_Grid`` at
     ``rows, cols``: ``image += mask * (value - image)``, the mask ramping linearly across
     ``distance = 0`` (body units, negative inside) over ``edge`` body units, or one pixel if wider.
-    ``tissues`` are full-grid maps ``[H, W]`` or scalars."""
+    ``tissues`` are full-grid maps ``[H, W]`` or complex scalars."""
 
     def __init__(self, image, grid: _Grid, rows: slice, cols: slice, tissues: dict, edge: float):
-        self.image, self.grid = image, grid
-        self.offset = (rows.start or 0, cols.start or 0)
+        self.image, self.grid, self.tissues = image, grid, tissues
         self.x, self.y = grid.coords(rows, cols)  # [h, w]
+        self.offset = (rows.start or 0, cols.start or 0)
+        self.window = (slice(self.offset[0], self.offset[0] + self.x.shape[0]),
+                       slice(self.offset[1], self.offset[1] + self.x.shape[1]))  # in the grid
         self.px = np.float32(1 / grid.spacing)  # pixels per body unit
         self.sharpness = np.float32(1 / max(edge, grid.spacing))  # the masks' ramp: 1 / its width
-        self.tissues = {name: value[rows, cols] if np.ndim(value) else value for name, value in tissues.items()}
 
     def sub(self, region) -> "_Canvas":
         """A canvas on ``region`` of this one, sharing its memory."""
         sub = object.__new__(_Canvas)
-        sub.image, sub.grid, sub.px, sub.sharpness = self.image[(Ellipsis, *region)], self.grid, self.px, self.sharpness
-        rows, cols = region
-        sub.offset = (self.offset[0] + (rows.start or 0), self.offset[1] + (cols.start or 0))
+        sub.image, sub.grid, sub.tissues = self.image[(Ellipsis, *region)], self.grid, self.tissues
         sub.x, sub.y = self.x[region], self.y[region]
-        sub.tissues = {name: value[region] if np.ndim(value) else value for name, value in self.tissues.items()}
+        sub.offset = (self.offset[0] + (region[0].start or 0), self.offset[1] + (region[1].start or 0))
+        sub.window = (slice(sub.offset[0], sub.offset[0] + sub.x.shape[0]),
+                      slice(sub.offset[1], sub.offset[1] + sub.x.shape[1]))
+        sub.px, sub.sharpness = self.px, self.sharpness
         return sub
 
-    def region(self, x, y, radius: float):
-        """Slices of this canvas within ``radius`` (body units) of the body point ``(x, y)``."""
+    def region(self, x, y, radius):
+        """Slices of this canvas within ``radius`` (body units) of the body point(s) ``(x, y)``."""
         h, w = self.x.shape
         rows, cols = self.grid.region(x, y, radius)
         return (slice(min(max(rows.start - self.offset[0], 0), h), min(max(rows.stop - self.offset[0], 0), h)),
@@ -406,8 +416,8 @@ class _Canvas:
         if clip is not None:
             mask *= clip
         value = self.tissues[tissue]
-        if np.ndim(value):
-            value = value[region]
+        if isinstance(value, np.ndarray):
+            value = value[self.window][region]
         if factor is not None:
             value = value * factor
         target = self.image[(Ellipsis, *region)]
@@ -420,12 +430,12 @@ class _Canvas:
 # ----------------------------------------------------------------------------- static anatomy
 def _smooth_field(rng, shape, spacing: float, cycles: float) -> np.ndarray:
     """Gaussian random field, float32 ``[H, W]``, with a Gaussian spectrum of width ``cycles`` per
-    body unit and unit variance. The frequencies within 4 widths are drawn on the frequency grid of the
+    body unit and unit variance. The frequencies within 3 widths are drawn on the frequency grid of the
     field of view, so a subject has the same texture at every size of the same field of view (a grid
     too coarse for the finest features leaves them out)."""
     h, w = shape
     fov_h, fov_w = h * spacing, w * spacing  # body units
-    half_h, half_w = int(np.ceil(4 * cycles * fov_h)), int(np.ceil(4 * cycles * fov_w))
+    half_h, half_w = int(np.ceil(3 * cycles * fov_h)), int(np.ceil(3 * cycles * fov_w))
     white = _complex_noise(rng, (2 * half_h + 1, half_w + 1))  # drawn whatever the grid
     gy = np.exp(-(np.arange(-half_h, half_h + 1) / fov_h) ** 2 / (2 * cycles ** 2))  # [2 half_h + 1]
     gx = np.exp(-(np.arange(half_w + 1) / fov_w) ** 2 / (2 * cycles ** 2))  # [half_w + 1]
@@ -440,13 +450,19 @@ def _smooth_field(rng, shape, spacing: float, cycles: float) -> np.ndarray:
 
 def _complex_noise(rng, shape) -> np.ndarray:
     """Complex Gaussian noise, complex64 ``shape``, unit variance in the real and imaginary parts
-    (Box-Muller from float32 uniforms)."""
+    (Box-Muller from float32 uniforms, in place)."""
     size = int(np.prod(shape))
     uniform = rng.random(2 * size, dtype=np.float32)
-    radius = np.sqrt(-2 * np.log1p(-uniform[:size]))  # Rayleigh
-    angle = np.float32(2 * np.pi) * uniform[size:]
+    radius, angle = uniform[:size], uniform[size:]
+    np.log1p(-radius, out=radius)
+    radius *= np.float32(-2)
+    np.sqrt(radius, out=radius)  # Rayleigh
+    angle *= np.float32(2 * np.pi)
     noise = np.empty(size, np.complex64)
-    noise.real, noise.imag = radius * np.cos(angle), radius * np.sin(angle)
+    np.cos(angle, out=noise.real)
+    np.sin(angle, out=noise.imag)
+    noise.real *= radius
+    noise.imag *= radius
     return noise.reshape(shape)
 
 
@@ -469,13 +485,16 @@ def _tissue_maps(p, tex_med, tex_fine) -> dict:
     return maps
 
 
-def _disc(canvas: _Canvas, cx, cy, a, b, tissue, clip=None):
-    """Paint the ellipse of semi-axes ``a, b`` at ``(cx, cy)`` (body units) in its own region."""
+def _disc(canvas: _Canvas, cx, cy, a, b, tissue, clip=None, inner=()):
+    """Paint the ellipse of semi-axes ``a, b`` at ``(cx, cy)`` (body units) in its own region, then the
+    ``inner`` layers ``(depth, tissue)``: the same ellipse shrunk by ``depth``."""
     region = canvas.region(cx, cy, max(a, b))
     if region[0].start == region[0].stop or region[1].start == region[1].stop:
         return  # outside the field of view
-    x, y = canvas.x[region], canvas.y[region]
-    canvas.paint(_ellipse_sdf(x - cx, y - cy, a, b), tissue, region, clip=None if clip is None else clip[region])
+    distance = _ellipse_sdf(canvas.x[region] - cx, canvas.y[region] - cy, a, b)
+    canvas.paint(distance, tissue, region, clip=None if clip is None else clip[region])
+    for depth, layer in inner:
+        canvas.paint(distance + depth, layer, region)
 
 
 def _arms(p, canvas: _Canvas) -> None:
@@ -485,10 +504,8 @@ def _arms(p, canvas: _Canvas) -> None:
     r = p["arm_r"]
     for side in (-1, 1):
         cx = side * (p["body_a"] + p["arm_gap"] + r)
-        _disc(canvas, cx, p["arm_y"], r, 1.1 * r, "fat")
-        _disc(canvas, cx, p["arm_y"], r - 0.03, 1.1 * r - 0.03, "muscle")
-        _disc(canvas, cx, p["arm_y"], 0.06, 0.06, "cortex")
-        _disc(canvas, cx, p["arm_y"], 0.045, 0.045, "marrow")
+        _disc(canvas, cx, p["arm_y"], r, 1.1 * r, "fat", inner=[(0.03, "muscle")])
+        _disc(canvas, cx, p["arm_y"], 0.06, 0.06, "cortex", inner=[(0.015, "marrow")])  # the humerus
 
 
 def _chest(p, canvas: _Canvas, tex_coarse):
@@ -508,10 +525,10 @@ def _chest(p, canvas: _Canvas, tex_coarse):
         region = canvas.region(cx, cy, length)
         u, v = _rotate(canvas.x[region] - cx, canvas.y[region] - cy,
                        math.atan2(cb * math.cos(angle), -ca * math.sin(angle)))  # u along the chest wall
-        canvas.paint(_ellipse_sdf(u, v, length, 0.02), "cortex", region)
-        canvas.paint(_ellipse_sdf(u, v, length - 0.01, 0.01), "marrow", region)
-    _disc(canvas, 0.0, -cb - 0.02, 0.07, 0.025, "cortex")  # sternum
-    _disc(canvas, 0.0, -cb - 0.02, 0.055, 0.013, "marrow")
+        distance = _ellipse_sdf(u, v, length, 0.02)
+        canvas.paint(distance, "cortex", region)
+        canvas.paint(distance + 0.008, "marrow", region)
+    _disc(canvas, 0.0, -cb - 0.02, 0.07, 0.025, "cortex", inner=[(0.01, "marrow")])  # sternum
     return inner, cavity, ca, cb
 
 
@@ -529,12 +546,10 @@ def _static_anatomy(p, canvas: _Canvas, tex_coarse) -> None:
 
     sx, sy, rv = p["spine_x"], p["body_b_post"] - p["spine_depth"], p["vertebra_r"]
     _disc(canvas, sx, sy + 0.17, 0.28, 0.2, "muscle", inner)  # paraspinal muscles
-    _disc(canvas, sx, sy, rv, rv * 0.9, "cortex")
-    _disc(canvas, sx, sy, rv - 0.015, rv * 0.9 - 0.015, "marrow")
+    _disc(canvas, sx, sy, rv, rv * 0.9, "cortex", inner=[(0.015, "marrow")])  # vertebral body
     canal_y = sy + rv * 0.9 + 0.045
     _disc(canvas, sx, canal_y + 0.01, 0.07, 0.065, "cortex")  # vertebral arch
-    _disc(canvas, sx, canal_y, 0.042, 0.038, "csf")
-    _disc(canvas, sx, canal_y, 0.022, 0.02, "cord")
+    _disc(canvas, sx, canal_y, 0.042, 0.038, "csf", inner=[(0.02, "cord")])
     _disc(canvas, sx - 0.03, sy - rv - 0.05, 0.035, 0.025, "muscle")  # oesophagus
 
 
@@ -577,9 +592,8 @@ def _pulse_background(p, canvas: _Canvas) -> None:
                        for step in np.linspace(c.min(), c.max(), levels, dtype=np.float32)])  # [levels, h, w]
     position = (c - c.min()) / np.ptp(c) * (levels - 1)  # [T]
     lower = np.minimum(position.astype(int), levels - 2)
-    for frame, level, weight in zip(canvas.image, lower, position - lower):
-        np.multiply(warped[level], np.float32(1 - weight), out=frame)
-        frame += np.float32(weight) * warped[level + 1]
+    weight = _per_frame(position - lower)
+    canvas.image[...] = warped[lower] * (1 - weight) + warped[lower + 1] * weight
 
 
 def _heart_coordinates(p, canvas: _Canvas):
@@ -594,13 +608,11 @@ def _heart_region(p, canvas, discs):
     """Region of ``canvas`` (a ``_Canvas``, or a ``_Grid``) that holds the heart-frame ``discs``
     ``(u, v, radius)`` in every frame."""
     centre, _ = _heart_motion(p)
-    drift = float(np.hypot(*(centre - p["heart_center"]).T).max())
-    regions = []
-    for cu, cv, radius in discs:
-        x, y = _rotate(cu, cv, -p["heart_angle"])
-        regions.append(canvas.region(p["heart_center"][0] + x, p["heart_center"][1] + y,
-                                     radius + drift + abs(p["twist"]) * np.hypot(cu, cv) + 0.005))
-    return _union(regions)
+    drift = _length(*(centre - p["heart_center"]).T).max()
+    cu, cv, radius = np.array(discs, np.float64).T  # [discs] each
+    x, y = _rotate(cu, cv, -p["heart_angle"])
+    return canvas.region(p["heart_center"][0] + x, p["heart_center"][1] + y,
+                         radius + drift + abs(p["twist"]) * _length(cu, cv) + 0.005)
 
 
 def _union(regions):
@@ -677,7 +689,7 @@ def _paint_heart(p, canvas: _Canvas):
         radius = np.sqrt(tables["endo2"][at] - tables["shrink2"][at] * c) - pap_r  # touching the wall
         canvas.paint(_length(cu - radius * math.cos(angle), cv - radius * math.sin(angle)) - pap_r, "myo", cavity)
     pool = np.zeros(canvas.image.shape, bool)
-    pool[(Ellipsis, *cavity)] = rho < 0.5 * r_endo
+    pool[(Ellipsis, *cavity)] = rho < np.maximum(0.5 * r_endo, 1 / canvas.px)  # at least one pixel
     _paint_basal_vessels(p, canvas, u, v, c, behind=False)
     return outer, pool
 

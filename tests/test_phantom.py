@@ -107,6 +107,11 @@ def test_other_shapes(frames, size):
     assert np.isfinite(cine).all() and np.abs(cine).max() == pytest.approx(1, abs=1e-6)
 
 
+def test_tiny_images_are_finite():
+    cines = make_phantom_dataset(20, frames=3, size=8, seed=3)  # the blood pool can be smaller than a pixel
+    assert np.isfinite(cines).all()
+
+
 def test_rectangular_field_of_view_is_wider():
     p = sample_anatomy(np.random.default_rng(4), frames=2, snr=None)
     square, _ = render_cine(p, 48, np.random.default_rng(5))
