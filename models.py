@@ -218,19 +218,22 @@ class FrameAttention(nn.Module):
 
 
 class SpaceTimeBlock(nn.Module):
-    """(2+1)D block: a 3x3 convolution per frame, LeakyReLU(0.1), a 3-frame convolution along time,
-    LeakyReLU(0.1); ``[B, C_in, T, H, W]`` -> ``[B, C_out, T, H, W]``; with ``attention``, channel +
-    spatial attention per frame at the end."""
+    """(2+1)D block: a 3x3 convolution per frame, BatchNorm, LeakyReLU(0.1), a 3-frame convolution
+    along time, BatchNorm, LeakyReLU(0.1); ``[B, C_in, T, H, W]`` -> ``[B, C_out, T, H, W]``; with
+    ``attention``, channel + spatial attention per frame at the end. BatchNorm statistics pool
+    frames and pixels, so they do not depend on the frame count."""
 
     def __init__(self, in_channels: int, out_channels: int, attention: bool = False):
         super().__init__()
         self.spatial = frame_conv(in_channels, out_channels)
+        self.norm_spatial = nn.BatchNorm3d(out_channels)
         self.temporal = time_conv(out_channels, out_channels)
+        self.norm_temporal = nn.BatchNorm3d(out_channels)
         self.attention = FrameAttention(out_channels) if attention else None
 
     def forward(self, x):  # [B, C_in, T, H, W]
-        h = F.leaky_relu(self.spatial(x), 0.1)
-        h = F.leaky_relu(self.temporal(h), 0.1)
+        h = F.leaky_relu(self.norm_spatial(self.spatial(x)), 0.1)
+        h = F.leaky_relu(self.norm_temporal(self.temporal(h)), 0.1)
         return self.attention(h) if self.attention is not None else h
 
 
@@ -308,19 +311,39 @@ class DualCineDenoiser(nn.Module):
     residual = True
 
     def __init__(self, init_features: int = 16, levels: int = 3, dropout: float = 0.0,
-                 attention: str = "bottleneck", resnet_features: int = 16, resnet_blocks: int = 2):
+                 attention: str = "bottleneck", resnet_features: int = 16, resnet_blocks: int = 2,
+                 space_to_depth: int = 1):
         super().__init__()
-        self.unet_real = CineUNet(2, 1, init_features, levels, dropout, attention)
-        self.unet_imag = CineUNet(2, 1, init_features, levels, dropout, attention)
-        self.temporal = SpaceTimeResNet(resnet_features, resnet_blocks)
+        self.factor = space_to_depth
+        channels = 2 * space_to_depth ** 2
+        self.unet_real = CineUNet(channels, channels // 2, init_features, levels, dropout, attention)
+        self.unet_imag = CineUNet(channels, channels // 2, init_features, levels, dropout, attention)
+        self.temporal = SpaceTimeResNet(resnet_features, resnet_blocks, channels)
         for head in (self.unet_real.head, self.unet_imag.head, self.temporal.head):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
     def forward(self, image):  # [B, T, H, W] complex
-        x = complex_to_channels(image)  # [B, 2, T, H, W]
-        y = x + torch.cat([self.unet_real(x), self.unet_imag(x)], 1)
-        return channels_to_complex(y + self.temporal(y))  # [B, T, H, W] complex
+        x = to_blocks(complex_to_channels(image), self.factor)  # [B, 2 s^2, T, H / s, W / s]
+        y = x + torch.cat([self.unet_real(x), self.unet_imag(x)], 1)  # real block channels, then imaginary
+        y = from_blocks(y + self.temporal(y), self.factor)  # [B, 2, T, H, W]
+        return channels_to_complex(y)  # [B, T, H, W] complex
+
+
+def to_blocks(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Space to depth: ``[B, 2, T, H, W]`` (real, imaginary) -> ``[B, 2 s^2, T, H / s, W / s]``, every
+    s x s block of pixels as channels (real parts first). Lossless; s = 1 returns ``x``."""
+    if factor == 1:
+        return x
+    blocks = F.pixel_unshuffle(x.transpose(1, 2), factor)  # [B, T, 2 s^2, H / s, W / s]
+    return blocks.transpose(1, 2)
+
+
+def from_blocks(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """The inverse of :func:`to_blocks`."""
+    if factor == 1:
+        return x
+    return F.pixel_shuffle(x.transpose(1, 2), factor).transpose(1, 2)
 
 
 class DCCNNDenoiser(nn.Module):
@@ -391,7 +414,7 @@ class CineReconNet(nn.Module):
                  dropout: float = 0.3, attention: str = "bottleneck", resnet_features: int = 16,
                  resnet_blocks: int = 2, output: str = "linear", arch: str = "dual_unet",
                  checkpointing: bool = False, view_sharing: bool = False, levels: int = 3,
-                 share_weights: bool = False):
+                 share_weights: bool = False, space_to_depth: int = 1):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -412,7 +435,8 @@ class CineReconNet(nn.Module):
                 return DualUNetDenoiser(frames, init_features, dropout, attention, resnet_features, resnet_blocks,
                                         output)
             if arch == "cine_unet":
-                return DualCineDenoiser(init_features, levels, dropout, attention, resnet_features, resnet_blocks)
+                return DualCineDenoiser(init_features, levels, dropout, attention, resnet_features, resnet_blocks,
+                                        space_to_depth)
             return DCCNNDenoiser(init_features)
 
         self.denoisers = nn.ModuleList(denoiser() for _ in range(1 if share_weights else self.stages))
@@ -460,14 +484,17 @@ def build_model(config: dict) -> CineReconNet:
                         resnet_blocks=config["resnet_blocks"], output=config["output"],
                         arch=config["arch"], checkpointing=config.get("checkpointing", False),
                         view_sharing=config.get("view_sharing", False), levels=config.get("levels", 3),
-                        share_weights=config.get("share_weights", False))
+                        share_weights=config.get("share_weights", False),
+                        space_to_depth=config.get("space_to_depth", 1))
 
 
 def size_multiple(config: dict) -> int:
     """Image heights and widths the network of ``config`` takes must be multiples of this."""
     if config["arch"] == "dual_unet":
         return 2 ** UNET_LEVELS
-    return 2 ** config.get("levels", 3) if config["arch"] == "cine_unet" else 1
+    if config["arch"] == "cine_unet":
+        return 2 ** config.get("levels", 3) * config.get("space_to_depth", 1)
+    return 1
 
 
 def fixed_frame_count(config: dict) -> int | None:

@@ -351,26 +351,26 @@ if __name__ == "__main__":
               # model
               in_channels=20,            # frames per cine (>= 1; the UNets stack frames as channels)
               out_channels=20,           # must equal in_channels
-              init_features=64,          # >= 1: UNet width f (levels f, 2f, 4f, 8f, bottleneck 16f); DC-CNN width
+              init_features=32,          # >= 1: UNet width f (levels f, 2f, 4f, 8f, bottleneck 16f); DC-CNN width
               arch="dual_unet",          # 'cine_unet' (any frame count) | 'dual_unet' (the study's network) | 'dccnn' (Schlemper et al. 2017)
               levels=3,                  # >= 1: cine_unet pooling levels (image sizes: multiples of 2^levels)
               share_weights=False,       # one denoiser for every cascade (weights shared) | False: one per cascade
-              cascades=0,                # >= 0: 0 plain denoiser (the study) | N: N x (denoiser -> data consistency)
+              cascades=5,                # >= 0: N x (denoiser -> data consistency) | 0: plain denoiser (the study)
               dc="hard",                 # data consistency: 'hard' (replace lines) | 'soft' (learned lambda >= 0)
-              dropout=0.3,               # in [0, 1): UNet bottleneck dropout probability, 0 = off
+              dropout=0.0,               # in [0, 1): UNet bottleneck dropout probability (the study: 0.3), 0 = off
               attention="bottleneck",    # 'none' | 'bottleneck' | 'all' (every encoder/decoder level too)
               resnet_features=16,        # >= 1: width of the 3D temporal ResNet
               resnet_blocks=2,           # >= 0: residual blocks in the 3D temporal ResNet
               output="linear",           # 'linear' (residual, complex) | 'sigmoid' (magnitude data, cascades=0)
-              view_sharing=False,        # start from the k-t view-shared cine instead of the zero-filled one
+              view_sharing=True,         # start from the k-t view-shared cine | False: from the zero-filled one (the study)
               # optimisation
-              num_epochs=800,            # >= 1: passes over the training split
-              batch_size=10,             # >= 1: global batch (split across processes under torchrun)
-              initial_lr=1e-4,           # > 0: peak learning rate of Adam
+              num_epochs=200,            # >= 1: passes over the training split (fresh phantom cines every epoch)
+              batch_size=8,              # >= 1: global batch (split across processes under torchrun)
+              initial_lr=3e-4,           # > 0: peak learning rate of Adam (the study: 1e-4)
               weight_decay=1e-4,         # >= 0: Adam weight decay
               lr_schedule="warmup_cosine",  # 'warmup_cosine' (linear warm-up, cosine decay) | 'constant'
               warmup=0.05,               # in [0, 1): fraction of all steps spent warming up
-              loss_tpe="L2",             # 'L2' (mean squared error) | 'L1' (mean absolute error), on real/imag parts
+              loss_tpe="L1",             # 'L1' (mean absolute error) | 'L2' (mean squared error, the study), on real/imag parts
               grad_clip=1.0,             # >= 0: max gradient norm, 0 = off
               seed=0,                    # 0 to 2^63 - 1: phantom, split, masks, initialisation
               # speed and memory
@@ -378,7 +378,7 @@ if __name__ == "__main__":
               amp="auto",                # 'auto' (bf16 on GPUs and on CPUs with native bf16) | 'bf16' | 'fp16' | 'none'
               channels_last=True,        # NHWC / NDHWC weights and activations
               compile=False,             # torch.compile the model
-              checkpointing=False,       # recompute each cascade's activations in backward (saves memory)
+              checkpointing=True,        # recompute each cascade's activations in backward (saves memory)
               sync_bn=False,             # SyncBatchNorm across processes under torchrun (CUDA only)
               eval_batch_size=0,         # >= 0: cines per evaluation batch, 0: the training batch
               # run control

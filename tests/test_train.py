@@ -43,7 +43,7 @@ def test_report_holds_config_epochs_and_test_summary(tiny_run):
     assert '"cascades": 1' in text and "split 8/2/4" in text and "\nprecision: float32 (--amp=none as given)\n" in text
     epoch_lines = [line for line in text.splitlines() if line[:5].strip().isdigit()]
     assert len(epoch_lines) == 8 and len(epoch_lines[0].split()) == 9
-    for label in ("zero-filled PSNR", "zero-filled SSIM", "PSNR", "SSIM", "test loss (L2)"):
+    for label in ("zero-filled PSNR", "zero-filled SSIM", "PSNR", "SSIM", "NMSE", "heart-box PSNR", "test loss (L1)"):
         assert f"\n{label}: mean = " in text
 
 
@@ -137,7 +137,7 @@ def test_help_lists_every_option_with_its_default(tmp_path):
     assert result.returncode == 0 and not result.stderr
     for option in train_options():
         assert f"--{option.name} " in result.stdout
-    assert "[default: 800]" in result.stdout and "one of: L1, L2" in result.stdout and "--config" in result.stdout
+    assert "[default: 200]" in result.stdout and "one of: L1, L2" in result.stdout and "--config" in result.stdout
     assert not (tmp_path / "output").exists()
 
 
