@@ -94,7 +94,7 @@ def _fourier(coeffs: list, theta):
 
 
 def _fourier_table(coeffs: list) -> np.ndarray:
-    """:func:`_fourier` over ``ANGLES``, float64 ``[TABLE]``."""
+    """:func:`_fourier` over ``ANGLES``, float32 ``[TABLE]``."""
     k, a, phi = np.array(coeffs, np.float32).T[:, :, None]  # [K, 1] each
     return (a * np.cos(k * ANGLES + phi)).sum(0)
 
@@ -278,7 +278,7 @@ def _lv_areas(p) -> dict:
     """LV cavity area ``lv_area`` and blood-pool area ``blood_area``, float64 ``[T]`` (body units^2)."""
     tables = p["tables"]
     c = p["contraction"][:, None]  # [T, 1]
-    endo2 = tables["endo2"] - tables["shrink2"] * c.astype(np.float32)  # [T, TABLE]
+    endo2 = tables["endo2"].astype(np.float64) - tables["shrink2"] * c  # [T, TABLE]
     pool2 = endo2 * (1 - _trabecular_depth(p, c) * tables["spokes"]) ** 2
     lv_area = np.pi * endo2.mean(1)
     blood_area = np.pi * pool2.mean(1) - 2 * np.pi * _papillary_radius(p, p["contraction"]) ** 2
