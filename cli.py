@@ -414,9 +414,9 @@ def run_command(function, argv: list[str] | None = None, *, prog: str | None = N
 
 
 # ----------------------------------------------------------------------------- files
-RUN_LOCK = ".run.lock"  # in a run's folder: held (flock) by the process that runs it
 STALE_TEMP = re.compile(r"\..+\.tmp\d+")  # what atomic_write leaves when it is killed mid-write
-_held_locks: dict[Path, Any] = {}  # run folder -> its open lock file, held by this process
+PROC_LOCKS = Path("/proc/locks")
+_held_locks: dict[Path, int] = {}  # run folder -> a descriptor of it that this process holds a flock on
 SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
@@ -451,36 +451,45 @@ def check_run_name(name: str) -> str:
     return name
 
 
+def _lock_holder(directory: Path) -> str:
+    """`` (process PID)`` of the process holding a flock on ``directory``, where /proc/locks tells."""
+    inode = str(directory.stat().st_ino)
+    with suppress(OSError):
+        for fields in map(str.split, PROC_LOCKS.read_text().splitlines()):
+            if "FLOCK" in fields and fields[-3].rsplit(":", 1)[-1] == inode:
+                return f" (process {fields[-4]})"
+    return ""
+
+
 def _claim(directory: Path) -> None:
-    """Hold ``directory/RUN_LOCK`` exclusively for the life of this process (or until
+    """Hold an exclusive flock on the folder ``directory`` for the life of this process (or until
     :func:`release_run_dirs`); refuse at once if another process holds it. The operating system
-    releases the lock when its holder ends, even by SIGKILL."""
+    releases the lock when its holder ends, even by SIGKILL; no lock file is left behind."""
     if directory in _held_locks:
         return
-    lock = open(directory / RUN_LOCK, "a+")
+    descriptor = os.open(directory, os.O_RDONLY)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "unknown"
-        lock.close()
-        raise UserError(f"{directory} is in use by a run in progress (process {holder}): wait for it to end, "
+        os.close(descriptor)
+        raise UserError(f"{directory} is in use by a run in progress{_lock_holder(directory)}: wait for it to end, "
                         f"or choose another name") from None
-    _held_locks[directory] = lock
+    _held_locks[directory] = descriptor
 
 
 def _refuse_earlier_run(dirs: list[Path]) -> None:
-    """Refuse folders that hold what an earlier run wrote (the lock and stale temporary files aside)."""
+    """Refuse folders that hold what an earlier run wrote (stale temporary files aside), giving up
+    the claim on the first."""
     for directory in dirs:
-        if directory.is_dir() and any(p.name != RUN_LOCK and not STALE_TEMP.fullmatch(p.name)
-                                      for p in directory.iterdir()):
+        if directory.is_dir() and any(not STALE_TEMP.fullmatch(p.name) for p in directory.iterdir()):
+            release_run_dirs(dirs[0])
             raise UserError(f"{directory} already holds an earlier run: choose another name, "
                             f"or pass --resume to continue that run")
 
 
 def make_run_dirs(roots: list[Path], name: str, resume: bool = False) -> list[Path]:
-    """Create ``root/name`` under every root and claim the run: the first folder's lock is held by
-    this process, so a second process with the same name is refused at once, whatever the timing.
+    """Create ``root/name`` under every root and claim the run: this process holds a lock on the
+    first folder, so a second process with the same name is refused at once, whatever the timing.
     An earlier run is refused unless resuming; stale temporary files of interrupted writes are
     removed. Raises ``UserError`` if a folder cannot be written or already belongs to a run.
     """
@@ -490,6 +499,9 @@ def make_run_dirs(roots: list[Path], name: str, resume: bool = False) -> list[Pa
         if directory.exists() and not directory.is_dir():
             raise UserError(f"{directory} exists and is a file, not a folder: move or remove it, or choose "
                             f"another name")
+    claimed = dirs[0].is_dir()
+    if claimed:
+        _claim(dirs[0])  # a run in progress is named before anything else
     if not resume:
         _refuse_earlier_run(dirs)
     for directory in dirs:
@@ -500,17 +512,10 @@ def make_run_dirs(roots: list[Path], name: str, resume: bool = False) -> list[Pa
             probe.unlink()
         except OSError as error:
             raise UserError(f"{directory}: cannot write there ({error.strerror or error})") from None
-    _claim(dirs[0])
-    if not resume:  # again under the lock: a run with this name may have finished since the first check
-        try:
+    if not claimed:
+        _claim(dirs[0])
+        if not resume:  # again under the lock: a run of this name may have started and ended meanwhile
             _refuse_earlier_run(dirs)
-        except UserError:
-            release_run_dirs(dirs[0])
-            raise
-    lock = _held_locks[dirs[0]]
-    lock.truncate(0)
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
     for directory in dirs:
         for stale in directory.iterdir():
             if STALE_TEMP.fullmatch(stale.name):
@@ -520,9 +525,9 @@ def make_run_dirs(roots: list[Path], name: str, resume: bool = False) -> list[Pa
 
 def release_run_dirs(directory: Path) -> None:
     """Give up this process's claim on a run folder of :func:`make_run_dirs` (a no-op if not held)."""
-    lock = _held_locks.pop(Path(directory), None)
-    if lock is not None:
-        lock.close()
+    descriptor = _held_locks.pop(Path(directory), None)
+    if descriptor is not None:
+        os.close(descriptor)
 
 
 def make_folder(path) -> Path:

@@ -65,6 +65,7 @@ def test_checkpoints_move_between_distributed_and_single_runs(runs):
     cwd, _ = runs
     model, config = load_model(cwd / "output" / "two" / "best.pt")  # written by 2 processes, loaded by 1
     assert config["arch"] == "dccnn" and not any(k.startswith("module.") for k in model.state_dict())
+    (cwd / "output" / "one" / "metrics.json").unlink()  # unfinished again: a finished run is not resumed
     resumed = torchrun(["one", *ARGS, "--resume"], cwd)  # written by 1 process, resumed by 2
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "test PSNR" in resumed.stdout

@@ -80,15 +80,21 @@ def holder(tmp_path):
 
 def test_a_second_run_with_the_same_name_is_refused_at_once(tmp_path, holder):
     roots = [tmp_path / "output", tmp_path / "images"]
-    for resume in (False, True):
-        with pytest.raises(UserError, match=rf"output/x is in use by a run in progress \(process {holder.pid}\)"):
-            make_run_dirs(roots, "x", resume=resume)
-    with pytest.raises(UserError, match="output/x is in use by a run in progress"):
+    in_use = rf"output/x is in use by a run in progress \(process {holder.pid}\)"
+    for written in (False, True):  # before and after the first run wrote anything
+        if written:
+            (tmp_path / "output" / "x" / "output.txt").write_text("epoch 1")
+        for resume in (False, True):
+            with pytest.raises(UserError, match=in_use):
+                make_run_dirs(roots, "x", resume=resume)
+    with pytest.raises(UserError, match=in_use):
         train.train("x", overrides(tmp_path, num_epochs=1), **train_defaults())
-    assert [p.name for p in (tmp_path / "output" / "x").iterdir()] == [".run.lock"]
-    holder.kill()  # even SIGKILL releases the claim, and an empty claimed folder is free
+    assert [p.name for p in (tmp_path / "output" / "x").iterdir()] == ["output.txt"]
+    holder.kill()  # even SIGKILL releases the claim
     holder.wait(10)
-    assert make_run_dirs(roots, "x") == [root / "x" for root in roots]
+    with pytest.raises(UserError, match="output/x already holds an earlier run"):
+        make_run_dirs(roots, "x")
+    assert make_run_dirs(roots, "x", resume=True) == [root / "x" for root in roots]
 
 
 def test_stale_temporary_files_are_removed_when_the_run_starts_again(tmp_path):
@@ -101,7 +107,7 @@ def test_stale_temporary_files_are_removed_when_the_run_starts_again(tmp_path):
     (run / "last.pt").write_bytes(b"checkpoint")
     (run / ".best.pt.tmp77").write_bytes(b"half")
     make_run_dirs(roots, "x", resume=True)
-    assert sorted(p.name for p in run.iterdir()) == [".run.lock", "last.pt"]
+    assert [p.name for p in run.iterdir()] == ["last.pt"]
 
 
 def test_a_file_where_the_run_folder_should_be_is_one_line(tmp_path):
