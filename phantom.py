@@ -950,13 +950,29 @@ def plot_phantom(path, sizes=FIGURE_SIZES, frames: int = 20, seed: int = 0, vari
     fig.savefig(path, dpi=80)
 
 
-def phantom_figure(path: str = "docs/phantom.png",  # the PNG to write
-                   *, seed: int = 0,  # data-set seed of the cines shown
-                   frames: int = 20) -> None:  # frames per cine
-    """Draw the phantom figure to PATH: one subject at 64, 128, 192 and 192x256 px (magnitude at end-diastole
-    and end-systole, phase, x-t and y-t profiles through the heart) and six more subjects."""
+def phantom_figure(path: str = "docs/phantom.png",  # the PNG to write, or an .npz to save cines in
+                   *, seed: int = 0,  # data-set seed of the cines
+                   frames: int = 20,  # frames per cine
+                   count: int = 1,  # .npz only: number of cines
+                   size: int = 192,  # .npz only: image size H = W
+                   complex_phase: bool = True) -> None:  # .npz only: complex cines | False: magnitude
+    """Draw the phantom figure to PATH (.png): one subject at 64, 128, 192 and 192x256 px (magnitude at
+    end-diastole and end-systole, phase, x-t and y-t profiles through the heart) and six more subjects;
+    or, for an .npz PATH, save COUNT cines of SIZE px as 'dataset' [COUNT, FRAMES, SIZE, SIZE] with
+    their heart boxes as 'heart_box' [COUNT, 4] (a fully sampled input for reconstruct.py)."""
+    from cli import UserError, atomic_write
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    plot_phantom(path, frames=frames, seed=seed)
+    if Path(path).suffix.lower() == ".npz":
+        if Path(path).exists():
+            raise UserError(f"{path}: already exists; choose another file")
+        if not (1 <= count <= 1000 and 16 <= size <= 512 and 1 <= frames <= 200):
+            raise UserError("--count must be 1..1000, --size 16..512, --frames 1..200")
+        cines, boxes = make_phantom_dataset(count, frames=frames, size=size, seed=seed, complex_phase=complex_phase,
+                                            return_boxes=True)
+        atomic_write(Path(path), lambda file: np.savez(file, dataset=cines, heart_box=boxes))
+    else:
+        plot_phantom(path, frames=frames, seed=seed)
     print(f"wrote {path}")
 
 
