@@ -104,7 +104,7 @@ def kspace_error(recon: torch.Tensor, kspace: torch.Tensor, rows: torch.Tensor) 
 
 # ----------------------------------------------------------------------------- adaptation
 def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, steps: int = 60,
-          lr: float = 1e-5, loss_fraction: float = 0.4, holdout: float = 0.15, check_every: int = 5,
+          lr: float = 2e-5, loss_fraction: float = 0.4, holdout: float = 0.15, check_every: int = 5,
           patience: int = 4, crop: int = 64, seed: int = 0, amp_dtype=None,
           log=print) -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy of ``model`` on one scan's measurements; returns ``(adapted model, info)``.

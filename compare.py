@@ -3,7 +3,7 @@
     python compare.py NAME [--runs=A,B] [--checkpoints=PATH,...] [--labels=...]
         [--baselines=view_sharing,kt_sparse,lplus_s|none] [--masks=per_cine|fixed] [--max_cines=N]
         [--tune=true] [--tune_cines=8] [--batch_size=4] [--device=auto|cpu|cuda] [--amp=auto|bf16|fp16|none]
-        [--split=test|all] [--adapt=STEPS [--adapt_lr=1e-5] [--adapt_crop=64]]
+        [--split=test|all] [--adapt=STEPS [--adapt_lr=2e-5] [--adapt_crop=64]]
         [--data=... --num_samples=... --image_size=... --seed=... ...] [--out_dir=output] [--images_dir=images]
         [--help]
 
@@ -98,7 +98,7 @@ def compare(name: str, *,
             device: str = "auto",                 # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
             amp: str = "auto",                    # networks' autocast: 'auto' | 'bf16' | 'fp16' | 'none'
             adapt: int = 0,                       # > 0: add each network adapted to every test cine (at most N steps)
-            adapt_lr: float = 1e-5,               # learning rate of the adaptation
+            adapt_lr: float = 2e-5,               # learning rate of the adaptation
             adapt_crop: int = 64,                 # columns adapted on (a multiple of the size multiples); 0 = all
             verbose: bool = True,                 # print the CS solvers' time per call
             out_dir: str = "output",              # folder of the runs and of compare_NAME/

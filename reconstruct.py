@@ -2,7 +2,7 @@
 
     python reconstruct.py --checkpoint output/NAME/best.pt --input FILE --out recon.npz
         [--key NAME] [--mask MASK.npy|.npz] [--figures DIR] [--device auto|cpu|cuda|cuda:N]
-        [--batch_size N] [--adapt STEPS [--adapt_lr 1e-5] [--adapt_crop 64]] [--debug] [--help]
+        [--batch_size N] [--adapt STEPS [--adapt_lr 2e-5] [--adapt_crop 64]] [--debug] [--help]
 
 Two kinds of input:
 
@@ -373,7 +373,7 @@ def reconstruct(*,
                 batch_size: int = 8,  # cines per batch (>= 1)
                 # scan-specific self-supervised adaptation (docs/adapt.md)
                 adapt: int = 0,  # at most this many steps fine-tuning on each cine's own measurements first; 0 = off
-                adapt_lr: float = 1e-5,  # Adam learning rate of the adaptation (> 0)
+                adapt_lr: float = 2e-5,  # Adam learning rate of the adaptation (> 0)
                 adapt_crop: int = 64) -> None:  # columns adapted on, a multiple of the network's size multiple; 0 = all
     """Reconstruct cines with a trained cinerecon checkpoint: fully sampled cines are undersampled
     with the checkpoint's sampling (or --mask) and scored; measured k-space (an .npz with 'kspace'
