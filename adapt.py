@@ -13,7 +13,8 @@ scan-specific form (ZS-SSL, Yaman et al. 2022):
   ``||U_L (F x - y)||_2 / ||U_L y||_2 + ||U_L (F x - y)||_1 / ||U_L y||_1``;
 - every ``check_every`` steps the network, given every measured line but ``Gamma``, predicts
   ``Gamma``; the weights with the lowest held-out error are kept, and adaptation stops after
-  ``patience`` checks without improvement;
+  ``patience`` checks without improvement; weights adapted on a band of columns are kept only if
+  they also lower the held-out error on all columns (else the checkpoint's weights are returned);
 - the final reconstruction uses every measured line and ends with hard data consistency, so it
   keeps every measured sample exactly.
 
@@ -118,7 +119,8 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
     started = time.perf_counter()
     device = kspace.device
     generator = torch.Generator(device=device).manual_seed(seed)
-    kspace = kspace * mask  # never read unmeasured k-space
+    full = (kspace * mask, mask)  # never read unmeasured k-space
+    kspace, mask = full
     width = kspace.shape[-1]
     if 0 < crop < width:
         start = moving_band(kspace, mask, crop)
@@ -128,25 +130,26 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
     held_out = split_rows(rows, holdout, center, generator)  # Gamma, fixed
     trainable = rows & ~held_out
 
-    model = copy.deepcopy(model)
+    original, model = model, copy.deepcopy(model)
     model.eval()  # dropout off and batch-norm statistics frozen; gradients still flow
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
 
-    def forward(seen: torch.Tensor) -> torch.Tensor:
-        seen_mask = _expand(seen, kspace.shape[-1])
+    def forward(net, data, seen: torch.Tensor) -> torch.Tensor:
+        measured, _ = data
+        seen_mask = _expand(seen, measured.shape[-1])
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            return model(ifft2c(kspace * seen_mask), kspace * seen_mask, seen_mask)
+            return net(ifft2c(measured * seen_mask), measured * seen_mask, seen_mask)
 
-    def held_out_error() -> float:
+    def held_out_error(net=model, data=(kspace, mask)) -> float:
         with torch.no_grad():
-            return float(kspace_error(forward(trainable), kspace, held_out))
+            return float(kspace_error(forward(net, data, trainable), data[0], held_out))
 
     best_error = first_error = held_out_error()
     best_state, best_step, waited, done = copy.deepcopy(model.state_dict()), 0, 0, 0
     for done in range(1, steps + 1):
         loss_rows = split_rows(trainable, loss_fraction, center, generator)  # Lambda
-        loss = kspace_error(forward(trainable & ~loss_rows), kspace, loss_rows)
+        loss = kspace_error(forward(model, (kspace, mask), trainable & ~loss_rows), kspace, loss_rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -161,6 +164,12 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
                 if waited >= patience:
                     break
     model.load_state_dict(best_state)
+    if best_step and kspace.shape[-1] < width:  # adapted on a band of columns: check the whole scan too
+        before, after = held_out_error(original, full), held_out_error(model, full)
+        if not after < before:
+            log(f"adaptation rejected: on all {width} columns the held-out k-space error would rise from "
+                f"{before:.4f} to {after:.4f}; the checkpoint's weights are kept")
+            model, best_step, best_error = copy.deepcopy(original).eval(), 0, first_error
     info = {"steps": done, "kept_step": best_step, "held_out_error_before": first_error,
             "held_out_error_after": best_error, "seconds": time.perf_counter() - started,
             "columns": int(kspace.shape[-1])}
