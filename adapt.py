@@ -138,7 +138,8 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
     def forward(net, data, seen: torch.Tensor) -> torch.Tensor:
         measured, _ = data
         seen_mask = _expand(seen, measured.shape[-1])
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        # no weight-cast cache: inside a caller's autocast region it would outlive optimiser steps
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None, cache_enabled=False):
             return net(ifft2c(measured * seen_mask), measured * seen_mask, seen_mask)
 
     def held_out_error(net=model, data=(kspace, mask)) -> float:

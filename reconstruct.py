@@ -277,7 +277,7 @@ def adapted_reconstruction(model, config: dict, aliased, kspace, mask, *, steps:
     the kx columns padded onto a grid enlarged in k-space are 0: adaptation counts them as measured
     zeros. Returns the reconstruction ``[B, T, H, W]`` complex64 and adapt's info."""
     lines = mask.amax(-1, keepdim=True).expand_as(mask)  # [B, T, H, W]: the measured ky lines, every column
-    with torch.enable_grad(), torch.autocast(kspace.device.type, enabled=False):
+    with torch.enable_grad():
         adapted, info = adapt_to_scan(model, kspace, lines, steps=steps, lr=lr, crop=crop, seed=config["seed"],
                                       amp_dtype=amp_dtype, log=log)
     with torch.no_grad(), autocast(kspace.device, amp_dtype):
