@@ -85,34 +85,49 @@ class UNet2D(nn.Module):
     def __init__(self, in_channels: int = 20, out_channels: int = 20, init_features: int = 64,
                  dropout: float = 0.3, attention: str = "bottleneck"):
         super().__init__()
-        if attention not in ATTENTION:
-            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
-        every_level = attention == "all"
-        widths = [init_features * 2 ** level for level in range(UNET_LEVELS)]  # [f, 2f, 4f, 8f]
-        self.encoders = nn.ModuleList()
-        channels = in_channels
-        for width in widths:
-            self.encoders.append(conv_block(channels, width, every_level))
-            channels = width
-        self.bottleneck = conv_block(channels, 2 * channels, attention != "none")
-        self.dropout = nn.Dropout2d(dropout)
-        self.upsamples = nn.ModuleList()
-        self.decoders = nn.ModuleList()
-        for width in reversed(widths):
-            self.upsamples.append(nn.ConvTranspose2d(2 * width, width, 2, stride=2))
-            self.decoders.append(conv_block(2 * width, width, every_level))
-        self.head = nn.Conv2d(init_features, out_channels, 1)
+        build_unet(self, in_channels, out_channels, init_features, UNET_LEVELS, attention, block=conv_block,
+                   upsample=lambda width: nn.ConvTranspose2d(2 * width, width, 2, stride=2),
+                   dropout=nn.Dropout2d(dropout), head=nn.Conv2d)
 
     def forward(self, x):  # [B, C_in, H, W]
-        skips = []
-        for encoder in self.encoders:
-            x = encoder(x)  # [B, f * 2^l, H / 2^l, W / 2^l]
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.dropout(self.bottleneck(x))  # [B, 16f, H / 16, W / 16]
-        for upsample, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
-            x = decoder(torch.cat([upsample(x), skip], 1))  # [B, f * 2^l, H / 2^l, W / 2^l]
-        return self.head(x)  # [B, C_out, H, W]
+        return unet_forward(self, x, lambda h: F.max_pool2d(h, 2))  # [B, C_out, H, W]
+
+
+def build_unet(unet: nn.Module, in_channels: int, out_channels: int, features: int, levels: int, attention: str,
+               *, block, upsample, dropout: nn.Module, head) -> None:
+    """Give ``unet`` the layers of a UNet: ``levels`` encoder blocks of widths f, 2f, 4f, ...
+    (f = ``features``), a bottleneck block twice as wide followed by ``dropout``, per level an
+    ``upsample(width)`` and a decoder block over the upsampled map and its skip, and a 1x1 ``head``.
+    ``block(in, out, attention)`` makes a level; attention is at the bottleneck (``"bottleneck"``),
+    also at every level (``"all"``) or nowhere (``"none"``)."""
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+    widths = [features * 2 ** level for level in range(levels)]  # [f, 2f, 4f, ...]
+    every_level = attention == "all"
+    unet.encoders = nn.ModuleList()
+    channels = in_channels
+    for width in widths:
+        unet.encoders.append(block(channels, width, every_level))
+        channels = width
+    unet.bottleneck = block(channels, 2 * channels, attention != "none")
+    unet.dropout = dropout
+    unet.upsamples = nn.ModuleList(upsample(width) for width in reversed(widths))
+    unet.decoders = nn.ModuleList(block(2 * width, width, every_level) for width in reversed(widths))
+    unet.head = head(features, out_channels, 1)
+
+
+def unet_forward(unet: nn.Module, x: torch.Tensor, pool) -> torch.Tensor:
+    """The UNet pass of the layers :func:`build_unet` made: ``pool`` halves H and W between levels;
+    ``x`` is ``[B, C_in, H, W]`` or ``[B, C_in, T, H, W]``, the result has ``C_out`` channels."""
+    skips = []
+    for encoder in unet.encoders:
+        x = encoder(x)  # [B, f 2^l, ..., H / 2^l, W / 2^l]
+        skips.append(x)
+        x = pool(x)
+    x = unet.dropout(unet.bottleneck(x))  # [B, f 2^(L+1), ..., H / 2^L, W / 2^L]
+    for upsample, decoder, skip in zip(unet.upsamples, unet.decoders, reversed(skips)):
+        x = decoder(torch.cat([upsample(x), skip], 1))  # [B, f 2^l, ..., H / 2^l, W / 2^l]
+    return unet.head(x)
 
 
 class TemporalResNet3D(nn.Module):
@@ -251,32 +266,12 @@ class CineUNet(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, features: int = 16, levels: int = 3,
                  dropout: float = 0.0, attention: str = "bottleneck"):
         super().__init__()
-        if attention not in ATTENTION:
-            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
-        widths = [features * 2 ** level for level in range(levels)]  # [f, 2f, 4f, ...]
-        every_level = attention == "all"
-        self.encoders = nn.ModuleList()
-        channels = in_channels
-        for width in widths:
-            self.encoders.append(SpaceTimeBlock(channels, width, every_level))
-            channels = width
-        self.bottleneck = SpaceTimeBlock(channels, 2 * channels, attention != "none")
-        self.dropout = nn.Dropout3d(dropout)
-        self.upsamples = nn.ModuleList(nn.ConvTranspose3d(2 * w, w, (1, 2, 2), stride=(1, 2, 2))
-                                       for w in reversed(widths))
-        self.decoders = nn.ModuleList(SpaceTimeBlock(2 * w, w, every_level) for w in reversed(widths))
-        self.head = nn.Conv3d(features, out_channels, 1)
+        build_unet(self, in_channels, out_channels, features, levels, attention, block=SpaceTimeBlock,
+                   upsample=lambda width: nn.ConvTranspose3d(2 * width, width, (1, 2, 2), stride=(1, 2, 2)),
+                   dropout=nn.Dropout3d(dropout), head=nn.Conv3d)
 
     def forward(self, x):  # [B, C_in, T, H, W]
-        skips = []
-        for encoder in self.encoders:
-            x = encoder(x)  # [B, f 2^l, T, H / 2^l, W / 2^l]
-            skips.append(x)
-            x = F.avg_pool3d(x, (1, 2, 2))
-        x = self.dropout(self.bottleneck(x))  # [B, f 2^(L+1), T, H / 2^L, W / 2^L]
-        for upsample, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
-            x = decoder(torch.cat([upsample(x), skip], 1))
-        return self.head(x)  # [B, C_out, T, H, W]
+        return unet_forward(self, x, lambda h: F.avg_pool3d(h, (1, 2, 2)))  # [B, C_out, T, H, W]
 
 
 class SpaceTimeResNet(nn.Module):
@@ -311,39 +306,19 @@ class DualCineDenoiser(nn.Module):
     residual = True
 
     def __init__(self, init_features: int = 16, levels: int = 3, dropout: float = 0.0,
-                 attention: str = "bottleneck", resnet_features: int = 16, resnet_blocks: int = 2,
-                 space_to_depth: int = 1):
+                 attention: str = "bottleneck", resnet_features: int = 16, resnet_blocks: int = 2):
         super().__init__()
-        self.factor = space_to_depth
-        channels = 2 * space_to_depth ** 2
-        self.unet_real = CineUNet(channels, channels // 2, init_features, levels, dropout, attention)
-        self.unet_imag = CineUNet(channels, channels // 2, init_features, levels, dropout, attention)
-        self.temporal = SpaceTimeResNet(resnet_features, resnet_blocks, channels)
+        self.unet_real = CineUNet(2, 1, init_features, levels, dropout, attention)
+        self.unet_imag = CineUNet(2, 1, init_features, levels, dropout, attention)
+        self.temporal = SpaceTimeResNet(resnet_features, resnet_blocks)
         for head in (self.unet_real.head, self.unet_imag.head, self.temporal.head):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
     def forward(self, image):  # [B, T, H, W] complex
-        x = to_blocks(complex_to_channels(image), self.factor)  # [B, 2 s^2, T, H / s, W / s]
-        y = x + torch.cat([self.unet_real(x), self.unet_imag(x)], 1)  # real block channels, then imaginary
-        y = from_blocks(y + self.temporal(y), self.factor)  # [B, 2, T, H, W]
-        return channels_to_complex(y)  # [B, T, H, W] complex
-
-
-def to_blocks(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Space to depth: ``[B, 2, T, H, W]`` (real, imaginary) -> ``[B, 2 s^2, T, H / s, W / s]``, every
-    s x s block of pixels as channels (real parts first). Lossless; s = 1 returns ``x``."""
-    if factor == 1:
-        return x
-    blocks = F.pixel_unshuffle(x.transpose(1, 2), factor)  # [B, T, 2 s^2, H / s, W / s]
-    return blocks.transpose(1, 2)
-
-
-def from_blocks(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """The inverse of :func:`to_blocks`."""
-    if factor == 1:
-        return x
-    return F.pixel_shuffle(x.transpose(1, 2), factor).transpose(1, 2)
+        x = complex_to_channels(image)  # [B, 2, T, H, W]
+        y = x + torch.cat([self.unet_real(x), self.unet_imag(x)], 1)
+        return channels_to_complex(y + self.temporal(y))  # [B, T, H, W] complex
 
 
 class DCCNNDenoiser(nn.Module):
@@ -414,7 +389,7 @@ class CineReconNet(nn.Module):
                  dropout: float = 0.3, attention: str = "bottleneck", resnet_features: int = 16,
                  resnet_blocks: int = 2, output: str = "linear", arch: str = "dual_unet",
                  checkpointing: bool = False, view_sharing: bool = False, levels: int = 3,
-                 share_weights: bool = False, space_to_depth: int = 1):
+                 share_weights: bool = False):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -435,8 +410,7 @@ class CineReconNet(nn.Module):
                 return DualUNetDenoiser(frames, init_features, dropout, attention, resnet_features, resnet_blocks,
                                         output)
             if arch == "cine_unet":
-                return DualCineDenoiser(init_features, levels, dropout, attention, resnet_features, resnet_blocks,
-                                        space_to_depth)
+                return DualCineDenoiser(init_features, levels, dropout, attention, resnet_features, resnet_blocks)
             return DCCNNDenoiser(init_features)
 
         self.denoisers = nn.ModuleList(denoiser() for _ in range(1 if share_weights else self.stages))
@@ -484,8 +458,7 @@ def build_model(config: dict) -> CineReconNet:
                         resnet_blocks=config["resnet_blocks"], output=config["output"],
                         arch=config["arch"], checkpointing=config.get("checkpointing", False),
                         view_sharing=config.get("view_sharing", False), levels=config.get("levels", 3),
-                        share_weights=config.get("share_weights", False),
-                        space_to_depth=config.get("space_to_depth", 1))
+                        share_weights=config.get("share_weights", False))
 
 
 def size_multiple(config: dict) -> int:
@@ -493,7 +466,7 @@ def size_multiple(config: dict) -> int:
     if config["arch"] == "dual_unet":
         return 2 ** UNET_LEVELS
     if config["arch"] == "cine_unet":
-        return 2 ** config.get("levels", 3) * config.get("space_to_depth", 1)
+        return 2 ** config.get("levels", 3)
     return 1
 
 
