@@ -321,6 +321,43 @@ class CineDataset(torch.utils.data.Dataset):
         return {name: value[0] for name, value in self.batch([row]).items()}
 
 
+class SizeGroups:
+    """Training cines as groups of one image size each: one ``CineDataset`` per size, all drawing
+    their masks from one generator. Rows are numbered across the groups (group 0 first), and a
+    batch must come from one group (as ``engine.size_batches`` makes them).
+
+    ``batch(rows)`` returns the dict of ``[B, T, H_g, W_g]`` tensors of that group's
+    ``CineDataset.batch``; ``fill(cines)`` replaces every group's cines by new ones of the same
+    shapes (fresh phantom cines).
+    """
+
+    def __init__(self, groups: list[CineDataset]):
+        self.groups = groups
+        self.generator = groups[0].generator
+        self.offsets = np.cumsum([0] + [len(group) for group in groups])  # [G + 1] first row of each group
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.groups[0].images.device
+
+    def fill(self, cines: list[torch.Tensor]) -> None:
+        for group, images in zip(self.groups, cines, strict=True):
+            if images.shape != group.images.shape:
+                raise ValueError(f"new cines {tuple(images.shape)} for a group of {tuple(group.images.shape)}")
+            group.images = images
+
+    def batch(self, rows) -> dict[str, torch.Tensor]:
+        rows = torch.as_tensor(rows)
+        group = int(np.searchsorted(self.offsets, int(rows.min()), side="right")) - 1
+        local = rows - int(self.offsets[group])
+        if int(local.max()) >= len(self.groups[group]):
+            raise ValueError(f"rows {rows.tolist()} span two size groups")
+        return self.groups[group].batch(local)
+
+
 if __name__ == "__main__":  # the convert command's former home: python data.py convert == python formats.py convert
     from formats import main
 

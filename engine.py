@@ -3,7 +3,8 @@
 - device and precision: :func:`resolve_device`, :func:`choose_autocast` (the one mixed-precision
   rule, with its reason), :func:`autocast`, :func:`describe_device`;
 - data: :func:`load_images` (a data file or the embedded phantom), :func:`make_datasets`,
-  :class:`FreshPhantom` (new phantom training cines every epoch);
+  :class:`FreshPhantom` (new phantom training cines every epoch), :func:`training_sizes` and
+  :func:`size_batches` (training over several image sizes);
 - training pieces: :func:`reconstruction_loss` (the one loss), :func:`lr_factor`,
   :func:`training_flops`, :func:`train_step`, :func:`seed_epoch`;
 - evaluation: :func:`evaluate`, :func:`evaluate_distributed`;
@@ -33,11 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
 from cli import UserError, atomic_write, check_readable, make_run_dirs
-from data import CineDataset, array_header, cine_file, load_cine, load_subjects, split_by_subject, split_indices
+from data import (CineDataset, SizeGroups, array_header, cine_file, load_cine, load_subjects, split_by_subject,
+                  split_indices)
 from metrics import SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim
 from models import ARCHS, CHECKPOINT_FORMAT, build_model, fixed_frame_count, size_multiple
 from sampling import REFERENCE_HEIGHT, check_sampling, scaled_center_lines
@@ -229,39 +232,82 @@ def grow_boxes(boxes: np.ndarray, minimum: int, shape: tuple[int, int]) -> np.nd
     return boxes
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of the fresh phantom training cines of ``epoch`` (disjoint from the fixed cines' seed)."""
-    return int(np.random.SeedSequence([seed, 4, epoch]).generate_state(1)[0])
+def epoch_seed(seed: int, epoch: int, size: int | None = None) -> int:
+    """Seed of the fresh phantom training cines of ``epoch`` (disjoint from the fixed cines' seed);
+    ``size``: of the cines of that size when the run trains on several (``train_sizes``)."""
+    return int(np.random.SeedSequence([seed, 4, epoch] + ([] if size is None else [size])).generate_state(1)[0])
+
+
+def training_sizes(config: dict) -> list[int]:
+    """Image sizes (H = W) of the training cines: ``train_sizes`` ('64,96,128'), or ``image_size``."""
+    text = config.get("train_sizes")
+    if text is None or str(text).strip() == "":
+        return [config["image_size"]]
+    try:
+        return sorted({int(part) for part in str(text).split(",")})
+    except ValueError:
+        raise UserError(f"--train_sizes={text}: expected comma-separated image sizes, e.g. 64,96,128") from None
+
+
+def size_counts(count: int, image_size: int, sizes: list[int]) -> list[int]:
+    """Training cines per size: ``count`` cines' worth of ``image_size`` pixels (so about the same
+    time per epoch), shared equally by the sizes (64 px: 19, 96 px: 8 and 128 px: 5 for 57 at 64)."""
+    return [max(1, round(count * (image_size / size) ** 2 / len(sizes))) for size in sizes]
+
+
+def size_batches(counts: list[int], batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1
+                 ) -> list[torch.Tensor]:
+    """This process's training batches of ``epoch``: rows numbered across size groups of
+    ``counts`` cines (:class:`data.SizeGroups`), every batch from one group. Each group is shuffled
+    and sharded as ``DistributedSampler`` does; with several groups the batches are then shuffled
+    (the same order on every process). One group gives exactly ``DistributedSampler``'s batches."""
+    batches, offset = [], 0
+    for group, count in enumerate(counts):
+        sampler = DistributedSampler(range(count), num_replicas=world, rank=rank, shuffle=True, seed=seed + group)
+        sampler.set_epoch(epoch)
+        batches += list((torch.tensor(list(sampler)) + offset).split(batch))
+        offset += count
+    if len(counts) > 1:
+        shuffle = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist()]
+    return batches
 
 
 class FreshPhantom:
     """New phantom training cines every epoch, rendered one epoch ahead in a background thread.
 
-    ``cines(epoch)`` returns the ``[N, T, H, W]`` cines of ``epoch`` on ``device`` (the same for the
-    same seed and epoch, so a resumed run trains on the same data) and starts rendering the next
-    epoch's. ``waited`` is the time the last call spent waiting for its cines (0 when the render
-    finished during the previous epoch), ``rendered`` the time that render took.
+    ``cines(epoch)`` returns the cines of ``epoch`` on ``device``, a ``[N_g, T, S_g, S_g]`` tensor
+    for each training size ``S_g`` (:func:`training_sizes`) with ``counts[g]`` cines (the same for
+    the same seed and epoch, so a resumed run trains on the same data), and starts rendering the
+    next epoch's. ``waited`` is the time the last call spent waiting for its cines (0 when the
+    render finished during the previous epoch), ``rendered`` the time that render took.
     """
 
-    def __init__(self, config: dict, count: int, device: torch.device):
-        self.config, self.count, self.device = config, count, device
+    def __init__(self, config: dict, counts: list[int], device: torch.device):
+        self.config, self.counts, self.device = config, counts, device
+        self.sizes = training_sizes(config)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="phantom")
         self.pending: dict[int, Future] = {}
         self.waited = self.rendered = 0.0
 
-    def _render(self, epoch: int) -> tuple[np.ndarray, float]:
+    def _render(self, epoch: int) -> tuple[list[np.ndarray], float]:
         started = time.perf_counter()
-        images, _ = render_phantom(self.config, self.count, epoch_seed(self.config["seed"], epoch))
-        return images, time.perf_counter() - started
+        seed = self.config["seed"]
+        if self.sizes == [self.config["image_size"]]:
+            groups = [render_phantom(self.config, self.counts[0], epoch_seed(seed, epoch))[0]]
+        else:
+            groups = [render_phantom({**self.config, "image_size": size}, count, epoch_seed(seed, epoch, size))[0]
+                      for size, count in zip(self.sizes, self.counts)]
+        return groups, time.perf_counter() - started
 
-    def cines(self, epoch: int) -> torch.Tensor:
+    def cines(self, epoch: int) -> list[torch.Tensor]:
         started = time.perf_counter()
         future = self.pending.pop(epoch, None) or self.pool.submit(self._render, epoch)
-        images, self.rendered = future.result()
+        groups, self.rendered = future.result()
         self.waited = time.perf_counter() - started
         if epoch + 1 < self.config["num_epochs"]:
             self.pending[epoch + 1] = self.pool.submit(self._render, epoch + 1)
-        return torch.from_numpy(images).to(self.device)
+        return [torch.from_numpy(images).to(self.device) for images in groups]
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -280,20 +326,32 @@ def pad_to_multiple(images: np.ndarray, multiple: int, notes: list[str], source:
 
 
 def make_datasets(images: np.ndarray, config: dict, device: torch.device, meta: dict | None = None
-                  ) -> list[CineDataset]:
-    """Train/val/test ``CineDataset``s resident on ``device``; training masks are drawn there too,
-    from a generator that :func:`seed_epoch` seeds. ``meta``: from :func:`load_images` (heart boxes,
-    a fixed split), if known."""
+                  ) -> tuple[SizeGroups, CineDataset, CineDataset]:
+    """Train/val/test sets resident on ``device``; training masks are drawn there too, from a
+    generator that :func:`seed_epoch` seeds. ``meta``: from :func:`load_images` (heart boxes, a
+    fixed split), if known. The training set holds one group per training size: the training split
+    itself, or (``train_sizes``) empty cines of every size for :class:`FreshPhantom` to fill, each
+    size with centre lines that keep the share of k-space of ``center_lines`` at ``image_size``."""
     meta = meta or {}
     boxes = meta.get("boxes")
     splits = meta.get("splits") or split_indices(len(images), seed=config["seed"])
     sampling = dict(mask_mode=config["mask_mode"], acceleration=config["acceleration"],
                     center_lines=config["center_lines"], density=config["density"], seed=config["seed"])
     generator = torch.Generator(device=device)
-    return [CineDataset(torch.from_numpy(images[idx]).to(device), idx, train=(i == 0),
-                        generator=generator if i == 0 else None, boxes=None if boxes is None else boxes[idx],
-                        **sampling)
-            for i, idx in enumerate(splits)]
+    val_set, test_set = (CineDataset(torch.from_numpy(images[idx]).to(device), idx,
+                                     boxes=None if boxes is None else boxes[idx], **sampling) for idx in splits[1:])
+    train_idx, size = splits[0], config["image_size"]
+    sizes = training_sizes(config)
+    if sizes == [size] or config["data"] is not None:
+        groups = [CineDataset(torch.from_numpy(images[train_idx]).to(device), train_idx, train=True,
+                              generator=generator, boxes=None if boxes is None else boxes[train_idx], **sampling)]
+    else:
+        frames = images.shape[1]
+        groups = [CineDataset(torch.zeros((count, frames, side, side), dtype=torch.from_numpy(images[:1]).dtype,
+                                          device=device), np.arange(count), train=True, generator=generator,
+                              **{**sampling, "center_lines": max(1, round(config["center_lines"] * side / size))})
+                  for side, count in zip(sizes, size_counts(len(train_idx), size, sizes))]
+    return SizeGroups(groups), val_set, test_set
 
 
 # ----------------------------------------------------------------------------- training pieces
@@ -347,7 +405,7 @@ def train_step(model, optimizer, scheduler, scaler, batch: dict, params: list, c
     return loss.detach()
 
 
-def seed_epoch(train_set: CineDataset, seed: int, rank: int, epoch: int) -> None:
+def seed_epoch(train_set: CineDataset | SizeGroups, seed: int, rank: int, epoch: int) -> None:
     """Seed dropout and the training masks from (seed, rank, epoch): runs resume exactly at any
     epoch boundary, and each process draws its own masks."""
     torch.manual_seed(int(np.random.SeedSequence([seed, 2, rank, epoch]).generate_state(1)[0]))
@@ -546,7 +604,7 @@ def data_fingerprint(config: dict) -> dict:
     return fingerprint
 
 
-def snapshot(model, optimizer, scheduler, scaler, train_set: CineDataset, config: dict, state: dict,
+def snapshot(model, optimizer, scheduler, scaler, train_set: SizeGroups, config: dict, state: dict,
              data: dict) -> dict:
     """Everything needed to continue exactly where training stands (``last.pt``); ``data``: the
     :func:`data_fingerprint` of the run."""
@@ -602,11 +660,11 @@ def restore(checkpoint: dict, model, optimizer, scheduler, scaler) -> dict:
     return checkpoint["state"]
 
 
-def restore_rng(rng: dict, train_set: CineDataset) -> None:
+def restore_rng(rng: dict, train_set: CineDataset | SizeGroups) -> None:
     """Continue the random streams of an interrupted epoch (dropout and training masks)."""
     torch.set_rng_state(rng["torch"])
     train_set.generator.set_state(rng["masks"])
-    if "cuda" in rng and train_set.images.device.type == "cuda":
+    if "cuda" in rng and train_set.generator.device.type == "cuda":
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 

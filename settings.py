@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cli import Option, UserError, options_from_call
 from data import MASK_MODES, check_memory
-from engine import AMP_DTYPES, check_device, cuda_requested, smallest_side
+from engine import AMP_DTYPES, check_device, cuda_requested, smallest_side, training_sizes
 from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, size_multiple
 from sampling import DENSITIES
 
@@ -94,12 +94,27 @@ def validate_config(config: dict) -> None:
                         f"(the {config['arch']} network pools {multiple.bit_length() - 1} times)")
     if config["data"] is None:
         check_phantom_size(config)
+    if config["train_sizes"] is not None:
+        check_train_sizes(config)
     if config["arch"] == "dccnn" and config["cascades"] < 1:
         raise UserError("--arch=dccnn needs --cascades >= 1 (DC-CNN is a cascade with data consistency)")
     if config["output"] == "sigmoid" and config["arch"] == "cine_unet":
         raise UserError("--output=sigmoid is for arch=dual_unet only (cine_unet is residual)")
     if config["output"] == "sigmoid" and (config["cascades"] > 0 or config["phantom_phase"]):
         raise UserError("--output=sigmoid is for magnitude targets with cascades=0 only")
+
+
+def check_train_sizes(config: dict) -> None:
+    """``train_sizes`` needs fresh phantom cines and sizes the network takes."""
+    sizes = training_sizes(config)
+    if config["data"] is not None or not config["fresh_data"]:
+        raise UserError(f"--train_sizes={config['train_sizes']}: needs the embedded phantom with fresh_data=true "
+                        f"(it renders every size anew each epoch)")
+    multiple, smallest = size_multiple(config), smallest_side(config)
+    bad = [size for size in sizes if size % multiple or size < smallest]
+    if bad:
+        raise UserError(f"--train_sizes={config['train_sizes']}: {bad[0]} is not a multiple of {multiple} of at "
+                        f"least {smallest} (the {config['arch']} network)")
 
 
 def check_phantom_size(config: dict) -> None:

@@ -25,15 +25,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors
 from engine import (Report, autocast, check_resumable, choose_autocast, create_run_dirs, data_fingerprint,
                     describe_device, evaluate_distributed, finished_summary, FreshPhantom, init_distributed,
                     load_checkpoint, load_images, lr_factor, make_datasets, resolve_device,
-                    restore, restore_rng, save_checkpoint, seed_epoch, snapshot, stop_everywhere, stop_on_signal,
-                    train_step, training_flops)
+                    restore, restore_rng, save_checkpoint, seed_epoch, size_batches, snapshot, stop_everywhere,
+                    stop_on_signal, train_step, training_flops)
 from metrics import format_summary, summarize
 from models import CHECKPOINT_FORMAT, build_model, describe_parameters, use_channels_last
 from settings import resolve_config, train_options
@@ -77,7 +76,12 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
             return finished
     train_set, val_set, test_set = make_datasets(images, config, device, meta)
     del images
-    fresh = FreshPhantom(config, len(train_set), device) if config["data"] is None and config["fresh_data"] else None
+    counts = [len(group) for group in train_set.groups]  # training cines per size
+    if config["train_sizes"]:
+        notes.append("training sizes: " + ", ".join(f"{group.images.shape[-1]} px x {len(group)} cines "
+                                                    f"({group.sampling['center_lines']} centre lines)"
+                                                    for group in train_set.groups))
+    fresh = FreshPhantom(config, counts, device) if config["data"] is None and config["fresh_data"] else None
     if config["batch_size"] > len(train_set):
         raise UserError(f"--batch_size={config['batch_size']} is larger than the training split "
                         f"({len(train_set)} cines)")
@@ -94,7 +98,8 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    flops = training_flops(config, tuple(train_set.images.shape[1:]))  # per cine, forward + backward
+    flops = training_flops(config, tuple(val_set.images.shape[1:]))  # per cine, forward + backward
+    epoch_flops = sum(training_flops(config, tuple(group.images.shape[1:])) * len(group) for group in train_set.groups)
     model = build_model(config).to(device)
     if config["channels_last"]:
         use_channels_last(model)
@@ -105,7 +110,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
     # ---- optimiser, learning-rate schedule, loss scaling (fp16 only)
     optimizer = torch.optim.Adam(core.parameters(), lr=config["initial_lr"], weight_decay=config["weight_decay"])
     local_batch = config["batch_size"] // world
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / world) / local_batch)
+    steps_per_epoch = sum(math.ceil(math.ceil(count / world) / local_batch) for count in counts)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(config["lr_schedule"], config["num_epochs"] * steps_per_epoch, config["warmup"]))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -132,9 +137,6 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
     report = Report(out_dir / "output.txt", header, resumed=checkpoint is not None)
 
     # ---- the loop: train an epoch, validate, keep the best weights, checkpoint
-    sampler = DistributedSampler(range(len(train_set)), num_replicas=world, rank=rank, shuffle=True,
-                                 seed=config["seed"])
-
     def save_last():
         if rank == 0:
             save_checkpoint(snapshot(core, optimizer, scheduler, scaler, train_set, config, state, fingerprint),
@@ -146,12 +148,11 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
         for epoch in epochs:
             started = time.perf_counter()
             if fresh is not None:  # new phantom cines, rendered during the previous epoch
-                train_set.images = fresh.cines(epoch)
+                train_set.fill(fresh.cines(epoch))
             seed_epoch(train_set, config["seed"], rank, epoch)
             if state["batch"]:  # resuming mid-epoch: continue the random streams where they stopped
                 restore_rng(checkpoint["rng"], train_set)
-            sampler.set_epoch(epoch)
-            order = torch.tensor(list(sampler)).split(local_batch)  # this rank's batches of the epoch
+            order = size_batches(counts, local_batch, config["seed"], epoch, rank, world)  # this rank's batches
             mean_loss = train_epoch(model, optimizer, scheduler, scaler, train_set, order, config, amp_dtype,
                                     state, stop, epoch, rank, world)
             if mean_loss is None:  # stopped by a signal mid-epoch (single process)
@@ -165,7 +166,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
             row = {"epoch": epoch + 1, "train_loss": mean_loss, "val_loss": float(val["loss"].mean()),
                    "val_psnr": float(val["psnr"].mean()), "lr": optimizer.param_groups[0]["lr"],
                    "seconds": round(seconds, 2), "cines_per_s": round(len(train_set) / seconds, 2),
-                   "tflops": round(flops * len(train_set) / seconds / 1e12, 3),
+                   "tflops": round(epoch_flops / seconds / 1e12, 3),
                    "data_wait_s": round(fresh.waited, 3) if fresh else 0.0,
                    "data_render_s": round(fresh.rendered, 3) if fresh else 0.0}
             state.update(epoch=epoch + 1, batch=0, loss_sum=0.0, seen=0)
@@ -202,7 +203,7 @@ def train_epoch(model, optimizer, scheduler, scaler, dataset, order, config, amp
     non-finite check) and at the end of the epoch: no per-batch host synchronisation.
     """
     model.train()
-    device = dataset.images.device
+    device = dataset.device
     loss_sum = torch.tensor(state["loss_sum"], device=device, dtype=torch.float64)
     seen = state["seen"]
     bad_batch = torch.tensor(-1, device=device)
@@ -211,7 +212,7 @@ def train_epoch(model, optimizer, scheduler, scaler, dataset, order, config, amp
                disable=rank != 0, dynamic_ncols=True)
     last_sync = time.monotonic()
     for b in range(state["batch"], len(order)):
-        batch = dataset.batch(order[b].to(device, non_blocking=True))  # [B, T, H, W] tensors
+        batch = dataset.batch(order[b])  # [B, T, H, W] tensors, H = W one of the training sizes
         loss = train_step(model, optimizer, scheduler, scaler, batch, params, config, amp_dtype)
         loss_sum += loss.detach() * len(order[b])
         seen += len(order[b])
@@ -343,6 +344,7 @@ if __name__ == "__main__":
               image_size=192,            # phantom only: H = W, a multiple of 16
               phantom_phase=True,        # phantom only: complex cines (smooth, tissue and flow phase) | False: magnitude
               fresh_data=True,           # phantom only: new training cines every epoch | False: the fixed training split
+              train_sizes=None,          # phantom with fresh_data only: None (image_size) | training sizes, e.g. '64,96,128': each batch one size, each size the same pixels per epoch
               # sampling
               acceleration=5.0,          # >= 1: round(H / acceleration) ky lines per frame
               center_lines=11,           # >= 0 fully sampled central ky lines (scaled with H on the CPU scale-down)

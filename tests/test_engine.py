@@ -1,9 +1,13 @@
-"""engine.py: the mixed-precision rule (CPU bf16 only where the CPU computes it natively), the one loss."""
+"""engine.py: the mixed-precision rule (CPU bf16 only where the CPU computes it natively), the one loss,
+the training batches over several image sizes."""
+import numpy as np
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
 import engine
 from cli import UserError
+from data import CineDataset, SizeGroups
 
 CPU = torch.device("cpu")
 
@@ -45,3 +49,54 @@ def test_one_loss_for_training_and_per_cine_scores():
         torch.testing.assert_close(per_cine.mean(), engine.reconstruction_loss(recon, target, kind))
     torch.testing.assert_close(engine.reconstruction_loss(recon, target, "L2"),
                                (torch.view_as_real(recon - target) ** 2).mean())
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_one_size_group_batches_as_distributed_sampler_does(world):
+    for rank in range(world):
+        sampler = DistributedSampler(range(13), num_replicas=world, rank=rank, shuffle=True, seed=7)
+        sampler.set_epoch(3)
+        expected = torch.tensor(list(sampler)).split(4)
+        got = engine.size_batches([13], 4, seed=7, epoch=3, rank=rank, world=world)
+        assert [b.tolist() for b in got] == [b.tolist() for b in expected]
+
+
+def test_size_batches_cover_every_row_once_and_never_mix_sizes():
+    counts = [19, 8, 5]
+    bounds = np.cumsum([0] + counts)
+    batches = engine.size_batches(counts, 4, seed=0, epoch=2)
+    rows = torch.cat(batches).tolist()
+    assert sorted(rows) == list(range(sum(counts)))
+    groups = [set((np.searchsorted(bounds, b.numpy(), side="right") - 1).tolist()) for b in batches]
+    assert all(len(group) == 1 for group in groups), "every batch holds one size"
+    sequence = [group.pop() for group in groups]
+    assert sequence != sorted(sequence), "the sizes are interleaved over the epoch, not in blocks"
+    again = engine.size_batches(counts, 4, seed=0, epoch=2)
+    assert [b.tolist() for b in again] == [b.tolist() for b in batches]
+    other = engine.size_batches(counts, 4, seed=0, epoch=3)
+    assert [b.tolist() for b in other] != [b.tolist() for b in batches]
+
+
+def test_size_counts_keep_the_pixels_of_an_epoch():
+    counts = engine.size_counts(57, 64, [64, 96, 128])
+    assert counts == [19, 8, 5]
+    pixels = sum(count * size ** 2 for count, size in zip(counts, [64, 96, 128]))
+    assert abs(pixels / (57 * 64 ** 2) - 1) < 0.05
+    assert engine.size_counts(57, 64, [64]) == [57]
+
+
+def test_size_groups_batch_from_their_own_size():
+    generator = torch.Generator()
+    small = CineDataset(torch.rand(3, 2, 16, 16), np.arange(3), mask_mode="random", train=True, generator=generator,
+                        center_lines=2)
+    large = CineDataset(torch.rand(2, 2, 32, 32), np.arange(2), mask_mode="random", train=True, generator=generator,
+                        center_lines=4)
+    groups = SizeGroups([small, large])
+    assert len(groups) == 5 and groups.generator is generator
+    batch = groups.batch(torch.tensor([4, 3]))
+    assert batch["target"].shape == (2, 2, 32, 32)
+    torch.testing.assert_close(batch["target"], large.images[[1, 0]])
+    with pytest.raises(ValueError, match="span two size groups"):
+        groups.batch(torch.tensor([2, 3]))
+    with pytest.raises(ValueError, match="new cines"):
+        groups.fill([torch.rand(3, 2, 16, 16), torch.rand(3, 2, 32, 32)])

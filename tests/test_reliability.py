@@ -207,6 +207,24 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, straight_run, sig)
     assert metrics["best_epoch"] == straight_run["best_epoch"]
 
 
+def test_interrupted_multi_size_run_resumes_to_the_same_result(tmp_path):
+    sizes = [*RESUMABLE, "--train_sizes=32,48"]
+    straight = run_tool("train.py", ["straight", *TINY, *sizes], tmp_path)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    process = start_run("run", tmp_path, sizes)
+    last = tmp_path / "output" / "run" / "last.pt"
+    wait_for(last, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=120)
+    assert load_checkpoint(last)["state"]["epoch"] < 6, "the run must be interrupted before it ends"
+    resumed = run_tool("train.py", ["run", *TINY, *sizes, "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics, expected = (read_metrics(tmp_path / "output" / name) for name in ("run", "straight"))
+    np.testing.assert_allclose(metrics["test"]["psnr"], expected["test"]["psnr"], rtol=1e-5)
+    assert [row["train_loss"] for row in metrics["history"]] == pytest.approx(
+        [row["train_loss"] for row in expected["history"]], rel=1e-5)
+
+
 def test_atomic_save_keeps_the_old_checkpoint_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint({"epoch": 1}, path)

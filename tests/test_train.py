@@ -176,13 +176,49 @@ def test_fresh_phantom_cines_are_new_every_epoch_and_reproducible():
     from engine import FreshPhantom, render_phantom
 
     config = train_defaults(image_size=32, in_channels=4, seed=5, num_epochs=3)
-    stream, again = (FreshPhantom(config, 3, torch.device("cpu")) for _ in range(2))
-    first, second = stream.cines(0), stream.cines(1)
+    stream, again = (FreshPhantom(config, [3], torch.device("cpu")) for _ in range(2))
+    (first,), (second,) = stream.cines(0), stream.cines(1)
     assert first.shape == (3, 4, 32, 32) and first.is_complex()
     assert not torch.equal(first, second), "every epoch draws new cines"
-    torch.testing.assert_close(again.cines(1), second, atol=0, rtol=0)  # a resumed run gets the same cines
+    torch.testing.assert_close(again.cines(1)[0], second, atol=0, rtol=0)  # a resumed run gets the same cines
     fixed, boxes = render_phantom(config, 3, config["seed"])
     assert not np.allclose(fixed, first.numpy()), "training cines differ from the fixed validation/test cines"
     assert (boxes[:, 1] - boxes[:, 0] >= 11).all() and (boxes[:, 3] - boxes[:, 2] >= 11).all()
     stream.close()
     again.close()
+
+
+def test_fresh_phantom_renders_every_training_size_reproducibly():
+    from engine import FreshPhantom
+
+    config = train_defaults(image_size=32, train_sizes="48,32", in_channels=4, seed=5, num_epochs=2)
+    stream, again = (FreshPhantom(config, [3, 2], torch.device("cpu")) for _ in range(2))
+    small, large = stream.cines(0)
+    assert small.shape == (3, 4, 32, 32) and large.shape == (2, 4, 48, 48)
+    for mine, theirs in zip(again.cines(0), (small, large)):
+        torch.testing.assert_close(mine, theirs, atol=0, rtol=0)
+    # the same anatomy seen at another size is not the same cine resampled: each size draws its own
+    assert not torch.equal(small[:2].abs().mean((1, 2, 3)), large.abs().mean((1, 2, 3)))
+    stream.close()
+    again.close()
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(train_sizes="32,40"), "--train_sizes=32,40: 40 is not a multiple of 16"),
+    (dict(train_sizes="32,big"), "--train_sizes=32,big: expected comma-separated image sizes"),
+    (dict(train_sizes="32,64", fresh_data=False), "needs the embedded phantom with fresh_data=true"),
+    (dict(train_sizes="32,64", data="cine.npz"), "needs the embedded phantom with fresh_data=true"),
+])
+def test_bad_training_sizes_are_refused(options, message):
+    with pytest.raises(UserError, match=message):
+        resolve_config(train_defaults(), {"scale": "full", "device": "cpu", **options})
+
+
+def test_multi_size_run_trains_on_every_size(tmp_path):
+    result = run_tool("train.py", ["sizes", *TINY, "--num_epochs=2", "--train_sizes=32,48", "--figures=false"],
+                      tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "output" / "sizes" / "output.txt").read_text()
+    assert "training sizes: 32 px x 4 cines (2 centre lines), 48 px x 2 cines (3 centre lines)" in report
+    metrics = read_metrics(tmp_path / "output" / "sizes")
+    assert metrics["config"]["train_sizes"] == "32,48" and len(metrics["test"]["psnr"]) == 4
