@@ -58,7 +58,7 @@ from baselines import GRIDS, METHODS, synchronize
 from baselines import tune as tune_weights
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors, make_run_dirs, \
     options_from_signature
-from data import CineDataset, load_cine, split_indices
+from data import CineDataset, load_boxes, load_cine, split_indices
 from engine import autocast, choose_autocast, describe_device, evaluate, load_images, load_trained_model, \
     make_datasets, pad_to_multiple, resolve_device
 from metrics import summarize
@@ -77,6 +77,7 @@ SPLITS = ("test", "all")
 FILE_SHAPE_KEYS = ("image_size", "in_channels")  # taken from the file with --split=all
 BASELINE_LABELS = {"view_sharing": "view sharing", "kt_sparse": "k-t sparse", "lplus_s": "L+S"}
 ZERO_FILLED = "zero-filled"
+SCORES = ("psnr", "ssim", "psnr_roi", "ssim_roi")  # per-cine scores kept for every method (heart box: if known)
 MASK_PROTOCOLS = {  # name -> (short label, description)
     "per_cine": ("per-cine masks", "test cine i has its own mask, seeded by (seed, i), the same for every method"),
     "fixed": ("one fixed mask", "one mask set (seeded by seed) shared by every cine and every method, "
@@ -180,11 +181,10 @@ def compare(name: str, *,
         net = networks.get(network_of.get(label))
         results[label] = {
             "kind": "network" if net else "baseline",
-            "psnr": dict(zip(("mean", "std"), summarize(scores["psnr"]))),
-            "ssim": dict(zip(("mean", "std"), summarize(scores["ssim"]))),
+            **{key: dict(zip(("mean", "std"), summarize(scores[key]))) for key in SCORES if key in scores},
             "seconds_per_cine": seconds,
             "parameters": count_parameters(model) if net else None,
-            "per_cine": {key: scores[key].tolist() for key in ("index", "psnr", "ssim")},
+            "per_cine": {key: scores[key].tolist() for key in ("index", *SCORES) if key in scores},
             **({"checkpoint": str(net["path"]), "config": net["config"]} if net else {}),
             **({"adapt": model.infos} if isinstance(model, Adapting) else {}),
         }
@@ -204,7 +204,8 @@ def compare(name: str, *,
     }
     atomic_write(out_path / "results.json", json.dumps(report, indent=1))
     atomic_write(out_path / "results.md", results_markdown(report))
-    write_figures(examples, reference, results, report, img_path)
+    write_figures(examples, reference, results, report, img_path,
+                  box=None if test_set.boxes is None else test_set.boxes[rows[0]])
     print("\n" + results_table(results) + f"\n\nresults {out_path / 'results.md'}, {out_path / 'results.json'}; "
           f"figures {img_path}/")
     return report
@@ -312,7 +313,7 @@ def external_cines(config: dict, networks: dict, mask_mode: str, device: torch.d
                             f"{needed} frames but the cines of {source} have {frames}; networks are used as they are "
                             f"(resample the file: python formats.py convert {source} --frames {needed} --out NEW.npz)")
     multiple = math.lcm(1, *(size_multiple(net["config"]) for net in networks.values()))
-    images = pad_to_multiple(images, multiple, notes, source)
+    images, boxes = pad_to_multiple(images, multiple, notes, source, load_boxes(source, len(images), images.shape[2:]))
     count, frames, height, width = images.shape
     try:
         check_sampling(height, config["acceleration"], config["center_lines"])
@@ -325,7 +326,8 @@ def external_cines(config: dict, networks: dict, mask_mode: str, device: torch.d
     notes.append(f"--split=all: every cine of {source} is a test cine; {config['center_lines']} centre lines "
                  f"exactly as given (not scaled with the image height)")
     print(notes[-1], flush=True)
-    test_set = CineDataset(torch.from_numpy(images).to(device), np.arange(count), **sampling_of(config, mask_mode))
+    test_set = CineDataset(torch.from_numpy(images).to(device), np.arange(count), boxes=boxes,
+                           **sampling_of(config, mask_mode))
     return test_set, f"{source}: {count} {kind} cine(s) of {frames}x{height}x{width}"
 
 
@@ -443,12 +445,18 @@ def choose_parameters(method: str, val_set, val_rows, tuned: bool, batch_size: i
 
 # ----------------------------------------------------------------------------- reports
 def results_table(results: dict) -> str:
-    lines = ["| method | PSNR (dB) mean ± std | SSIM mean ± std | time per cine (s) | parameters |",
-             "| --- | --- | --- | --- | --- |"]
+    """The markdown table of every method; heart-box columns where the test cines have heart boxes."""
+    roi = all("psnr_roi" in r for r in results.values())
+    lines = ["| method | PSNR (dB) mean ± std | SSIM mean ± std | "
+             + ("heart-box PSNR (dB) | heart-box SSIM | " if roi else "") + "time per cine (s) | parameters |",
+             "| --- | --- | --- | " + ("--- | --- | " if roi else "") + "--- | --- |"]
     for label, r in results.items():
         params = f"{r['parameters']:,}" if r["parameters"] is not None else "–"
+        box = (f"{r['psnr_roi']['mean']:.2f} ± {r['psnr_roi']['std']:.2f} | "
+               f"{r['ssim_roi']['mean']:.4f} ± {r['ssim_roi']['std']:.4f} | ") if roi else ""
         lines.append(f"| {label} | {r['psnr']['mean']:.2f} ± {r['psnr']['std']:.2f} | "
-                     f"{r['ssim']['mean']:.4f} ± {r['ssim']['std']:.4f} | {r['seconds_per_cine']:.4f} | {params} |")
+                     f"{r['ssim']['mean']:.4f} ± {r['ssim']['std']:.4f} | {box}"
+                     f"{r['seconds_per_cine']:.4f} | {params} |")
     return "\n".join(lines)
 
 
@@ -551,8 +559,10 @@ def adaptation_markdown(options: dict, results: dict) -> list[str]:
     return lines + [""]
 
 
-def write_figures(examples: dict, reference: np.ndarray, results: dict, report: dict, img_path: Path) -> None:
-    """``methods.png`` (one test cine from every method: frames, amplified errors, heart zoom, x-t
+def write_figures(examples: dict, reference: np.ndarray, results: dict, report: dict, img_path: Path,
+                  box=None) -> None:
+    """``methods.png`` (one test cine from every method: frames, amplified errors, a zoom on the heart
+    ``box`` (row0, row1, col0, col1; None: a box around the region that moves most), x-t
     and y-t profiles), ``psnr_boxes.png`` (per-cine PSNR of every method) and, with networks and
     classical baselines, ``paired_psnr.png`` (each network minus the best classical method, per cine)."""
     import figures
@@ -560,7 +570,7 @@ def write_figures(examples: dict, reference: np.ndarray, results: dict, report: 
     index = report["test"]["indices"][0]
     sampling = figures.sampling_label(report["data"]["acceleration"], report["data"]["center_lines"])
     figures.plot_reconstructions(examples, img_path / "methods.png", reference,
-                                 title=f"Test cine {index}, {report['masks']['label']}", sampling=sampling)
+                                 title=f"Test cine {index}, {report['masks']['label']}", sampling=sampling, box=box)
     per_cine = {label: r["per_cine"]["psnr"] for label, r in results.items()}
     figures.plot_psnr_boxes(per_cine, img_path / "psnr_boxes.png", sampling=sampling)
     networks = [label for label, r in results.items() if r["kind"] == "network"]

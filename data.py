@@ -243,16 +243,47 @@ def split_by_subject(subjects, ratios=(4, 1, 2), seed: int = 0) -> tuple[np.ndar
     return tuple(np.flatnonzero(np.isin(which, group)) for group in groups)
 
 
-def load_subjects(path) -> np.ndarray | None:
-    """The ``subject`` array ``[N]`` of an .npz written by ``python formats.py convert`` (the file,
-    patient or series each cine came from), or None if the file has none."""
+def optional_array(path, name: str) -> np.ndarray | None:
+    """The array ``name`` of an .npz beside its 'dataset', or None if the file has none."""
     path = Path(path)
     if path.suffix.lower() != ".npz":
         return None
     with np.load(path, allow_pickle=False) as loaded:
-        if "subject" not in loaded.files:
+        if name not in loaded.files:
             return None
-    return read_array(path, "subject")
+    return read_array(path, name)
+
+
+def load_subjects(path) -> np.ndarray | None:
+    """The ``subject`` array ``[N]`` of an .npz written by ``python formats.py convert`` (the file,
+    patient or series each cine came from), or None if the file has none."""
+    return optional_array(path, "subject")
+
+
+def check_boxes(boxes: np.ndarray, count: int, shape: tuple[int, int], source: str) -> np.ndarray:
+    """Heart boxes as int64 ``[count, 4]`` ``(row0, row1, col0, col1)``, half-open, in pixels of
+    ``shape`` (H, W) images: given per cine ``[count, 4]`` or one ``[4]`` for every cine."""
+    boxes = np.asarray(boxes)
+    if boxes.shape == (4,):
+        boxes = np.tile(boxes, (count, 1))
+    if boxes.shape != (count, 4) or not np.issubdtype(boxes.dtype, np.integer):
+        raise DataError(f"{source}: heart boxes must be integers [{count}, 4] or [4] (row0, row1, col0, col1), "
+                        f"got {boxes.dtype} {list(boxes.shape)}")
+    height, width = shape
+    bad = ((boxes[:, 0] < 0) | (boxes[:, 1] > height) | (boxes[:, 0] >= boxes[:, 1])
+           | (boxes[:, 2] < 0) | (boxes[:, 3] > width) | (boxes[:, 2] >= boxes[:, 3]))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{source}: heart box {boxes[i].tolist()} of cine {i} is not inside its {height}x{width} "
+                        f"images (0 <= row0 < row1 <= {height}, 0 <= col0 < col1 <= {width})")
+    return boxes.astype(np.int64)
+
+
+def load_boxes(path, count: int, shape: tuple[int, int]) -> np.ndarray | None:
+    """The ``heart_box`` array of an .npz (written by ``formats.py convert --heart_box`` or
+    ``phantom.py``) checked by :func:`check_boxes`, or None if the file has none."""
+    boxes = optional_array(path, "heart_box")
+    return None if boxes is None else check_boxes(boxes, count, shape, f"{path}: array 'heart_box'")
 
 
 # ----------------------------------------------------------------------------- examples

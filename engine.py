@@ -39,8 +39,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import models
 from cli import UserError, atomic_write, check_readable, make_run_dirs
-from data import (CineDataset, SizeGroups, array_header, cine_file, load_cine, load_subjects, split_by_subject,
-                  split_indices)
+from data import (CineDataset, SizeGroups, array_header, cine_file, load_boxes, load_cine, load_subjects,
+                  split_by_subject, split_indices)
 from metrics import SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim
 from models import ARCHS, CHECKPOINT_FORMAT, build_model, fixed_frame_count, size_multiple
 from sampling import REFERENCE_HEIGHT, check_sampling, scaled_center_lines
@@ -146,24 +146,24 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 # ----------------------------------------------------------------------------- data
 def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.ndarray, str, dict]:
     """The cines ``[N, T, H, W]`` (peak magnitude 1 each), a one-line description, and what is known
-    about them: ``boxes`` ``[N, 4]`` (heart boxes row0, row1, col0, col1: the phantom's geometry)
-    and ``splits`` (train/val/test indices when the data fix them: three files given as
-    ``--data=TRAIN,VAL,TEST``, or an .npz whose ``subject`` array names each cine's patient, split
-    by subject). With ``scale_lines`` the centre lines are scaled to the image height (recorded in
-    config and notes). The sampling is checked against the image height here, before anything is
-    written."""
+    about them: ``boxes`` ``[N, 4]`` (heart boxes row0, row1, col0, col1: the phantom's geometry, or
+    a data file's ``heart_box`` array) and ``splits`` (train/val/test indices when the data fix
+    them: three files given as ``--data=TRAIN,VAL,TEST``, or an .npz whose ``subject`` array names
+    each cine's patient, split by subject). With ``scale_lines`` the centre lines are scaled to the
+    image height (recorded in config and notes). The sampling is checked against the image height
+    here, before anything is written."""
     frames = config["in_channels"]
-    meta = {"boxes": None, "splits": None}
     if config["data"] is None:
-        images, meta["boxes"] = render_phantom(config, config["num_samples"], config["seed"])
+        images, boxes = render_phantom(config, config["num_samples"], config["seed"])
+        meta = {"boxes": boxes, "splits": None}
         kind = "complex" if config["phantom_phase"] else "magnitude"
         source = f"embedded phantom (seed {config['seed']}, {kind})"
     else:
-        images, meta["splits"], source = load_data_files(config["data"], config["seed"], notes)
+        images, meta, source = load_data_files(config["data"], config["seed"], notes)
         if fixed_frame_count(config) not in (None, images.shape[1]):
             raise UserError(f"{source}: cines have {images.shape[1]} frames but in_channels={frames}; "
                             f"set --in_channels={images.shape[1]} --out_channels={images.shape[1]}")
-        images = pad_to_multiple(images, size_multiple(config), notes, source)
+        images, meta["boxes"] = pad_to_multiple(images, size_multiple(config), notes, source, meta["boxes"])
     height = images.shape[2]
     if scale_lines and height != REFERENCE_HEIGHT:
         lines = scaled_center_lines(height, config["center_lines"])
@@ -178,24 +178,15 @@ def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.n
     return images, f"{source}: {images.shape[0]} {kind} cines of {'x'.join(map(str, images.shape[1:]))}", meta
 
 
-def load_data_files(data: str, seed: int, notes: list[str]) -> tuple[np.ndarray, tuple | None, str]:
+def load_data_files(data: str, seed: int, notes: list[str]) -> tuple[np.ndarray, dict, str]:
     """One data file (split 4:1:2 later, or by subject here when it names them) or three
-    comma-separated files TRAIN,VAL,TEST: ``(cines [N, T, H, W], splits or None, description)``."""
+    comma-separated files TRAIN,VAL,TEST: ``(cines [N, T, H, W], {"splits": indices or None,
+    "boxes": heart boxes [N, 4] or None}, description)``."""
     paths = [part.strip() for part in str(data).split(",")]
     if len(paths) == 1:
-        subjects = load_subjects(paths[0])
         images = load_cine(paths[0])
-        if subjects is None or len(np.unique(subjects)) < 3:
-            if subjects is not None:
-                notes.append(f"{paths[0]}: only {len(np.unique(subjects))} subject(s): split by cine, so slices of "
-                             f"one subject can be in two splits")
-            return images, None, paths[0]
-        if len(subjects) != len(images):
-            raise UserError(f"{paths[0]}: 'subject' names {len(subjects)} cines but 'dataset' holds {len(images)}")
-        splits = split_by_subject(subjects, seed=seed)
-        notes.append(f"{paths[0]}: split by subject ({len(np.unique(subjects))} subjects): no subject is in two "
-                     f"splits")
-        return images, splits, paths[0]
+        return images, {"splits": subject_splits(paths[0], len(images), seed, notes),
+                        "boxes": load_boxes(paths[0], len(images), images.shape[2:])}, paths[0]
     if len(paths) != 3 or not all(paths):
         raise UserError(f"--data={data}: give one file, or three comma-separated files TRAIN,VAL,TEST")
     parts = [load_cine(path) for path in paths]
@@ -205,7 +196,26 @@ def load_data_files(data: str, seed: int, notes: list[str]) -> tuple[np.ndarray,
     bounds = np.cumsum([0] + [len(part) for part in parts])
     splits = tuple(np.arange(low, high) for low, high in zip(bounds[:-1], bounds[1:]))
     notes.append(f"explicit split: train {paths[0]}, validation {paths[1]}, test {paths[2]}")
-    return np.concatenate(parts), splits, " + ".join(paths)
+    boxes = [load_boxes(path, len(part), part.shape[2:]) for path, part in zip(paths, parts)]
+    if any(box is None for box in boxes) and not all(box is None for box in boxes):
+        notes.append("heart boxes ('heart_box') are missing in some of the three files: no heart-box metrics")
+    boxes = None if any(box is None for box in boxes) else np.concatenate(boxes)
+    return np.concatenate(parts), {"splits": splits, "boxes": boxes}, " + ".join(paths)
+
+
+def subject_splits(path: str, count: int, seed: int, notes: list[str]) -> tuple | None:
+    """Train/val/test indices by the file's ``subject`` array (no subject in two splits), or None
+    (split by cine) when it names fewer than 3 subjects or none."""
+    subjects = load_subjects(path)
+    if subjects is None or len(np.unique(subjects)) < 3:
+        if subjects is not None:
+            notes.append(f"{path}: only {len(np.unique(subjects))} subject(s): split by cine, so slices of "
+                         f"one subject can be in two splits")
+        return None
+    if len(subjects) != count:
+        raise UserError(f"{path}: 'subject' names {len(subjects)} cines but 'dataset' holds {count}")
+    notes.append(f"{path}: split by subject ({len(np.unique(subjects))} subjects): no subject is in two splits")
+    return split_by_subject(subjects, seed=seed)
 
 
 def render_phantom(config: dict, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -313,16 +323,21 @@ class FreshPhantom:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def pad_to_multiple(images: np.ndarray, multiple: int, notes: list[str], source: str) -> np.ndarray:
+def pad_to_multiple(images: np.ndarray, multiple: int, notes: list[str], source: str,
+                    boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Zero-pad H and W of ``[N, T, H, W]`` symmetrically to multiples of ``multiple`` (the UNet's
-    pooling factor)."""
+    pooling factor); heart ``boxes`` ``[N, 4]`` (or None) move with the images and grow to at least
+    the SSIM window."""
     height, width = images.shape[2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if not (pad_h or pad_w):
-        return images
-    notes.append(f"{source}: images zero-padded from {height}x{width} to {height + pad_h}x{width + pad_w} "
-                 f"(the UNet needs multiples of {multiple})")
-    return np.pad(images, ((0, 0), (0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)))
+    if pad_h or pad_w:
+        notes.append(f"{source}: images zero-padded from {height}x{width} to {height + pad_h}x{width + pad_w} "
+                     f"(the UNet needs multiples of {multiple})")
+        images = np.pad(images, ((0, 0), (0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)))
+    if boxes is not None:
+        shifted = np.asarray(boxes) + np.array([pad_h // 2, pad_h // 2, pad_w // 2, pad_w // 2])
+        boxes = grow_boxes(shifted, 2 * SSIM_RADIUS + 1, images.shape[2:])
+    return images, boxes
 
 
 def make_datasets(images: np.ndarray, config: dict, device: torch.device, meta: dict | None = None

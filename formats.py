@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import UserError, atomic_write, check_readable, cli_errors, positive, run_command
-from data import DataError, check_cines, check_memory, loading_bytes, normalize, read_array
+from data import DataError, check_boxes, check_cines, check_memory, loading_bytes, normalize, read_array
 
 EXTRAS_HINT = "pip install -r requirements-extras.txt"
 CINE_AXES = "ntxy"
@@ -308,6 +308,17 @@ def _same(values: dict, what: str, option: str) -> None:
         raise UserError(f"the inputs have different {what} ({detail}); choose one with {option}")
 
 
+def parse_box(text: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``--heart_box=row0,row1,col0,col1`` as ``[N, 4]`` for the ``[N, T, H, W]`` cines of ``shape``."""
+    try:
+        box = np.array([int(part) for part in str(text).split(",")])
+    except ValueError:
+        raise UserError(f"--heart_box={text}: expected four integers row0,row1,col0,col1") from None
+    if box.shape != (4,):
+        raise UserError(f"--heart_box={text}: expected four integers row0,row1,col0,col1")
+    return check_boxes(box, shape[0], shape[2:], f"--heart_box={text}")
+
+
 def convert(*inputs,  # files or DICOM folders (formats may be mixed)
             out: str,  # the .npz to write (never overwritten)
             frames: int | None = None,  # frames per cine (periodic linear interpolation); None: as read
@@ -315,12 +326,14 @@ def convert(*inputs,  # files or DICOM folders (formats may be mixed)
             key: str | None = None,  # array name in .mat/.npz files; None: 'dataset' or the only one
             axes: str | None = None,  # axis order of .mat/.npy/.npz arrays, e.g. xyt or xytn; None: ntxy / txy
             select: bool = False,  # with --frames: keep evenly spaced measured frames instead of resampling
+            heart_box: str | None = None,  # 'row0,row1,col0,col1': every cine's heart box, written pixels; None: none
             log=print) -> np.ndarray:
     """Read NIfTI 4-D volumes (one cine per slice), DICOM folders (one slice each), .mat (v5, v7.3),
     .npy or .npz cines; crop/pad and resample them in time (:func:`conform`); normalise each cine to
     peak magnitude 1 and write one .npz holding 'dataset' [N, T, H, W] (complex64 if any input is
     complex) and 'subject' [N] (the input each cine came from: train.py splits by it, so slices of
-    one input never land in two splits). Returns the dataset written.
+    one input never land in two splits) and, with ``heart_box``, 'heart_box' [N, 4] (the region
+    scored by the heart-box metrics of train.py and compare.py). Returns the dataset written.
     """
     if select and frames is None:
         raise UserError("--select needs --frames")
@@ -342,7 +355,8 @@ def convert(*inputs,  # files or DICOM folders (formats may be mixed)
     dataset = normalize(np.concatenate([c.astype(np.complex64) if kinds == {True, False} else c
                                         for c in parts.values()]))
     subjects = np.concatenate([np.full(len(c), str(source)) for source, c in parts.items()])  # [N]
-    save_npz(out, dataset=dataset, subject=subjects)
+    boxes = {} if heart_box is None else {"heart_box": parse_box(heart_box, dataset.shape)}
+    save_npz(out, dataset=dataset, subject=subjects, **boxes)
     kind = "complex" if np.iscomplexobj(dataset) else "magnitude"
     log(f"wrote {out}: dataset [{', '.join(map(str, dataset.shape))}] {dataset.dtype} ({kind}), every cine "
         f"scaled to peak magnitude 1" + ("; magnitude inputs made complex" if len(kinds) > 1 else ""))

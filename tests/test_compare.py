@@ -154,7 +154,8 @@ def external(tmp_path_factory):
     """One magnitude cine of 12x32x32 (a tiny PINCAT), an 8-frame cine_unet checkpoint, and their
     comparison in one call: --split=all with adaptation."""
     cwd = tmp_path_factory.mktemp("external")
-    np.savez(cwd / "one.npz", dataset=make_phantom_dataset(1, frames=12, size=32, seed=5, complex_phase=False))
+    cines, boxes = make_phantom_dataset(1, frames=12, size=32, seed=5, complex_phase=False, return_boxes=True)
+    np.savez(cwd / "one.npz", dataset=cines, heart_box=boxes)
     save_checkpoint(cwd / "output/net/best.pt", cine_unet_config())
     report = compare.compare("ext", runs="net", data=str(cwd / "one.npz"), split="all",
                              baselines="view_sharing,kt_sparse", adapt=2, adapt_lr=1e-2, adapt_crop=16,
@@ -172,7 +173,8 @@ def test_every_cine_of_a_file_is_a_test_cine_and_the_cs_weights_are_tuned_on_the
     assert data["phantom_phase"] is False  # a magnitude file: the tuning phantom is magnitude too
     assert report["tuning"]["validation_cines"] == split_indices(7, seed=0)[1][:1].tolist()
     text = (cwd / "output/compare_ext/results.md").read_text()
-    for phrase in ("11 centre lines (exactly as given)", "`--split=all`", "of the embedded phantom (7 magnitude cines",
+    assert all(0 < method["psnr_roi"]["mean"] < 100 for method in report["methods"].values())
+    for phrase in ("heart-box PSNR (dB)", "11 centre lines (exactly as given)", "`--split=all`", "of the embedded phantom (7 magnitude cines",
                    "rendered at 12x32x32 like the evaluated cines", "never on the evaluated cines"):
         assert phrase in text
 

@@ -177,3 +177,32 @@ def test_converted_subjects_and_explicit_files_fix_the_split(tmp_path):
     files = ",".join(str(tmp_path / f"{name}.npy") for name in ("train", "val", "test"))
     images, _, meta = load_images({**config, "data": files}, [], False)
     assert len(images) == 10 and [len(part) for part in meta["splits"]] == [5, 2, 3]
+
+
+def test_heart_boxes_of_a_data_file_follow_the_padding_and_reach_the_ssim_window(tmp_path):
+    from engine import load_images
+    from helpers import train_defaults
+
+    cines = np.random.default_rng(0).random((7, 4, 14, 14)).astype(np.float32) + 0.1
+    np.savez(tmp_path / "boxed.npz", dataset=cines, heart_box=np.array([2, 10, 3, 12]))
+    config = train_defaults(data=str(tmp_path / "boxed.npz"), in_channels=4, out_channels=4, center_lines=2,
+                            arch="cine_unet", levels=2)
+    images, _, meta = load_images(config, [], False)
+    assert images.shape[2:] == (16, 16) and meta["boxes"].shape == (7, 4)
+    row0, row1, col0, col1 = meta["boxes"][0]
+    assert row0 <= 3 and row1 >= 11 and col0 <= 4 and col1 >= 13, "the box moved with the 1-pixel padding"
+    assert row1 - row0 >= 11 and col1 - col0 >= 11 and 0 <= row0 and row1 <= 16 and 0 <= col0 and col1 <= 16
+
+
+@pytest.mark.parametrize("boxes, message", [
+    (np.array([[0, 8, 0, 8]] * 2), r"heart boxes must be integers \[3, 4\] or \[4\]"),
+    (np.array([0.0, 8, 0, 8]), "heart boxes must be integers"),
+    (np.array([4, 2, 0, 8]), r"heart box \[4, 2, 0, 8\] of cine 0 is not inside its 14x14 images"),
+    (np.array([[0, 8, 0, 8], [0, 8, 0, 8], [0, 15, 0, 8]]), r"heart box \[0, 15, 0, 8\] of cine 2 is not inside"),
+])
+def test_bad_heart_boxes_are_one_line_errors(tmp_path, boxes, message):
+    from data import DataError, load_boxes
+
+    np.savez(tmp_path / "bad.npz", dataset=np.ones((3, 2, 14, 14), np.float32), heart_box=boxes)
+    with pytest.raises(DataError, match=f"bad.npz: array 'heart_box': {message}"):
+        load_boxes(tmp_path / "bad.npz", 3, (14, 14))

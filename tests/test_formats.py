@@ -238,8 +238,19 @@ def test_convert_cli_prints_what_it_did_and_refuses_to_overwrite(tmp_path):
     assert not (tmp_path / "new.npz").exists()
 
 
+def test_convert_writes_the_heart_box_of_every_cine(tmp_path):
+    np.save(tmp_path / "a.npy", source_cines(2, 8, 12, 12))
+    convert(tmp_path / "a.npy", out=tmp_path / "boxed.npz", heart_box="2,9,3,11", log=lambda line: None)
+    with np.load(tmp_path / "boxed.npz") as written:
+        np.testing.assert_array_equal(written["heart_box"], [[2, 9, 3, 11]] * 2)
+    with pytest.raises(DataError, match=r"--heart_box=2,13,3,11: heart box \[2, 13, 3, 11\] of cine 0 is not inside"):
+        convert(tmp_path / "a.npy", out=tmp_path / "outside.npz", heart_box="2,13,3,11")
+    assert not (tmp_path / "outside.npz").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["convert", "a.npy"], "option --out is required"),
+    (["convert", "a.npy", "--out=b.npz", "--heart_box=1,2,3"], "--heart_box=1,2,3: expected four integers"),
     (["convert", "a.npy", "--out=b.npz", "--frame=4"], r"unknown option --frame \(did you mean --frames\?\)"),
     (["convert", "a.npy", "--out=b.npz", "--frames=0"], "--frames=0: expected a positive integer"),
     (["convert", "a.npy", "--out=b.npz", "--size=12y8"], "--size=12y8: expected SIZE or HEIGHTxWIDTH"),
