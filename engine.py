@@ -218,13 +218,14 @@ def subject_splits(path: str, count: int, seed: int, notes: list[str]) -> tuple 
     return split_by_subject(subjects, seed=seed)
 
 
-def render_phantom(config: dict, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def render_phantom(config: dict, count: int, seed: int, **options) -> tuple[np.ndarray, np.ndarray]:
     """``count`` phantom cines ``[N, T, H, W]`` of the run's size and kind, and their heart boxes
-    ``[N, 4]``, each grown to at least the SSIM window (11 x 11 pixels) where the image allows."""
+    ``[N, 4]``, each grown to at least the SSIM window (11 x 11 pixels) where the image allows;
+    ``options``: of ``phantom.make_phantom_dataset`` (``snr=None``: noise-free)."""
     from phantom import make_phantom_dataset
 
     images, boxes = make_phantom_dataset(count, frames=config["in_channels"], size=config["image_size"], seed=seed,
-                                         complex_phase=config["phantom_phase"], return_boxes=True)
+                                         complex_phase=config["phantom_phase"], return_boxes=True, **options)
     return images, grow_boxes(boxes, 2 * SSIM_RADIUS + 1, images.shape[2:])
 
 

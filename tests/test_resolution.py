@@ -18,6 +18,12 @@ def test_one_checkpoint_is_scored_at_several_sizes(tmp_path):
     assert [row.split("|")[1].strip() for row in rows] == ["32", "48"]
     # the untrained residual network returns the view-shared cine it starts from
     assert all(float(row.split("|")[4]) == float(row.split("|")[5].split("±")[0]) for row in rows)
+    clean = run_tool("benchmarks/resolution.py", [f"--checkpoint={tmp_path / 'net.pt'}", "--sizes=32", "--count=1",
+                                                  "--noise=false", f"--results={tmp_path}"], tmp_path)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    noise_free = next(tmp_path.glob("resolution_*_noisefree.md")).read_text()
+    assert "1 noise-free phantom cines per size" in noise_free and "--noise=false" in noise_free
+    assert noise_free.splitlines()[-1] != rows[0], "noise-free cines score differently"
     bad = run_tool("benchmarks/resolution.py", [f"--checkpoint={tmp_path / 'net.pt'}", "--sizes=30"], tmp_path)
     assert bad.returncode == 2 and "multiples of 4" in bad.stderr
 
