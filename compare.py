@@ -31,13 +31,14 @@ cines.
 ``--adapt=STEPS`` adds, for every network, a ``<label> + adapt`` row: a copy of the network adapted
 to each test cine's own measurements (adapt.py, docs/adapt.md), then the cine reconstructed with it.
 results.md also gives, for every network, the per-cine PSNR and SSIM differences against the
-classical method with the best mean PSNR (mean +- std, cines better).
+classical method with the best mean PSNR (mean +- std, cines better); with ``--baselines=none``, those
+of every other network against the first one.
 
 Writes ``OUT_DIR/compare_NAME/results.md`` and ``results.json`` (PSNR and SSIM mean +- std, time
 per cine, parameters, tuned weights, per-cine values) and ``IMAGES_DIR/compare_NAME/methods.png``
 (one test cine from every method: a frame, error maps, a zoom on the heart, x-t and y-t profiles),
-``psnr_boxes.png`` and, with networks and baselines, ``paired_psnr.png`` (per test cine, each network's
-PSNR minus the best classical method's). An earlier comparison of the same NAME is never overwritten.
+``psnr_boxes.png`` and, with networks and baselines (or several networks), ``paired_psnr.png`` (per
+test cine, each network's PSNR minus the reference's). An earlier comparison of the same NAME is never overwritten.
 """
 from __future__ import annotations
 
@@ -508,29 +509,35 @@ def results_markdown(report: dict) -> str:
 
 
 def paired_differences(results: dict) -> dict | None:
-    """Per test cine, every network's PSNR and SSIM minus those of the classical method with the best
-    mean PSNR: mean and std of the difference and the cines where the network scores higher (None
-    without networks or classical methods)."""
+    """Per test cine, every network's PSNR and SSIM minus those of a reference: the classical method
+    with the best mean PSNR, or without classical methods the first network (the others against
+    it). Mean and std of the difference and the cines where the network scores higher (None when
+    there is nothing to pair)."""
     classical = [label for label, r in results.items() if r["kind"] == "baseline" and label != ZERO_FILLED]
     networks = [label for label, r in results.items() if r["kind"] == "network"]
-    if not (classical and networks):
+    if classical and networks:
+        reference = max(classical, key=lambda label: results[label]["psnr"]["mean"])
+        basis = "the classical method with the best mean PSNR"
+    elif len(networks) > 1:
+        reference, networks = networks[0], networks[1:]
+        basis = "the first network compared (no classical method was)"
+    else:
         return None
-    best = max(classical, key=lambda label: results[label]["psnr"]["mean"])
     methods = {}
     for label in networks:
         methods[label] = {}
         for metric in ("psnr", "ssim"):
-            diff = np.subtract(results[label]["per_cine"][metric], results[best]["per_cine"][metric])  # [N]
+            diff = np.subtract(results[label]["per_cine"][metric], results[reference]["per_cine"][metric])  # [N]
             mean, std = summarize(diff)
             methods[label][metric] = {"mean": mean, "std": std, "better": int((diff > 0).sum()), "cines": len(diff)}
-    return {"reference": best, "methods": methods}
+    return {"reference": reference, "basis": basis, "methods": methods}
 
 
 def paired_markdown(paired: dict) -> list[str]:
-    best = paired["reference"]
-    lines = [f"## Paired differences against {best}", "",
-             f"Per test cine, each network minus {best}, the classical method with the best mean PSNR; ± is the "
-             f"standard deviation of the difference over cines; better: cines where the network scores higher.", "",
+    reference = paired["reference"]
+    lines = [f"## Paired differences against {reference}", "",
+             f"Per test cine, each network minus {reference}, {paired['basis']}; ± is the standard deviation of "
+             f"the difference over cines; better: cines where the network scores higher.", "",
              "| method | PSNR difference (dB) mean ± std | better (PSNR) | SSIM difference mean ± std "
              "| better (SSIM) |",
              "| --- | --- | --- | --- | --- |"]
@@ -564,7 +571,8 @@ def write_figures(examples: dict, reference: np.ndarray, results: dict, report: 
     """``methods.png`` (one test cine from every method: frames, amplified errors, a zoom on the heart
     ``box`` (row0, row1, col0, col1; None: a box around the region that moves most), x-t
     and y-t profiles), ``psnr_boxes.png`` (per-cine PSNR of every method) and, with networks and
-    classical baselines, ``paired_psnr.png`` (each network minus the best classical method, per cine)."""
+    classical baselines (or several networks), ``paired_psnr.png`` (each network minus the reference of
+    :func:`paired_differences`, per cine)."""
     import figures
 
     index = report["test"]["indices"][0]
@@ -573,13 +581,14 @@ def write_figures(examples: dict, reference: np.ndarray, results: dict, report: 
                                  title=f"Test cine {index}, {report['masks']['label']}", sampling=sampling, box=box)
     per_cine = {label: r["per_cine"]["psnr"] for label, r in results.items()}
     figures.plot_psnr_boxes(per_cine, img_path / "psnr_boxes.png", sampling=sampling)
-    networks = [label for label, r in results.items() if r["kind"] == "network"]
-    classical = [label for label, r in results.items() if r["kind"] != "network" and label != ZERO_FILLED]
-    if networks and classical:
-        best = max(classical, key=lambda label: results[label]["psnr"]["mean"])
-        figures.plot_paired_differences({label: per_cine[label] for label in (best, *networks)}, best,
-                                        img_path / "paired_psnr.png", sampling=sampling,
-                                        title=f"Per-cine PSNR against the best classical method, {best}")
+    paired = report["paired"]
+    if paired:
+        reference = paired["reference"]
+        figures.plot_paired_differences({label: per_cine[label] for label in (reference, *paired["methods"])},
+                                        reference, img_path / "paired_psnr.png", sampling=sampling,
+                                        title=f"Per-cine PSNR against the best classical method, {reference}"
+                                        if results[reference]["kind"] == "baseline" else
+                                        f"Per-cine PSNR against {reference}")
 
 
 # ----------------------------------------------------------------------------- command line

@@ -111,6 +111,19 @@ def test_checkpoints_with_other_data_settings_are_refused(compared):
     assert not (cwd / "output/compare_mismatch").exists()
 
 
+def test_networks_alone_are_paired_against_the_first(compared):
+    cwd, _ = compared
+    report = compare.compare("nets", runs="tinyA,dccnn", baselines="none", max_cines=2, device="cpu", amp="none",
+                             verbose=False, out_dir=str(cwd / "output"), images_dir=str(cwd / "images"))
+    assert list(report["methods"]) == ["zero-filled", "tinyA", "dccnn"]
+    paired = report["paired"]
+    assert paired["reference"] == "tinyA" and list(paired["methods"]) == ["dccnn"]
+    per_cine = {label: np.array(report["methods"][label]["per_cine"]["psnr"]) for label in ("tinyA", "dccnn")}
+    assert paired["methods"]["dccnn"]["psnr"]["mean"] == pytest.approx((per_cine["dccnn"] - per_cine["tinyA"]).mean())
+    assert "## Paired differences against tinyA" in (cwd / "output/compare_nets/results.md").read_text()
+    assert (cwd / "images/compare_nets/paired_psnr.png").exists()
+
+
 def test_baselines_alone_on_the_fixed_mask_protocol(tmp_path):
     report = compare.compare("alone", baselines="kt_sparse", masks="fixed", tune=False, num_samples=7,
                              image_size=32, in_channels=6, center_lines=2, max_cines=1, device="cpu",
