@@ -306,7 +306,8 @@ def write_figures(model, test_set, test, history, img_dir: Path, amp_dtype, conf
     denoiser = model.denoisers[-1]
     if hasattr(denoiser, "unet_real"):
         captured = {}
-        hooks = [branch.register_forward_hook(lambda m, i, o, key=key: captured.__setitem__(key, o.float()))
+        hooks = [branch.register_forward_hook(  # outputs [B, T, H, W]; the cine UNet's [B, 1, T, H, W]
+                 lambda m, i, o, key=key: captured.__setitem__(key, o.float().reshape(len(o), *o.shape[-3:])))
                  for key, branch in (("real", denoiser.unet_real), ("imag", denoiser.unet_imag))]
         batch = test_set.batch([0])
         with torch.no_grad(), autocast(test_set.images.device, amp_dtype):

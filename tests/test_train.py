@@ -222,3 +222,11 @@ def test_multi_size_run_trains_on_every_size(tmp_path):
     assert "training sizes: 32 px x 4 cines (2 centre lines), 48 px x 2 cines (3 centre lines)" in report
     metrics = read_metrics(tmp_path / "output" / "sizes")
     assert metrics["config"]["train_sizes"] == "32,48" and len(metrics["test"]["psnr"]) == 4
+
+
+def test_cine_unet_run_draws_every_figure(tmp_path):
+    result = run_tool("train.py", ["cine", *TINY, "--num_epochs=1", "--cascades=1", "--arch=cine_unet", "--levels=2"],
+                      tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in FIGURES:
+        assert (tmp_path / "images" / "cine" / name).stat().st_size > 1000, name
