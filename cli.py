@@ -185,9 +185,11 @@ def options_from_signature(function, *, choices: dict | None = None, parsers: di
     return _documented(entries, source, choices or {}, parsers or {}, annotations)
 
 
-def options_from_call(path: Path, function_name: str, *, choices: dict | None = None) -> list[Option]:
+def options_from_call(path: Path, function_name: str, *, choices: dict | None = None,
+                      parsers: dict | None = None) -> list[Option]:
     """The keywords of the last ``function_name(...)`` call in the file ``path`` as options: their
-    literal values are the defaults and their trailing comments the help."""
+    literal values are the defaults and their trailing comments the help; ``parsers``: readers of
+    the options whose default does not tell their type (``None``)."""
     source = Path(path).read_text()
     calls = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
              and isinstance(node.func, ast.Name) and node.func.id == function_name and node.keywords]
@@ -201,7 +203,7 @@ def options_from_call(path: Path, function_name: str, *, choices: dict | None = 
             raise UserError(f"{path}, line {keyword.lineno}: the value of {keyword.arg} must be a literal "
                             f"(a number, a string, True, False or None)") from None
         entries.append((keyword.arg, keyword.lineno, keyword.value.end_lineno, value))
-    return _documented(entries, source, choices or {}, {}, {})
+    return _documented(entries, source, choices or {}, parsers or {}, {})
 
 
 def positionals_of(function) -> list[Positional]:

@@ -308,7 +308,8 @@ class CineDataset(torch.utils.data.Dataset):
 
     ``batch(rows)`` returns a dict of ``[B, T, H, W]`` tensors: ``aliased`` (complex64
     zero-filled image ``F^-1 U F m``), ``target`` (the fully sampled cine), ``mask`` (float32)
-    and ``kspace`` (complex64 sampled k-space ``U F m``). ``dataset[i]`` is the same without B.
+    and ``kspace`` (complex64 sampled k-space ``U F m``), and with boxes ``box`` ``[B, 4]``.
+    ``dataset[i]`` is the same without B.
     """
 
     def __init__(self, images: torch.Tensor, indices, *, mask_mode: str = "fixed", train: bool = False,
@@ -346,7 +347,10 @@ class CineDataset(torch.utils.data.Dataset):
         else:
             mask = self.masks[rows]  # [B, T, H, W]
         aliased, kspace = undersample(target, mask)  # [B, T, H, W] complex each
-        return {"aliased": aliased, "target": target, "mask": mask, "kspace": kspace}
+        batch = {"aliased": aliased, "target": target, "mask": mask, "kspace": kspace}
+        if self.boxes is not None:
+            batch["box"] = torch.as_tensor(self.boxes, device=target.device)[rows]  # [B, 4]
+        return batch
 
     def __getitem__(self, row: int) -> dict[str, torch.Tensor]:
         return {name: value[0] for name, value in self.batch([row]).items()}
@@ -358,8 +362,8 @@ class SizeGroups:
     batch must come from one group (as ``engine.size_batches`` makes them).
 
     ``batch(rows)`` returns the dict of ``[B, T, H_g, W_g]`` tensors of that group's
-    ``CineDataset.batch``; ``fill(cines)`` replaces every group's cines by new ones of the same
-    shapes (fresh phantom cines).
+    ``CineDataset.batch``; ``fill(cines, boxes)`` replaces every group's cines (and heart boxes) by
+    new ones of the same shapes (fresh phantom cines).
     """
 
     def __init__(self, groups: list[CineDataset]):
@@ -374,11 +378,12 @@ class SizeGroups:
     def device(self) -> torch.device:
         return self.groups[0].images.device
 
-    def fill(self, cines: list[torch.Tensor]) -> None:
-        for group, images in zip(self.groups, cines, strict=True):
+    def fill(self, cines: list[torch.Tensor], boxes: list[np.ndarray] | None = None) -> None:
+        for i, (group, images) in enumerate(zip(self.groups, cines, strict=True)):
             if images.shape != group.images.shape:
                 raise ValueError(f"new cines {tuple(images.shape)} for a group of {tuple(group.images.shape)}")
             group.images = images
+            group.boxes = None if boxes is None else np.asarray(boxes[i])  # [N_g, 4]
 
     def batch(self, rows) -> dict[str, torch.Tensor]:
         rows = torch.as_tensor(rows)

@@ -291,7 +291,8 @@ class FreshPhantom:
     for each training size ``S_g`` (:func:`training_sizes`) with ``counts[g]`` cines (the same for
     the same seed and epoch, so a resumed run trains on the same data), and starts rendering the
     next epoch's. ``waited`` is the time the last call spent waiting for its cines (0 when the
-    render finished during the previous epoch), ``rendered`` the time that render took.
+    render finished during the previous epoch), ``rendered`` the time that render took, ``boxes``
+    the heart boxes ``[N_g, 4]`` of the cines last returned.
     """
 
     def __init__(self, config: dict, counts: list[int], device: torch.device):
@@ -300,14 +301,15 @@ class FreshPhantom:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="phantom")
         self.pending: dict[int, Future] = {}
         self.waited = self.rendered = 0.0
+        self.boxes: list[np.ndarray] = []
 
-    def _render(self, epoch: int) -> tuple[list[np.ndarray], float]:
+    def _render(self, epoch: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
         started = time.perf_counter()
         seed = self.config["seed"]
         if self.sizes == [self.config["image_size"]]:
-            groups = [render_phantom(self.config, self.counts[0], epoch_seed(seed, epoch))[0]]
+            groups = [render_phantom(self.config, self.counts[0], epoch_seed(seed, epoch))]
         else:
-            groups = [render_phantom({**self.config, "image_size": size}, count, epoch_seed(seed, epoch, size))[0]
+            groups = [render_phantom({**self.config, "image_size": size}, count, epoch_seed(seed, epoch, size))
                       for size, count in zip(self.sizes, self.counts)]
         return groups, time.perf_counter() - started
 
@@ -318,7 +320,8 @@ class FreshPhantom:
         self.waited = time.perf_counter() - started
         if epoch + 1 < self.config["num_epochs"]:
             self.pending[epoch + 1] = self.pool.submit(self._render, epoch + 1)
-        return [torch.from_numpy(images).to(self.device) for images in groups]
+        self.boxes = [boxes for _, boxes in groups]
+        return [torch.from_numpy(images).to(self.device) for images, _ in groups]
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -350,6 +353,9 @@ def make_datasets(images: np.ndarray, config: dict, device: torch.device, meta: 
     size with centre lines that keep the share of k-space of ``center_lines`` at ``image_size``."""
     meta = meta or {}
     boxes = meta.get("boxes")
+    if config.get("heart_weight") and boxes is None:
+        raise UserError(f"--heart_weight={config['heart_weight']}: needs heart boxes, the phantom's or a data file's "
+                        f"'heart_box' array (python formats.py convert --heart_box)")
     splits = meta.get("splits") or split_indices(len(images), seed=config["seed"])
     sampling = dict(mask_mode=config["mask_mode"], acceleration=config["acceleration"],
                     center_lines=config["center_lines"], density=config["density"], seed=config["seed"])
@@ -371,11 +377,19 @@ def make_datasets(images: np.ndarray, config: dict, device: torch.device, meta: 
 
 
 # ----------------------------------------------------------------------------- training pieces
-def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str, per_cine: bool = False):
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str, per_cine: bool = False,
+                        boxes: torch.Tensor | None = None):
     """Mean squared (``L2``) or absolute (``L1``) error over the real and imaginary parts of
-    ``[B, T, H, W]`` cines: a scalar, or ``[B]`` (one value per cine) with ``per_cine``."""
+    ``[B, T, H, W]`` cines: a scalar, or ``[B]`` (one value per cine) with ``per_cine``; with
+    ``boxes`` ``[B, 4]`` (row0, row1, col0, col1, half-open) the scalar mean over those boxes only."""
     diff = torch.view_as_real(recon - target)  # [B, T, H, W, 2]
     error = diff.pow(2) if kind == "L2" else diff.abs()
+    if boxes is not None:
+        rows, cols = (torch.arange(n, device=boxes.device) for n in target.shape[2:])
+        inside = (((rows >= boxes[:, 0, None]) & (rows < boxes[:, 1, None]))[:, :, None]
+                  & ((cols >= boxes[:, 2, None]) & (cols < boxes[:, 3, None]))[:, None, :])  # [B, H, W]
+        weight = inside[:, None, :, :, None].to(error.dtype)  # [B, 1, H, W, 1]
+        return (error * weight).sum() / (weight.sum() * error.shape[1] * error.shape[-1])
     return error.flatten(1).mean(1) if per_cine else error.mean()
 
 
@@ -410,6 +424,9 @@ def train_step(model, optimizer, scheduler, scaler, batch: dict, params: list, c
     with autocast(batch["target"].device, amp_dtype):
         recon = model(batch["aliased"], batch["kspace"], batch["mask"])  # [B, T, H, W] complex
     loss = reconstruction_loss(recon, batch["target"], config["loss_tpe"])
+    if config.get("heart_weight"):  # the heart box's error counted again, with this weight
+        loss = loss + config["heart_weight"] * reconstruction_loss(recon, batch["target"], config["loss_tpe"],
+                                                                   boxes=batch["box"])
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if config["grad_clip"]:

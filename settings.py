@@ -23,6 +23,7 @@ CPU_SCALE = dict(image_size=64, num_samples=100, init_features=16, resnet_featur
 CHOICES = dict(arch=ARCHS, attention=ATTENTION, dc=DC_MODES, output=OUTPUTS, mask_mode=MASK_MODES,
                density=DENSITIES, loss_tpe=("L1", "L2"), lr_schedule=("warmup_cosine", "constant"),
                amp=("auto", *AMP_DTYPES), scale=("auto", "cpu", "full"))
+PARSERS = dict(heart_weight=lambda text: None if text.lower() == "none" else float(text))  # default None
 POSITIVE = ("num_samples", "image_size", "in_channels", "init_features", "resnet_features", "num_epochs", "levels",
             "batch_size", "checkpoint_every")
 NON_NEGATIVE = ("cascades", "resnet_blocks", "eval_batch_size")
@@ -34,7 +35,7 @@ PHANTOM_RENDER = 24  # peak memory of rendering one cine, in rendered cines (abo
 def train_options() -> list[Option]:
     """The options of ``python train.py``: the keywords of the ``train(...)`` call at the bottom of
     train.py, their values the defaults and their trailing comments the help."""
-    return options_from_call(TRAIN_SCRIPT, "train", choices=CHOICES)
+    return options_from_call(TRAIN_SCRIPT, "train", choices=CHOICES, parsers=PARSERS)
 
 
 def train_defaults() -> dict:
@@ -83,6 +84,9 @@ def validate_config(config: dict) -> None:
     if config["out_channels"] != config["in_channels"]:
         raise UserError(f"--out_channels={config['out_channels']}: must equal in_channels="
                         f"{config['in_channels']} (one output per frame)")
+    weight = config["heart_weight"]
+    if not (weight is None or isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight >= 0):
+        raise UserError(f"--heart_weight={weight!r}: must be None or a number >= 0")
     if not 0 <= config["dropout"] < 1:
         raise UserError(f"--dropout={config['dropout']}: must be in [0, 1)")
     if not (config["initial_lr"] > 0 and config["weight_decay"] >= 0 and config["grad_clip"] >= 0

@@ -148,7 +148,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
         for epoch in epochs:
             started = time.perf_counter()
             if fresh is not None:  # new phantom cines, rendered during the previous epoch
-                train_set.fill(fresh.cines(epoch))
+                train_set.fill(fresh.cines(epoch), fresh.boxes)
             seed_epoch(train_set, config["seed"], rank, epoch)
             if state["batch"]:  # resuming mid-epoch: continue the random streams where they stopped
                 restore_rng(checkpoint["rng"], train_set)
@@ -374,6 +374,7 @@ if __name__ == "__main__":
               lr_schedule="warmup_cosine",  # 'warmup_cosine' (linear warm-up, cosine decay) | 'constant'
               warmup=0.05,               # in [0, 1): fraction of all steps spent warming up
               loss_tpe="L1",             # 'L1' (mean absolute error) | 'L2' (mean squared error, the study), on real/imag parts
+              heart_weight=None,         # None: the whole image only | > 0: the heart box's loss added with this weight (needs boxes)
               grad_clip=1.0,             # >= 0: max gradient norm, 0 = off
               seed=0,                    # 0 to 2^63 - 1: phantom, split, masks, initialisation
               # speed and memory
