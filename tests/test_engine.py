@@ -51,6 +51,43 @@ def test_one_loss_for_training_and_per_cine_scores():
                                (torch.view_as_real(recon - target) ** 2).mean())
 
 
+def test_heart_box_loss_is_the_loss_over_each_cines_box():
+    recon, target = torch.randn(2, 3, 8, 10, dtype=torch.complex64), torch.randn(2, 3, 8, 10, dtype=torch.complex64)
+    boxes = torch.tensor([[1, 5, 2, 9], [0, 8, 0, 10]])
+    for kind in ("L1", "L2"):
+        error = torch.view_as_real(recon - target).abs() ** (2 if kind == "L2" else 1)  # [B, T, H, W, 2]
+        expected = torch.cat([error[0, :, 1:5, 2:9].flatten(), error[1].flatten()]).mean()
+        torch.testing.assert_close(engine.reconstruction_loss(recon, target, kind, boxes=boxes), expected)
+        whole = torch.tensor([[0, 8, 0, 10]] * 2)
+        torch.testing.assert_close(engine.reconstruction_loss(recon, target, kind, boxes=whole),
+                                   engine.reconstruction_loss(recon, target, kind))
+
+
+def test_heart_weight_adds_the_box_loss_to_a_training_step_and_needs_boxes():
+    from data import CineDataset
+
+    images = torch.rand(2, 2, 16, 16).to(torch.complex64)
+    dataset = CineDataset(images, np.arange(2), center_lines=2, boxes=np.array([[2, 14, 3, 13], [0, 11, 5, 16]]))
+    batch = dataset.batch([1, 0])
+    assert batch["box"].tolist() == [[0, 11, 5, 16], [2, 14, 3, 13]]
+    model = torch.nn.Linear(1, 1)  # a stand-in network: scales the zero-filled image by its weight
+    forward = lambda aliased, kspace, mask: aliased * model.weight[0, 0]  # noqa: E731
+    losses = {}
+    for weight in (None, 2.0):
+        model.weight.data.fill_(0.5)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        config = {"loss_tpe": "L1", "grad_clip": 0, "heart_weight": weight}
+        losses[weight] = float(engine.train_step(forward, optimizer, scheduler, scaler, batch, list(model.parameters()),
+                                                 config, None))
+    recon = batch["aliased"] * 0.5
+    box_loss = engine.reconstruction_loss(recon, batch["target"], "L1", boxes=batch["box"])
+    assert losses[2.0] == pytest.approx(losses[None] + 2.0 * float(box_loss), rel=1e-5)
+    with pytest.raises(UserError, match="--heart_weight=1.0: needs heart boxes"):
+        engine.make_datasets(np.ones((7, 2, 16, 16), np.float32), {"heart_weight": 1.0, "seed": 0}, CPU, {})
+
+
 @pytest.mark.parametrize("world", [1, 2])
 def test_one_size_group_batches_as_distributed_sampler_does(world):
     for rank in range(world):

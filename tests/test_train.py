@@ -81,6 +81,7 @@ def test_command_line_overrides_reach_train():
     (["run", "cascades=3"], "usage"),
     ([], "usage"),
     (["run", "--amp=fp32"], "--amp='fp32': choose one of auto, bf16, fp16, none"),
+    (["run", "--heart_weight=heavy"], "--heart_weight=heavy: could not convert"),
     (["run", "--num_epochs"], "--num_epochs needs a value"),
     (["run", "--config=missing.json"], "--config=missing.json: not a readable JSON file"),
 ])
@@ -208,6 +209,7 @@ def test_fresh_phantom_renders_every_training_size_reproducibly():
     (dict(train_sizes="32,big"), "--train_sizes=32,big: expected comma-separated image sizes"),
     (dict(train_sizes="32,64", fresh_data=False), "needs the embedded phantom with fresh_data=true"),
     (dict(train_sizes="32,64", data="cine.npz"), "needs the embedded phantom with fresh_data=true"),
+    (dict(heart_weight=-1.0), "--heart_weight=-1.0: must be None or a number >= 0"),
 ])
 def test_bad_training_sizes_are_refused(options, message):
     with pytest.raises(UserError, match=message):
