@@ -211,7 +211,7 @@ def test_fresh_phantom_renders_every_training_size_reproducibly():
     (dict(train_sizes="32,64", data="cine.npz"), "needs the embedded phantom with fresh_data=true"),
     (dict(heart_weight=-1.0), "--heart_weight=-1.0: must be None or a number >= 0"),
 ])
-def test_bad_training_sizes_are_refused(options, message):
+def test_bad_training_options_are_refused(options, message):
     with pytest.raises(UserError, match=message):
         resolve_config(train_defaults(), {"scale": "full", "device": "cpu", **options})
 
