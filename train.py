@@ -98,8 +98,9 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    flops = training_flops(config, tuple(val_set.images.shape[1:]))  # per cine, forward + backward
-    epoch_flops = sum(training_flops(config, tuple(group.images.shape[1:])) * len(group) for group in train_set.groups)
+    flops = {shape: training_flops(config, shape)  # per cine, forward + backward, once per image shape
+             for shape in {tuple(part.images.shape[1:]) for part in (val_set, *train_set.groups)}}
+    epoch_flops = sum(flops[tuple(group.images.shape[1:])] * len(group) for group in train_set.groups)
     model = build_model(config).to(device)
     if config["channels_last"]:
         use_channels_last(model)
@@ -130,7 +131,8 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
               f"{describe_device(device)}, {world} process(es)",
               f"precision: {precision} ({amp_reason})",
               *notes, f"data: {source}; split {len(train_set)}/{len(val_set)}/{len(test_set)} (train/val/test)",
-              f"model: {describe_parameters(core)}; {flops / 1e9:.1f} GFLOP per cine per training step",
+              f"model: {describe_parameters(core)}; "
+              f"{flops[tuple(val_set.images.shape[1:])] / 1e9:.1f} GFLOP per cine per training step",
               "config: " + json.dumps(config, sort_keys=True)]
     for line in header:
         log(line)
