@@ -41,7 +41,7 @@ import models
 from cli import UserError, atomic_write, check_readable, make_run_dirs
 from data import (CineDataset, SizeGroups, array_header, cine_file, load_boxes, load_cine, load_subjects,
                   split_by_subject, split_indices)
-from metrics import SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim
+from metrics import SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim, box_pixels
 from models import ARCHS, CHECKPOINT_FORMAT, build_model, fixed_frame_count, size_multiple
 from sampling import REFERENCE_HEIGHT, check_sampling, scaled_center_lines
 
@@ -385,10 +385,7 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str, pe
     diff = torch.view_as_real(recon - target)  # [B, T, H, W, 2]
     error = diff.pow(2) if kind == "L2" else diff.abs()
     if boxes is not None:
-        rows, cols = (torch.arange(n, device=boxes.device) for n in target.shape[2:])
-        inside = (((rows >= boxes[:, 0, None]) & (rows < boxes[:, 1, None]))[:, :, None]
-                  & ((cols >= boxes[:, 2, None]) & (cols < boxes[:, 3, None]))[:, None, :])  # [B, H, W]
-        weight = inside[:, None, :, :, None].to(error.dtype)  # [B, 1, H, W, 1]
+        weight = box_pixels(boxes, *target.shape[2:])[:, None, :, :, None].to(error.dtype)  # [B, 1, H, W, 1]
         return (error * weight).sum() / (weight.sum() * error.shape[1] * error.shape[-1])
     return error.flatten(1).mean(1) if per_cine else error.mean()
 

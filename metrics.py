@@ -50,7 +50,8 @@ def _box_mask(box, batch: int, height: int, width: int, device, min_size: int = 
     if box.is_floating_point() or box.is_complex() or box.shape not in ((4,), (batch, 4)):
         raise ValueError(f"box must be ints (row0, row1, col0, col1), shape [4] or [{batch}, 4], "
                          f"got {box.dtype} {list(box.shape)}")
-    row0, row1, col0, col1 = box.long().expand(batch, 4).unbind(1)  # each [B]
+    boxes = box.long().expand(batch, 4)  # [B, 4]
+    row0, row1, col0, col1 = boxes.unbind(1)  # each [B]
     inside = (row0 >= 0) & (row1 <= height) & (col0 >= 0) & (col1 <= width)
     if not bool((inside & (row1 - row0 >= 1) & (col1 - col0 >= 1)).all()):
         raise ValueError(f"every box needs 0 <= row0 < row1 <= {height} and 0 <= col0 < col1 <= {width}, "
@@ -58,8 +59,15 @@ def _box_mask(box, batch: int, height: int, width: int, device, min_size: int = 
     if not bool(((row1 - row0 >= min_size) & (col1 - col0 >= min_size)).all()):
         raise ValueError(f"boxes must be at least {min_size}x{min_size} pixels (the SSIM window), "
                          f"got {box.tolist()}")
-    rows = torch.arange(height, device=device)
-    cols = torch.arange(width, device=device)
+    return box_pixels(boxes, height, width)
+
+
+def box_pixels(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Boolean ``[B, H, W]`` mask of the half-open boxes ``[B, 4]`` (row0, row1, col0, col1), on
+    their device, unchecked and without host synchronisation (for the training loss)."""
+    row0, row1, col0, col1 = boxes.unbind(1)  # each [B]
+    rows = torch.arange(height, device=boxes.device)
+    cols = torch.arange(width, device=boxes.device)
     in_rows = (rows >= row0[:, None]) & (rows < row1[:, None])  # [B, H]
     in_cols = (cols >= col0[:, None]) & (cols < col1[:, None])  # [B, W]
     return in_rows[:, :, None] & in_cols[:, None, :]
