@@ -23,7 +23,10 @@ Unmeasured k-space is never read: the inputs are multiplied by the mask first.
 Speed: the readout (kx, the image columns) is fully sampled, so the problem separates along x.
 Adaptation runs on a band of ``crop`` columns (where the view-shared cine moves most, that is the
 heart), which is an exact smaller problem: its k-space is the 1D Fourier transform, along the
-cropped columns, of the measured data's hybrid (ky, x) space.
+cropped columns, of the measured data's hybrid (ky, x) space. A network with an LSNet (learned
+L+S) adapts on all columns: its singular-value thresholding couples every pixel, so a band is a
+different problem. Its per-iteration thresholds and steps learn at ``models.PHYSICS_LR`` times
+``lr`` (``models.parameter_groups``), the CNNs' weights at ``lr``.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import time
 
 import torch
 
+from models import acts_locally, parameter_groups
 from sampling import fft2c, ifft2c, view_sharing
 
 
@@ -122,7 +126,7 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
     full = (kspace * mask, mask)  # never read unmeasured k-space
     kspace, mask = full
     width = kspace.shape[-1]
-    if 0 < crop < width:
+    if 0 < crop < width and acts_locally(model):
         start = moving_band(kspace, mask, crop)
         kspace, mask = crop_columns(kspace, start, crop) * mask[..., :crop], mask[..., :crop]
     rows = row_mask(mask)  # [B, T, H]
@@ -133,7 +137,7 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
     original, model = model, copy.deepcopy(model)
     model.eval()  # dropout off and batch-norm statistics frozen; gradients still flow
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = torch.optim.Adam(parameter_groups(model, lr, 0.0))  # an LSNet's CS numbers at PHYSICS_LR * lr
 
     def forward(net, data, seen: torch.Tensor) -> torch.Tensor:
         measured, _ = data

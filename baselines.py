@@ -13,6 +13,8 @@ every reconstruction returned here has exactly the measured lines (to float prec
 
 - :func:`kt_sparse`: ``min_x  lam ||F_t x||_1 + 1/2 ||U F x - y||^2`` (x-f sparsity, Lustig /
   Otazo style) by FISTA with step 1 (``U F`` has norm 1), whose gradient step is exactly ``DC``.
+- :func:`lplus_s_unrolled`: L+S for a fixed 10 iterations from the view-shared cine (the untrained
+  ``models.LSNet``).
 - :func:`low_rank_plus_sparse`: L+S (Otazo, Candes & Sodickson 2015),
   ``min  lam_L ||L||_* + lam_S ||F_t S||_1 + 1/2 ||U F (L + S) - y||^2`` with ``L`` the Casorati
   matrix ``[H W, T]`` of the low-rank part, by their iteration: singular-value thresholding for
@@ -41,7 +43,7 @@ import time
 import torch
 
 from metrics import batch_psnr
-from sampling import data_consistency
+from sampling import data_consistency, shared_kspace
 from sampling import view_sharing as view_shared_image
 
 # Grids for tuning on validation cines (relative weights, see the module docstring) around the
@@ -49,6 +51,7 @@ from sampling import view_sharing as view_shared_image
 # (k-t sparse 0.003; L+S 0.01 and 0.003: output/compare_main/results.md of docs/results.md).
 KT_GRID = {"lam": (0.0003, 0.001, 0.003, 0.01)}
 LPLUSS_GRID = {"lambda_l": (0.003, 0.01, 0.03, 0.1), "lambda_s": (0.001, 0.003, 0.01)}
+STARTS = ("zero_filled", "view_sharing")  # where the L+S iterations start
 
 
 # ----------------------------------------------------------------------------- operators
@@ -78,15 +81,50 @@ def singular_value_threshold(matrix: torch.Tensor, tau: torch.Tensor) -> torch.T
     """``U soft(Sigma, tau) V^H`` of tall matrices ``[B, m, n]`` (m >= n), ``tau`` ``[B]``.
 
     Computed through the small Gram matrix ``C^H C = V Sigma^2 V^H`` (``[B, n, n]``, Hermitian
-    eigendecomposition) as ``C V diag(soft(sigma) / sigma) V^H``: exact, and far faster than a
-    full SVD of the tall matrix on both CPU and GPU. Singular values below about 1e-3 of the
-    largest lose precision in float32, which matters only for thresholds that small.
+    eigendecomposition) as ``C h(C^H C)``, ``h(lambda) = max(1 - tau / sqrt(lambda), 0)``: exact,
+    and far faster than a full SVD of the tall matrix on both CPU and GPU. Singular values below
+    about 1e-3 of the largest lose precision in float32, which matters only for thresholds that
+    small. Differentiable in ``matrix`` and ``tau`` with gradients that stay finite when singular
+    values repeat (:class:`GramShrink`), so unrolled networks can learn ``tau``.
     """
-    gram = matrix.mH @ matrix  # [B, n, n]
-    eigenvalues, v = torch.linalg.eigh(gram)  # ascending, [B, n], [B, n, n]
-    sigma = eigenvalues.clamp_min(0).sqrt()
-    gain = (sigma - tau[:, None]).clamp_min(0) / sigma.clamp_min(torch.finfo(sigma.dtype).tiny)
-    return matrix @ ((v * gain[:, None, :].to(v.dtype)) @ v.mH)
+    return matrix @ GramShrink.apply(matrix.mH @ matrix, tau)
+
+
+class GramShrink(torch.autograd.Function):
+    """``h(G) = V diag(h(lambda)) V^H`` of Hermitian positive semi-definite ``G = V diag(lambda) V^H``
+    ``[B, n, n]`` with ``h(lambda) = max(1 - tau / sqrt(lambda), 0)``, ``tau`` ``[B]`` real.
+
+    The backward pass is the Daleckii-Krein formula ``dG = V ((V^H dH V) o Gamma) V^H`` with the
+    divided differences ``Gamma_ij = (h_i - h_j) / (lambda_i - lambda_j)`` (``h'`` where the
+    eigenvalues coincide): bounded for the Lipschitz ``h``, unlike autograd through ``eigh``, whose
+    ``1 / (lambda_i - lambda_j)`` is infinite for the repeated noise-level singular values of a cine.
+    """
+
+    @staticmethod
+    def forward(ctx, gram: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        eigenvalues, v = torch.linalg.eigh(gram)  # ascending, [B, n], [B, n, n]
+        sigma = eigenvalues.clamp_min(0).sqrt()  # [B, n] singular values
+        gain = (sigma - tau[:, None]).clamp_min(0) / sigma.clamp_min(torch.finfo(sigma.dtype).tiny)  # [B, n]
+        ctx.save_for_backward(sigma, v, gain, tau)
+        return (v * gain[:, None, :].to(v.dtype)) @ v.mH
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        sigma, v, gain, tau = ctx.saved_tensors
+        tiny = torch.finfo(sigma.dtype).tiny
+        inner = v.mH @ grad @ v  # [B, n, n]
+        inner = (inner + inner.mH) / 2  # only Hermitian perturbations of G exist
+        active = sigma > tau[:, None]  # [B, n]: singular values that survive the threshold
+        slope = torch.where(active, tau[:, None] / (2 * sigma.clamp_min(tiny) ** 3), 0)  # h'(lambda) [B, n]
+        lam = sigma ** 2
+        gap = lam[:, :, None] - lam[:, None, :]  # [B, n, n]
+        close = gap.abs() <= 1e-6 * lam.amax(-1, keepdim=True)[..., None].clamp_min(tiny)
+        divided = (gain[:, :, None] - gain[:, None, :]) / torch.where(close, 1, gap)
+        gamma = torch.where(close, (slope[:, :, None] + slope[:, None, :]) / 2, divided)  # [B, n, n] real
+        grad_gram = v @ (inner * gamma.to(inner.dtype)) @ v.mH
+        dgain_dtau = torch.where(active, -1 / sigma.clamp_min(tiny), 0)  # [B, n]
+        grad_tau = (inner.diagonal(dim1=-2, dim2=-1).real * dgain_dtau).sum(-1)  # [B]
+        return grad_gram, grad_tau
 
 
 def largest_singular_value(matrix: torch.Tensor) -> torch.Tensor:
@@ -115,14 +153,29 @@ def _prepare(kspace, mask):
         kspace = kspace[None]
     sampled = torch.as_tensor(mask, device=kspace.device) != 0
     sampled = (sampled[None] if sampled.dim() == 3 else sampled).expand(kspace.shape)
+    return *to_shifted(kspace, sampled), was_numpy, single
+
+
+def to_shifted(kspace: torch.Tensor, sampled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centred k-space ``[..., H, W]`` (zeroed off the mask) and the bool mask, ``ifftshift``-ed in
+    (H, W): the solvers' domain, where plain FFTs replace centred ones (see :func:`_prepare`)."""
     shift = dict(dim=(-2, -1))
-    kspace = torch.fft.ifftshift(torch.where(sampled, kspace, 0), **shift)
-    return kspace, torch.fft.ifftshift(sampled, **shift), was_numpy, single
+    return torch.fft.ifftshift(torch.where(sampled, kspace, 0), **shift), torch.fft.ifftshift(sampled, **shift)
+
+
+def to_shifted_image(x: torch.Tensor) -> torch.Tensor:
+    """A centred cine ``[..., H, W]`` into the solvers' shifted domain."""
+    return torch.fft.ifftshift(x, dim=(-2, -1))
+
+
+def from_shifted(x: torch.Tensor) -> torch.Tensor:
+    """A cine ``[..., H, W]`` of the solvers' shifted domain back to the centred layout."""
+    return torch.fft.fftshift(x, dim=(-2, -1))
 
 
 def _finish(x: torch.Tensor, was_numpy: bool, single: bool):
     """Back from the shifted domain to ``[T, H, W]`` / ``[B, T, H, W]`` of the input's kind."""
-    x = torch.fft.fftshift(x, dim=(-2, -1))
+    x = from_shifted(x)
     x = x[0] if single else x
     return x.cpu().numpy() if was_numpy else x
 
@@ -186,35 +239,62 @@ def kt_sparse(kspace, mask, *, lam: float = 0.001, iterations: int = 50, tol: fl
     return _finish(x, was_numpy, single)
 
 
+def relative_scales(x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the relative weights multiply: the largest singular value of the Casorati matrix of the
+    zero-filled cine ``x0`` ``[B, T, H, W]`` and its largest temporal Fourier coefficient, each
+    ``[B]`` (real)."""
+    return largest_singular_value(casorati(x0)), temporal_fft(x0).abs().flatten(1).amax(1)
+
+
+def lplus_s_parts(m: torch.Tensor, s: torch.Tensor, l_prev: torch.Tensor, tau_l: torch.Tensor,
+                  tau_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The low-rank and sparse parts of one L+S iteration (Otazo et al. 2015, Algorithm 1) on cines
+    ``[B, T, H, W]`` complex: ``L = SVT(M - S, tau_l)``, ``S = F_t^-1 soft(F_t (M - L_prev), tau_s)``
+    (``tau_l`` ``[B]``, ``tau_s`` broadcastable to ``[B, T, H, W]``); the caller's data consistency
+    of ``L + S`` completes the iteration."""
+    low = singular_value_threshold(casorati(m - s), tau_l)  # [B, H W, T]
+    low = low.transpose(1, 2).reshape(m.shape)  # [B, T, H, W]
+    return low, temporal_ifft(soft_threshold(temporal_fft(m - l_prev), tau_s))
+
+
+def initial_cine(kspace: torch.Tensor, sampled: torch.Tensor, start: str) -> torch.Tensor:
+    """The iterations' start from measured k-space ``[B, T, H, W]`` in the solvers' shifted domain:
+    the zero-filled cine or the view-shared one (``sampling.shared_kspace``)."""
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+    return torch.fft.ifft2(kspace if start == "zero_filled" else shared_kspace(kspace, sampled), norm="ortho")
+
+
 @torch.no_grad()
 def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: float = 0.003,
-                         iterations: int = 100, tol: float = 1e-4, verbose: bool = False):
+                         iterations: int = 100, tol: float = 1e-4, start: str = "zero_filled",
+                         verbose: bool = False):
     """L+S: low-rank plus sparse decomposition (Otazo et al. 2015) with hard data consistency.
 
     Models the cine as ``M = L + S``: ``L`` low rank as a Casorati matrix ``[H W, T]`` (the
     background and the slow, global changes) and ``S`` sparse in ``F_t`` (the moving heart).
-    Starting from ``M = x0``, ``S = 0``, ``L_prev = x0``, each iteration is (their Algorithm 1)::
+    Starting from ``M = M0``, ``S = 0``, ``L_prev = M0``, each iteration is (their Algorithm 1)::
 
         L = SVT(M - S, lambda_l sigma_max(x0))
         S = F_t^-1 soft(F_t (M - L_prev), lambda_s max|F_t x0|)
         M = DC(L + S)
 
-    and ``M`` is returned (it keeps the sampled k-space exactly). Arguments as in
-    :func:`kt_sparse`; ``lambda_l`` is relative to the largest singular value of the zero-filled
+    and ``M`` is returned (it keeps the sampled k-space exactly). ``M0`` is the zero-filled cine
+    ``x0`` (``start="zero_filled"``, the paper's) or the view-shared one (``"view_sharing"``, the
+    start of ``models.LSNet``). Arguments as in :func:`kt_sparse` (``tol=0``: exactly
+    ``iterations``); ``lambda_l`` is relative to the largest singular value of the zero-filled
     Casorati matrix, ``lambda_s`` to the largest temporal Fourier coefficient of ``x0``.
     """
     kspace, sampled, was_numpy, single = _prepare(kspace, mask)
     synchronize(kspace.device)
     started = time.perf_counter()
     x0 = torch.fft.ifft2(kspace, norm="ortho")  # [B, T, H, W] complex, zero-filled (shifted)
-    shape = x0.shape
-    tau_l = lambda_l * largest_singular_value(casorati(x0))  # [B]
-    tau_s = lambda_s * temporal_fft(x0).abs().flatten(1).amax(1)[:, None, None, None]  # [B, 1, 1, 1]
-    m, s, l_prev = x0, torch.zeros_like(x0), x0
+    sigma_max, peak = relative_scales(x0)  # [B] each
+    tau_l, tau_s = lambda_l * sigma_max, lambda_s * peak[:, None, None, None]  # [B], [B, 1, 1, 1]
+    m = initial_cine(kspace, sampled, start)  # [B, T, H, W]
+    s, l_prev = torch.zeros_like(m), m
     for done in range(1, iterations + 1):
-        low = singular_value_threshold(casorati(m - s), tau_l)  # [B, H W, T]
-        low = low.transpose(1, 2).reshape(shape)  # [B, T, H, W]
-        s = temporal_ifft(soft_threshold(temporal_fft(m - l_prev), tau_s))
+        low, s = lplus_s_parts(m, s, l_prev, tau_l, tau_s)
         m_new = data_consistency(low + s, kspace, sampled, centered=False)
         converged = _relative_change(m_new, m) < tol
         m, l_prev = m_new, low
@@ -224,6 +304,15 @@ def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: floa
     if verbose:
         _report("L+S", len(m), done, time.perf_counter() - started)
     return _finish(m, was_numpy, single)
+
+
+def lplus_s_unrolled(kspace, mask, *, lambda_l: float = 0.01, lambda_s: float = 0.003, iterations: int = 10,
+                     verbose: bool = False):
+    """:func:`low_rank_plus_sparse` stopped after exactly ``iterations`` iterations from the
+    view-shared cine: what ``models.LSNet`` computes before training (train.py's ``--arch=lsnet``,
+    ``iterations=10``), the classical point the learned L+S starts from."""
+    return low_rank_plus_sparse(kspace, mask, lambda_l=lambda_l, lambda_s=lambda_s, iterations=iterations, tol=0,
+                                start="view_sharing", verbose=verbose)
 
 
 def view_sharing(kspace, mask, *, verbose: bool = False):
@@ -240,8 +329,9 @@ def view_sharing(kspace, mask, *, verbose: bool = False):
     return x
 
 
-METHODS = {"view_sharing": view_sharing, "kt_sparse": kt_sparse, "lplus_s": low_rank_plus_sparse}
-GRIDS = {"view_sharing": {}, "kt_sparse": KT_GRID, "lplus_s": LPLUSS_GRID}
+METHODS = {"view_sharing": view_sharing, "kt_sparse": kt_sparse, "lplus_s": low_rank_plus_sparse,
+           "lplus_s_unrolled": lplus_s_unrolled}
+GRIDS = {"view_sharing": {}, "kt_sparse": KT_GRID, "lplus_s": LPLUSS_GRID, "lplus_s_unrolled": LPLUSS_GRID}
 
 
 # ----------------------------------------------------------------------------- tuning

@@ -1,7 +1,7 @@
 """Compare trained networks with the classical baselines on the same test cines and masks.
 
     python compare.py NAME [--runs=A,B] [--checkpoints=PATH,...] [--labels=...]
-        [--baselines=view_sharing,kt_sparse,lplus_s|none] [--masks=per_cine|fixed] [--max_cines=N]
+        [--baselines=view_sharing,kt_sparse,lplus_s,lplus_s_unrolled|none] [--masks=per_cine|fixed] [--max_cines=N]
         [--tune=true] [--tune_cines=8] [--batch_size=4] [--device=auto|cpu|cuda] [--amp=auto|bf16|fp16|none]
         [--split=test|all] [--adapt=STEPS [--adapt_lr=2e-5] [--adapt_crop=64]]
         [--data=... --num_samples=... --image_size=... --seed=... ...] [--out_dir=output] [--images_dir=images]
@@ -76,7 +76,8 @@ CENTER_LINES_HELP = (">= 0 fully sampled central ky lines at 192 rows, scaled to
                      "with --split=all used exactly as given")
 SPLITS = ("test", "all")
 FILE_SHAPE_KEYS = ("image_size", "in_channels")  # taken from the file with --split=all
-BASELINE_LABELS = {"view_sharing": "view sharing", "kt_sparse": "k-t sparse", "lplus_s": "L+S"}
+BASELINE_LABELS = {"view_sharing": "view sharing", "kt_sparse": "k-t sparse", "lplus_s": "L+S",
+                   "lplus_s_unrolled": "L+S, 10 iterations from view sharing"}
 ZERO_FILLED = "zero-filled"
 SCORES = ("psnr", "ssim", "psnr_roi", "ssim_roi")  # per-cine scores kept for every method (heart box: if known)
 MASK_PROTOCOLS = {  # name -> (short label, description)
@@ -90,7 +91,7 @@ def compare(name: str, *,
             runs: str = "",                       # run names, comma-separated: OUT_DIR/RUN/best.pt
             checkpoints: str = "",                # checkpoint paths, comma-separated
             labels: str = "",                     # method labels for runs then checkpoints (default: run names)
-            baselines: str = "view_sharing,kt_sparse,lplus_s",  # baselines, comma-separated, or 'none'
+            baselines: str = "view_sharing,kt_sparse,lplus_s,lplus_s_unrolled",  # comma-separated, or 'none'
             masks: str = "per_cine",              # 'per_cine' | 'fixed' (the study's protocol)
             split: str = "test",                  # 'test': the data's test split | 'all': every cine of --data
             max_cines: int = 0,                   # evaluate the first N test cines; 0 = all

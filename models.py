@@ -18,17 +18,21 @@ under autocast.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from sampling import fft2c, ifft2c
+from baselines import from_shifted, initial_cine, lplus_s_parts, relative_scales, to_shifted, to_shifted_image
+from sampling import data_consistency, fft2c, gradient_dc, ifft2c
 from sampling import view_sharing as view_shared_image
 
 ATTENTION = ("none", "bottleneck", "all")
-ARCHS = ("dual_unet", "cine_unet", "dccnn")
+ARCHS = ("dual_unet", "cine_unet", "dccnn", "lsnet")
 DC_MODES = ("hard", "soft")
+PRIORS = (None, "lsnet")  # what starts the cascades: view_sharing decides | a learned L+S
 OUTPUTS = ("linear", "sigmoid")
 UNET_LEVELS = 4  # pooling levels: image sizes must be multiples of 2**4 = 16
 
@@ -373,11 +377,89 @@ class DataConsistency(nn.Module):
         return ifft2c(predicted * (1 - mask) + measured * mask)
 
 
+class SparseCorrection(nn.Module):
+    """A small (2+1)D CNN that corrects the sparse part of an L+S iteration: ``S + c N([S, R] / c)``
+    with ``R = M - L_prev`` (what the soft-threshold acted on), complex as two channels each, and
+    ``c`` ``[B]`` a per-cine scale, so the correction scales with the data as the thresholds do.
+
+    A 3x3 convolution per frame, a 3-frame convolution along time (circular: one heartbeat), a 3x3
+    convolution, LeakyReLU(0.1) between them and a 1x1 head that starts at zero: the untrained
+    correction is the identity. Any frame count and image size; no normalisation layers.
+    """
+
+    def __init__(self, features: int = 8):
+        super().__init__()
+        self.net = nn.Sequential(frame_conv(4, features), leaky_relu(), time_conv(features, features), leaky_relu(),
+                                 frame_conv(features, features), leaky_relu(), nn.Conv3d(features, 2, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, sparse, residual, scale):  # [B, T, H, W] complex, complex, [B] real
+        scale = scale[:, None, None, None]  # [B, 1, 1, 1]
+        x = torch.cat([complex_to_channels(sparse / scale), complex_to_channels(residual / scale)], 1)  # [B, 4, T, H, W]
+        return sparse + channels_to_complex(self.net(x)) * scale  # [B, T, H, W] complex
+
+
+class LSNet(nn.Module):
+    """Learned L+S: the iteration of ``baselines.low_rank_plus_sparse`` unrolled ``iterations`` times,
+    each iteration ``k`` with its own learned relative thresholds, gradient step and (optionally) a
+    :class:`SparseCorrection`::
+
+        L = SVT(M - S, lambda_L[k] sigma_max(x0))
+        S = F_t^-1 soft(F_t (M - L_prev), lambda_S[k] max|F_t x0|)      then S <- N_k(S, M - L_prev)
+        M = (L + S) - step[k] F^-1 U (F (L + S) - y)                     (sampling.gradient_dc)
+
+    from ``M = S + L_prev`` = the view-shared cine (or the zero-filled ``x0``), and a final hard data
+    consistency, so that the output keeps every measured sample exactly whatever the learned steps.
+    The thresholds are learned as logarithms (always positive) and stay relative to the zero-filled
+    cine's scale, so the network is scale-equivariant: ``c y`` gives ``c M``. At initialisation (``step = 1``, where
+    the gradient step is exact data consistency; zero heads; thresholds ``lambda_l`` and
+    ``lambda_s``) it computes exactly ``iterations`` iterations of ``low_rank_plus_sparse`` from the
+    same start: a network that starts as tuned CS. Any frame count and image size; float32 inside
+    (autocast is off: thresholds and eigendecompositions need the precision).
+
+    ``(aliased, kspace, mask)`` -> complex cine, all ``[B, T, H, W]``, like :class:`CineReconNet`.
+    """
+
+    def __init__(self, iterations: int = 10, lambda_l: float = 0.01, lambda_s: float = 0.003, features: int = 0,
+                 view_sharing: bool = True):
+        super().__init__()
+        if iterations < 1 or lambda_l <= 0 or lambda_s <= 0 or features < 0:
+            raise ValueError("LSNet needs iterations >= 1, lambda_l > 0, lambda_s > 0 and features >= 0")
+        self.iterations, self.view_sharing = iterations, view_sharing
+        self.log_lambda_l = nn.Parameter(torch.full((iterations,), math.log(lambda_l)))
+        self.log_lambda_s = nn.Parameter(torch.full((iterations,), math.log(lambda_s)))
+        self.step = nn.Parameter(torch.ones(iterations))
+        self.corrections = nn.ModuleList(SparseCorrection(features) for _ in range(iterations if features else 0))
+
+    def physics_parameters(self) -> list[nn.Parameter]:
+        """The CS numbers (per-iteration log-thresholds and steps), as opposed to the CNNs' weights."""
+        return [self.log_lambda_l, self.log_lambda_s, self.step]
+
+    def forward(self, aliased, kspace, mask):  # [B, T, H, W] complex, complex, float
+        with torch.autocast("cuda" if kspace.is_cuda else "cpu", enabled=False):
+            # the solvers' ifftshift-ed domain, where plain FFTs replace centred ones (baselines.to_shifted)
+            kspace, sampled = to_shifted(kspace.to(torch.complex64), mask.bool())  # never read unmeasured k-space
+            x0 = torch.fft.ifft2(kspace, norm="ortho")  # [B, T, H, W] zero-filled
+            sigma_max, peak = relative_scales(x0)  # [B] each
+            m = initial_cine(kspace, sampled, "view_sharing" if self.view_sharing else "zero_filled")
+            s, l_prev = torch.zeros_like(m), m
+            for k in range(self.iterations):
+                tau_s = (self.log_lambda_s[k].exp() * peak)[:, None, None, None]  # [B, 1, 1, 1]
+                low, s = lplus_s_parts(m, s, l_prev, self.log_lambda_l[k].exp() * sigma_max, tau_s)
+                if len(self.corrections):  # the CNN sees centred images
+                    s = to_shifted_image(self.corrections[k](from_shifted(s), from_shifted(m - l_prev), peak))
+                m, l_prev = gradient_dc(low + s, kspace, sampled, self.step[k], centered=False), low
+            m = data_consistency(m, kspace, sampled, centered=False)  # every measured sample, exactly
+        return from_shifted(m)  # [B, T, H, W] complex64
+
+
 class CineReconNet(nn.Module):
     """The reconstruction network: ``(aliased, kspace, mask)`` -> complex cine, all ``[B, T, H, W]``.
 
     ``cascades=0``: one denoiser applied to the aliased cine (the study's configuration);
     ``cascades=N``: N unrolled stages ``x <- DC(denoiser_i(x))``, each with its own weights.
+    ``prior`` (a module with the same inputs, e.g. :class:`LSNet`) computes the start, else
     ``view_sharing=True`` starts from the k-t view-shared cine (each frame's unsampled k-space
     filled with the temporal mean of the measured lines, ``baselines.view_sharing``) instead of
     the zero-filled one.
@@ -389,7 +471,7 @@ class CineReconNet(nn.Module):
                  dropout: float = 0.3, attention: str = "bottleneck", resnet_features: int = 16,
                  resnet_blocks: int = 2, output: str = "linear", arch: str = "dual_unet",
                  checkpointing: bool = False, view_sharing: bool = False, levels: int = 3,
-                 share_weights: bool = False):
+                 share_weights: bool = False, prior: nn.Module | None = None):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -401,6 +483,7 @@ class CineReconNet(nn.Module):
         self.cascades = cascades
         self.checkpointing = checkpointing
         self.view_sharing = view_sharing
+        self.prior = prior
         if arch == "cine_unet" and output != "linear":
             raise ValueError("arch='cine_unet' is residual: output must be 'linear'")
         self.stages = max(cascades, 1)
@@ -421,7 +504,10 @@ class CineReconNet(nn.Module):
         return self.dcs[i](image, kspace, mask) if self.cascades else image
 
     def forward(self, aliased, kspace, mask):  # [B, T, H, W] complex, complex, float
-        image = view_shared_image(kspace, mask) if self.view_sharing else aliased  # [B, T, H, W] complex
+        if self.prior is not None:
+            image = self.prior(aliased, kspace, mask)  # [B, T, H, W] complex
+        else:
+            image = view_shared_image(kspace, mask) if self.view_sharing else aliased  # [B, T, H, W] complex
         for i in range(self.stages):
             if self.checkpointing and self.training:
                 image = checkpoint(self._stage, i, image, kspace, mask, use_reentrant=False)
@@ -434,11 +520,18 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def describe_parameters(model: CineReconNet) -> str:
+def describe_parameters(model: CineReconNet | LSNet) -> str:
     """One line per component with its parameter count."""
+    if isinstance(model, LSNet):
+        cnn = (f", a sparse-part CNN of {count_parameters(model.corrections[0])} parameters per iteration"
+               if len(model.corrections) else ", no CNN")
+        return (f"total {count_parameters(model)} parameters: learned L+S, {model.iterations} iterations, "
+                f"each with 2 relative thresholds and a step{cnn}")
     first = model.denoisers[0]
     parts = [f"total {count_parameters(model) / 1e6:.3f} M parameters in {len(model.denoisers)} denoiser(s) "
              f"for {model.stages} stage(s)"]
+    if model.prior is not None:
+        parts.append(f"started by {describe_parameters(model.prior)}")
     if isinstance(first, DualUNetDenoiser):
         parts.append(f"per denoiser: 2 x UNet2D {count_parameters(first.unet_real) / 1e6:.3f} M + "
                      f"TemporalResNet3D {count_parameters(first.temporal) / 1e6:.3f} M")
@@ -450,15 +543,31 @@ def describe_parameters(model: CineReconNet) -> str:
     return "; ".join(parts)
 
 
-def build_model(config: dict) -> CineReconNet:
-    """The network a run's config describes (``in_channels`` is the number of frames)."""
+def build_model(config: dict) -> CineReconNet | LSNet:
+    """The network a run's config describes (``in_channels`` is the number of frames): ``arch='lsnet'``
+    is the learned L+S alone; the other archs are cascades, started by a learned L+S when
+    ``prior='lsnet'``."""
+    if config["arch"] == "lsnet":
+        return learned_lplus_s(config)
+    prior = learned_lplus_s(config) if config.get("prior") == "lsnet" else None
+    return cascade_network(config, config["arch"], prior)
+
+
+def learned_lplus_s(config: dict) -> LSNet:
+    """The :class:`LSNet` of ``config`` (``iterations``, ``lambda_l``, ``lambda_s``, ``sparse_features``)."""
+    return LSNet(config["iterations"], config["lambda_l"], config["lambda_s"], config["sparse_features"],
+                 config["view_sharing"])
+
+
+def cascade_network(config: dict, arch: str, prior: nn.Module | None = None) -> CineReconNet:
+    """The :class:`CineReconNet` of ``config`` with denoisers ``arch``, started by ``prior`` if given."""
     return CineReconNet(frames=config["in_channels"], init_features=config["init_features"],
                         cascades=config["cascades"], dc=config["dc"], dropout=config["dropout"],
                         attention=config["attention"], resnet_features=config["resnet_features"],
                         resnet_blocks=config["resnet_blocks"], output=config["output"],
-                        arch=config["arch"], checkpointing=config.get("checkpointing", False),
+                        arch=arch, checkpointing=config.get("checkpointing", False),
                         view_sharing=config.get("view_sharing", False), levels=config.get("levels", 3),
-                        share_weights=config.get("share_weights", False))
+                        share_weights=config.get("share_weights", False), prior=prior)
 
 
 def size_multiple(config: dict) -> int:
@@ -473,6 +582,27 @@ def size_multiple(config: dict) -> int:
 def fixed_frame_count(config: dict) -> int | None:
     """The number of frames the network of ``config`` needs (frames as channels), or None: any."""
     return config["in_channels"] if config["arch"] == "dual_unet" else None
+
+
+def acts_locally(model: nn.Module) -> bool:
+    """Whether every output pixel depends only on nearby pixels of the input (CNNs, data consistency
+    along the phase-encoding direction), so a band of columns is a problem of its own; an
+    :class:`LSNet`'s singular-value thresholding couples every pixel."""
+    return not any(isinstance(module, LSNet) for module in model.modules())
+
+
+PHYSICS_LR = 100.0  # the CS numbers of an LSNet learn at this multiple of the learning rate, without weight decay
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """Adam's parameter groups: the CNN weights at ``lr`` with ``weight_decay``, and an LSNet's
+    per-iteration log-thresholds and steps (``physics_parameters``) at ``PHYSICS_LR * lr`` without
+    weight decay (which would pull every threshold towards 1 and every step towards 0)."""
+    physics = [p for module in model.modules() if isinstance(module, LSNet) for p in module.physics_parameters()]
+    chosen = {id(p) for p in physics}
+    weights = [p for p in model.parameters() if id(p) not in chosen]
+    groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay}]
+    return groups + ([{"params": physics, "lr": PHYSICS_LR * lr, "weight_decay": 0.0}] if physics else [])
 
 
 def use_channels_last(model: nn.Module) -> nn.Module:

@@ -247,7 +247,7 @@ ADAPT_ARRAYS = {"adapt_steps": "steps", "adapt_kept_step": "kept_step", "adapt_e
 
 def ends_in_hard_dc(config: dict) -> bool:
     """Whether the network's last stage replaces the measured lines by the measurements."""
-    return config["cascades"] > 0 and config["dc"] == "hard"
+    return config["arch"] == "lsnet" or config["cascades"] > 0 and config["dc"] == "hard"
 
 
 def check_adaptation(steps: int, lr: float, crop: int, multiple: int, width: int) -> None:
@@ -362,8 +362,11 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
+SHIPPED_CHECKPOINT = str(Path(__file__).resolve().with_name("checkpoints") / "lsnet.pt")  # docs/results.md
+
+
 def reconstruct(*,
-                checkpoint: str,  # output/NAME/best.pt or last.pt
+                checkpoint: str = SHIPPED_CHECKPOINT,  # output/NAME/best.pt or last.pt; default: the shipped learned L+S
                 input: str,  # cines (.npy/.npz [N,T,H,W] or [T,H,W], or a formats.py format) or .npz kspace+mask
                 out: str,  # the .npz to write (never overwritten)
                 key: str | None = None,  # array name in the input .npz/.mat; None: 'dataset' or the only one
@@ -389,8 +392,8 @@ def reconstruct(*,
         problem = kspace_problem(path, config, mask)
     else:
         problem = fully_sampled_problem(path, config, key, mask)
-    print(f"checkpoint {checkpoint}: {config['arch']} network, {config['cascades']} cascade(s), trained on "
-          f"{config['in_channels']}-frame cines; device {torch_device}, autocast {amp_dtype or 'off'} ({amp_reason})")
+    print(f"checkpoint {checkpoint}: {network_summary(config)}; device {torch_device}, autocast {amp_dtype or 'off'} "
+          f"({amp_reason})")
     for note in problem.notes:
         print(note)
     scale, masks = problem.scale[:, None, None, None], problem.applied_masks()
@@ -422,6 +425,15 @@ def reconstruct(*,
         except OSError as error:
             raise UserError(f"{figures}: cannot write the figures ({error})") from None
         print(f"figures: {len(written)} files in {figures}/")
+
+
+def network_summary(config: dict) -> str:
+    """What a checkpoint holds, in a few words."""
+    if config["arch"] == "lsnet":
+        return f"learned L+S (lsnet), {config['iterations']} iterations, any frame count and size"
+    prior = ", started by a learned L+S" if config.get("prior") == "lsnet" else ""
+    return (f"{config['arch']} network, {config['cascades']} cascade(s){prior}, trained on {config['in_channels']}-frame "
+            f"cines")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -88,6 +88,20 @@ def data_consistency(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tens
     return inverse(torch.where(mask.bool(), kspace, forward(image)))
 
 
+def gradient_dc(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor, step, *,
+                centered: bool = True) -> torch.Tensor:
+    """One gradient step on ``1/2 ||U F x - y||^2``: ``x - step F^-1 U (F x - y)``.
+
+    ``step = 1`` is :func:`data_consistency` (``U`` is a projection, so the step lands exactly on
+    the measurements); ``0 < step < 1`` moves the sampled lines part of the way (soft consistency);
+    a step in ``(0, 2)`` never increases the data error. image, kspace ``[..., H, W]`` complex;
+    mask 0/1 broadcastable; ``step`` a number or a tensor broadcastable to ``image``.
+    """
+    forward, inverse = (fft2c, ifft2c) if centered else (_plain_fft2, _plain_ifft2)
+    residual = torch.where(mask.bool(), forward(image) - kspace, 0)  # [..., H, W] U (F x - y)
+    return image - step * inverse(residual)
+
+
 def _plain_fft2(x: torch.Tensor) -> torch.Tensor:
     return torch.fft.fft2(x, norm="ortho")
 
@@ -107,13 +121,19 @@ def view_sharing(kspace, mask):
     like ``kspace``.
     """
     was_numpy = not isinstance(kspace, torch.Tensor)
-    kspace = torch.as_tensor(kspace)
+    shared = ifft2c(shared_kspace(torch.as_tensor(kspace), mask))
+    return shared.numpy() if was_numpy else shared
+
+
+def shared_kspace(kspace: torch.Tensor, mask) -> torch.Tensor:
+    """The k-space of :func:`view_sharing`: ``y_t + (1 - U_t) sum_s y_s / sum_s U_s`` over the frames
+    (axis -3) of ``kspace`` ``[..., T, H, W]``; location by location, so it holds in any k-space
+    ordering (centred or ``ifftshift``-ed)."""
     sampled = (torch.as_tensor(mask, device=kspace.device) != 0).expand(kspace.shape)  # [..., T, H, W]
     measured = torch.where(sampled, kspace, 0)
     counts = sampled.sum(-3, keepdim=True)  # [..., 1, H, W]: frames that sampled each location
     mean = measured.sum(-3, keepdim=True) / counts.clamp_min(1)  # [..., 1, H, W]
-    shared = ifft2c(torch.where(sampled, measured, mean))
-    return shared.numpy() if was_numpy else shared
+    return torch.where(sampled, measured, mean)
 
 
 # ----------------------------------------------------------------------------- masks

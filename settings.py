@@ -12,7 +12,7 @@ from pathlib import Path
 from cli import Option, UserError, options_from_call
 from data import MASK_MODES, check_memory
 from engine import AMP_DTYPES, check_device, cuda_requested, smallest_side, training_sizes
-from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, size_multiple
+from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, PRIORS, size_multiple
 from sampling import DENSITIES
 
 # Applied when there is no CUDA device (scale="auto") or with scale="cpu", to every key not given
@@ -20,13 +20,14 @@ from sampling import DENSITIES
 CPU_SCALE = dict(image_size=64, num_samples=100, init_features=16, resnet_features=8, resnet_blocks=1, cascades=3,
                  num_epochs=24, batch_size=4, checkpointing=False)
 # The allowed values of the options that take one of a few words.
-CHOICES = dict(arch=ARCHS, attention=ATTENTION, dc=DC_MODES, output=OUTPUTS, mask_mode=MASK_MODES,
+CHOICES = dict(arch=ARCHS, prior=PRIORS, attention=ATTENTION, dc=DC_MODES, output=OUTPUTS, mask_mode=MASK_MODES,
                density=DENSITIES, loss_tpe=("L1", "L2"), lr_schedule=("warmup_cosine", "constant"),
                amp=("auto", *AMP_DTYPES), scale=("auto", "cpu", "full"))
-PARSERS = dict(heart_weight=lambda text: None if text.lower() == "none" else float(text))  # default None
+PARSERS = dict(heart_weight=lambda text: None if text.lower() == "none" else float(text),  # default None
+               prior=lambda text: None if text.lower() == "none" else text)
 POSITIVE = ("num_samples", "image_size", "in_channels", "init_features", "resnet_features", "num_epochs", "levels",
-            "batch_size", "checkpoint_every")
-NON_NEGATIVE = ("cascades", "resnet_blocks", "eval_batch_size")
+            "batch_size", "checkpoint_every", "iterations")
+NON_NEGATIVE = ("cascades", "resnet_blocks", "eval_batch_size", "sparse_features")
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train.py")
 PHANTOM_COPIES = 3  # phantom cines held at once: as rendered, split into datasets, the next epoch's fresh ones
 PHANTOM_RENDER = 24  # peak memory of rendering one cine, in rendered cines (about 21 measured at 64 and 128)
@@ -87,6 +88,9 @@ def validate_config(config: dict) -> None:
     weight = config["heart_weight"]
     if not (weight is None or isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight >= 0):
         raise UserError(f"--heart_weight={weight!r}: must be None or a number >= 0")
+    for key in ("lambda_l", "lambda_s"):
+        if not (isinstance(config[key], (int, float)) and not isinstance(config[key], bool) and 0 < config[key] < 1):
+            raise UserError(f"--{key}={config[key]!r}: must be a number in (0, 1) (a threshold relative to the data)")
     if not 0 <= config["dropout"] < 1:
         raise UserError(f"--dropout={config['dropout']}: must be in [0, 1)")
     if not (config["initial_lr"] > 0 and config["weight_decay"] >= 0 and config["grad_clip"] >= 0

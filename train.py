@@ -34,7 +34,7 @@ from engine import (Report, autocast, check_resumable, choose_autocast, create_r
                     restore, restore_rng, save_checkpoint, seed_epoch, size_batches, snapshot, stop_everywhere,
                     stop_on_signal, train_step, training_flops)
 from metrics import format_summary, summarize
-from models import CHECKPOINT_FORMAT, build_model, describe_parameters, use_channels_last
+from models import CHECKPOINT_FORMAT, build_model, describe_parameters, parameter_groups, use_channels_last
 from settings import resolve_config, train_options
 
 
@@ -109,7 +109,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
     core = model  # the unwrapped module: saved, loaded and evaluated
 
     # ---- optimiser, learning-rate schedule, loss scaling (fp16 only)
-    optimizer = torch.optim.Adam(core.parameters(), lr=config["initial_lr"], weight_decay=config["weight_decay"])
+    optimizer = torch.optim.Adam(parameter_groups(core, config["initial_lr"], config["weight_decay"]))
     local_batch = config["batch_size"] // world
     steps_per_epoch = sum(math.ceil(math.ceil(count / world) / local_batch) for count in counts)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -144,6 +144,21 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
             save_checkpoint(snapshot(core, optimizer, scheduler, scaler, train_set, config, state, fingerprint),
                             last_path)
 
+    def keep_if_best(epoch: int, val_psnr: float) -> None:
+        """best.pt holds the weights with the highest validation PSNR so far (epoch 0: untrained)."""
+        if state["best"] is None or val_psnr > state["best"]["val_psnr"]:
+            state["best"] = {"epoch": epoch, "val_psnr": val_psnr}
+            if rank == 0:
+                save_checkpoint({"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch,
+                                 "val_psnr": val_psnr, "model": core.state_dict()}, best_path)
+
+    if state["best"] is None:  # the untrained network is a candidate: training cannot end below its start
+        untrained = evaluate_distributed(core, val_set, world, rank, batch_size=config["eval_batch_size"] or local_batch,
+                                         amp_dtype=amp_dtype, loss_type=config["loss_tpe"], with_ssim=False)
+        keep_if_best(0, float(untrained["psnr"].mean()))
+        log(f"epoch 0 (untrained): validation PSNR {state['best']['val_psnr']:.3f} dB")
+        report.header.append(f"untrained network (epoch 0): validation PSNR {state['best']['val_psnr']:.3f} dB")
+
     with stop_on_signal() as stop:
         epochs = tqdm(range(state["epoch"], config["num_epochs"]), desc="epochs", unit="epoch",
                       initial=state["epoch"], total=config["num_epochs"], disable=rank != 0, dynamic_ncols=True)
@@ -175,11 +190,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
             state["history"].append(row)
             epochs.set_postfix(train=f"{row['train_loss']:.3g}", val=f"{row['val_loss']:.3g}",
                                psnr=f"{row['val_psnr']:.2f}dB", rate=f"{row['cines_per_s']:.1f}cine/s")
-            if state["best"] is None or row["val_psnr"] > state["best"]["val_psnr"]:
-                state["best"] = {"epoch": epoch + 1, "val_psnr": row["val_psnr"]}
-                if rank == 0:
-                    save_checkpoint({"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch + 1,
-                                     "val_psnr": row["val_psnr"], "model": core.state_dict()}, best_path)
+            keep_if_best(epoch + 1, row["val_psnr"])
             if (epoch + 1) % config["checkpoint_every"] == 0 or epoch + 1 == config["num_epochs"]:
                 save_last()
             if rank == 0:
@@ -305,7 +316,7 @@ def write_figures(model, test_set, test, history, img_dir: Path, amp_dtype, conf
                             sampling=sampling)
     figures.save_gif(example["target"], example["aliased"], example["recon"], img_dir / "cine.gif",
                      caption=f"test cine {index}, {sampling}")
-    denoiser = model.denoisers[-1]
+    denoiser = model.denoisers[-1] if hasattr(model, "denoisers") else None
     if hasattr(denoiser, "unet_real"):
         captured = {}
         hooks = [branch.register_forward_hook(  # outputs [B, T, H, W]; the cine UNet's [B, 1, T, H, W]
@@ -357,7 +368,7 @@ if __name__ == "__main__":
               in_channels=20,            # frames per cine (>= 1; the UNets stack frames as channels)
               out_channels=20,           # must equal in_channels
               init_features=32,          # >= 1: UNet width f (levels f, 2f, 4f, 8f, bottleneck 16f); DC-CNN width
-              arch="dual_unet",          # 'cine_unet' (any frame count) | 'dual_unet' (the study's network) | 'dccnn' (Schlemper et al. 2017)
+              arch="dual_unet",          # 'cine_unet' (any frame count) | 'dual_unet' (the study's network) | 'dccnn' (Schlemper et al. 2017) | 'lsnet' (learned L+S alone; cascades unused)
               levels=3,                  # >= 1: cine_unet pooling levels (image sizes: multiples of 2^levels)
               share_weights=False,       # one denoiser for every cascade (weights shared) | False: one per cascade
               cascades=5,                # >= 0: N x (denoiser -> data consistency) | 0: plain denoiser (the study)
@@ -368,6 +379,11 @@ if __name__ == "__main__":
               resnet_blocks=2,           # >= 0: residual blocks in the 3D temporal ResNet
               output="linear",           # 'linear' (residual, complex) | 'sigmoid' (magnitude data, cascades=0)
               view_sharing=True,         # start from the k-t view-shared cine | False: from the zero-filled one (the study)
+              prior=None,                # None: the cascades start as view_sharing says | 'lsnet': from a learned L+S (the lsnet options below)
+              iterations=10,             # lsnet only, >= 1: unrolled L+S iterations, each with its own thresholds and step
+              lambda_l=0.01,             # lsnet only, > 0: initial low-rank threshold, relative to the zero-filled cine's largest singular value
+              lambda_s=0.003,            # lsnet only, > 0: initial sparse threshold, relative to the zero-filled cine's largest temporal Fourier coefficient
+              sparse_features=0,         # lsnet only, >= 0: width of the small CNN on each iteration's sparse part, 0 = none
               # optimisation
               num_epochs=200,            # >= 1: passes over the training split (fresh phantom cines every epoch)
               batch_size=8,              # >= 1: global batch (split across processes under torchrun)

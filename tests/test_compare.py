@@ -12,7 +12,8 @@ from helpers import TINY, read_metrics, run_tool, train_defaults
 from models import CHECKPOINT_FORMAT, build_model
 from phantom import make_phantom_dataset
 
-ROWS = ["zero-filled", "view sharing", "k-t sparse", "L+S", "ours", "DC-CNN", "seed config"]
+ROWS = ["zero-filled", "view sharing", "k-t sparse", "L+S", "L+S, 10 iterations from view sharing", "ours", "DC-CNN",
+        "seed config"]
 COMPARE = ["cmp", "--runs=tinyA,dccnn,seed", "--labels=ours,DC-CNN,seed config", "--device=cpu", "--amp=none",
            "--tune_cines=1", "--max_cines=2"]
 
@@ -49,7 +50,7 @@ def test_comparison_writes_the_table_and_figures(compared):
     table = next(block for block in text.split("\n\n") if block.startswith("| method | PSNR (dB)")).splitlines()[2:]
     assert [line.split(" | ")[0][2:] for line in table] == ROWS
     paired = next(block for block in text.split("\n\n") if block.startswith("| method | PSNR difference")).splitlines()
-    assert [line.split(" | ")[0][2:] for line in paired[2:]] == ROWS[4:] and all("/2 |" in line for line in paired[2:])
+    assert [line.split(" | ")[0][2:] for line in paired[2:]] == ROWS[5:] and all("/2 |" in line for line in paired[2:])
     assert "--masks=per_cine" in text and "lam=" in text and "lambda_l=" in text
     assert "python compare.py cmp --runs=tinyA,dccnn,seed" in text
     for name in ("methods.png", "psnr_boxes.png"):
@@ -62,8 +63,8 @@ def test_results_json_holds_every_method_per_cine(compared):
     cwd, _ = compared
     report = json.loads((cwd / "output/compare_cmp/results.json").read_text())
     assert list(report["methods"]) == ROWS
-    best = max(ROWS[1:4], key=lambda label: report["methods"][label]["psnr"]["mean"])
-    assert report["paired"]["reference"] == best and list(report["paired"]["methods"]) == ROWS[4:]
+    best = max(ROWS[1:5], key=lambda label: report["methods"][label]["psnr"]["mean"])
+    assert report["paired"]["reference"] == best and list(report["paired"]["methods"]) == ROWS[5:]
     ours = report["paired"]["methods"]["ours"]["psnr"]
     difference = np.subtract(report["methods"]["ours"]["per_cine"]["psnr"], report["methods"][best]["per_cine"]["psnr"])
     assert ours["mean"] == pytest.approx(difference.mean()) and ours["better"] == (difference > 0).sum()
@@ -71,7 +72,7 @@ def test_results_json_holds_every_method_per_cine(compared):
     for label, method in report["methods"].items():
         assert len(method["per_cine"]["psnr"]) == 2 and method["seconds_per_cine"] >= 0
         assert (method["parameters"] or 0) > 0 if method["kind"] == "network" else method["parameters"] is None
-    assert set(report["tuning"]["methods"]) == {"view_sharing", "kt_sparse", "lplus_s"}
+    assert set(report["tuning"]["methods"]) == {"view_sharing", "kt_sparse", "lplus_s", "lplus_s_unrolled"}
     assert not set(report["tuning"]["validation_cines"]) & set(report["test"]["indices"])
     zero = report["methods"]["zero-filled"]["psnr"]["mean"]
     assert report["methods"]["k-t sparse"]["psnr"]["mean"] > zero + 5
