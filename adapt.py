@@ -31,6 +31,7 @@ different problem. Its per-iteration thresholds and steps learn at ``models.PHYS
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 import torch
@@ -147,14 +148,25 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
             return net(ifft2c(measured * seen_mask), measured * seen_mask, seen_mask)
 
     def held_out_error(net=model, data=(kspace, mask)) -> float:
+        """The error on the held-out lines; infinite where the network's output is not finite."""
         with torch.no_grad():
-            return float(kspace_error(forward(net, data, trainable), data[0], held_out))
+            try:
+                error = float(kspace_error(forward(net, data, trainable), data[0], held_out))
+            except torch.linalg.LinAlgError:
+                return math.inf
+        return error if math.isfinite(error) else math.inf
 
     best_error = first_error = held_out_error()
     best_state, best_step, waited, done = copy.deepcopy(model.state_dict()), 0, 0, 0
     for done in range(1, steps + 1):
         loss_rows = split_rows(trainable, loss_fraction, center, generator)  # Lambda
-        loss = kspace_error(forward(model, (kspace, mask), trainable & ~loss_rows), kspace, loss_rows)
+        try:
+            loss = kspace_error(forward(model, (kspace, mask), trainable & ~loss_rows), kspace, loss_rows)
+        except torch.linalg.LinAlgError:  # an eigendecomposition of non-finite values: the step diverged
+            loss = torch.tensor(float("nan"))
+        if not torch.isfinite(loss):
+            log(f"adapt step {done}: the loss is not finite; the best weights so far are kept")
+            break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

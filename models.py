@@ -429,12 +429,22 @@ class LSNet(nn.Module):
         self.iterations, self.view_sharing = iterations, view_sharing
         self.log_lambda_l = nn.Parameter(torch.full((iterations,), math.log(lambda_l)))
         self.log_lambda_s = nn.Parameter(torch.full((iterations,), math.log(lambda_s)))
-        self.step = nn.Parameter(torch.ones(iterations))
+        self.raw_step = nn.Parameter(torch.zeros(iterations))  # step = 2 sigmoid(raw_step), 1 at the start
         self.corrections = nn.ModuleList(SparseCorrection(features) for _ in range(iterations if features else 0))
 
     def physics_parameters(self) -> list[nn.Parameter]:
         """The CS numbers (per-iteration log-thresholds and steps), as opposed to the CNNs' weights."""
-        return [self.log_lambda_l, self.log_lambda_s, self.step]
+        return [self.log_lambda_l, self.log_lambda_s, self.raw_step]
+
+    def steps(self) -> torch.Tensor:
+        """The per-iteration gradient steps ``[iterations]``, in (0, 2) where a step never raises the
+        data error."""
+        return 2 * torch.sigmoid(self.raw_step)
+
+    def thresholds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The relative thresholds ``lambda_L`` and ``lambda_S`` ``[iterations]`` each, at most 1 (a
+        threshold at the largest singular value or coefficient already removes everything)."""
+        return self.log_lambda_l.clamp(max=0).exp(), self.log_lambda_s.clamp(max=0).exp()
 
     def forward(self, aliased, kspace, mask):  # [B, T, H, W] complex, complex, float
         with torch.autocast("cuda" if kspace.is_cuda else "cpu", enabled=False):
@@ -444,12 +454,13 @@ class LSNet(nn.Module):
             sigma_max, peak = relative_scales(x0)  # [B] each
             m = initial_cine(kspace, sampled, "view_sharing" if self.view_sharing else "zero_filled")
             s, l_prev = torch.zeros_like(m), m
+            (lambda_l, lambda_s), steps = self.thresholds(), self.steps()  # [K] each
             for k in range(self.iterations):
-                tau_s = (self.log_lambda_s[k].exp() * peak)[:, None, None, None]  # [B, 1, 1, 1]
-                low, s = lplus_s_parts(m, s, l_prev, self.log_lambda_l[k].exp() * sigma_max, tau_s)
+                tau_s = (lambda_s[k] * peak)[:, None, None, None]  # [B, 1, 1, 1]
+                low, s = lplus_s_parts(m, s, l_prev, lambda_l[k] * sigma_max, tau_s)
                 if len(self.corrections):  # the CNN sees centred images
                     s = to_shifted_image(self.corrections[k](from_shifted(s), from_shifted(m - l_prev), peak))
-                m, l_prev = gradient_dc(low + s, kspace, sampled, self.step[k], centered=False), low
+                m, l_prev = gradient_dc(low + s, kspace, sampled, steps[k], centered=False), low
             m = data_consistency(m, kspace, sampled, centered=False)  # every measured sample, exactly
         return from_shifted(m)  # [B, T, H, W] complex64
 

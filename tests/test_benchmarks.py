@@ -54,3 +54,11 @@ def test_bench_infer_quick_compares_network_and_baselines_in_a_temporary_folder(
     assert path.name.startswith("bench_infer_") and path.is_relative_to(tempfile.gettempdir())
     report = json.loads(path.read_text())
     assert len(report["results"]) == 4 and all(r["seconds"] > 0 for r in report["results"])
+
+
+def test_bench_lsnet_times_every_network_against_the_reference(tmp_path):
+    result = run_tool("benchmarks/bench_lsnet.py", ["--sizes=16", "--steps=1", "--threads=1"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "| 16 |" in line]
+    assert len(rows) == 4 and rows[0].startswith("| default call (reference) |") and rows[0].endswith("| 1.00 |")
+    assert all(float(row.split(" | ")[2]) > 0 for row in rows) and result.stdout.startswith("CPU: ")

@@ -187,3 +187,17 @@ def test_training_that_only_hurts_keeps_the_untrained_network(tmp_path, monkeypa
     best = torch.load(tmp_path / "hurt" / "best.pt", weights_only=True)
     assert best["epoch"] == 0 and best["model"]["log_lambda_s"].eq(np.log(0.003)).all()
     assert "untrained network (epoch 0): validation PSNR" in (tmp_path / "hurt" / "output.txt").read_text()
+
+
+# ----------------------------------------------------------------------------- scan-specific adaptation
+@pytest.mark.parametrize("lr", [1e-4, 3.0])
+def test_adaptation_never_raises_the_held_out_error(lr):
+    from adapt import adapt
+    _, kspace, mask, _ = problem(batch=1, frames=8, size=32, seed=4)
+    net = LSNet(iterations=3, features=4)
+    adapted, info = adapt(net, kspace, mask, steps=6, lr=lr, check_every=2, crop=16, log=lambda *a: None)
+    assert info["held_out_error_after"] <= info["held_out_error_before"]
+    assert info["columns"] == 32  # an LSNet couples every pixel: never adapted on a band of columns
+    if info["kept_step"] == 0:  # nothing helped: the checkpoint's numbers come back unchanged
+        for before, after in zip(net.parameters(), adapted.parameters()):
+            assert torch.equal(before, after)
