@@ -12,10 +12,15 @@ Conventions used throughout the project:
   ``U`` the binary mask (1 = sampled, 0 = not).
 - Data consistency ``DC(x) = F^-1((1 - U) F x + U y)`` replaces the sampled lines of an image's
   k-space by the measurements.
+- Coils (SENSE): coil ``c`` sees ``S_c x``, so ``y_c = U F (S_c x)``. Sensitivities are
+  ``[..., C, H, W]`` (static over the frames) and coil k-space ``[..., C, T, H, W]``: the coil
+  axis sits before the frames, so the cine operators above act on every coil alike. One coil of
+  sensitivity 1 is the single-coil model.
 
 This module holds the physics that the dataset, the networks and the classical baselines share:
-FFTs, masks, undersampling, view sharing and data consistency. Functions accept numpy arrays or
-torch tensors and return the same kind, except :func:`data_consistency` (torch only).
+FFTs, masks, undersampling, view sharing, data consistency and the SENSE coil operators.
+Functions accept numpy arrays or torch tensors and return the same kind, except
+:func:`data_consistency` and :func:`sense_data_consistency` (torch only).
 
     python sampling.py [PATH] [--frames=20 --size=192 --acceleration=5 ...]   # draws a mask figure
 """
@@ -114,6 +119,90 @@ def view_sharing(kspace, mask):
     mean = measured.sum(-3, keepdim=True) / counts.clamp_min(1)  # [..., 1, H, W]
     shared = ifft2c(torch.where(sampled, measured, mean))
     return shared.numpy() if was_numpy else shared
+
+
+# ----------------------------------------------------------------------------- coils (SENSE)
+def coil_images(image, sensitivities):
+    """``S x``: the image seen by every coil, ``[..., C, T, H, W]``.
+
+    image: ``[..., T, H, W]``; sensitivities: ``[..., C, H, W]`` (one map per coil, static over
+    the frames). numpy or torch, complex.
+    """
+    return image[..., None, :, :, :] * sensitivities[..., :, None, :, :]
+
+
+def coil_combine(images, sensitivities):
+    """``S^H x_c = sum_c conj(S_c) x_c``: coil images ``[..., C, T, H, W]`` -> ``[..., T, H, W]``
+    (the adjoint of :func:`coil_images`; sensitivities ``[..., C, H, W]``)."""
+    return (sensitivities[..., :, None, :, :].conj() * images).sum(-4)
+
+
+def sense_forward(image, sensitivities, mask):
+    """The SENSE acquisition ``A x = U F (S x)``: image ``[..., T, H, W]`` -> coil k-space
+    ``[..., C, T, H, W]`` (zeros off the mask).
+
+    sensitivities: ``[..., C, H, W]``; mask: 0/1 ``[..., T, H, W]``, the same for every coil.
+    One coil of sensitivity 1 is the single-coil model ``U F x`` with a coil axis of length 1.
+    """
+    return fft2c(coil_images(image, sensitivities)) * mask[..., None, :, :, :]
+
+
+def sense_adjoint(kspace, sensitivities, mask):
+    """``A^H y = sum_c conj(S_c) F^-1 (U y_c)``: coil k-space ``[..., C, T, H, W]`` -> the
+    coil-combined image ``[..., T, H, W]`` (zero-filled when ``y`` is undersampled)."""
+    return coil_combine(ifft2c(kspace * mask[..., None, :, :, :]), sensitivities)
+
+
+def sense_normal(image, sensitivities, mask):
+    """``A^H A x``: image ``[..., T, H, W]`` -> ``[..., T, H, W]``."""
+    return sense_adjoint(sense_forward(image, sensitivities, mask), sensitivities, mask)
+
+
+def sense_data_consistency(image: torch.Tensor, kspace: torch.Tensor, sensitivities: torch.Tensor,
+                           mask: torch.Tensor, *, lam=0.0, iterations: int = 10) -> torch.Tensor:
+    """SENSE data consistency: ``iterations`` conjugate-gradient steps, started at ``z = image``, on
+
+        ``(A^H A + lam I) x = A^H y + lam z``,  i.e.  ``x = argmin ||A x - y||^2 + lam ||x - z||^2``
+
+    (the proximal step of the data term at ``z``). ``A^H A + lam I`` acts on each frame of each
+    cine alone, so every frame ``[H, W]`` runs its own CG (step sizes ``[..., T, 1, 1]``).
+
+    With one coil of sensitivity 1 the system is diagonal in k-space and CG solves it exactly in
+    at most two steps: ``lam = 0`` gives hard data consistency (:func:`data_consistency`) and
+    ``lam = 1 / w`` the soft one ``k = (F z + w y) / (1 + w)`` on the sampled lines.
+
+    image: ``z`` ``[..., T, H, W]`` complex; kspace: ``y`` ``[..., C, T, H, W]``; sensitivities:
+    ``[..., C, H, W]``; mask: 0/1 ``[..., T, H, W]``; lam: a number or a tensor broadcastable to
+    ``[..., T, 1, 1]`` (>= 0; differentiable). Returns ``x``, shaped like ``image``.
+    """
+    def normal(v):  # (A^H A + lam I) v: [..., T, H, W]
+        return sense_normal(v, sensitivities, mask) + lam * v
+
+    x = image
+    residual = sense_adjoint(kspace, sensitivities, mask) + lam * image - normal(x)  # [..., T, H, W]
+    direction = residual
+    residual_norm = _frame_dot(residual, residual)  # [..., T, 1, 1]
+    for _ in range(iterations):
+        product = normal(direction)
+        step = _safe_ratio(residual_norm, _frame_dot(direction, product))
+        x = x + step * direction
+        residual = residual - step * product
+        new_norm = _frame_dot(residual, residual)
+        direction = residual + _safe_ratio(new_norm, residual_norm) * direction
+        residual_norm = new_norm
+    return x
+
+
+def _frame_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Re <a, b>`` per frame: ``[..., H, W]`` -> real ``[..., 1, 1]``."""
+    return (a.conj() * b).real.sum((-2, -1), keepdim=True)
+
+
+def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator``, 0 where the denominator is 0 (a converged frame); finite
+    gradients everywhere."""
+    positive = denominator > 0
+    return torch.where(positive, numerator / torch.where(positive, denominator, 1), 0)
 
 
 # ----------------------------------------------------------------------------- masks

@@ -1,0 +1,102 @@
+"""Multi-coil (SENSE) physics: operators, conjugate-gradient data consistency, simulated coils and
+sensitivity estimation. Tiny shapes: a few seconds."""
+import numpy as np
+import pytest
+import torch
+
+from models import DataConsistency
+from sampling import (coil_combine, coil_images, data_consistency, fft2c, sense_adjoint, sense_data_consistency,
+                      sense_forward, sense_normal, variable_density_mask)
+
+RNG = np.random.default_rng(0)
+
+
+def random_complex(*shape):
+    return RNG.standard_normal(shape) + 1j * RNG.standard_normal(shape)
+
+
+def small_problem(batch=2, coils=4, frames=4, size=16):
+    """Random complex128 image [B, T, H, W], sensitivities [B, C, H, W], mask [T, H, W], coil k-space
+    [B, C, T, H, W] (zero off the mask), as torch tensors."""
+    mask = variable_density_mask((frames, size, size), acceleration=3, center_lines=2, seed=1)
+    kspace = random_complex(batch, coils, frames, size, size) * mask
+    tensors = random_complex(batch, frames, size, size), random_complex(batch, coils, size, size), mask, kspace
+    return [torch.from_numpy(np.asarray(t)) for t in tensors]
+
+
+@pytest.mark.parametrize("as_torch", [False, True])
+def test_sense_adjoint_is_the_adjoint_of_the_forward_operator(as_torch):
+    # <A x, y> = <x, A^H y> for any image x and coil k-space y; the layouts are documented ones.
+    image, sensitivities, mask, kspace = small_problem()
+    if not as_torch:
+        image, sensitivities, mask, kspace = (t.numpy() for t in (image, sensitivities, mask, kspace))
+    forward = sense_forward(image, sensitivities, mask)
+    assert forward.shape == (2, 4, 4, 16, 16)
+    back = sense_adjoint(kspace, sensitivities, mask)
+    assert back.shape == (2, 4, 16, 16)
+    lhs = np.vdot(np.asarray(kspace), np.asarray(forward))
+    rhs = np.vdot(np.asarray(back), np.asarray(image))
+    assert lhs == pytest.approx(rhs, rel=1e-12)
+    np.testing.assert_allclose(np.vdot(np.asarray(coil_images(image, sensitivities)), np.asarray(kspace)),
+                               np.vdot(np.asarray(image), np.asarray(coil_combine(kspace, sensitivities))), rtol=1e-12)
+
+
+def test_one_coil_of_sensitivity_one_is_the_single_coil_model():
+    image, _, mask, _ = small_problem()
+    ones = torch.ones(2, 1, 16, 16, dtype=torch.complex128)
+    kspace = sense_forward(image, ones, mask)  # [B, 1, T, H, W]
+    torch.testing.assert_close(kspace[:, 0], fft2c(image) * mask, rtol=0, atol=0)
+    torch.testing.assert_close(sense_adjoint(kspace, ones, mask), data_consistency(0 * image, kspace[:, 0], mask))
+
+
+def test_normal_operator_is_self_adjoint_and_positive():
+    image, sensitivities, mask, _ = small_problem()
+    other = torch.from_numpy(random_complex(*image.shape))
+    lhs = torch.vdot(other.flatten(), sense_normal(image, sensitivities, mask).flatten())
+    rhs = torch.vdot(sense_normal(other, sensitivities, mask).flatten(), image.flatten())
+    torch.testing.assert_close(lhs, rhs)
+    assert torch.vdot(image.flatten(), sense_normal(image, sensitivities, mask).flatten()).real > 0
+
+
+def explicit_solution(image, kspace, sensitivities, mask, lam):
+    """``(A^H A + lam I)^-1 (A^H y + lam z)`` with the matrix of A^H A built column by column."""
+    shape, n = image.shape, image.numel()
+    basis = torch.eye(n, dtype=image.dtype).reshape(n, *shape)  # [n, T, H, W]: one image per unit vector
+    gram = sense_normal(basis, sensitivities[None], mask).reshape(n, n).T  # column j = A^H A e_j
+    rhs = (sense_adjoint(kspace, sensitivities, mask) + lam * image).flatten()
+    return torch.linalg.solve(gram + lam * torch.eye(n, dtype=image.dtype), rhs).reshape(shape)
+
+
+@pytest.mark.parametrize("lam", [0.05, 1.0])
+def test_conjugate_gradient_data_consistency_reaches_the_exact_solution(lam):
+    image, sensitivities, mask, kspace = small_problem(batch=1, coils=3, frames=2, size=6)
+    image, sensitivities, mask, kspace = image[0], sensitivities[0], mask[:2, :6, :6], kspace[0]
+    mask[:, ::2] = 1  # whole lines: every second row
+    kspace = kspace * mask
+    exact = explicit_solution(image, kspace, sensitivities, mask, lam)
+    solved = sense_data_consistency(image, kspace, sensitivities, mask, lam=lam, iterations=36)
+    torch.testing.assert_close(solved, exact, rtol=0, atol=1e-9)
+    few = sense_data_consistency(image, kspace, sensitivities, mask, lam=lam, iterations=3)
+    assert (few - exact).norm() < 0.5 * (image - exact).norm(), "a few iterations already go most of the way"
+
+
+def test_conjugate_gradient_with_one_unit_coil_is_hard_and_soft_data_consistency():
+    image, _, mask, kspace = small_problem()
+    image, kspace, mask = image.to(torch.complex64), kspace[:, :1].to(torch.complex64), mask.float()
+    ones = torch.ones(2, 1, 16, 16, dtype=torch.complex64)
+    hard = sense_data_consistency(image, kspace, ones, mask, lam=0.0, iterations=2)
+    torch.testing.assert_close(hard, data_consistency(image, kspace[:, 0], mask), rtol=0, atol=1e-5)
+    soft_dc = DataConsistency("soft", initial_lambda=4.0)
+    weight = soft_dc.weight.detach()
+    soft = sense_data_consistency(image, kspace, ones, mask, lam=1 / weight, iterations=2)
+    torch.testing.assert_close(soft, soft_dc(image, kspace[:, 0], mask).detach(), rtol=0, atol=1e-5)
+
+
+def test_conjugate_gradient_is_differentiable_and_finite_once_converged():
+    image, _, mask, kspace = small_problem()
+    ones = torch.ones(2, 1, 16, 16, dtype=torch.complex128)
+    lam = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    start = image.clone().requires_grad_(True)
+    out = sense_data_consistency(start, kspace[:, :1], ones, mask, lam=lam, iterations=5)  # exact after 1 step
+    out.abs().sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(start.grad).all() and torch.isfinite(lam.grad)
