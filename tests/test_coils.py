@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from models import DataConsistency
+from phantom import correlated_noise, make_coil_dataset, make_phantom_dataset, noise_covariance
 from sampling import (coil_combine, coil_images, data_consistency, fft2c, sense_adjoint, sense_data_consistency,
                       sense_forward, sense_normal, variable_density_mask)
 
@@ -100,3 +101,51 @@ def test_conjugate_gradient_is_differentiable_and_finite_once_converged():
     out = sense_data_consistency(start, kspace[:, :1], ones, mask, lam=lam, iterations=5)  # exact after 1 step
     out.abs().sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(start.grad).all() and torch.isfinite(lam.grad)
+
+
+@pytest.fixture(scope="module")
+def coil_phantom():
+    return make_coil_dataset(2, frames=4, size=32, seed=0, coils=4)
+
+
+def test_one_coil_phantom_is_todays_phantom_bit_for_bit():
+    one = make_coil_dataset(2, frames=4, size=16, seed=0)
+    cines, boxes = make_phantom_dataset(2, frames=4, size=16, seed=0, return_boxes=True)
+    np.testing.assert_array_equal(one["reference"], cines)
+    np.testing.assert_array_equal(one["heart_box"], boxes)
+    assert one["kspace"].shape == (2, 1, 4, 16, 16) and (one["sensitivities"] == 1).all()
+    np.testing.assert_array_equal(one["kspace"][:, 0], fft2c(cines))
+
+
+def test_coil_phantom_layout_and_normalisation(coil_phantom):
+    d = coil_phantom
+    assert d["reference"].shape == (2, 4, 32, 32) and d["kspace"].shape == (2, 4, 4, 32, 32)
+    assert d["sensitivities"].shape == (2, 4, 32, 32) and d["noise_covariance"].shape == (2, 4, 4)
+    assert all(d[key].dtype == np.complex64 for key in ("reference", "kspace", "sensitivities"))
+    np.testing.assert_allclose(np.abs(d["reference"]).max(axis=(1, 2, 3)), 1, rtol=1e-6)
+    np.testing.assert_allclose((np.abs(d["sensitivities"]) ** 2).sum(1), 1, rtol=1e-5)
+    full = np.ones((4, 32, 32), np.float32)
+    np.testing.assert_allclose(sense_adjoint(d["kspace"], d["sensitivities"], full), d["reference"], atol=1e-5)
+    body = np.abs(d["reference"][0]).mean(0) > 0.1  # [H, W]
+    inside = np.abs(d["sensitivities"][0][:, body])  # [C, pixels]: every coil sees its own part of the body
+    assert (inside.max(1) > 3 * inside.min(1)).all()
+
+
+def test_noise_free_coil_phantom_follows_the_sense_model_exactly():
+    d = make_coil_dataset(1, frames=3, size=16, seed=2, coils=3, snr=None)
+    full = np.ones((3, 16, 16), np.float32)
+    np.testing.assert_allclose(sense_forward(d["reference"], d["sensitivities"], full), d["kspace"], atol=1e-5)
+
+
+def test_coil_noise_has_the_requested_correlations():
+    covariance = noise_covariance(6, np.random.default_rng(1))  # [C, C]
+    levels = np.sqrt(np.diag(covariance))
+    correlation = covariance / np.outer(levels, levels)
+    off = correlation[~np.eye(6, dtype=bool)]
+    assert off.min() >= 0.1 - 1e-12 and off.max() <= 0.3 + 1e-12 and off.max() > 0.25
+    assert np.allclose(covariance, covariance.T) and np.linalg.eigvalsh(covariance).min() > 0.4
+    assert ((levels >= 0.8) & (levels <= 1.2)).all()
+    noise = correlated_noise(np.random.default_rng(2), covariance, (40000,))  # [C, N]
+    assert noise.shape == (6, 40000) and noise.dtype == np.complex64
+    np.testing.assert_allclose(np.cov(noise.real), covariance, atol=0.03)
+    np.testing.assert_allclose(np.cov(noise.imag), covariance, atol=0.03)
