@@ -6,8 +6,8 @@ import torch
 
 from models import DataConsistency
 from phantom import correlated_noise, make_coil_dataset, make_phantom_dataset, noise_covariance
-from sampling import (coil_combine, coil_images, data_consistency, fft2c, sense_adjoint, sense_data_consistency,
-                      sense_forward, sense_normal, variable_density_mask)
+from sampling import (calibration_lines, coil_combine, coil_images, data_consistency, estimate_sensitivities, fft2c,
+                      sense_adjoint, sense_data_consistency, sense_forward, sense_normal, variable_density_mask)
 
 RNG = np.random.default_rng(0)
 
@@ -149,3 +149,41 @@ def test_coil_noise_has_the_requested_correlations():
     assert noise.shape == (6, 40000) and noise.dtype == np.complex64
     np.testing.assert_allclose(np.cov(noise.real), covariance, atol=0.03)
     np.testing.assert_allclose(np.cov(noise.imag), covariance, atol=0.03)
+
+
+def correlation_up_to_phase(estimated, true, body):
+    """``|<S_est e^{-i phi}, S>| / (||S_est|| ||S||)`` over the ``body`` pixels of maps ``[C, H, W]``, with
+    ``phi`` the pixel-wise phase between them (ESPIRiT fixes the maps only up to a common phase)."""
+    phase = np.angle((estimated * true.conj()).sum(0))  # [H, W]
+    aligned = estimated * np.exp(-1j * phase)
+    inner = abs((aligned * true.conj())[:, body].sum())
+    return inner / np.sqrt((abs(aligned[:, body]) ** 2).sum() * (abs(true[:, body]) ** 2).sum())
+
+
+def test_calibration_lines_are_the_centre_that_every_frame_samples():
+    mask = variable_density_mask((4, 32, 8), acceleration=2, center_lines=6, seed=0)
+    assert calibration_lines(mask) >= 6
+    mask[1, 32 // 2 - 3] = 0  # one frame misses the first row of the 6: the centred block shrinks to 5
+    assert calibration_lines(torch.from_numpy(mask)) == 5
+
+
+def test_estimated_sensitivities_match_the_simulated_ones_inside_the_body(coil_phantom):
+    mask = variable_density_mask((4, 32, 32), acceleration=2, center_lines=8, seed=3)
+    kspace = coil_phantom["kspace"] * mask[:, None]  # [B, C, T, H, W], undersampled
+    estimated = estimate_sensitivities(kspace, mask)  # [B, C, H, W]
+    assert estimated.shape == (2, 4, 32, 32) and estimated.dtype == np.complex64
+    for i in range(2):
+        body = np.abs(coil_phantom["reference"][i]).mean(0) > 0.1  # [H, W]
+        assert correlation_up_to_phase(estimated[i], coil_phantom["sensitivities"][i], body) >= 0.95
+        np.testing.assert_allclose((np.abs(estimated[i]) ** 2).sum(0)[body], 1, rtol=1e-4)
+    on_torch = estimate_sensitivities(torch.from_numpy(kspace[:1]), torch.from_numpy(mask))
+    assert isinstance(on_torch, torch.Tensor)
+    np.testing.assert_allclose(on_torch.numpy(), estimated[:1], atol=1e-5)
+
+
+def test_one_coil_estimate_has_unit_magnitude_and_too_small_a_centre_is_refused():
+    mask = variable_density_mask((4, 16, 16), acceleration=2, center_lines=6, seed=0)
+    kspace = fft2c(make_phantom_dataset(1, frames=4, size=16, seed=0)[0])[None] * mask  # [1, T, H, W]
+    np.testing.assert_allclose(np.abs(estimate_sensitivities(kspace, mask)), 1, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 4 central"):
+        estimate_sensitivities(kspace, variable_density_mask((4, 16, 16), acceleration=2, center_lines=2, seed=0))
