@@ -89,8 +89,13 @@ def data_consistency(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tens
     ``centered=False`` uses plain orthonormal FFTs, for cines already ``ifftshift``-ed in (H, W)
     (where the classical solvers run, see baselines.py).
     """
-    forward, inverse = (fft2c, ifft2c) if centered else (_plain_fft2, _plain_ifft2)
+    forward, inverse = _ffts(centered)
     return inverse(torch.where(mask.bool(), kspace, forward(image)))
+
+
+def _ffts(centered: bool):
+    """``(F, F^-1)``: the centred FFTs, or the plain orthonormal ones (torch) of the solvers' shifted domain."""
+    return (fft2c, ifft2c) if centered else (_plain_fft2, _plain_ifft2)
 
 
 def _plain_fft2(x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +106,7 @@ def _plain_ifft2(x: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(x, norm="ortho")
 
 
-def view_sharing(kspace, mask):
+def view_sharing(kspace, mask, sensitivities=None):
     """k-t view sharing: every frame keeps its measured lines, and each k-space location it did not
     sample is filled with the mean over the frames that sampled it (the temporal average; DC-CNN's
     data sharing over all frames); locations no frame sampled stay zero.
@@ -110,14 +115,23 @@ def view_sharing(kspace, mask):
     ``[B, T, H, W]`` (entries of ``kspace`` off the mask are ignored). Keeps the sampled k-space
     exactly, has no parameters, and is exact for a static object. Returns the complex cine, shaped
     like ``kspace``.
+
+    With ``sensitivities`` ``[..., C, H, W]``: ``kspace`` is coil k-space ``[..., C, T, H, W]``
+    (mask ``[..., T, H, W]``, the same for every coil), each coil is view-shared and the result is
+    their combination :func:`coil_combine`, ``[..., T, H, W]``.
     """
     was_numpy = not isinstance(kspace, torch.Tensor)
     kspace = torch.as_tensor(kspace)
-    sampled = (torch.as_tensor(mask, device=kspace.device) != 0).expand(kspace.shape)  # [..., T, H, W]
+    sampled = torch.as_tensor(mask, device=kspace.device) != 0  # [..., T, H, W]
+    if sensitivities is not None:
+        sampled = sampled[..., None, :, :, :]  # [..., 1, T, H, W]: every coil
+    sampled = sampled.expand(kspace.shape)
     measured = torch.where(sampled, kspace, 0)
     counts = sampled.sum(-3, keepdim=True)  # [..., 1, H, W]: frames that sampled each location
     mean = measured.sum(-3, keepdim=True) / counts.clamp_min(1)  # [..., 1, H, W]
     shared = ifft2c(torch.where(sampled, measured, mean))
+    if sensitivities is not None:
+        shared = coil_combine(shared, torch.as_tensor(sensitivities, device=kspace.device))
     return shared.numpy() if was_numpy else shared
 
 
@@ -137,25 +151,40 @@ def coil_combine(images, sensitivities):
     return (sensitivities[..., :, None, :, :].conj() * images).sum(-4)
 
 
-def sense_forward(image, sensitivities, mask):
+def sense_forward(image, sensitivities, mask, *, centered: bool = True):
     """The SENSE acquisition ``A x = U F (S x)``: image ``[..., T, H, W]`` -> coil k-space
     ``[..., C, T, H, W]`` (zeros off the mask).
 
     sensitivities: ``[..., C, H, W]``; mask: 0/1 ``[..., T, H, W]``, the same for every coil.
     One coil of sensitivity 1 is the single-coil model ``U F x`` with a coil axis of length 1.
+    ``centered=False``: plain FFTs (torch), for everything ``ifftshift``-ed in (H, W), as in
+    :func:`data_consistency`.
     """
-    return fft2c(coil_images(image, sensitivities)) * mask[..., None, :, :, :]
+    forward, _ = _ffts(centered)
+    return forward(coil_images(image, sensitivities)) * mask[..., None, :, :, :]
 
 
-def sense_adjoint(kspace, sensitivities, mask):
+def sense_adjoint(kspace, sensitivities, mask, *, centered: bool = True):
     """``A^H y = sum_c conj(S_c) F^-1 (U y_c)``: coil k-space ``[..., C, T, H, W]`` -> the
     coil-combined image ``[..., T, H, W]`` (zero-filled when ``y`` is undersampled)."""
-    return coil_combine(ifft2c(kspace * mask[..., None, :, :, :]), sensitivities)
+    _, inverse = _ffts(centered)
+    return coil_combine(inverse(kspace * mask[..., None, :, :, :]), sensitivities)
 
 
 def sense_normal(image, sensitivities, mask):
     """``A^H A x``: image ``[..., T, H, W]`` -> ``[..., T, H, W]``."""
     return sense_adjoint(sense_forward(image, sensitivities, mask), sensitivities, mask)
+
+
+def sense_gradient_step(image, kspace, sensitivities, mask, *, centered: bool = True):
+    """``x - A^H (A x - y)``: a gradient step of step 1 on ``1/2 ||A x - y||^2``, the data step of the
+    multi-coil proximal-gradient solvers (Otazo et al. 2015). Step 1 is safe, ``||A|| <= 1``, when
+    ``sum_c |S_c|^2 <= 1``; with one coil of sensitivity 1 it is hard data consistency
+    (:func:`data_consistency`). Shapes as in :func:`sense_data_consistency`; ``centered`` as in
+    :func:`sense_forward`.
+    """
+    residual = sense_forward(image, sensitivities, mask, centered=centered) - kspace * mask[..., None, :, :, :]
+    return image - sense_adjoint(residual, sensitivities, mask, centered=centered)
 
 
 def sense_data_consistency(image: torch.Tensor, kspace: torch.Tensor, sensitivities: torch.Tensor,

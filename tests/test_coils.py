@@ -7,7 +7,8 @@ import torch
 from models import DataConsistency
 from phantom import correlated_noise, make_coil_dataset, make_phantom_dataset, noise_covariance
 from sampling import (calibration_lines, coil_combine, coil_images, data_consistency, estimate_sensitivities, fft2c,
-                      sense_adjoint, sense_data_consistency, sense_forward, sense_normal, variable_density_mask)
+                      sense_adjoint, sense_data_consistency, sense_forward, sense_gradient_step, sense_normal,
+                      variable_density_mask, view_sharing)
 
 RNG = np.random.default_rng(0)
 
@@ -48,6 +49,39 @@ def test_one_coil_of_sensitivity_one_is_the_single_coil_model():
     kspace = sense_forward(image, ones, mask)  # [B, 1, T, H, W]
     torch.testing.assert_close(kspace[:, 0], fft2c(image) * mask, rtol=0, atol=0)
     torch.testing.assert_close(sense_adjoint(kspace, ones, mask), data_consistency(0 * image, kspace[:, 0], mask))
+
+
+def test_gradient_step_is_hard_data_consistency_for_one_unit_coil_and_a_descent_step_for_many():
+    image, sensitivities, mask, kspace = small_problem()
+    ones = torch.ones(2, 1, 16, 16, dtype=torch.complex128)
+    torch.testing.assert_close(sense_gradient_step(image, kspace[:, :1], ones, mask),
+                               data_consistency(image, kspace[:, 0], mask))
+    sensitivities = sensitivities / sensitivities.abs().square().sum(1, keepdim=True).sqrt()  # sum |S_c|^2 = 1
+
+    def misfit(x):
+        return (sense_forward(x, sensitivities, mask) - kspace).norm()
+    assert misfit(sense_gradient_step(image, kspace, sensitivities, mask)) < misfit(image)
+    shift = dict(dim=(-2, -1))  # the solvers' domain: ifftshift-ed, plain FFTs
+    shifted = sense_gradient_step(*(torch.fft.ifftshift(t, **shift) for t in (image, kspace, sensitivities, mask)),
+                                  centered=False)
+    torch.testing.assert_close(torch.fft.fftshift(shifted, **shift), sense_gradient_step(image, kspace, sensitivities, mask))
+
+
+def test_view_sharing_with_coils_combines_the_view_shared_coils():
+    image, sensitivities, mask, _ = small_problem()
+    kspace = sense_forward(image, sensitivities, mask)  # [B, C, T, H, W]
+    shared = view_sharing(kspace, mask, sensitivities)  # [B, T, H, W]
+    per_coil = torch.stack([view_sharing(kspace[:, c], mask) for c in range(4)], 1)  # [B, C, T, H, W]
+    torch.testing.assert_close(shared, coil_combine(per_coil, sensitivities))
+    ones = torch.ones(2, 1, 16, 16, dtype=torch.complex128)
+    torch.testing.assert_close(view_sharing(kspace[:, :1], mask, ones), view_sharing(kspace[:, 0], mask), rtol=0, atol=0)
+    still = image[:, :1].expand_as(image)  # a still object: exact once every row was sampled by some frame
+    interleaved = torch.zeros(4, 16, 16, dtype=torch.float64)
+    for t in range(4):
+        interleaved[t, t::4] = 1
+    unit = sensitivities / sensitivities.abs().square().sum(1, keepdim=True).sqrt()  # sum |S_c|^2 = 1
+    recovered = view_sharing(sense_forward(still, unit, interleaved).numpy(), interleaved.numpy(), unit.numpy())
+    np.testing.assert_allclose(recovered, still.numpy(), atol=1e-10)
 
 
 def test_normal_operator_is_self_adjoint_and_positive():
