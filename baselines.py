@@ -1,4 +1,5 @@
-"""Classical compressed-sensing baselines for Cartesian single-coil cine MRI.
+"""Classical compressed-sensing baselines for Cartesian cine MRI, single-coil or, given coil
+sensitivities (``sensitivities=``), multi-coil (SENSE: ``A = U F S``, ``sampling.sense_forward``).
 
 Notation (as in ``sampling.py``): a cine ``x`` is ``[T, H, W]`` (or a batch ``[B, T, H, W]``),
 ``F`` the centred orthonormal 2D FFT over (H, W), ``U`` the binary mask and ``y = U F x_true``
@@ -7,6 +8,10 @@ the temporal DC at index 0) and ``soft(z, tau) = z max(|z| - tau, 0) / |z|`` the
 soft-threshold. ``DC(x) = F^-1((1 - U) F x + y)`` is hard data consistency
 (``sampling.data_consistency``): it replaces the sampled k-space lines by the measurements, so
 every reconstruction returned here has exactly the measured lines (to float precision).
+
+With coils the k-space is ``[C, T, H, W]`` / ``[B, C, T, H, W]``, ``x0 = A^H y`` (the coil-combined
+zero-filled cine) and ``DC`` is the SENSE gradient step ``x - A^H (A x - y)`` (step 1, Otazo et al.'s
+multi-coil iteration), which is hard data consistency for one coil of sensitivity 1.
 
 - :func:`view_sharing`: ``sampling.view_sharing`` (the temporal mean fills unsampled k-space) as a
   timed baseline.
@@ -41,7 +46,7 @@ import time
 import torch
 
 from metrics import batch_psnr
-from sampling import data_consistency
+from sampling import data_consistency, sense_adjoint, sense_gradient_step
 from sampling import view_sharing as view_shared_image
 
 # Grids for tuning on validation cines (relative weights, see the module docstring) around the
@@ -95,29 +100,45 @@ def largest_singular_value(matrix: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- input handling
-def _prepare(kspace, mask):
+def _prepare(kspace, mask, sensitivities=None):
     """The solvers' inputs in the shifted domain, plus how to return the result.
 
-    Every step of the solvers acts pixel by pixel in (y, x) (temporal FFT, soft-threshold) or is
-    blind to the order of the pixels (the SVD of the Casorati matrix), so they run on
-    ``ifftshift``-ed cines with plain FFTs: ``y' = ifftshift(y)`` and ``x' = ifftshift(x)``, which
-    saves the shifts of every centred FFT. Returns ``(y' [B, T, H, W] complex, sampled' bool,
-    was_numpy, single)`` on the k-space's device.
+    Every step of the solvers acts pixel by pixel in (y, x) (temporal FFT, soft-threshold, coil
+    sensitivities) or is blind to the order of the pixels (the SVD of the Casorati matrix), so they
+    run on ``ifftshift``-ed cines with plain FFTs: ``y' = ifftshift(y)`` and ``x' = ifftshift(x)``,
+    which saves the shifts of every centred FFT. Returns ``(y' [B, T, H, W] complex (coil k-space
+    [B, C, T, H, W] with sensitivities), sampled' bool [B, T, H, W], was_numpy, single)`` on the
+    k-space's device.
     """
     was_numpy = not isinstance(kspace, torch.Tensor)
     kspace = torch.as_tensor(kspace)
     if not kspace.is_complex():
         kspace = kspace.to(torch.complex64)
-    if kspace.dim() not in (3, 4):
-        raise ValueError(f"kspace must be [T, H, W] or [B, T, H, W], got shape {tuple(kspace.shape)}")
-    single = kspace.dim() == 3
+    coil_axes = 0 if sensitivities is None else 1
+    if kspace.dim() - coil_axes not in (3, 4):
+        coils = "" if sensitivities is None else "C, "
+        raise ValueError(f"kspace must be [{coils}T, H, W] or [B, {coils}T, H, W], got shape {tuple(kspace.shape)}")
+    single = kspace.dim() - coil_axes == 3
     if single:
         kspace = kspace[None]
     sampled = torch.as_tensor(mask, device=kspace.device) != 0
-    sampled = (sampled[None] if sampled.dim() == 3 else sampled).expand(kspace.shape)
+    sampled = (sampled[None] if sampled.dim() == 3 else sampled).expand(kspace.shape[:1] + kspace.shape[-3:])
     shift = dict(dim=(-2, -1))
-    kspace = torch.fft.ifftshift(torch.where(sampled, kspace, 0), **shift)
+    kspace = torch.fft.ifftshift(torch.where(sampled if sensitivities is None else sampled[:, None], kspace, 0), **shift)
     return kspace, torch.fft.ifftshift(sampled, **shift), was_numpy, single
+
+
+def _data_step(kspace, sampled, sensitivities, single: bool):
+    """The solvers' data step in the shifted domain and their start ``x0`` ``[B, T, H, W]``: hard
+    data consistency and the zero-filled cine for single-coil k-space; with ``sensitivities``
+    (``[C, H, W]`` or ``[B, C, H, W]``, ``sum_c |S_c|^2 <= 1``) the SENSE gradient step of step 1
+    and the coil-combined zero-filled cine ``A^H y`` (Otazo et al. 2015's multi-coil iteration)."""
+    if sensitivities is None:
+        return (lambda x: data_consistency(x, kspace, sampled, centered=False)), torch.fft.ifft2(kspace, norm="ortho")
+    maps = torch.fft.ifftshift(torch.as_tensor(sensitivities, device=kspace.device), dim=(-2, -1))
+    maps = maps[None] if single else maps  # [B, C, H, W]
+    return ((lambda x: sense_gradient_step(x, kspace, maps, sampled, centered=False)),
+            sense_adjoint(kspace, maps, sampled, centered=False))
 
 
 def _finish(x: torch.Tensor, was_numpy: bool, single: bool):
@@ -147,7 +168,7 @@ def synchronize(device: torch.device) -> None:
 # ----------------------------------------------------------------------------- solvers
 @torch.no_grad()
 def kt_sparse(kspace, mask, *, lam: float = 0.001, iterations: int = 50, tol: float = 1e-3,
-              threshold_static: bool = True, verbose: bool = False):
+              threshold_static: bool = True, verbose: bool = False, sensitivities=None):
     """k-t sparse CS: L1 on the temporal Fourier transform with hard data consistency.
 
     Solves ``min_x  tau ||F_t x||_1 + 1/2 ||U F x - y||^2`` with ``tau = lam max|F_t x0|`` per cine
@@ -160,26 +181,29 @@ def kt_sparse(kspace, mask, *, lam: float = 0.001, iterations: int = 50, tol: fl
     change of every cine falls below ``tol`` (the defaults stop near the PSNR peak, see the module
     docstring). threshold_static=False leaves the temporal DC component ``f = 0`` (the static
     image) unthresholded. verbose: print the time per cine.
-    Returns the complex reconstruction, shaped and typed like ``kspace``.
+    sensitivities: coil maps ``[C, H, W]`` or ``[B, C, H, W]`` for coil k-space ``[C, T, H, W]`` /
+    ``[B, C, T, H, W]`` (``sampling.sense_forward``): ``DC`` becomes the SENSE gradient step
+    ``x - A^H (A x - y)`` and ``x0 = A^H y``.
+    Returns the complex reconstruction, shaped and typed like ``kspace`` (without the coil axis).
     """
-    kspace, sampled, was_numpy, single = _prepare(kspace, mask)
+    kspace, sampled, was_numpy, single = _prepare(kspace, mask, sensitivities)
     synchronize(kspace.device)
     started = time.perf_counter()
-    x0 = torch.fft.ifft2(kspace, norm="ortho")  # [B, T, H, W] complex, zero-filled (shifted)
+    consistent, x0 = _data_step(kspace, sampled, sensitivities, single)  # x0: [B, T, H, W] zero-filled (shifted)
     tau = lam * temporal_fft(x0).abs().flatten(1).amax(1)[:, None, None, None]  # [B, 1, 1, 1]
     if not threshold_static:
         tau = tau.expand(-1, x0.shape[1], 1, 1).clone()  # [B, T, 1, 1]
         tau[:, 0] = 0
     v_old, z, t = x0, x0, 1.0
     for done in range(1, iterations + 1):
-        v = temporal_ifft(soft_threshold(temporal_fft(data_consistency(z, kspace, sampled, centered=False)), tau))
+        v = temporal_ifft(soft_threshold(temporal_fft(consistent(z)), tau))
         t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
         z = v + ((t - 1) / t_next) * (v - v_old)
         converged = _relative_change(v, v_old) < tol
         v_old, t = v, t_next
         if converged:
             break
-    x = data_consistency(v_old, kspace, sampled, centered=False)
+    x = consistent(v_old)
     synchronize(kspace.device)
     if verbose:
         _report("k-t sparse", len(x), done, time.perf_counter() - started)
@@ -188,7 +212,7 @@ def kt_sparse(kspace, mask, *, lam: float = 0.001, iterations: int = 50, tol: fl
 
 @torch.no_grad()
 def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: float = 0.003,
-                         iterations: int = 100, tol: float = 1e-4, verbose: bool = False):
+                         iterations: int = 100, tol: float = 1e-4, verbose: bool = False, sensitivities=None):
     """L+S: low-rank plus sparse decomposition (Otazo et al. 2015) with hard data consistency.
 
     Models the cine as ``M = L + S``: ``L`` low rank as a Casorati matrix ``[H W, T]`` (the
@@ -201,12 +225,13 @@ def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: floa
 
     and ``M`` is returned (it keeps the sampled k-space exactly). Arguments as in
     :func:`kt_sparse`; ``lambda_l`` is relative to the largest singular value of the zero-filled
-    Casorati matrix, ``lambda_s`` to the largest temporal Fourier coefficient of ``x0``.
+    Casorati matrix, ``lambda_s`` to the largest temporal Fourier coefficient of ``x0``; with
+    ``sensitivities`` ``DC`` is the SENSE gradient step, as in :func:`kt_sparse`.
     """
-    kspace, sampled, was_numpy, single = _prepare(kspace, mask)
+    kspace, sampled, was_numpy, single = _prepare(kspace, mask, sensitivities)
     synchronize(kspace.device)
     started = time.perf_counter()
-    x0 = torch.fft.ifft2(kspace, norm="ortho")  # [B, T, H, W] complex, zero-filled (shifted)
+    consistent, x0 = _data_step(kspace, sampled, sensitivities, single)  # x0: [B, T, H, W] zero-filled (shifted)
     shape = x0.shape
     tau_l = lambda_l * largest_singular_value(casorati(x0))  # [B]
     tau_s = lambda_s * temporal_fft(x0).abs().flatten(1).amax(1)[:, None, None, None]  # [B, 1, 1, 1]
@@ -215,7 +240,7 @@ def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: floa
         low = singular_value_threshold(casorati(m - s), tau_l)  # [B, H W, T]
         low = low.transpose(1, 2).reshape(shape)  # [B, T, H, W]
         s = temporal_ifft(soft_threshold(temporal_fft(m - l_prev), tau_s))
-        m_new = data_consistency(low + s, kspace, sampled, centered=False)
+        m_new = consistent(low + s)
         converged = _relative_change(m_new, m) < tol
         m, l_prev = m_new, low
         if converged:
@@ -226,14 +251,15 @@ def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: floa
     return _finish(m, was_numpy, single)
 
 
-def view_sharing(kspace, mask, *, verbose: bool = False):
+def view_sharing(kspace, mask, *, verbose: bool = False, sensitivities=None):
     """k-t view sharing (:func:`sampling.view_sharing`, no parameters) as a baseline with the
-    solvers' interface: ``kspace`` / ``mask`` ``[T, H, W]`` or ``[B, T, H, W]``, numpy or torch;
-    verbose: print the time per cine."""
+    solvers' interface: ``kspace`` / ``mask`` ``[T, H, W]`` or ``[B, T, H, W]``, numpy or torch
+    (with ``sensitivities``, coil k-space combined as in :func:`kt_sparse`); verbose: print the
+    time per cine."""
     device = torch.as_tensor(kspace).device
     synchronize(device)
     started = time.perf_counter()
-    x = view_shared_image(kspace, mask)
+    x = view_shared_image(kspace, mask, sensitivities)
     synchronize(device)
     if verbose:
         _report("view sharing", len(x) if x.ndim == 4 else 1, 1, time.perf_counter() - started)

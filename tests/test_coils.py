@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from baselines import kt_sparse, low_rank_plus_sparse
+from baselines import view_sharing as view_sharing_baseline
+from metrics import psnr
 from models import DataConsistency
 from phantom import correlated_noise, make_coil_dataset, make_phantom_dataset, noise_covariance
 from sampling import (calibration_lines, coil_combine, coil_images, data_consistency, estimate_sensitivities, fft2c,
@@ -221,3 +224,37 @@ def test_one_coil_estimate_has_unit_magnitude_and_too_small_a_centre_is_refused(
     np.testing.assert_allclose(np.abs(estimate_sensitivities(kspace, mask)), 1, rtol=1e-5)
     with pytest.raises(ValueError, match="at least 4 central"):
         estimate_sensitivities(kspace, variable_density_mask((4, 16, 16), acceleration=2, center_lines=2, seed=0))
+
+
+@pytest.fixture(scope="module")
+def undersampled_coils():
+    """Two 4-coil phantom cines [2, 4, 6, 32, 32] at 4x (their own masks [2, 6, 32, 32]), the maps and
+    the reference."""
+    d = make_coil_dataset(2, frames=6, size=32, seed=3, coils=4)
+    mask = np.stack([variable_density_mask((6, 32, 32), 4, 4, seed=s) for s in (1, 2)])
+    return d["kspace"] * mask[:, None], mask, d["sensitivities"], d["reference"]
+
+
+@pytest.mark.parametrize("solve", [kt_sparse, low_rank_plus_sparse, view_sharing_baseline])
+def test_baselines_with_one_unit_coil_are_the_single_coil_baselines(undersampled_coils, solve):
+    kspace, mask, _, _ = undersampled_coils
+    single = torch.from_numpy(kspace[:, 0])  # [B, T, H, W]
+    ones = torch.ones(2, 1, 32, 32, dtype=torch.complex64)
+    options = {} if solve is view_sharing_baseline else dict(iterations=10, tol=0)
+    expected = solve(single, mask, **options)
+    torch.testing.assert_close(solve(single[:, None], mask, sensitivities=ones, **options), expected,
+                               rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("solve", [kt_sparse, low_rank_plus_sparse])
+def test_multi_coil_baselines_use_the_coils(one_thread, undersampled_coils, solve):
+    kspace, mask, sensitivities, reference = undersampled_coils
+    recon = solve(kspace, mask, sensitivities=sensitivities)  # [B, T, H, W], numpy in and out
+    assert isinstance(recon, np.ndarray) and recon.shape == (2, 6, 32, 32)
+    one = solve(kspace[1], mask[1], sensitivities=sensitivities[1])  # one cine [C, T, H, W]
+    np.testing.assert_allclose(one, recon[1], atol=1e-4)
+    zero_filled = sense_adjoint(kspace, sensitivities, mask)
+    single_coil = solve(fft2c(reference) * mask, mask)  # the same cine and mask through one coil
+    for i in range(2):
+        assert psnr(recon[i], reference[i]) > psnr(zero_filled[i], reference[i]) + 5
+        assert psnr(recon[i], reference[i]) > psnr(single_coil[i], reference[i]) + 1, "parallel-imaging gain"
