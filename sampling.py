@@ -234,6 +234,25 @@ def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Ten
     return torch.where(positive, numerator / torch.where(positive, denominator, 1), 0)
 
 
+def whiten_coils(kspace, covariance):
+    """Noise prewhitening: ``L^-1 y`` over the coil axis, with ``covariance = L L^H`` (Cholesky)
+    the receivers' noise covariance ``[C, C]`` (or ``[..., C, C]``, per cine). The whitened coils
+    have uncorrelated noise of unit variance (in the units of ``covariance``), so least squares on
+    them (the SENSE solvers) is the maximum-likelihood fit. Estimate the sensitivities from the
+    whitened k-space (:func:`estimate_sensitivities`), as BART's and sigpy's pipelines do: the
+    coils the data now hold are ``L^-1 S``.
+
+    kspace: ``[..., C, T, H, W]``, numpy or torch; returns the same kind and shape.
+    """
+    if isinstance(kspace, torch.Tensor):
+        covariance = torch.as_tensor(covariance, device=kspace.device)
+        unmix = torch.linalg.inv(torch.linalg.cholesky(covariance)).to(kspace.dtype)  # [..., C, C]
+    else:
+        unmix = np.linalg.inv(np.linalg.cholesky(covariance)).astype(kspace.dtype)
+    coils = kspace.reshape(*kspace.shape[:-3], -1)  # [..., C, T H W]
+    return (unmix @ coils).reshape(kspace.shape)
+
+
 def calibration_lines(mask) -> int:
     """The number ``n`` of central k-space rows that every frame samples whole, counted as
     :func:`center_rows` places a centre block (rows ``H // 2 - n // 2`` on): the calibration

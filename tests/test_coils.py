@@ -11,7 +11,7 @@ from models import DataConsistency
 from phantom import correlated_noise, make_coil_dataset, make_phantom_dataset, noise_covariance
 from sampling import (calibration_lines, coil_combine, coil_images, data_consistency, estimate_sensitivities, fft2c,
                       sense_adjoint, sense_data_consistency, sense_forward, sense_gradient_step, sense_normal,
-                      variable_density_mask, view_sharing)
+                      variable_density_mask, view_sharing, whiten_coils)
 
 RNG = np.random.default_rng(0)
 
@@ -186,6 +186,19 @@ def test_coil_noise_has_the_requested_correlations():
     assert noise.shape == (6, 40000) and noise.dtype == np.complex64
     np.testing.assert_allclose(np.cov(noise.real), covariance, atol=0.03)
     np.testing.assert_allclose(np.cov(noise.imag), covariance, atol=0.03)
+
+
+def test_whitening_decorrelates_the_coil_noise_and_keeps_the_sense_model():
+    covariance = noise_covariance(4, np.random.default_rng(3))  # [C, C]
+    noise = correlated_noise(np.random.default_rng(4), covariance, (2, 100, 100))  # [C, T, H, W]
+    white = whiten_coils(noise, covariance)
+    assert white.shape == noise.shape and white.dtype == np.complex64
+    np.testing.assert_allclose(np.cov(white.real.reshape(4, -1)), np.eye(4), atol=0.03)
+    image, sensitivities, mask, _ = small_problem()
+    unmix = torch.linalg.inv(torch.linalg.cholesky(torch.from_numpy(covariance))).to(torch.complex128)
+    whitened_maps = torch.einsum("cd,bdhw->bchw", unmix, sensitivities)  # L^-1 S
+    torch.testing.assert_close(whiten_coils(sense_forward(image, sensitivities, mask), covariance),
+                               sense_forward(image, whitened_maps, mask))
 
 
 def correlation_up_to_phase(estimated, true, body):
