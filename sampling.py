@@ -240,7 +240,8 @@ def whiten_coils(kspace, covariance):
     have uncorrelated noise of unit variance (in the units of ``covariance``), so least squares on
     them (the SENSE solvers) is the maximum-likelihood fit. Estimate the sensitivities from the
     whitened k-space (:func:`estimate_sensitivities`), as BART's and sigpy's pipelines do: the
-    coils the data now hold are ``L^-1 S``.
+    coils the data now hold are ``L^-1 S``, and since estimated maps have a root sum of squares of
+    1, the image they give is ``x sqrt(S^H covariance^-1 S)``: the cine times a smooth shading.
 
     kspace: ``[..., C, T, H, W]``, numpy or torch; returns the same kind and shape.
     """
