@@ -20,6 +20,9 @@ back to front with masks that ramp linearly across the tissue's (approximate) bo
 
 The slice position (0 base .. 1 apex) sets the LV and RV size, papillary muscles, trabeculation,
 which vessels and atria are cut, and how much lung, liver and stomach is seen.
+
+Multi-coil (:func:`make_coil_dataset`): the cine seen through N receive loops around the torso, with
+birdcage-style sensitivities and correlated receiver noise (docs/phantom.md, "Receive coils").
 """
 from __future__ import annotations
 
@@ -985,16 +988,23 @@ def make_coil_dataset(n: int, frames: int = 20, size=192, seed: int = 0, coils: 
     ``options``; ``coils=1``: its ``reference`` is that function's complex cines, bit for bit, with
     one coil of sensitivity 1.
     """
+    if not (isinstance(coils, (int, np.integer)) and coils >= 1):
+        raise ValueError(f"coils={coils!r}: must be an integer >= 1")
     oversample = options.pop("oversample", OVERSAMPLE)
-    shape = _shape(size)
-    cines = [None] * n
+    height, width = _shape(size)
+    stacked = dict(reference=np.empty((n, frames, height, width), np.complex64),
+                   kspace=np.empty((n, coils, frames, height, width), np.complex64),
+                   sensitivities=np.empty((n, coils, height, width), np.complex64),
+                   noise_covariance=np.empty((n, coils, coils)), heart_box=np.empty((n, 4), np.int64))
 
     def render(i):
         rng = _cine_rng(seed, i)
-        cines[i] = render_coil_cine(sample_anatomy(rng, frames, **options), shape, rng, coils, oversample)
+        cine = render_coil_cine(sample_anatomy(rng, frames, **options), (height, width), rng, coils, oversample)
+        for key, value in cine.items():
+            stacked[key][i] = value
 
     _render_each(n, render)
-    return {key: np.stack([cine[key] for cine in cines]) for key in cines[0]}
+    return stacked
 
 
 def _render_each(n: int, render) -> None:

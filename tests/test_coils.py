@@ -154,6 +154,11 @@ def test_one_coil_phantom_is_todays_phantom_bit_for_bit():
     np.testing.assert_array_equal(one["kspace"][:, 0], fft2c(cines))
 
 
+def test_coil_count_is_checked():
+    with pytest.raises(ValueError, match="coils"):
+        make_coil_dataset(1, frames=2, size=16, coils=0)
+
+
 def test_coil_phantom_layout_and_normalisation(coil_phantom):
     d = coil_phantom
     assert d["reference"].shape == (2, 4, 32, 32) and d["kspace"].shape == (2, 4, 4, 32, 32)
