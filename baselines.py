@@ -278,13 +278,14 @@ def grid_points(grid: dict) -> list[dict]:
 
 
 def tune(method, kspace, mask, target, grid: dict, *, batch_size: int = 8, verbose: bool = False,
-         **fixed) -> tuple[dict, list[dict]]:
+         sensitivities=None, **fixed) -> tuple[dict, list[dict]]:
     """Pick the regularisation of ``method`` by mean PSNR over the cines given (validation cines:
     never pass test cines here).
 
     method: a name in ``METHODS`` or a solver ``f(kspace, mask, **params)``; kspace, mask, target:
     ``[N, T, H, W]`` (target: the fully sampled cines, magnitude or complex); grid: ``{name:
-    values}``, every combination is tried; ``fixed``: further keywords for every call.
+    values}``, every combination is tried; ``fixed``: further keywords for every call;
+    sensitivities: ``[N, C, H, W]`` for coil k-space ``[N, C, T, H, W]``, passed cine by cine.
     Returns ``(best params, rows)``, rows ``{"params", "psnr"}`` per grid point (mean PSNR in dB).
     """
     solve = METHODS[method] if isinstance(method, str) else method
@@ -293,7 +294,8 @@ def tune(method, kspace, mask, target, grid: dict, *, batch_size: int = 8, verbo
     for params in grid_points(grid):
         scores = []
         for i in range(0, len(target), batch_size):
-            recon = torch.as_tensor(solve(kspace[i:i + batch_size], mask[i:i + batch_size], **params, **fixed))
+            coils = {} if sensitivities is None else {"sensitivities": sensitivities[i:i + batch_size]}
+            recon = torch.as_tensor(solve(kspace[i:i + batch_size], mask[i:i + batch_size], **params, **fixed, **coils))
             scores.append(batch_psnr(recon, target[i:i + batch_size].to(recon.device)))
         rows.append({"params": params, "psnr": float(torch.cat(scores).mean())})
         if verbose:

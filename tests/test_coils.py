@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import kt_sparse, low_rank_plus_sparse
+from baselines import kt_sparse, low_rank_plus_sparse, tune
 from baselines import view_sharing as view_sharing_baseline
 from metrics import psnr
 from models import DataConsistency
@@ -291,3 +291,13 @@ def test_multi_coil_baselines_use_the_coils(one_thread, undersampled_coils, solv
     for i in range(2):
         assert psnr(recon[i], reference[i]) > psnr(zero_filled[i], reference[i]) + 5
         assert psnr(recon[i], reference[i]) > psnr(single_coil[i], reference[i]) + 1, "parallel-imaging gain"
+
+
+def test_tuning_passes_each_batch_its_own_sensitivities(undersampled_coils):
+    kspace, mask, sensitivities, reference = undersampled_coils
+    best, rows = tune("kt_sparse", kspace, mask, reference, {"lam": (0.001, 0.01)}, batch_size=1,
+                      sensitivities=sensitivities, iterations=5)
+    assert best["lam"] in (0.001, 0.01) and len(rows) == 2
+    recon = kt_sparse(kspace, mask, sensitivities=sensitivities, lam=best["lam"], iterations=5)
+    assert max(row["psnr"] for row in rows) == pytest.approx(np.mean([psnr(recon[i], reference[i]) for i in range(2)]),
+                                                             abs=1e-3)
