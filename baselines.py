@@ -124,7 +124,8 @@ def _prepare(kspace, mask, sensitivities=None):
     sampled = torch.as_tensor(mask, device=kspace.device) != 0
     sampled = (sampled[None] if sampled.dim() == 3 else sampled).expand(kspace.shape[:1] + kspace.shape[-3:])
     shift = dict(dim=(-2, -1))
-    kspace = torch.fft.ifftshift(torch.where(sampled if sensitivities is None else sampled[:, None], kspace, 0), **shift)
+    coil_sampled = sampled if sensitivities is None else sampled[:, None]  # [B, (1,) T, H, W]
+    kspace = torch.fft.ifftshift(torch.where(coil_sampled, kspace, 0), **shift)
     return kspace, torch.fft.ifftshift(sampled, **shift), was_numpy, single
 
 

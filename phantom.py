@@ -921,8 +921,8 @@ def render_coil_cine(p: dict, size, rng: np.random.Generator, coils: int = 1, ov
     shape = _shape(size)
     if coils == 1:
         reference, box = render_cine(p, shape, rng, True, oversample)
-        return dict(reference=reference, kspace=fft2c(reference)[None], sensitivities=np.ones((1, *shape), np.complex64),
-                    noise_covariance=np.ones((1, 1)), heart_box=box)
+        return dict(reference=reference, kspace=fft2c(reference)[None],
+                    sensitivities=np.ones((1, *shape), np.complex64), noise_covariance=np.ones((1, 1)), heart_box=box)
     kspace, blood, box = _render_kspace(p, shape, rng, oversample)  # [T, H, W] FFT order
     sensitivities = coil_sensitivities(p, shape, coils, rotation=rng.uniform(0, 2 * np.pi / coils))  # [C, H, W]
     covariance = noise_covariance(coils, rng)  # [C, C]

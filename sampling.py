@@ -305,8 +305,9 @@ def estimate_sensitivities(kspace, mask, *, kernel_width: int = 6, threshold: fl
         columns = center_rows(width, grid[1])
         calibration = np.zeros((len(cine), *grid), np.complex64)  # [C, h, w]
         calibration[:, center_rows(grid[0], lines)] = cine[:, :, center_rows(height, lines), columns].mean(1)
-        coarse = EspiritCalib(calibration, calib_width=lines, thresh=threshold, kernel_width=min(kernel_width, lines // 2),
-                              crop=crop, show_pbar=False).run()  # [C, h, w]: the time-averaged centre's maps
+        kernel = min(kernel_width, lines // 2)
+        coarse = EspiritCalib(calibration, calib_width=lines, thresh=threshold, kernel_width=kernel, crop=crop,
+                              show_pbar=False).run()  # [C, h, w]: the time-averaged centre's maps
         maps.append(_interpolate_maps(coarse, (height, width)))
     maps = np.stack(maps).reshape(coil_kspace.shape[:-3] + coil_kspace.shape[-2:]).astype(np.complex64)
     return torch.from_numpy(maps).to(kspace.device) if was_torch else maps

@@ -10,9 +10,9 @@ from metrics import psnr
 from models import DataConsistency
 from phantom import (coil_sensitivities, correlated_noise, make_coil_dataset, make_phantom_dataset, noise_covariance,
                      sample_anatomy)
-from sampling import (_interpolate_maps, calibration_lines, coil_combine, coil_images, data_consistency, estimate_sensitivities, fft2c,
-                      sense_adjoint, sense_data_consistency, sense_forward, sense_gradient_step, sense_normal,
-                      variable_density_mask, view_sharing, whiten_coils)
+from sampling import (_interpolate_maps, calibration_lines, coil_combine, coil_images, data_consistency,
+                      estimate_sensitivities, fft2c, sense_adjoint, sense_data_consistency, sense_forward,
+                      sense_gradient_step, sense_normal, variable_density_mask, view_sharing, whiten_coils)
 
 RNG = np.random.default_rng(0)
 
@@ -68,7 +68,8 @@ def test_gradient_step_is_hard_data_consistency_for_one_unit_coil_and_a_descent_
     shift = dict(dim=(-2, -1))  # the solvers' domain: ifftshift-ed, plain FFTs
     shifted = sense_gradient_step(*(torch.fft.ifftshift(t, **shift) for t in (image, kspace, sensitivities, mask)),
                                   centered=False)
-    torch.testing.assert_close(torch.fft.fftshift(shifted, **shift), sense_gradient_step(image, kspace, sensitivities, mask))
+    torch.testing.assert_close(torch.fft.fftshift(shifted, **shift),
+                               sense_gradient_step(image, kspace, sensitivities, mask))
 
 
 def test_view_sharing_with_coils_combines_the_view_shared_coils():
@@ -78,7 +79,8 @@ def test_view_sharing_with_coils_combines_the_view_shared_coils():
     per_coil = torch.stack([view_sharing(kspace[:, c], mask) for c in range(4)], 1)  # [B, C, T, H, W]
     torch.testing.assert_close(shared, coil_combine(per_coil, sensitivities))
     ones = torch.ones(2, 1, 16, 16, dtype=torch.complex128)
-    torch.testing.assert_close(view_sharing(kspace[:, :1], mask, ones), view_sharing(kspace[:, 0], mask), rtol=0, atol=0)
+    torch.testing.assert_close(view_sharing(kspace[:, :1], mask, ones), view_sharing(kspace[:, 0], mask),
+                               rtol=0, atol=0)
     still = image[:, :1].expand_as(image)  # a still object: exact once every row was sampled by some frame
     interleaved = torch.zeros(4, 16, 16, dtype=torch.float64)
     for t in range(4):
