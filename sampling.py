@@ -171,9 +171,12 @@ def sense_adjoint(kspace, sensitivities, mask, *, centered: bool = True):
     return coil_combine(inverse(kspace * mask[..., None, :, :, :]), sensitivities)
 
 
-def sense_normal(image, sensitivities, mask):
-    """``A^H A x``: image ``[..., T, H, W]`` -> ``[..., T, H, W]``."""
-    return sense_adjoint(sense_forward(image, sensitivities, mask), sensitivities, mask)
+def sense_normal(image, sensitivities, mask, *, centered: bool = True):
+    """``A^H A x = S^H F^-1 U F S x`` (``U^2 = U``: one mask product): image ``[..., T, H, W]`` ->
+    ``[..., T, H, W]``; ``centered`` as in :func:`sense_forward`."""
+    forward, inverse = _ffts(centered)
+    kspace = forward(coil_images(image, sensitivities)) * mask[..., None, :, :, :]  # [..., C, T, H, W]
+    return coil_combine(inverse(kspace), sensitivities)
 
 
 def sense_gradient_step(image, kspace, sensitivities, mask, *, centered: bool = True):
@@ -194,7 +197,9 @@ def sense_data_consistency(image: torch.Tensor, kspace: torch.Tensor, sensitivit
         ``(A^H A + lam I) x = A^H y + lam z``,  i.e.  ``x = argmin ||A x - y||^2 + lam ||x - z||^2``
 
     (the proximal step of the data term at ``z``). ``A^H A + lam I`` acts on each frame of each
-    cine alone, so every frame ``[H, W]`` runs its own CG (step sizes ``[..., T, 1, 1]``).
+    cine alone, so every frame ``[H, W]`` runs its own CG (step sizes ``[..., T, 1, 1]``). CG runs
+    on ``ifftshift``-ed inputs with plain FFTs (the same operator, permuted; a centred FFT's shifts
+    would cost more than the FFT itself), and the result is shifted back.
 
     With one coil of sensitivity 1 the system is diagonal in k-space and CG solves it exactly in
     at most two steps: ``lam = 0`` gives hard data consistency (:func:`data_consistency`) and
@@ -204,11 +209,14 @@ def sense_data_consistency(image: torch.Tensor, kspace: torch.Tensor, sensitivit
     ``[..., C, H, W]``; mask: 0/1 ``[..., T, H, W]``; lam: a number or a tensor broadcastable to
     ``[..., T, 1, 1]`` (>= 0; differentiable). Returns ``x``, shaped like ``image``.
     """
-    def normal(v):  # (A^H A + lam I) v: [..., T, H, W]
-        return sense_normal(v, sensitivities, mask) + lam * v
+    shift = dict(dim=(-2, -1))
+    image, kspace, sensitivities, mask = (torch.fft.ifftshift(t, **shift) for t in (image, kspace, sensitivities, mask))
+
+    def normal(v):  # (A^H A + lam I) v: [..., T, H, W], shifted
+        return sense_normal(v, sensitivities, mask, centered=False) + lam * v
 
     x = image
-    residual = sense_adjoint(kspace, sensitivities, mask) + lam * image - normal(x)  # [..., T, H, W]
+    residual = sense_adjoint(kspace, sensitivities, mask, centered=False) + lam * image - normal(x)  # [..., T, H, W]
     direction = residual
     residual_norm = _frame_dot(residual, residual)  # [..., T, 1, 1]
     for _ in range(iterations):
@@ -219,7 +227,7 @@ def sense_data_consistency(image: torch.Tensor, kspace: torch.Tensor, sensitivit
         new_norm = _frame_dot(residual, residual)
         direction = residual + _safe_ratio(new_norm, residual_norm) * direction
         residual_norm = new_norm
-    return x
+    return torch.fft.fftshift(x, **shift)
 
 
 def _frame_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
