@@ -186,8 +186,9 @@ def sense_gradient_step(image, kspace, sensitivities, mask, *, centered: bool = 
     (:func:`data_consistency`). Shapes as in :func:`sense_data_consistency`; ``centered`` as in
     :func:`sense_forward`.
     """
-    residual = sense_forward(image, sensitivities, mask, centered=centered) - kspace * mask[..., None, :, :, :]
-    return image - sense_adjoint(residual, sensitivities, mask, centered=centered)
+    forward, inverse = _ffts(centered)
+    residual = (forward(coil_images(image, sensitivities)) - kspace) * mask[..., None, :, :, :]  # U (A x - y)
+    return image - coil_combine(inverse(residual), sensitivities)
 
 
 def sense_data_consistency(image: torch.Tensor, kspace: torch.Tensor, sensitivities: torch.Tensor,
