@@ -1,4 +1,5 @@
-"""Classical compressed-sensing baselines for Cartesian single-coil cine MRI.
+"""Classical compressed-sensing baselines for Cartesian cine MRI, single-coil or, given coil
+sensitivities (``sensitivities=``), multi-coil (SENSE: ``A = U F S``, ``sampling.sense_forward``).
 
 Notation (as in ``sampling.py``): a cine ``x`` is ``[T, H, W]`` (or a batch ``[B, T, H, W]``),
 ``F`` the centred orthonormal 2D FFT over (H, W), ``U`` the binary mask and ``y = U F x_true``
@@ -7,6 +8,10 @@ the temporal DC at index 0) and ``soft(z, tau) = z max(|z| - tau, 0) / |z|`` the
 soft-threshold. ``DC(x) = F^-1((1 - U) F x + y)`` is hard data consistency
 (``sampling.data_consistency``): it replaces the sampled k-space lines by the measurements, so
 every reconstruction returned here has exactly the measured lines (to float precision).
+
+With coils the k-space is ``[C, T, H, W]`` / ``[B, C, T, H, W]``, ``x0 = A^H y`` (the coil-combined
+zero-filled cine) and ``DC`` is the SENSE gradient step ``x - A^H (A x - y)`` (step 1, Otazo et al.'s
+multi-coil iteration), which is hard data consistency for one coil of sensitivity 1.
 
 - :func:`view_sharing`: ``sampling.view_sharing`` (the temporal mean fills unsampled k-space) as a
   timed baseline.
@@ -43,7 +48,7 @@ import time
 import torch
 
 from metrics import batch_psnr
-from sampling import data_consistency, shared_kspace
+from sampling import coil_combine, data_consistency, gradient_dc, sense_adjoint, shared_kspace
 from sampling import view_sharing as view_shared_image
 
 # Grids for tuning on validation cines (relative weights, see the module docstring) around the
@@ -133,44 +138,62 @@ def largest_singular_value(matrix: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- input handling
-def _prepare(kspace, mask):
+def _prepare(kspace, mask, sensitivities=None):
     """The solvers' inputs in the shifted domain, plus how to return the result.
 
-    Every step of the solvers acts pixel by pixel in (y, x) (temporal FFT, soft-threshold) or is
-    blind to the order of the pixels (the SVD of the Casorati matrix), so they run on
-    ``ifftshift``-ed cines with plain FFTs: ``y' = ifftshift(y)`` and ``x' = ifftshift(x)``, which
-    saves the shifts of every centred FFT. Returns ``(y' [B, T, H, W] complex, sampled' bool,
-    was_numpy, single)`` on the k-space's device.
+    Every step of the solvers acts pixel by pixel in (y, x) (temporal FFT, soft-threshold, coil
+    sensitivities) or is blind to the order of the pixels (the SVD of the Casorati matrix), so they
+    run on ``ifftshift``-ed cines with plain FFTs: ``y' = ifftshift(y)`` and ``x' = ifftshift(x)``,
+    which saves the shifts of every centred FFT. Returns ``(y' [B, T, H, W] complex (coil k-space
+    [B, C, T, H, W] with sensitivities), sampled' bool [B, T, H, W], was_numpy, single)`` on the
+    k-space's device.
     """
     was_numpy = not isinstance(kspace, torch.Tensor)
     kspace = torch.as_tensor(kspace)
     if not kspace.is_complex():
         kspace = kspace.to(torch.complex64)
-    if kspace.dim() not in (3, 4):
-        raise ValueError(f"kspace must be [T, H, W] or [B, T, H, W], got shape {tuple(kspace.shape)}")
-    single = kspace.dim() == 3
+    coil_axes = 0 if sensitivities is None else 1
+    if kspace.dim() - coil_axes not in (3, 4):
+        coils = "" if sensitivities is None else "C, "
+        raise ValueError(f"kspace must be [{coils}T, H, W] or [B, {coils}T, H, W], got shape {tuple(kspace.shape)}")
+    single = kspace.dim() - coil_axes == 3
     if single:
         kspace = kspace[None]
     sampled = torch.as_tensor(mask, device=kspace.device) != 0
-    sampled = (sampled[None] if sampled.dim() == 3 else sampled).expand(kspace.shape)
-    return *to_shifted(kspace, sampled), was_numpy, single
+    sampled = (sampled[None] if sampled.dim() == 3 else sampled).expand(kspace.shape[:1] + kspace.shape[-3:])
+    coil_sampled = sampled if sensitivities is None else sampled[:, None]  # [B, (1,) T, H, W]
+    return to_shifted(kspace, coil_sampled)[0], to_shifted_image(sampled), was_numpy, single
 
 
 def to_shifted(kspace: torch.Tensor, sampled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Centred k-space ``[..., H, W]`` (zeroed off the mask) and the bool mask, ``ifftshift``-ed in
     (H, W): the solvers' domain, where plain FFTs replace centred ones (see :func:`_prepare`)."""
-    shift = dict(dim=(-2, -1))
-    return torch.fft.ifftshift(torch.where(sampled, kspace, 0), **shift), torch.fft.ifftshift(sampled, **shift)
+    return to_shifted_image(torch.where(sampled, kspace, 0)), to_shifted_image(sampled)
 
 
 def to_shifted_image(x: torch.Tensor) -> torch.Tensor:
-    """A centred cine ``[..., H, W]`` into the solvers' shifted domain."""
+    """A centred cine ``[..., H, W]`` (or mask, or coil maps) into the solvers' shifted domain."""
     return torch.fft.ifftshift(x, dim=(-2, -1))
 
 
 def from_shifted(x: torch.Tensor) -> torch.Tensor:
     """A cine ``[..., H, W]`` of the solvers' shifted domain back to the centred layout."""
     return torch.fft.fftshift(x, dim=(-2, -1))
+
+
+def _data_step(kspace, sampled, sensitivities, single: bool):
+    """The solvers' data step in the shifted domain, their start ``x0`` ``[B, T, H, W]`` and the
+    shifted maps: hard data consistency and the zero-filled cine for single-coil k-space (maps
+    None); with ``sensitivities`` (``[C, H, W]`` or ``[B, C, H, W]``, ``sum_c |S_c|^2 <= 1``) the
+    SENSE gradient step of step 1 and the coil-combined zero-filled cine ``A^H y`` (Otazo et al.
+    2015's multi-coil iteration)."""
+    if sensitivities is None:
+        return ((lambda x: data_consistency(x, kspace, sampled, centered=False)),
+                torch.fft.ifft2(kspace, norm="ortho"), None)
+    maps = to_shifted_image(torch.as_tensor(sensitivities, device=kspace.device))
+    maps = maps[None] if single else maps  # [B, C, H, W]
+    return ((lambda x: gradient_dc(x, kspace, sampled, sensitivities=maps, centered=False)),
+            sense_adjoint(kspace, maps, sampled, centered=False), maps)
 
 
 def _finish(x: torch.Tensor, was_numpy: bool, single: bool):
@@ -200,7 +223,7 @@ def synchronize(device: torch.device) -> None:
 # ----------------------------------------------------------------------------- solvers
 @torch.no_grad()
 def kt_sparse(kspace, mask, *, lam: float = 0.001, iterations: int = 50, tol: float = 1e-3,
-              threshold_static: bool = True, verbose: bool = False):
+              threshold_static: bool = True, verbose: bool = False, sensitivities=None):
     """k-t sparse CS: L1 on the temporal Fourier transform with hard data consistency.
 
     Solves ``min_x  tau ||F_t x||_1 + 1/2 ||U F x - y||^2`` with ``tau = lam max|F_t x0|`` per cine
@@ -213,26 +236,29 @@ def kt_sparse(kspace, mask, *, lam: float = 0.001, iterations: int = 50, tol: fl
     change of every cine falls below ``tol`` (the defaults stop near the PSNR peak, see the module
     docstring). threshold_static=False leaves the temporal DC component ``f = 0`` (the static
     image) unthresholded. verbose: print the time per cine.
-    Returns the complex reconstruction, shaped and typed like ``kspace``.
+    sensitivities: coil maps ``[C, H, W]`` or ``[B, C, H, W]`` for coil k-space ``[C, T, H, W]`` /
+    ``[B, C, T, H, W]`` (``sampling.sense_forward``): ``DC`` becomes the SENSE gradient step
+    ``x - A^H (A x - y)`` and ``x0 = A^H y``.
+    Returns the complex reconstruction, shaped and typed like ``kspace`` (without the coil axis).
     """
-    kspace, sampled, was_numpy, single = _prepare(kspace, mask)
+    kspace, sampled, was_numpy, single = _prepare(kspace, mask, sensitivities)
     synchronize(kspace.device)
     started = time.perf_counter()
-    x0 = torch.fft.ifft2(kspace, norm="ortho")  # [B, T, H, W] complex, zero-filled (shifted)
+    consistent, x0, _ = _data_step(kspace, sampled, sensitivities, single)  # x0: [B, T, H, W] zero-filled (shifted)
     tau = lam * temporal_fft(x0).abs().flatten(1).amax(1)[:, None, None, None]  # [B, 1, 1, 1]
     if not threshold_static:
         tau = tau.expand(-1, x0.shape[1], 1, 1).clone()  # [B, T, 1, 1]
         tau[:, 0] = 0
     v_old, z, t = x0, x0, 1.0
     for done in range(1, iterations + 1):
-        v = temporal_ifft(soft_threshold(temporal_fft(data_consistency(z, kspace, sampled, centered=False)), tau))
+        v = temporal_ifft(soft_threshold(temporal_fft(consistent(z)), tau))
         t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
         z = v + ((t - 1) / t_next) * (v - v_old)
         converged = _relative_change(v, v_old) < tol
         v_old, t = v, t_next
         if converged:
             break
-    x = data_consistency(v_old, kspace, sampled, centered=False)
+    x = consistent(v_old)
     synchronize(kspace.device)
     if verbose:
         _report("k-t sparse", len(x), done, time.perf_counter() - started)
@@ -257,18 +283,22 @@ def lplus_s_parts(m: torch.Tensor, s: torch.Tensor, l_prev: torch.Tensor, tau_l:
     return low, temporal_ifft(soft_threshold(temporal_fft(m - l_prev), tau_s))
 
 
-def initial_cine(kspace: torch.Tensor, sampled: torch.Tensor, start: str) -> torch.Tensor:
-    """The iterations' start from measured k-space ``[B, T, H, W]`` in the solvers' shifted domain:
-    the zero-filled cine or the view-shared one (``sampling.shared_kspace``)."""
+def initial_cine(kspace: torch.Tensor, sampled: torch.Tensor, start: str, maps: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """The iterations' start ``[B, T, H, W]`` in the solvers' shifted domain, from measured k-space
+    ``[B, T, H, W]`` (or coil k-space ``[B, C, T, H, W]`` with shifted ``maps`` ``[B, C, H, W]``,
+    then coil-combined): the zero-filled cine or the view-shared one (``sampling.shared_kspace``)."""
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
-    return torch.fft.ifft2(kspace if start == "zero_filled" else shared_kspace(kspace, sampled), norm="ortho")
+    filled = kspace if start == "zero_filled" else shared_kspace(kspace, sampled, coils=maps is not None)
+    images = torch.fft.ifft2(filled, norm="ortho")
+    return images if maps is None else coil_combine(images, maps)
 
 
 @torch.no_grad()
 def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: float = 0.003,
                          iterations: int = 100, tol: float = 1e-4, start: str = "zero_filled",
-                         verbose: bool = False):
+                         verbose: bool = False, sensitivities=None):
     """L+S: low-rank plus sparse decomposition (Otazo et al. 2015) with hard data consistency.
 
     Models the cine as ``M = L + S``: ``L`` low rank as a Casorati matrix ``[H W, T]`` (the
@@ -283,19 +313,20 @@ def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: floa
     ``x0`` (``start="zero_filled"``, the paper's) or the view-shared one (``"view_sharing"``, the
     start of ``models.LSNet``). Arguments as in :func:`kt_sparse` (``tol=0``: exactly
     ``iterations``); ``lambda_l`` is relative to the largest singular value of the zero-filled
-    Casorati matrix, ``lambda_s`` to the largest temporal Fourier coefficient of ``x0``.
+    Casorati matrix, ``lambda_s`` to the largest temporal Fourier coefficient of ``x0``; with
+    ``sensitivities`` ``DC`` is the SENSE gradient step, as in :func:`kt_sparse`.
     """
-    kspace, sampled, was_numpy, single = _prepare(kspace, mask)
+    kspace, sampled, was_numpy, single = _prepare(kspace, mask, sensitivities)
     synchronize(kspace.device)
     started = time.perf_counter()
-    x0 = torch.fft.ifft2(kspace, norm="ortho")  # [B, T, H, W] complex, zero-filled (shifted)
+    consistent, x0, maps = _data_step(kspace, sampled, sensitivities, single)  # x0: [B, T, H, W] zero-filled (shifted)
     sigma_max, peak = relative_scales(x0)  # [B] each
     tau_l, tau_s = lambda_l * sigma_max, lambda_s * peak[:, None, None, None]  # [B], [B, 1, 1, 1]
-    m = initial_cine(kspace, sampled, start)  # [B, T, H, W]
+    m = x0 if start == "zero_filled" else initial_cine(kspace, sampled, start, maps)  # [B, T, H, W]
     s, l_prev = torch.zeros_like(m), m
     for done in range(1, iterations + 1):
         low, s = lplus_s_parts(m, s, l_prev, tau_l, tau_s)
-        m_new = data_consistency(low + s, kspace, sampled, centered=False)
+        m_new = consistent(low + s)
         converged = _relative_change(m_new, m) < tol
         m, l_prev = m_new, low
         if converged:
@@ -307,22 +338,23 @@ def low_rank_plus_sparse(kspace, mask, *, lambda_l: float = 0.03, lambda_s: floa
 
 
 def lplus_s_unrolled(kspace, mask, *, lambda_l: float = 0.01, lambda_s: float = 0.003, iterations: int = 10,
-                     verbose: bool = False):
+                     verbose: bool = False, sensitivities=None):
     """:func:`low_rank_plus_sparse` stopped after exactly ``iterations`` iterations from the
     view-shared cine: what ``models.LSNet`` computes before training (train.py's ``--arch=lsnet``,
     ``iterations=10``), the classical point the learned L+S starts from."""
     return low_rank_plus_sparse(kspace, mask, lambda_l=lambda_l, lambda_s=lambda_s, iterations=iterations, tol=0,
-                                start="view_sharing", verbose=verbose)
+                                start="view_sharing", verbose=verbose, sensitivities=sensitivities)
 
 
-def view_sharing(kspace, mask, *, verbose: bool = False):
+def view_sharing(kspace, mask, *, verbose: bool = False, sensitivities=None):
     """k-t view sharing (:func:`sampling.view_sharing`, no parameters) as a baseline with the
-    solvers' interface: ``kspace`` / ``mask`` ``[T, H, W]`` or ``[B, T, H, W]``, numpy or torch;
-    verbose: print the time per cine."""
+    solvers' interface: ``kspace`` / ``mask`` ``[T, H, W]`` or ``[B, T, H, W]``, numpy or torch
+    (with ``sensitivities``, coil k-space combined as in :func:`kt_sparse`); verbose: print the
+    time per cine."""
     device = torch.as_tensor(kspace).device
     synchronize(device)
     started = time.perf_counter()
-    x = view_shared_image(kspace, mask)
+    x = view_shared_image(kspace, mask, sensitivities)
     synchronize(device)
     if verbose:
         _report("view sharing", len(x) if x.ndim == 4 else 1, 1, time.perf_counter() - started)
@@ -342,13 +374,14 @@ def grid_points(grid: dict) -> list[dict]:
 
 
 def tune(method, kspace, mask, target, grid: dict, *, batch_size: int = 8, verbose: bool = False,
-         **fixed) -> tuple[dict, list[dict]]:
+         sensitivities=None, **fixed) -> tuple[dict, list[dict]]:
     """Pick the regularisation of ``method`` by mean PSNR over the cines given (validation cines:
     never pass test cines here).
 
     method: a name in ``METHODS`` or a solver ``f(kspace, mask, **params)``; kspace, mask, target:
     ``[N, T, H, W]`` (target: the fully sampled cines, magnitude or complex); grid: ``{name:
-    values}``, every combination is tried; ``fixed``: further keywords for every call.
+    values}``, every combination is tried; ``fixed``: further keywords for every call;
+    sensitivities: ``[N, C, H, W]`` for coil k-space ``[N, C, T, H, W]``, passed cine by cine.
     Returns ``(best params, rows)``, rows ``{"params", "psnr"}`` per grid point (mean PSNR in dB).
     """
     solve = METHODS[method] if isinstance(method, str) else method
@@ -357,7 +390,8 @@ def tune(method, kspace, mask, target, grid: dict, *, batch_size: int = 8, verbo
     for params in grid_points(grid):
         scores = []
         for i in range(0, len(target), batch_size):
-            recon = torch.as_tensor(solve(kspace[i:i + batch_size], mask[i:i + batch_size], **params, **fixed))
+            coils = {} if sensitivities is None else {"sensitivities": sensitivities[i:i + batch_size]}
+            recon = torch.as_tensor(solve(kspace[i:i + batch_size], mask[i:i + batch_size], **params, **fixed, **coils))
             scores.append(batch_psnr(recon, target[i:i + batch_size].to(recon.device)))
         rows.append({"params": params, "psnr": float(torch.cat(scores).mean())})
         if verbose:

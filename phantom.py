@@ -20,6 +20,9 @@ back to front with masks that ramp linearly across the tissue's (approximate) bo
 
 The slice position (0 base .. 1 apex) sets the LV and RV size, papillary muscles, trabeculation,
 which vessels and atria are cut, and how much lung, liver and stomach is seen.
+
+Multi-coil (:func:`make_coil_dataset`): the cine seen through N receive loops around the torso, with
+birdcage-style sensitivities and correlated receiver noise (docs/phantom.md, "Receive coils").
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ import numpy as np
 from scipy import fft as sfft
 from scipy.ndimage import map_coordinates
 
+from sampling import coil_combine, coil_images, fft2c, ifft2c
+
 MM_PER_UNIT = 200.0  # body units to mm
 OVERSAMPLE = 2  # rendering grid / output grid
 SNR_RANGE = (20.0, 50.0)  # blood-pool SNR at a 192 x 192 matrix, drawn per cine
@@ -43,6 +48,9 @@ RIB_ANGLES = np.array([-2.65, -2.25, -1.95, -1.2, -0.9, -0.5, -0.1, 0.35, 2.8, 3
 TABLE = 1024  # angular samples of the heart's shape profiles (a power of 2)
 ANGLES = np.linspace(-np.pi, np.pi, TABLE, endpoint=False, dtype=np.float32)  # [TABLE]
 BOX_MARGIN = 0.04  # heart box margin, fraction of the image height
+COIL_STANDOFF = 0.1  # receive loops: distance outside the torso ellipse, body units (20 mm)
+COIL_RADIUS = 0.2  # receive loops: the near-field softening of their 1 / distance fall-off, body units
+COIL_CORRELATION = (0.1, 0.3)  # receiver noise correlation of opposite .. neighbouring loops
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -789,18 +797,10 @@ def _shape(size) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def render_cine(p: dict, size, rng: np.random.Generator, complex_phase: bool = True,
-                oversample: int = OVERSAMPLE):
-    """Render the subject ``p`` (from :func:`sample_anatomy`) as a cine ``[T, H, W]`` (``size``: int or
-    ``(H, W)``) with peak magnitude 1, and the heart box ``(row0, row1, col0, col1)`` (int ``[4]``).
-
-    Rendered on a grid ``oversample`` times finer, cropped in k-space; complex Gaussian noise is added
-    in k-space with standard deviation ``sigma`` per real/imaginary part (the same in the image):
-    ``p["snr"] * sqrt(REFERENCE_PIXELS / (H W)) = mean |central LV blood pool| / sigma`` (SNR grows
-    with the pixel size at a fixed field of view); ``p["snr"] = None``: no noise. complex64, or the
-    float32 magnitude (Rician) without ``complex_phase``.
-    """
-    (height, width), frames = _shape(size), len(p["contraction"])
+def _render_kspace(p: dict, shape, rng: np.random.Generator, oversample: int):
+    """The noise-free k-space ``[T, H, W]`` (FFT order) of subject ``p`` at ``shape`` ``(H, W)``, the
+    mean magnitude of its central LV blood pool and its heart box: :func:`render_cine` before the noise."""
+    (height, width), frames = shape, len(p["contraction"])
     grid = _Grid(p, (oversample * height, oversample * width), 2 * p["fov"] / height / oversample)
     tex_coarse, tex_med, tex_fine = (_smooth_field(rng, grid.shape, grid.spacing, cycles) for cycles in (1, 5, 15))
     tissues = _tissue_maps(p, tex_med, tex_fine)
@@ -819,19 +819,120 @@ def render_cine(p: dict, size, rng: np.random.Generator, complex_phase: bool = T
     static.image *= receive
     moving.image *= receive[rows, cols]  # [T, h, w]
     kspace = _kspace(static.image, moving.image, rows, cols, (height, width))  # [T, H, W]
+    blood = np.abs(heart.image[pool]).mean()
+    return kspace, blood, _heart_box(outer, heart.offset, grid.shape, (height, width), oversample)
+
+
+def _noise_sigma(p: dict, blood, shape) -> np.float32:
+    """Noise standard deviation per real/imaginary part at ``shape`` ``(H, W)`` for the blood signal
+    ``blood`` and the SNR ``p["snr"]`` (stated at ``REFERENCE_PIXELS``)."""
+    height, width = shape
+    return np.float32(blood / (p["snr"] * np.sqrt(REFERENCE_PIXELS / (height * width))))
+
+
+def render_cine(p: dict, size, rng: np.random.Generator, complex_phase: bool = True,
+                oversample: int = OVERSAMPLE):
+    """Render the subject ``p`` (from :func:`sample_anatomy`) as a cine ``[T, H, W]`` (``size``: int or
+    ``(H, W)``) with peak magnitude 1, and the heart box ``(row0, row1, col0, col1)`` (int ``[4]``).
+
+    Rendered on a grid ``oversample`` times finer, cropped in k-space; complex Gaussian noise is added
+    in k-space with standard deviation ``sigma`` per real/imaginary part (the same in the image):
+    ``p["snr"] * sqrt(REFERENCE_PIXELS / (H W)) = mean |central LV blood pool| / sigma`` (SNR grows
+    with the pixel size at a fixed field of view); ``p["snr"] = None``: no noise. complex64, or the
+    float32 magnitude (Rician) without ``complex_phase``.
+    """
+    shape = _shape(size)
+    kspace, blood, box = _render_kspace(p, shape, rng, oversample)  # [T, H, W] FFT order
     if p["snr"] is not None:
-        blood = np.abs(heart.image[pool]).mean()
-        sigma = np.float32(blood / (p["snr"] * np.sqrt(REFERENCE_PIXELS / (height * width))))
         noise = _complex_noise(rng, kspace.shape)
-        noise *= sigma
+        noise *= _noise_sigma(p, blood, shape)
         kspace += noise
     cine = sfft.ifft2(kspace, norm="ortho", overwrite_x=True)
     magnitude = np.abs(cine)
-    box = _heart_box(outer, heart.offset, grid.shape, (height, width), oversample)
     if complex_phase:
         cine /= magnitude.max()
         return cine, box
     return magnitude / magnitude.max(), box
+
+
+# ----------------------------------------------------------------------------- receive coils
+def coil_sensitivities(p: dict, size, coils: int, rotation: float = 0.0) -> np.ndarray:
+    """Smooth birdcage-style receive sensitivities of ``coils`` loops around subject ``p``'s torso,
+    complex64 ``[C, H, W]`` with ``sum_c |S_c|^2 = 1`` at every pixel.
+
+    Loop ``c`` sits at the body angle ``rotation + 2 pi c / C``, ``COIL_STANDOFF`` outside the torso
+    ellipse (body coordinates, so a subject sees the same coils at every size). Its raw map falls off
+    as ``1 / sqrt(d^2 + COIL_RADIUS^2)`` with the distance ``d`` to the loop, and its phase turns with
+    the direction from the loop plus the loop's own offset ``-2 pi c / C``, as in the birdcage maps
+    of sigpy and BART; the maps are then divided by their root sum of squares.
+    """
+    height, width = _shape(size)
+    x, y = _Grid(p, (height, width), 2 * p["fov"] / height).coords()  # [H, W] body units
+    half_b = 0.5 * (p["body_b_ant"] + p["body_b_post"])
+    angles = rotation + 2 * np.pi * np.arange(coils) / coils  # [C]
+    cx = ((p["body_a"] + COIL_STANDOFF) * np.cos(angles))[:, None, None]  # [C, 1, 1]
+    cy = ((half_b + COIL_STANDOFF) * np.sin(angles))[:, None, None]
+    dx, dy = x - cx, y - cy  # [C, H, W]
+    phase = np.arctan2(dx, -dy) - 2 * np.pi * np.arange(coils)[:, None, None] / coils
+    maps = np.exp(1j * phase) / np.sqrt(dx ** 2 + dy ** 2 + COIL_RADIUS ** 2)  # [C, H, W]
+    return (maps / np.sqrt((np.abs(maps) ** 2).sum(0))).astype(np.complex64)
+
+
+def noise_covariance(coils: int, rng: np.random.Generator) -> np.ndarray:
+    """Receiver noise covariance of ``coils`` loops in a ring, float64 ``[C, C]``, symmetric
+    positive definite.
+
+    Correlation ``lo + (hi - lo) (1 + cos(angle between the loops)) / 2`` between two loops
+    (``COIL_CORRELATION = (lo, hi)``: neighbours near ``hi``, opposite loops ``lo``), 1 on the
+    diagonal: ``(1 - hi) I`` plus positive semi-definite terms (a constant and the cosine kernel),
+    so every eigenvalue is at least ``1 - hi``. Each loop's noise level is drawn in [0.8, 1.2] and
+    scales its row and column.
+    """
+    lo, hi = COIL_CORRELATION
+    angles = 2 * np.pi * np.arange(coils) / coils  # [C]
+    near = (1 + np.cos(angles[:, None] - angles[None, :])) / 2  # [C, C], 1 on the diagonal
+    correlation = (1 - hi) * np.eye(coils) + lo + (hi - lo) * near
+    levels = rng.uniform(0.8, 1.2, coils)  # [C]
+    return levels[:, None] * correlation * levels[None, :]
+
+
+def correlated_noise(rng: np.random.Generator, covariance: np.ndarray, shape) -> np.ndarray:
+    """Complex Gaussian noise ``[C, *shape]`` (complex64) whose coils have the covariance
+    ``covariance`` ``[C, C]`` per real/imaginary part: white noise times its Cholesky factor."""
+    factor = np.linalg.cholesky(covariance).astype(np.float32)  # [C, C], lower
+    white = _complex_noise(rng, (len(covariance), int(np.prod(shape))))  # [C, N]
+    return (factor @ white).reshape(len(covariance), *shape)
+
+
+def render_coil_cine(p: dict, size, rng: np.random.Generator, coils: int = 1, oversample: int = OVERSAMPLE) -> dict:
+    """Subject ``p`` seen through ``coils`` receive coils: fully sampled coil k-space and what made it.
+
+    ``coils = 1``: one coil of sensitivity 1 on exactly the cine of :func:`render_cine` (bit for bit).
+    ``coils > 1``: the noise-free cine ``x`` through :func:`coil_sensitivities` (turned by a random
+    angle), ``y_c = F (S_c x) + n_c`` with :func:`correlated_noise` of :func:`noise_covariance` times
+    the single-coil ``sigma`` (``sum |S_c|^2 = 1`` keeps the coil-combined SNR at ``p["snr"]`` for
+    uncorrelated noise), and the reference is the coil-combined ``sum_c conj(S_c) F^-1 y_c``.
+
+    Returns, scaled so the reference has peak magnitude 1, complex64 unless noted:
+    ``reference`` ``[T, H, W]``, ``kspace`` ``[C, T, H, W]`` (centred, ``sampling.fft2c``),
+    ``sensitivities`` ``[C, H, W]``, ``noise_covariance`` float64 ``[C, C]`` (of the noise per
+    real/imaginary part, in units of ``sigma^2``) and ``heart_box`` int ``[4]``.
+    """
+    shape = _shape(size)
+    if coils == 1:
+        reference, box = render_cine(p, shape, rng, True, oversample)
+        return dict(reference=reference, kspace=fft2c(reference)[None],
+                    sensitivities=np.ones((1, *shape), np.complex64), noise_covariance=np.ones((1, 1)), heart_box=box)
+    kspace, blood, box = _render_kspace(p, shape, rng, oversample)  # [T, H, W] FFT order
+    sensitivities = coil_sensitivities(p, shape, coils, rotation=rng.uniform(0, 2 * np.pi / coils))  # [C, H, W]
+    covariance = noise_covariance(coils, rng)  # [C, C]
+    coil_kspace = fft2c(coil_images(sfft.ifft2(kspace, norm="ortho"), sensitivities)).astype(np.complex64)
+    if p["snr"] is not None:
+        coil_kspace += _noise_sigma(p, blood, shape) * correlated_noise(rng, covariance, kspace.shape)
+    reference = coil_combine(ifft2c(coil_kspace), sensitivities)  # [T, H, W]
+    scale = np.float32(1 / np.abs(reference).max())
+    return dict(reference=(reference * scale).astype(np.complex64), kspace=coil_kspace * scale,
+                sensitivities=sensitivities, noise_covariance=covariance, heart_box=box)
 
 
 def heart_pixel(p, size) -> tuple[float, float]:
@@ -874,9 +975,42 @@ def make_phantom_dataset(n: int, frames: int = 20, size=192, seed: int = 0, comp
         cines[i], boxes[i] = render_cine(sample_anatomy(rng, frames, **options), (height, width), rng,
                                          complex_phase, oversample)
 
+    _render_each(n, render)
+    return (cines, boxes) if return_boxes else cines
+
+
+def make_coil_dataset(n: int, frames: int = 20, size=192, seed: int = 0, coils: int = 1, **options) -> dict:
+    """``n`` cines seen through ``coils`` receive coils (:func:`render_coil_cine`), stacked:
+    ``reference`` ``[n, T, H, W]``, ``kspace`` ``[n, C, T, H, W]``, ``sensitivities`` ``[n, C, H, W]``
+    (complex64), ``noise_covariance`` float64 ``[n, C, C]`` and ``heart_box`` int ``[n, 4]``.
+
+    Cine ``i`` is subject ``i`` of :func:`make_phantom_dataset` with the same ``seed`` and
+    ``options``; ``coils=1``: its ``reference`` is that function's complex cines, bit for bit, with
+    one coil of sensitivity 1.
+    """
+    if not (isinstance(coils, (int, np.integer)) and coils >= 1):
+        raise ValueError(f"coils={coils!r}: must be an integer >= 1")
+    oversample = options.pop("oversample", OVERSAMPLE)
+    height, width = _shape(size)
+    stacked = dict(reference=np.empty((n, frames, height, width), np.complex64),
+                   kspace=np.empty((n, coils, frames, height, width), np.complex64),
+                   sensitivities=np.empty((n, coils, height, width), np.complex64),
+                   noise_covariance=np.empty((n, coils, coils)), heart_box=np.empty((n, 4), np.int64))
+
+    def render(i):
+        rng = _cine_rng(seed, i)
+        cine = render_coil_cine(sample_anatomy(rng, frames, **options), (height, width), rng, coils, oversample)
+        for key, value in cine.items():
+            stacked[key][i] = value
+
+    _render_each(n, render)
+    return stacked
+
+
+def _render_each(n: int, render) -> None:
+    """``render(i)`` for ``i < n``, one thread per core."""
     with ThreadPoolExecutor(max(1, min(n, os.cpu_count() or 1))) as pool:
         list(pool.map(render, range(n)))
-    return (cines, boxes) if return_boxes else cines
 
 
 # ----------------------------------------------------------------------------- figure

@@ -12,10 +12,15 @@ Conventions used throughout the project:
   ``U`` the binary mask (1 = sampled, 0 = not).
 - Data consistency ``DC(x) = F^-1((1 - U) F x + U y)`` replaces the sampled lines of an image's
   k-space by the measurements.
+- Coils (SENSE): coil ``c`` sees ``S_c x``, so ``y_c = U F (S_c x)``. Sensitivities are
+  ``[..., C, H, W]`` (static over the frames) and coil k-space ``[..., C, T, H, W]``: the coil
+  axis sits before the frames, so the cine operators above act on every coil alike. One coil of
+  sensitivity 1 is the single-coil model.
 
 This module holds the physics that the dataset, the networks and the classical baselines share:
-FFTs, masks, undersampling, view sharing and data consistency. Functions accept numpy arrays or
-torch tensors and return the same kind, except :func:`data_consistency` (torch only).
+FFTs, masks, undersampling, view sharing, data consistency and the SENSE coil operators.
+Functions accept numpy arrays or torch tensors and return the same kind, except
+:func:`data_consistency` and :func:`sense_data_consistency` (torch only).
 
     python sampling.py [PATH] [--frames=20 --size=192 --acceleration=5 ...]   # draws a mask figure
 """
@@ -84,22 +89,13 @@ def data_consistency(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tens
     ``centered=False`` uses plain orthonormal FFTs, for cines already ``ifftshift``-ed in (H, W)
     (where the classical solvers run, see baselines.py).
     """
-    forward, inverse = (fft2c, ifft2c) if centered else (_plain_fft2, _plain_ifft2)
+    forward, inverse = _ffts(centered)
     return inverse(torch.where(mask.bool(), kspace, forward(image)))
 
 
-def gradient_dc(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor, step, *,
-                centered: bool = True) -> torch.Tensor:
-    """One gradient step on ``1/2 ||U F x - y||^2``: ``x - step F^-1 U (F x - y)``.
-
-    ``step = 1`` is :func:`data_consistency` (``U`` is a projection, so the step lands exactly on
-    the measurements); ``0 < step < 1`` moves the sampled lines part of the way (soft consistency);
-    a step in ``(0, 2)`` never increases the data error. image, kspace ``[..., H, W]`` complex;
-    mask 0/1 broadcastable; ``step`` a number or a tensor broadcastable to ``image``.
-    """
-    forward, inverse = (fft2c, ifft2c) if centered else (_plain_fft2, _plain_ifft2)
-    residual = torch.where(mask.bool(), forward(image) - kspace, 0)  # [..., H, W] U (F x - y)
-    return image - step * inverse(residual)
+def _ffts(centered: bool):
+    """``(F, F^-1)``: the centred FFTs, or the plain orthonormal ones (torch) of the solvers' shifted domain."""
+    return (fft2c, ifft2c) if centered else (_plain_fft2, _plain_ifft2)
 
 
 def _plain_fft2(x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +106,7 @@ def _plain_ifft2(x: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(x, norm="ortho")
 
 
-def view_sharing(kspace, mask):
+def view_sharing(kspace, mask, sensitivities=None):
     """k-t view sharing: every frame keeps its measured lines, and each k-space location it did not
     sample is filled with the mean over the frames that sampled it (the temporal average; DC-CNN's
     data sharing over all frames); locations no frame sampled stay zero.
@@ -119,21 +115,251 @@ def view_sharing(kspace, mask):
     ``[B, T, H, W]`` (entries of ``kspace`` off the mask are ignored). Keeps the sampled k-space
     exactly, has no parameters, and is exact for a static object. Returns the complex cine, shaped
     like ``kspace``.
+
+    With ``sensitivities`` ``[..., C, H, W]``: ``kspace`` is coil k-space ``[..., C, T, H, W]``
+    (mask ``[..., T, H, W]``, the same for every coil), each coil is view-shared and the result is
+    their combination :func:`coil_combine`, ``[..., T, H, W]``.
     """
     was_numpy = not isinstance(kspace, torch.Tensor)
-    shared = ifft2c(shared_kspace(torch.as_tensor(kspace), mask))
+    kspace = torch.as_tensor(kspace)
+    shared = ifft2c(shared_kspace(kspace, mask, coils=sensitivities is not None))
+    if sensitivities is not None:
+        shared = coil_combine(shared, torch.as_tensor(sensitivities, device=kspace.device))
     return shared.numpy() if was_numpy else shared
 
 
-def shared_kspace(kspace: torch.Tensor, mask) -> torch.Tensor:
+def shared_kspace(kspace: torch.Tensor, mask, *, coils: bool = False) -> torch.Tensor:
     """The k-space of :func:`view_sharing`: ``y_t + (1 - U_t) sum_s y_s / sum_s U_s`` over the frames
-    (axis -3) of ``kspace`` ``[..., T, H, W]``; location by location, so it holds in any k-space
-    ordering (centred or ``ifftshift``-ed)."""
-    sampled = (torch.as_tensor(mask, device=kspace.device) != 0).expand(kspace.shape)  # [..., T, H, W]
+    (axis -3) of ``kspace`` ``[..., T, H, W]`` (``coils``: ``[..., C, T, H, W]`` with one mask
+    ``[..., T, H, W]`` for every coil); location by location, so it holds in any k-space ordering
+    (centred or ``ifftshift``-ed)."""
+    sampled = torch.as_tensor(mask, device=kspace.device) != 0  # [..., T, H, W]
+    if coils:
+        sampled = sampled[..., None, :, :, :]  # [..., 1, T, H, W]: every coil
+    sampled = sampled.expand(kspace.shape)
     measured = torch.where(sampled, kspace, 0)
     counts = sampled.sum(-3, keepdim=True)  # [..., 1, H, W]: frames that sampled each location
     mean = measured.sum(-3, keepdim=True) / counts.clamp_min(1)  # [..., 1, H, W]
     return torch.where(sampled, measured, mean)
+
+
+# ----------------------------------------------------------------------------- coils (SENSE)
+def coil_images(image, sensitivities):
+    """``S x``: the image seen by every coil, ``[..., C, T, H, W]``.
+
+    image: ``[..., T, H, W]``; sensitivities: ``[..., C, H, W]`` (one map per coil, static over
+    the frames). numpy or torch, complex.
+    """
+    return image[..., None, :, :, :] * sensitivities[..., :, None, :, :]
+
+
+def coil_combine(images, sensitivities):
+    """``S^H x_c = sum_c conj(S_c) x_c``: coil images ``[..., C, T, H, W]`` -> ``[..., T, H, W]``
+    (the adjoint of :func:`coil_images`; sensitivities ``[..., C, H, W]``)."""
+    return (sensitivities[..., :, None, :, :].conj() * images).sum(-4)
+
+
+def sense_forward(image, sensitivities, mask, *, centered: bool = True):
+    """The SENSE acquisition ``A x = U F (S x)``: image ``[..., T, H, W]`` -> coil k-space
+    ``[..., C, T, H, W]`` (zeros off the mask).
+
+    sensitivities: ``[..., C, H, W]``; mask: 0/1 ``[..., T, H, W]``, the same for every coil.
+    One coil of sensitivity 1 is the single-coil model ``U F x`` with a coil axis of length 1.
+    ``centered=False``: plain FFTs (torch), for everything ``ifftshift``-ed in (H, W), as in
+    :func:`data_consistency`.
+    """
+    forward, _ = _ffts(centered)
+    return forward(coil_images(image, sensitivities)) * mask[..., None, :, :, :]
+
+
+def sense_adjoint(kspace, sensitivities, mask, *, centered: bool = True):
+    """``A^H y = sum_c conj(S_c) F^-1 (U y_c)``: coil k-space ``[..., C, T, H, W]`` -> the
+    coil-combined image ``[..., T, H, W]`` (zero-filled when ``y`` is undersampled)."""
+    _, inverse = _ffts(centered)
+    return coil_combine(inverse(kspace * mask[..., None, :, :, :]), sensitivities)
+
+
+def sense_normal(image, sensitivities, mask, *, centered: bool = True):
+    """``A^H A x = S^H F^-1 U F S x`` (``U^2 = U``: one mask product): image ``[..., T, H, W]`` ->
+    ``[..., T, H, W]``; ``centered`` as in :func:`sense_forward`."""
+    forward, inverse = _ffts(centered)
+    kspace = forward(coil_images(image, sensitivities)) * mask[..., None, :, :, :]  # [..., C, T, H, W]
+    return coil_combine(inverse(kspace), sensitivities)
+
+
+def gradient_dc(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor, step=1.0, *, sensitivities=None,
+                centered: bool = True) -> torch.Tensor:
+    """One gradient step on ``1/2 ||A x - y||^2``: ``x - step A^H (A x - y)``, the data step of the
+    proximal-gradient solvers (Otazo et al. 2015) and of the learned L+S.
+
+    ``A = U F`` (single coil: image and kspace ``[..., T, H, W]``), or ``A = U F S`` with
+    ``sensitivities`` ``[..., C, H, W]`` (kspace ``[..., C, T, H, W]``, one mask ``[..., T, H, W]``
+    for every coil). ``||A|| <= 1`` when ``sum_c |S_c|^2 <= 1``, so a step in ``(0, 2)`` never
+    increases the data error. Single coil, ``step = 1`` is :func:`data_consistency` (``U`` is a
+    projection: the step lands exactly on the measurements), and ``0 < step < 1`` moves the
+    sampled lines part of the way. ``step``: a number or a tensor broadcastable to ``image``;
+    ``centered`` as in :func:`sense_forward`.
+    """
+    forward, inverse = _ffts(centered)
+    if sensitivities is None:
+        residual = torch.where(mask.bool(), forward(image) - kspace, 0)  # [..., T, H, W] U (F x - y)
+        return image - step * inverse(residual)
+    residual = (forward(coil_images(image, sensitivities)) - kspace) * mask[..., None, :, :, :]  # U (A x - y)
+    return image - step * coil_combine(inverse(residual), sensitivities)
+
+
+def sense_data_consistency(image: torch.Tensor, kspace: torch.Tensor, sensitivities: torch.Tensor,
+                           mask: torch.Tensor, *, lam=0.0, iterations: int = 10) -> torch.Tensor:
+    """SENSE data consistency: ``iterations`` conjugate-gradient steps, started at ``z = image``, on
+
+        ``(A^H A + lam I) x = A^H y + lam z``,  i.e.  ``x = argmin ||A x - y||^2 + lam ||x - z||^2``
+
+    (the proximal step of the data term at ``z``). ``A^H A + lam I`` acts on each frame of each
+    cine alone, so every frame ``[H, W]`` runs its own CG (step sizes ``[..., T, 1, 1]``). CG runs
+    on ``ifftshift``-ed inputs with plain FFTs (the same operator, permuted; a centred FFT's shifts
+    would cost more than the FFT itself), and the result is shifted back.
+
+    With one coil of sensitivity 1 the system is diagonal in k-space and CG solves it exactly in
+    at most two steps: ``lam = 0`` gives hard data consistency (:func:`data_consistency`) and
+    ``lam = 1 / w`` the soft one ``k = (F z + w y) / (1 + w)`` on the sampled lines.
+
+    image: ``z`` ``[..., T, H, W]`` complex; kspace: ``y`` ``[..., C, T, H, W]``; sensitivities:
+    ``[..., C, H, W]``; mask: 0/1 ``[..., T, H, W]``; lam: a number or a tensor broadcastable to
+    ``[..., T, 1, 1]`` (>= 0; differentiable). Returns ``x``, shaped like ``image``.
+    """
+    shift = dict(dim=(-2, -1))
+    image, kspace, sensitivities, mask = (torch.fft.ifftshift(t, **shift) for t in (image, kspace, sensitivities, mask))
+
+    def normal(v):  # (A^H A + lam I) v: [..., T, H, W], shifted
+        return sense_normal(v, sensitivities, mask, centered=False) + lam * v
+
+    x = image
+    residual = sense_adjoint(kspace, sensitivities, mask, centered=False) + lam * image - normal(x)  # [..., T, H, W]
+    direction = residual
+    residual_norm = _frame_dot(residual, residual)  # [..., T, 1, 1]
+    for _ in range(iterations):
+        product = normal(direction)
+        step = _safe_ratio(residual_norm, _frame_dot(direction, product))
+        x = x + step * direction
+        residual = residual - step * product
+        new_norm = _frame_dot(residual, residual)
+        direction = residual + _safe_ratio(new_norm, residual_norm) * direction
+        residual_norm = new_norm
+    return torch.fft.fftshift(x, **shift)
+
+
+def _frame_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Re <a, b>`` per frame: ``[..., H, W]`` -> real ``[..., 1, 1]``."""
+    return (a.conj() * b).real.sum((-2, -1), keepdim=True)
+
+
+def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator``, 0 where the denominator is 0 (a converged frame); finite
+    gradients everywhere."""
+    positive = denominator > 0
+    return torch.where(positive, numerator / torch.where(positive, denominator, 1), 0)
+
+
+def whiten_coils(kspace, covariance):
+    """Noise prewhitening: ``L^-1 y`` over the coil axis, with ``covariance = L L^H`` (Cholesky)
+    the receivers' noise covariance ``[C, C]`` (or ``[..., C, C]``, per cine). The whitened coils
+    have uncorrelated noise of unit variance (in the units of ``covariance``), so least squares on
+    them (the SENSE solvers) is the maximum-likelihood fit. Estimate the sensitivities from the
+    whitened k-space (:func:`estimate_sensitivities`), as BART's and sigpy's pipelines do: the
+    coils the data now hold are ``L^-1 S``, and since estimated maps have a root sum of squares of
+    1, the image they give is ``x sqrt(S^H covariance^-1 S)``: the cine times a smooth shading.
+
+    kspace: ``[..., C, T, H, W]``, numpy or torch; returns the same kind and shape.
+    """
+    if isinstance(kspace, torch.Tensor):
+        covariance = torch.as_tensor(covariance, device=kspace.device)
+        unmix = torch.linalg.inv(torch.linalg.cholesky(covariance)).to(kspace.dtype)  # [..., C, C]
+    else:
+        unmix = np.linalg.inv(np.linalg.cholesky(covariance)).astype(kspace.dtype)
+    coils = kspace.reshape(*kspace.shape[:-3], -1)  # [..., C, T H W]
+    return (unmix @ coils).reshape(kspace.shape)
+
+
+def calibration_lines(mask) -> int:
+    """The number ``n`` of central k-space rows that every frame samples whole, counted as
+    :func:`center_rows` places a centre block (rows ``H // 2 - n // 2`` on): the calibration
+    region of the data's own (time-averaged) centre. mask: 0/1 ``[T, H, W]``, numpy or torch."""
+    always = (_to_numpy(mask) != 0).all(axis=(0, 2))  # [H]: rows every frame samples
+    lines = 0
+    while lines < len(always) and always[center_rows(len(always), lines + 1)].all():
+        lines += 1
+    return lines
+
+
+def estimate_sensitivities(kspace, mask, *, kernel_width: int = 6, threshold: float = 0.02, crop: float = 0.0,
+                           resolution: int = 64):
+    """Coil sensitivities from the data's own fully sampled centre, by ESPIRiT (Uecker et al. 2014)
+    as sigpy implements it (``sigpy.mri.app.EspiritCalib``, one set of maps).
+
+    The calibration data are the :func:`calibration_lines` central rows, which every frame samples,
+    averaged over the frames (the k-space of the temporal mean image): a square of that many rows
+    and columns around DC, as sigpy takes it. The kernel is ``kernel_width`` wide, at most half the
+    calibration lines (6 from 12 lines on; 11 lines at 192 rows give 5), since too few kernel
+    positions leave ESPIRiT's eigenvalues inside the body short of 1. ``threshold``: singular values
+    kept, relative to the largest. ``crop``: maps set to zero where the eigenvalue is below it; 0
+    (the default) keeps them everywhere, since with 11 calibration lines sigpy's usual 0.95 blanks
+    much of the body (with 24 lines 0.8-0.95 is safe and zeroes the background).
+    ``resolution``: the maps are computed on the central ``resolution`` k-space rows and columns
+    (the same field of view in coarser pixels; never fewer than the calibration lines) and
+    interpolated to ``H x W`` (:func:`_interpolate_maps`): smooth maps lose nothing (correlation
+    0.9975 with the simulated maps at 192 x 192 either way) and 8 coils at 192 x 192 take 0.2 s
+    instead of 2-3 s.
+
+    kspace: coil k-space ``[..., C, T, H, W]``; mask: 0/1 broadcastable to ``[..., T, H, W]``.
+    Returns complex64 maps ``[..., C, H, W]`` with ``sum_c |S_c|^2 = 1`` where not cropped and the
+    phase of coil 0 removed (sigpy's convention), numpy or torch (on the k-space's device) like
+    ``kspace``. Raises ``ValueError`` with fewer than 4 calibration lines.
+    """
+    from sigpy.mri.app import EspiritCalib  # sigpy (and numba) only when estimating
+
+    was_torch = isinstance(kspace, torch.Tensor)
+    coil_kspace = _to_numpy(kspace)  # [..., C, T, H, W]
+    masks = np.broadcast_to(_to_numpy(mask), coil_kspace.shape[:-4] + coil_kspace.shape[-3:])  # [..., T, H, W]
+    height, width = coil_kspace.shape[-2:]
+    maps = []
+    for cine, cine_mask in zip(coil_kspace.reshape(-1, *coil_kspace.shape[-4:]), masks.reshape(-1, *masks.shape[-3:])):
+        lines = calibration_lines(cine_mask)
+        if lines < 4:
+            raise ValueError(f"sensitivity estimation needs at least 4 central k-space lines that every frame "
+                             f"samples; this mask has {lines}")
+        grid = min(height, max(resolution, lines)), min(width, max(resolution, lines))  # (h, w)
+        columns = center_rows(width, grid[1])
+        calibration = np.zeros((len(cine), *grid), np.complex64)  # [C, h, w]
+        calibration[:, center_rows(grid[0], lines)] = cine[:, :, center_rows(height, lines), columns].mean(1)
+        kernel = min(kernel_width, lines // 2)
+        coarse = EspiritCalib(calibration, calib_width=lines, thresh=threshold, kernel_width=kernel, crop=crop,
+                              show_pbar=False).run()  # [C, h, w]: the time-averaged centre's maps
+        maps.append(_interpolate_maps(coarse, (height, width)))
+    maps = np.stack(maps).reshape(coil_kspace.shape[:-3] + coil_kspace.shape[-2:]).astype(np.complex64)
+    return torch.from_numpy(maps).to(kspace.device) if was_torch else maps
+
+
+def _interpolate_maps(maps: np.ndarray, shape) -> np.ndarray:
+    """Maps ``[C, h, w]`` on a coarse grid of the same field of view -> ``[C, H, W]``: bilinear in
+    the real and imaginary parts (pixel centres aligned about the centre pixel ``(h // 2, w // 2)``
+    -> ``(H // 2, W // 2)``, edges held), then divided by their root sum of squares where it is
+    not 0. The same grid: returned as they are."""
+    from scipy.ndimage import map_coordinates
+
+    if maps.shape[-2:] == tuple(shape):
+        return maps
+    axes = [(np.arange(n) - n // 2) * m / n + m // 2 for n, m in zip(shape, maps.shape[-2:])]  # coarse coordinates
+    points = np.meshgrid(*axes, indexing="ij")  # 2 x [H, W]
+    fine = np.stack([map_coordinates(part, points, order=1, mode="nearest")
+                     for coil in maps for part in (coil.real, coil.imag)]).reshape(len(maps), 2, *shape)
+    fine = fine[:, 0] + 1j * fine[:, 1]  # [C, H, W]
+    norm = np.sqrt((np.abs(fine) ** 2).sum(0))  # [H, W]
+    return fine / np.where(norm > 0, norm, 1)
+
+
+def _to_numpy(x) -> np.ndarray:
+    """A numpy array of a numpy array or a (CPU or GPU) tensor."""
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 # ----------------------------------------------------------------------------- masks
