@@ -19,6 +19,10 @@ cine i the evaluation mask seeded by ``(seed, i)``; ``--masks=fixed`` gives ever
 set of ``seed`` (the study's protocol). The CS weights are tuned by mean PSNR on the first
 ``--tune_cines`` validation cines under the same protocol, never on the test split.
 
+``--split=val`` evaluates the validation cines instead of the test cines, to choose between
+networks without looking at the test split (use it with ``--baselines=none``: tuned there, the CS
+weights would be tuned on the cines they are scored on).
+
 ``--split=all`` evaluates every cine of ``--data`` as a test cine (no split, so one cine is enough;
 an external benchmark such as PINCAT): the networks are used as they are (their own data settings
 play no part; a dual UNet needs the file's frame count), the sampling options are used exactly as
@@ -74,7 +78,7 @@ DATA_KEYS = ("data", "num_samples", "image_size", "phantom_phase", "seed", "in_c
 PHANTOM_KEYS = ("num_samples", "image_size", "phantom_phase")  # used only without a data file
 CENTER_LINES_HELP = (">= 0 fully sampled central ky lines at 192 rows, scaled to the image height unless given; "
                      "with --split=all used exactly as given")
-SPLITS = ("test", "all")
+SPLITS = ("test", "val", "all")
 FILE_SHAPE_KEYS = ("image_size", "in_channels")  # taken from the file with --split=all
 BASELINE_LABELS = {"view_sharing": "view sharing", "kt_sparse": "k-t sparse", "lplus_s": "L+S",
                    "lplus_s_unrolled": "L+S, 10 iterations from view sharing"}
@@ -93,7 +97,7 @@ def compare(name: str, *,
             labels: str = "",                     # method labels for runs then checkpoints (default: run names)
             baselines: str = "view_sharing,kt_sparse,lplus_s,lplus_s_unrolled",  # comma-separated, or 'none'
             masks: str = "per_cine",              # 'per_cine' | 'fixed' (the study's protocol)
-            split: str = "test",                  # 'test': the data's test split | 'all': every cine of --data
+            split: str = "test",                  # 'test': the data's test split | 'val': its validation split (to choose between networks) | 'all': every cine of --data
             max_cines: int = 0,                   # evaluate the first N test cines; 0 = all
             tune: bool = True,                    # tune the CS weights on validation cines (else defaults)
             tune_cines: int = 8,                  # validation cines for tuning; 0 = all
@@ -149,6 +153,7 @@ def compare(name: str, *,
         data_config, scale_lines = data_settings(options, networks, set(given))
         images, source, meta = load_images(data_config, notes, scale_lines)
         _, val_set, test_set = make_datasets(images, {**data_config, "mask_mode": mask_mode}, torch_device, meta)
+        test_set = val_set if split == "val" else test_set  # choosing between networks: never the test cines
         del images
     if adapt:
         for net in networks.values():
@@ -353,6 +358,8 @@ def tuning_source(split: str, config: dict, validation: list[int]) -> str:
     """Where the CS weights were tuned, as a phrase for results.md."""
     if split == "test":
         return f"validation cines {validation} under the same mask protocol; never on the test split"
+    if split == "val":
+        return f"validation cines {validation}, which are also the evaluated cines: CS rows are tuned on what they score"
     frames, (height, width) = config["in_channels"], config["image_size"]
     kind = "complex" if config["phantom_phase"] else "magnitude"
     return (f"validation cines {validation} of the embedded phantom ({config['num_samples']} {kind} cines of seed "

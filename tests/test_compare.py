@@ -156,6 +156,18 @@ def test_command_line_parsing():
         compare.parse_command_line([])
 
 
+def test_split_val_scores_the_validation_cines_never_the_test_cines(compared):
+    from data import split_indices
+    cwd, _ = compared
+    result = run_tool("compare.py", ["valsplit", "--runs=tinyA", "--split=val", "--baselines=none", "--device=cpu",
+                                     "--amp=none"], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((cwd / "output/compare_valsplit/results.json").read_text())
+    _, val, test = split_indices(14, seed=0)
+    assert report["test"]["indices"] == val.tolist() and not set(report["test"]["indices"]) & set(test.tolist())
+    assert report["split"] == "val" and list(report["methods"]) == ["zero-filled", "tinyA"]
+
+
 # ----------------------------------------------------------------------------- --split=all: an external cine
 def cine_unet_config(**values):
     """A tiny frame-count-agnostic network trained (so to speak) on 8 frames."""
