@@ -150,15 +150,66 @@ def _read_mat5(path: Path, key: str | None) -> np.ndarray:
     return variables[_pick(numeric, key, path)]
 
 
+HDF5_LINK_DEPTH = 8  # soft links followed, one after another, to reach a variable of a v7.3 file
+
+
+def _hdf5_object(file, name: str, h5py, path: Path, variable: str, depth: int = 0):
+    """The object at ``name`` in the HDF5 ``file``, reached without leaving the file: every step of
+    the path is looked at as a link before it is followed, and an external link (or a soft link
+    that leads to one) is refused naming ``variable``."""
+    node = file
+    for part in filter(None, name.split("/")):
+        link = node.get(part, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise DataError(f"{path}: variable {variable!r} is a link to another file ({link.filename}); links "
+                            f"out of the file are refused, so that reading a file never reads another")
+        if isinstance(link, h5py.SoftLink):
+            if depth >= HDF5_LINK_DEPTH:
+                raise DataError(f"{path}: variable {variable!r}: more than {HDF5_LINK_DEPTH} soft links in a row "
+                                f"(a loop?)")
+            target = link.path if link.path.startswith("/") else f"{node.name.rstrip('/')}/{link.path}"
+            node = _hdf5_object(file, target, h5py, path, variable, depth + 1)
+        elif link is None:
+            raise DataError(f"{path}: variable {variable!r} is a link to {name}, which does not exist")
+        else:
+            node = node[part]
+    return node
+
+
+def _check_own_storage(item, path: Path, variable: str) -> None:
+    """Refuse a dataset whose data lie in other files: HDF5 external raw storage (any file, such as
+    /etc/passwd, read as the array's bytes) and virtual datasets (made of other files' datasets)."""
+    if item.external:
+        raise DataError(f"{path}: variable {variable!r} keeps its data in another file ({item.external[0][0]}); "
+                        f"HDF5 external storage is refused, so that reading a file never reads another")
+    if item.is_virtual:
+        raise DataError(f"{path}: variable {variable!r} is an HDF5 virtual dataset (made of other files' data); "
+                        f"virtual datasets are refused, so that reading a file never reads another")
+
+
+def _is_numeric_hdf5(item, h5py) -> bool:
+    """A MATLAB numeric array: real integers or floats, or a complex (real, imag) compound of them."""
+    if not isinstance(item, h5py.Dataset) or "MATLAB_empty" in item.attrs:
+        return False
+    if item.attrs.get("MATLAB_class", b"double") in (b"char", b"logical"):
+        return False
+    if item.dtype.names == ("real", "imag"):
+        return all(item.dtype[part].kind in "iuf" for part in ("real", "imag"))
+    return item.dtype.kind in "iuf"
+
+
 def _read_mat73(path: Path, key: str | None) -> np.ndarray:
+    """A v7.3 variable whose data lie in ``path`` itself: links and datasets that reach other files
+    are refused (:func:`_hdf5_object`, :func:`_check_own_storage`) before anything is followed."""
     h5py = _optional("h5py", path, "MATLAB v7.3 .mat files")
     try:
         with h5py.File(path, "r") as file:
-            numeric = {name: item.shape[::-1] for name, item in file.items()
-                       if isinstance(item, h5py.Dataset) and "MATLAB_empty" not in item.attrs
-                       and (item.dtype.kind in "iuf" or item.dtype.names == ("real", "imag"))
-                       and item.attrs.get("MATLAB_class", b"double") not in (b"char", b"logical")}
-            item = file[_pick(numeric, key, path)]
+            items = {name: _hdf5_object(file, name, h5py, path, name) for name in file}
+            for name, item in items.items():
+                if isinstance(item, h5py.Dataset):
+                    _check_own_storage(item, path, name)
+            numeric = {name: item.shape[::-1] for name, item in items.items() if _is_numeric_hdf5(item, h5py)}
+            item = items[_pick(numeric, key, path)]
             stored = np.complex128 if item.dtype.names else item.dtype
             check_memory(str(path), loading_bytes(item.shape, stored), f"reading the array {item.shape[::-1]}")
             array = item[()]

@@ -450,3 +450,50 @@ def test_the_study_never_shrinks_its_table(tmp_path, monkeypatch):
 @pytest.mark.parametrize("module", ["nibabel", "pydicom", "h5py"])
 def test_every_format_reader_is_installed(module):
     importlib.import_module(module)  # requirements.txt installs them, so the reader tests never skip
+
+
+# ----------------------------------------------------------------------------- v7.3 files that read other files
+def mat73_reaching(path, secret, how):
+    """A small MATLAB v7.3 file whose 'cine' reaches the HDF5 file ``secret`` ``how``."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w", userblock_size=512) as file:
+        if how == "external storage":
+            file.create_dataset("cine", shape=(4, 5, 5), dtype="<f8", external=[(str(secret), 0, 800)])
+        elif how == "external link":
+            file["cine"] = h5py.ExternalLink(str(secret), "/data")
+        elif how == "soft link to an external link":
+            file.create_group("group")["elsewhere"] = h5py.ExternalLink(str(secret), "/data")
+            file["cine"] = h5py.SoftLink("/group/elsewhere")
+        else:
+            layout = h5py.VirtualLayout(shape=(4, 5, 5), dtype="<f8")
+            layout[:] = h5py.VirtualSource(str(secret), "data", shape=(4, 5, 5))
+            file.create_virtual_dataset("cine", layout)
+
+
+@pytest.mark.parametrize("how, message", [
+    ("external storage", r"variable 'cine' keeps its data in another file \(.*secret\); HDF5 external storage is "
+                         r"refused"),
+    ("external link", r"variable 'cine' is a link to another file \(.*secret\); links out of the file are refused"),
+    ("soft link to an external link", r"variable 'cine' is a link to another file"),
+    ("virtual dataset", r"variable 'cine' is an HDF5 virtual dataset \(made of other files' data\)"),
+])
+def test_a_mat73_file_never_reads_another_file(tmp_path, how, message):
+    h5py = pytest.importorskip("h5py")
+    secret = tmp_path / "secret"
+    with h5py.File(secret, "w") as file:  # an HDF5 file, so that links and virtual sources could resolve
+        file["data"] = np.ones((4, 5, 5))
+    mat73_reaching(tmp_path / "x.mat", secret, how)
+    with pytest.raises(DataError, match=rf"x.mat: {message}"):
+        formats.read_cines(tmp_path / "x.mat")
+    with pytest.raises(DataError, match=rf"x.mat: {message}"):
+        formats.convert(str(tmp_path / "x.mat"), out=str(tmp_path / "out.npz"), log=lambda line: None)
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_mat73_complex_whose_imaginary_part_is_text_is_not_an_array(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "x.mat", "w", userblock_size=512) as file:
+        stored = np.zeros((4, 5, 5), [("real", "<f8"), ("imag", "S4")])
+        file.create_dataset("cine", data=stored)
+    with pytest.raises(DataError, match=r"x.mat: 0 arrays of 3 or more dimensions \(found: none\)"):
+        formats.read_cines(tmp_path / "x.mat")
