@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 EXIT_USAGE = 2
 REQUIRED = inspect.Parameter.empty  # the default of an option that must be given
+CONFIG_BYTES = 16 * 2 ** 20  # the largest --config file read (a run's metrics.json takes a few hundred KiB)
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
@@ -321,8 +322,12 @@ class Command:
     def read_config(self, path: str) -> dict:
         """The option values of a run's saved configuration (the ``config`` of its metrics.json)."""
         try:
-            saved = json.loads(check_readable(path, missing="not a readable JSON file (no such file)",
-                                              expected="a JSON file (a run's metrics.json)").read_text())
+            file = check_readable(path, missing="not a readable JSON file (no such file)",
+                                  expected="a JSON file (a run's metrics.json)")
+            if file.stat().st_size > CONFIG_BYTES:
+                raise UserError(f"{path}: {file.stat().st_size} bytes, more than the {CONFIG_BYTES} bytes a "
+                                f"configuration may take (a run's metrics.json takes a few hundred KiB)")
+            saved = json.loads(file.read_text())
         except UserError as error:
             raise UserError(f"--config={error}") from None
         except (OSError, ValueError) as error:

@@ -234,6 +234,7 @@ def test_an_npz_of_25x20x1024x1024_is_refused_by_its_frame_count_before_decompre
     small_npz_claiming(tmp_path / "big.npz", (25, 20, 1024, 1024))
     assert (tmp_path / "big.npz").stat().st_size < 10_000
     monkeypatch.setattr(data, "available_memory", lambda: 2 ** 40)  # the frame count decides, on any machine
+    monkeypatch.setattr(data, "READ_ALLOWANCE", 2 ** 40)  # and not the read budget
     monkeypatch.setattr(np, "load", forbidden)
     with pytest.raises(UserError, match="big.npz: cines have 20 frames but in_channels=6"):
         train.train("x", overrides(tmp_path, data=str(tmp_path / "big.npz")), **train_defaults())
@@ -497,3 +498,136 @@ def test_a_mat73_complex_whose_imaginary_part_is_text_is_not_an_array(tmp_path):
         file.create_dataset("cine", data=stored)
     with pytest.raises(DataError, match=r"x.mat: 0 arrays of 3 or more dimensions \(found: none\)"):
         formats.read_cines(tmp_path / "x.mat")
+
+
+# ----------------------------------------------------------------------------- the read budget
+ZEROS = (2, 6, 256, 256)  # 3 MiB of float32 zeros: a few KiB compressed, beyond a 1 MiB read allowance
+
+
+def deflated_dicom_folder(folder):
+    """A one-frame deflated DICOM whose private element holds 3 MiB of zeros (a few KiB on disk)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    dataset.Rows = dataset.Columns = 4
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 16, 15, 0
+    dataset.PixelData = np.ones((4, 4), np.uint16).tobytes()
+    dataset.add_new(0x00291010, "OB", bytes(math.prod(ZEROS) * 4))
+    dataset.save_as(folder / "IM0001.dcm", enforce_file_format=True)
+    assert (folder / "IM0001.dcm").stat().st_size < 100_000
+    return pydicom
+
+
+def small_files_declaring_much(tmp_path, kind):
+    """The path of a file of ``kind`` of a few KiB that declares 3 MiB of data or more."""
+    zeros = np.zeros(ZEROS, np.float32)
+    if kind == "npz":
+        np.savez_compressed(tmp_path / "zeros.npz", dataset=zeros)
+        return tmp_path / "zeros.npz"
+    if kind in ("nii.gz", "416-byte nii"):
+        nibabel = pytest.importorskip("nibabel")
+        volume = zeros.transpose(2, 3, 0, 1) if kind == "nii.gz" else np.zeros((2, 2, 2, 1))
+        path = tmp_path / ("zeros.nii.gz" if kind == "nii.gz" else "claims.nii")
+        nibabel.save(nibabel.Nifti1Image(volume, np.eye(4)), path)
+        if kind == "416-byte nii":  # the header claims 1024x1024x10x30 float64, the file holds 4 voxels
+            raw = bytearray(path.read_bytes())
+            struct.pack_into("<5h", raw, 40, 4, 1024, 1024, 10, 30)
+            path.write_bytes(bytes(raw[:416]))
+        return path
+    if kind == "unwritten HDF5":
+        h5py = pytest.importorskip("h5py")
+        with h5py.File(tmp_path / "unwritten.mat", "w", userblock_size=512) as file:
+            file.create_dataset("cine", shape=(30, 2000, 2000), dtype="<f8")  # nothing written
+        return tmp_path / "unwritten.mat"
+    if kind == "zlib v5 mat":
+        from scipy.io import savemat
+
+        savemat(tmp_path / "zeros.mat", {"cine": zeros[0].transpose(1, 2, 0).astype(np.float64)},
+                do_compression=True)
+        return tmp_path / "zeros.mat"
+    deflated_dicom_folder(tmp_path / "dicom")
+    return tmp_path / "dicom"
+
+
+@pytest.mark.parametrize("kind, declared", [
+    ("npz", r"array 'dataset': the array \(2, 6, 256, 256\) of float32 declares 3.0 MiB"),
+    ("nii.gz", r"the header's volume \(256, 256, 2, 6\) of float32 declares 3.0 MiB"),
+    ("416-byte nii", r"the header's volume \(1024, 1024, 10, 30\) of float64 declares 2.3 GiB of data in a file of "
+                     r"416 bytes"),
+    ("unwritten HDF5", r"variable 'cine' \(2000, 2000, 30\) of float64 declares 915.5 MiB"),
+    ("zlib v5 mat", r"variable 'cine' \(256, 256, 6\) of double declares 3.0 MiB"),
+    ("deflated DICOM", r"IM0001.dcm: its deflated data set declares [\d.]+ MiB"),
+])
+def test_a_small_file_declaring_much_data_is_refused_by_the_read_budget(tmp_path, monkeypatch, kind, declared):
+    path = small_files_declaring_much(tmp_path, kind)
+    monkeypatch.setattr(data, "READ_ALLOWANCE", 2 ** 20)
+    monkeypatch.setattr(np, "load", forbidden)
+    budget = r"more than the read budget of [\d.]+ (KiB|MiB) \(64 times the file's size plus 1.0 MiB\)"
+    with pytest.raises(DataError, match=rf"{declared}.*{budget}"):
+        formats.read_cines(path)
+    with pytest.raises(DataError, match=declared):
+        formats.convert(str(path), out=str(tmp_path / "out.npz"), log=lambda line: None)
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_small_npz_of_zeros_is_refused_by_train_and_compare_before_it_is_read(tmp_path, monkeypatch):
+    path = small_files_declaring_much(tmp_path, "npz")
+    monkeypatch.setattr(data, "READ_ALLOWANCE", 2 ** 20)
+    monkeypatch.setattr(np, "load", forbidden)
+    message = r"zeros.npz: array 'dataset': the array \(2, 6, 256, 256\) of float32 declares 3.0 MiB"
+    with pytest.raises(DataError, match=message):
+        train.train("x", overrides(tmp_path, data=str(path)), **train_defaults())
+    with pytest.raises(DataError, match=message):
+        load_cine(path)  # compare's reader
+    assert not (tmp_path / "output").exists()
+
+
+def test_a_config_file_larger_than_a_configuration_is_not_read(tmp_path, monkeypatch):
+    import cli
+
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"config": {"seed": 1}, "history": [{"loss": 0.5}] * 100}))
+    monkeypatch.setattr(cli, "CONFIG_BYTES", 1000)
+    monkeypatch.setattr(json, "loads", forbidden)
+    with pytest.raises(UserError, match=r"--config=.*metrics.json: 1536 bytes, more than the 1000 bytes a "
+                                        r"configuration may take"):
+        train.parse_command_line(["x", f"--config={path}"])
+
+
+@pytest.mark.parametrize("dims, message", [
+    ((4, 4, -5, 2, 3), r"expected a 4-D \(x, y, slice, time\) cine volume, got shape \(4, -5, 2, 3\)"),
+    ((9, 4, 5, 2, 3), r"not a readable NIfTI file \("),
+], ids=["negative dim", "dim[0]=9"])
+def test_a_nifti_header_with_impossible_dimensions_is_one_line(tmp_path, dims, message):
+    nibabel = pytest.importorskip("nibabel")
+    path = tmp_path / "bad.nii"
+    nibabel.save(nibabel.Nifti1Image(np.ones((4, 5, 2, 3), np.float32), np.eye(4)), path)
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<5h", raw, 40, *dims)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=rf"bad.nii: {message}"):
+        formats.read_cines(path)
+
+
+def test_a_dicom_frame_with_an_empty_trigger_time_is_one_line(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from test_formats import write_dicom_frame
+
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for t in range(2):
+        write_dicom_frame(folder / f"IM{t}.dcm", np.ones((4, 4)), trigger_time=10.0 * t, instance=t + 1)
+    frame = pydicom.dcmread(folder / "IM1.dcm")
+    frame.TriggerTime = ""
+    frame.save_as(folder / "IM1.dcm")
+    with pytest.raises(DataError, match=r"IM1.dcm: TriggerTime is empty, not a number, so the frames cannot be ordered"):
+        formats.read_cines(folder)
