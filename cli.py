@@ -335,11 +335,15 @@ class Command:
         config = saved.get("config", saved) if isinstance(saved, dict) else None
         if not isinstance(config, dict):
             raise UserError(f"--config={path}: expected a JSON object (a run's metrics.json)")
-        known = {option.name for option in self.options}
-        unknown = sorted(set(config) - known)
+        by_name = {option.name: option for option in self.options}
+        unknown = sorted(set(config) - set(by_name))
         if unknown:
             raise UserError(f"--config={path}: {unknown[0]!r} is not an option of {self.prog}")
-        return {key: value for key, value in config.items() if key not in self.not_from_config}
+        try:
+            return {key: self.value(by_name[key], config_text(key, value)) for key, value in config.items()
+                    if key not in self.not_from_config}
+        except UserError as error:
+            raise UserError(f"--config={path}: {error}") from None
 
     def positional_values(self, words: list[str]) -> list:
         """Assign the positional words in order: every ``1`` takes one, the ``?`` ones take what is
@@ -359,6 +363,18 @@ class Command:
                 values.append([words.pop(0) for _ in range(1 + max(spare, 0))])
                 spare = 0
         return values
+
+
+def config_text(key: str, value) -> str:
+    """A ``--config`` file's value as it would be typed on the command line (``null``: ``none``), so
+    that it is read and checked exactly as the option's command-line text."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise UserError(f"option --{key}={json.dumps(value)}: expected a number, true/false, text or null")
 
 
 def _next_value(argv: list[str], i: int, key: str, boolean: bool = False) -> str | None:

@@ -631,3 +631,26 @@ def test_a_dicom_frame_with_an_empty_trigger_time_is_one_line(tmp_path):
     frame.save_as(folder / "IM1.dcm")
     with pytest.raises(DataError, match=r"IM1.dcm: TriggerTime is empty, not a number, so the frames cannot be ordered"):
         formats.read_cines(folder)
+
+
+# ----------------------------------------------------------------------------- --config values
+@pytest.mark.parametrize("values, message", [
+    ({"dropout": "abc"}, r"option --dropout=abc: could not convert string to float"),
+    ({"initial_lr": None}, r"option --initial_lr=none: could not convert string to float"),
+    ({"warmup": [1, 2]}, r"option --warmup=\[1, 2\]: expected a number, true/false, text or null"),
+    ({"device": None}, r"--device='none': choose one of|--device=none: use auto"),
+    ({"num_epochs": 1.5}, r"option --num_epochs=1.5: invalid literal for int"),
+    ({"figures": "maybe"}, r"option --figures=maybe: expected true or false"),
+])
+def test_config_file_values_are_read_as_command_line_values(tmp_path, values, message):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"config": values}))
+    with pytest.raises(UserError, match=rf"--config={re.escape(str(path))}: {message}"):
+        settings.resolve_config(train_defaults(), train.parse_command_line(["x", f"--config={path}"])[1])
+
+
+def test_config_file_words_mean_what_they_mean_on_the_command_line(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"config": {"figures": "no", "out_dir": 5, "heart_weight": None, "seed": 3}}))
+    _, given = train.parse_command_line(["x", f"--config={path}"])
+    assert given == {"figures": False, "out_dir": "5", "heart_weight": None, "seed": 3}
