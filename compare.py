@@ -66,7 +66,7 @@ from metrics import summarize
 from models import count_parameters, fixed_frame_count, size_multiple
 from reconstruct import adapted_reconstruction, check_adaptation
 from sampling import check_sampling
-from settings import CHOICES, train_defaults, train_options
+from settings import CHOICES, train_defaults, train_options, validate_config
 
 # The settings that make the test split, its cines and its masks; checkpoints must agree on them.
 DATA_KEYS = ("data", "num_samples", "image_size", "phantom_phase", "seed", "in_channels", "acceleration",
@@ -136,6 +136,7 @@ def compare(name: str, *,
         raise UserError(f"--batch_size={batch_size}: must be a positive integer")
     torch_device = resolve_device(device)
     networks = load_networks(methods["networks"], torch_device)
+    check_data_options(options, networks, set(given))
     amp_dtype, amp_reason = choose_autocast(amp, torch_device) if networks else (None, "no networks")
     notes: list[str] = []
     mask_mode = "random" if masks == "per_cine" else "fixed"
@@ -283,6 +284,15 @@ def data_settings(options: dict, networks: dict, given: set) -> tuple[dict, bool
             raise UserError(f"--{key}={options[key]!r} contradicts the checkpoints' {key}={settings[key]!r}: "
                             f"with checkpoints the data settings come from them")
     return settings, False
+
+
+def check_data_options(options: dict, networks: dict, given: set) -> None:
+    """Check compare's data options as train.py checks them (with the first checkpoint's settings,
+    else the ``train(...)`` call's): ranges, the seed, and the memory the phantom would need."""
+    reference = next(iter(networks.values()))["config"] if networks else {}
+    data = {key: options[key] for key in DATA_KEYS if key in given or not networks}
+    config = {**train_defaults(), **reference, **data, "device": options["device"]}
+    validate_config({**config, "out_channels": config["in_channels"]})
 
 
 def sampling_of(config: dict, mask_mode: str) -> dict:

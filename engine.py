@@ -39,10 +39,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import models
 from cli import UserError, atomic_write, check_readable, make_run_dirs
-from data import (CineDataset, SizeGroups, array_header, cine_file, load_boxes, load_cine, load_subjects,
-                  split_by_subject, split_indices)
+from data import (CineDataset, SizeGroups, array_header, available_memory, check_memory, cine_file, load_boxes,
+                  load_cine, load_subjects, split_by_subject, split_indices)
 from metrics import SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim, box_pixels
-from models import ARCHS, CHECKPOINT_FORMAT, build_model, fixed_frame_count, size_multiple
+from models import ARCHS, CHECKPOINT_FORMAT, build_model, count_parameters, fixed_frame_count, size_multiple
 from sampling import REFERENCE_HEIGHT, check_sampling, scaled_center_lines
 
 # Keys that may differ when a run is resumed: they change how, not what, is computed.
@@ -55,6 +55,11 @@ TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the le
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "state")  # what last.pt holds beyond the weights
 LOOP_STATE = ("epoch", "batch", "loss_sum", "seen", "history", "best")  # last.pt's "state"
 PHANTOM_SOURCE = Path(__file__).resolve().with_name("phantom.py")
+# What reconstruct.py, compare.py and the benchmarks read from a checkpoint's config besides the network's shape.
+CHECKPOINT_SETTINGS = ("arch", "in_channels", "acceleration", "center_lines", "density", "seed", "amp")
+SIZE_SETTINGS = ("init_features", "levels", "cascades", "resnet_features", "resnet_blocks")  # the network's size
+REPEATED_PARTS = ("cascades", "resnet_blocks")  # settings that repeat a part: the weights grow linearly in each
+TRAINING_COPIES = 4  # copies of the weights a run holds: the weights, their gradients and Adam's two moments
 
 
 # ----------------------------------------------------------------------------- device and precision
@@ -556,18 +561,52 @@ def validate_checkpoint(checkpoint: dict, path, resumable: bool = False) -> None
     if config.get("arch") not in ARCHS:
         raise UserError(f"{path}: unknown arch {config.get('arch')!r} (known: {', '.join(ARCHS)}): the checkpoint "
                         f"is damaged or from another version of cinerecon")
+    from settings import validate_network  # settings imports engine
+
     try:
+        lacking = next((key for key in CHECKPOINT_SETTINGS if key not in config), None)
+        if lacking:
+            raise KeyError(lacking)
+        validate_network(config)
         with torch.device("meta"):
             expected = build_model({**config, "checkpointing": False}).state_dict()
     except KeyError as error:
         raise UserError(f"{path}: its config lacks the setting {error.args[0]!r}: the checkpoint is damaged or "
                         f"from another version of cinerecon") from None
+    except UserError as error:
+        raise UserError(f"{path}: its config: {error}") from None
     except (ValueError, TypeError, RuntimeError) as error:
         raise UserError(f"{path}: its config describes no network ({str(error).splitlines()[0][:160]})") from None
     mismatch = _weights_mismatch(expected, weights)
     if mismatch:
         raise UserError(f"{path}: the weights do not fit the {config['arch']} network its config describes "
                         f"({mismatch})")
+
+
+def parameter_count(config: dict) -> int:
+    """The parameters of the network ``config`` describes, without building it whole: it is built on
+    the meta device (nothing allocated) with every repeated part once, and with each in turn twice,
+    and the rest is extrapolated (the weights grow linearly in each repeated part)."""
+    def count(**parts) -> int:
+        with torch.device("meta"):
+            return count_parameters(build_model({**config, **parts, "checkpointing": False}))
+
+    once = {key: min(config[key], 1) for key in REPEATED_PARTS if key in config}
+    base = count(**once)
+    return base + sum((config[key] - 1) * (count(**{**once, key: 2}) - base) for key in once if config[key] > 1)
+
+
+def check_network_size(config: dict, copies: int) -> None:
+    """Refuse, before any layer is built, a network whose ``copies`` of the weights (float32) would not
+    fit in memory, or whose pooling would need images larger than memory holds (``levels``)."""
+    source = " ".join(f"--{key}={config[key]}" for key in SIZE_SETTINGS if key in config)
+    levels, largest = config.get("levels", 0), math.isqrt(available_memory() // 8)  # one complex64 image
+    if levels >= largest.bit_length():
+        raise UserError(f"--levels={levels}: the images would need at least 2^{levels} pixels a side, more than "
+                        f"the {largest} a side that memory holds")
+    count = parameter_count(config)
+    check_memory(source, copies * 4 * count, f"the {config['arch']} network's {count:.3g} parameters "
+                                             f"({copies} copies of float32)")
 
 
 def load_trained_model(path, device="cpu") -> tuple[torch.nn.Module, dict]:

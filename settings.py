@@ -7,11 +7,13 @@ that builds the same model or data (compare.py, the benchmarks).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from cli import Option, UserError, options_from_call
 from data import MASK_MODES, check_memory
-from engine import AMP_DTYPES, check_device, cuda_requested, smallest_side, training_sizes
+from engine import AMP_DTYPES, TRAINING_COPIES, check_device, check_network_size, cuda_requested, smallest_side, \
+    training_sizes
 from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, size_multiple
 from sampling import DENSITIES
 
@@ -67,17 +69,7 @@ def resolve_config(call: dict, overrides: dict) -> tuple[dict, list[str], bool]:
 def validate_config(config: dict) -> None:
     """Refuse impossible settings with a message naming the option (the sampling is checked
     against the image height when the images are loaded)."""
-    for key, allowed in CHOICES.items():
-        if config[key] not in allowed:
-            raise UserError(f"--{key}={config[key]!r}: choose one of {', '.join(map(str, allowed))}")
-    for key in POSITIVE:
-        if not isinstance(config[key], int) or config[key] < 1:
-            raise UserError(f"--{key}={config[key]!r}: must be a positive integer")
-    for key in NON_NEGATIVE:
-        if not isinstance(config[key], int) or config[key] < 0:
-            raise UserError(f"--{key}={config[key]!r}: must be a non-negative integer")
-    if not isinstance(config["seed"], int) or not 0 <= config["seed"] < 2 ** 63:
-        raise UserError(f"--seed={config['seed']!r}: must be an integer from 0 to 2^63 - 1")
+    validate_network(config, TRAINING_COPIES)
     if not (config["data"] is None or isinstance(config["data"], str) and config["data"]):
         raise UserError(f"--data={config['data']!r}: expected the path of a .npz or .npy file (or none: the phantom)")
     check_device(config["device"])
@@ -108,6 +100,32 @@ def validate_config(config: dict) -> None:
         raise UserError("--output=sigmoid is for magnitude targets with cascades=0 only")
 
 
+def validate_network(config: dict, copies: int = 1) -> None:
+    """Refuse impossible settings of the network, its sampling and its seed, the part of a config
+    that a checkpoint carries too (every one of them that ``config`` holds), and a network whose
+    ``copies`` of the weights would not fit in memory: checked before any layer is built."""
+    for key, allowed in CHOICES.items():
+        if key in config and config[key] not in allowed:
+            raise UserError(f"--{key}={config[key]!r}: choose one of {', '.join(map(str, allowed))}")
+    for key in POSITIVE:
+        if key in config and (not _is_integer(config[key]) or config[key] < 1):
+            raise UserError(f"--{key}={config[key]!r}: must be a positive integer")
+    for key in NON_NEGATIVE + ("center_lines",):
+        if key in config and (not _is_integer(config[key]) or config[key] < 0):
+            raise UserError(f"--{key}={config[key]!r}: must be a non-negative integer")
+    if "seed" in config and not (_is_integer(config["seed"]) and 0 <= config["seed"] < 2 ** 63):
+        raise UserError(f"--seed={config['seed']!r}: must be an integer from 0 to 2^63 - 1")
+    acceleration = config.get("acceleration", 1)
+    if not (isinstance(acceleration, (int, float)) and not isinstance(acceleration, bool)
+            and math.isfinite(acceleration) and acceleration >= 1):
+        raise UserError(f"--acceleration={acceleration!r}: must be a number >= 1")
+    check_network_size(config, copies)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_train_sizes(config: dict) -> None:
     """``train_sizes`` needs fresh phantom cines and sizes the network takes."""
     sizes = training_sizes(config)
@@ -119,6 +137,9 @@ def check_train_sizes(config: dict) -> None:
     if bad:
         raise UserError(f"--train_sizes={config['train_sizes']}: {bad[0]} is not a multiple of {multiple} of at "
                         f"least {smallest} (the {config['arch']} network)")
+    largest, frames = sizes[-1], config["in_channels"]
+    check_memory(f"--train_sizes={config['train_sizes']}", PHANTOM_RENDER * frames * largest * largest * 8,
+                 f"rendering one phantom cine of {frames}x{largest}x{largest}")
 
 
 def check_phantom_size(config: dict) -> None:

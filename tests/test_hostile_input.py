@@ -654,3 +654,79 @@ def test_config_file_words_mean_what_they_mean_on_the_command_line(tmp_path):
     path.write_text(json.dumps({"config": {"figures": "no", "out_dir": 5, "heart_weight": None, "seed": 3}}))
     _, given = train.parse_command_line(["x", f"--config={path}"])
     assert given == {"figures": False, "out_dir": "5", "heart_weight": None, "seed": 3}
+
+
+# ----------------------------------------------------------------------------- sizes refused before anything is built
+@pytest.fixture
+def memory_16_gib(monkeypatch):
+    """16 GiB of memory available, whatever the machine has."""
+    for module in (data, engine):
+        monkeypatch.setattr(module, "available_memory", lambda: 16 * 2 ** 30)
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(cascades=100000), r"--cascades=100000 .*: the dual_unet network's [\d.e+]+ parameters \(4 copies of "
+                            r"float32\) would need about 369.5 GiB of memory, more than the 16.0 GiB available"),
+    (dict(resnet_blocks=10 ** 7), r"--resnet_blocks=10000000: the dual_unet network's .* 130.0 GiB of memory"),
+    (dict(init_features=100000), r"--init_features=100000 .* TiB of memory"),
+    (dict(arch="cine_unet", levels=10 ** 6), r"--levels=1000000: the images would need at least 2\^1000000 pixels a "
+                                             r"side"),
+    (dict(train_sizes="100000"), r"--train_sizes=100000: rendering one phantom cine of 6x100000x100000 would need"),
+], ids=["cascades", "resnet_blocks", "init_features", "levels", "train_sizes"])
+def test_a_network_or_phantom_too_large_for_memory_is_refused_before_it_is_built(alarm, memory_16_gib, values,
+                                                                                 message):
+    with pytest.raises(UserError, match=message):
+        tiny_config(**values)
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(seed=-1), r"--seed=-1: must be an integer from 0 to 2\^63 - 1"),
+    (dict(in_channels=0), r"--in_channels=0: must be a positive integer"),
+    (dict(image_size=8), r"--image_size=8: must be a multiple of 16 \(the dual_unet network pools 4 times\)"),
+    (dict(image_size=100000), r"--image_size=100000: the phantom's .* TiB of memory"),
+    (dict(num_samples=10 ** 9), r"--num_samples=1000000000 .* TiB of memory"),
+])
+def test_compare_checks_its_data_options_as_train_does_before_writing(tmp_path, memory_16_gib, values, message):
+    dirs = dict(out_dir=str(tmp_path / "output"), images_dir=str(tmp_path / "images"))
+    with pytest.raises(UserError, match=message):
+        compare.compare("x", baselines="none", device="cpu", **dirs, **values)
+    assert not (tmp_path / "output").exists() and not (tmp_path / "images").exists()
+
+
+def checkpoint_with(path, config):
+    torch.save({"format": CHECKPOINT_FORMAT, "config": config, "model": {}}, path)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(cascades=10 ** 7), r"its config: --init_features=4 .*--cascades=10000000 .* TiB of memory"),
+    (dict(arch="cine_unet", levels=10 ** 6), r"its config: --levels=1000000: the images would need"),
+    (dict(amp="bogus"), r"its config: --amp='bogus': choose one of"),
+    (dict(density="nope"), r"its config: --density='nope': choose one of"),
+    (dict(seed=-5), r"its config: --seed=-5: must be an integer from 0"),
+    (dict(acceleration="fast"), r"its config: --acceleration='fast': must be a number >= 1"),
+    ("amp", r"its config lacks the setting 'amp'"),
+    ("acceleration", r"its config lacks the setting 'acceleration'"),
+    ("seed", r"its config lacks the setting 'seed'"),
+], ids=["cascades", "levels", "amp", "density", "seed", "acceleration", "no amp", "no acceleration", "no seed"])
+def test_a_checkpoint_config_is_checked_before_its_network_is_built(tmp_path, alarm, memory_16_gib, change, message):
+    config = tiny_config()
+    config = {k: v for k, v in config.items() if k != change} if isinstance(change, str) else {**config, **change}
+    path = checkpoint_with(tmp_path / "net.pt", config)
+    with pytest.raises(UserError, match=rf"net.pt: {message}"):
+        engine.load_trained_model(path)
+    with pytest.raises(UserError, match=rf"net.pt: {message}"):
+        reconstruct.main([f"--checkpoint={path}", "--input=x.npy", f"--out={tmp_path / 'r.npz'}", "--device=cpu"])
+
+
+def test_resolution_refuses_sizes_and_counts_that_cannot_fit_in_memory(tmp_path, memory_16_gib):
+    from benchmarks import resolution
+
+    config = tiny_config()
+    path = tmp_path / "net.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "config": config, "model": build_model(config).state_dict()}, path)
+    for option, message in (("--sizes=100000", r"--num_samples=8 --image_size=100000: .* TiB of memory"),
+                            ("--count=1000000000", r"--num_samples=1000000000 --image_size=192: .* of memory")):
+        with pytest.raises(UserError, match=message):
+            run_command(resolution.resolution, [f"--checkpoint={path}", option, "--device=cpu",
+                                                f"--results={tmp_path}"])
