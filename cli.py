@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 EXIT_USAGE = 2
 REQUIRED = inspect.Parameter.empty  # the default of an option that must be given
+NAME_MAX = 255  # bytes of a file or folder name on Linux file systems
 CONFIG_BYTES = 16 * 2 ** 20  # the largest --config file read (a run's metrics.json takes a few hundred KiB)
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
@@ -519,6 +520,8 @@ def make_run_dirs(roots: list[Path], name: str, resume: bool = False) -> list[Pa
     check_run_name(name)
     dirs = [Path(root) / name for root in roots]
     for directory in dirs:
+        check_name_length(directory, temporary=False)
+    for directory in dirs:
         if directory.exists() and not directory.is_dir():
             raise UserError(f"{directory} exists and is a file, not a folder: move or remove it, or choose "
                             f"another name")
@@ -563,29 +566,77 @@ def make_folder(path) -> Path:
     return path
 
 
-def atomic_write(path, content, then: str = "run the command again") -> None:
+def atomic_write(path, content, then: str = "run the command again", new: bool = False) -> None:
     """Write ``path`` through a temporary file beside it and a rename, so a kill never leaves half a
-    file and the previous version survives until the new one is complete. An ``OSError`` (disk
-    full, a file where a folder should be) becomes a one-line ``UserError``; for a full disk it
-    says to free space and then ``then``.
+    file and the previous version survives until the new one is complete. With ``new``, the file is
+    claimed at the end by a hard link that fails if ``path`` exists, so a file that appeared there
+    meanwhile is never replaced. An ``OSError`` (disk full, a file where a folder should be), or a
+    writer's ``RuntimeError`` (``torch.save`` wraps them), becomes a one-line ``UserError``; for a full
+    disk it says to free space and then ``then``.
 
     content: text, bytes, or a function ``write(file)`` given the binary file (``torch.save``,
     ``np.savez``, ...).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as file:
             if callable(content):
                 content(file)
             else:
                 file.write(content.encode() if isinstance(content, str) else content)
-        os.replace(tmp, path)
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"{path}: not written, the disk is full ({error.strerror}); its previous version, if "
-                            f"any, is unchanged: free some space, then {then}") from None
-        raise UserError(f"{path}: cannot be written ({error.strerror or error})") from None
+        if new:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except FileExistsError:
+        raise UserError(f"{path}: appeared while this command ran; it is left as it is and nothing was written "
+                        f"there: choose another name") from None
+    except (OSError, RuntimeError) as error:
+        full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error)
+        if full:
+            raise UserError(f"{path}: not written, the disk is full ({os.strerror(errno.ENOSPC)}); its previous "
+                            f"version, if any, is unchanged: free some space, then {then}") from None
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0][:160]
+        raise UserError(f"{path}: cannot be written ({reason})") from None
     finally:
         with suppress(OSError):
             tmp.unlink()
+
+
+def check_name_length(path: Path, temporary: bool = True) -> None:
+    """Refuse a path with a name longer than file systems hold (``NAME_MAX`` bytes; for the last,
+    with its temporary file's prefix and suffix when ``temporary``), before anything is looked up."""
+    names = [part for part in Path(path).parts if part != "/"]
+    longest = [NAME_MAX] * (len(names) - 1) + [NAME_MAX - (len(temporary_name(Path(path)).name) - len(Path(path).name))
+                                               * temporary]
+    for name, limit in zip(names, longest):
+        if len(name.encode()) > limit:
+            raise UserError(f"{name[:40]}...: a name of {len(name.encode())} bytes, too long for the file system "
+                            f"(at most {limit})")
+
+
+def temporary_name(path: Path) -> Path:
+    """The temporary file of this process for ``path``: ``.NAME.tmpPID`` beside it."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files that killed processes left for ``path`` (``.NAME.tmpPID`` of a
+    process that no longer runs); those of a live process are its writes in progress."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp(\d+)")
+    with suppress(OSError):
+        for stale in path.parent.iterdir():
+            match = pattern.fullmatch(stale.name)
+            if match and not _process_alive(int(match.group(1))):
+                stale.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or no process number at all: leave its file alone
+    return True

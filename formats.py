@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import UserError, atomic_write, check_readable, cli_errors, positive, run_command
+from cli import (UserError, atomic_write, check_name_length, check_readable, cli_errors, positive,
+                 remove_stale_temporaries, run_command)
 from data import (DataError, check_boxes, check_cines, check_declared, check_memory, loading_bytes, normalize,
                   read_array, read_budget)
 
@@ -410,19 +411,23 @@ def conform(cines: np.ndarray, frames: int | None = None, size: tuple[int, int] 
 
 # ----------------------------------------------------------------------------- convert command
 def save_npz(path, **arrays) -> None:
-    """``np.savez`` through :func:`cli.atomic_write`: never half a file at ``path``."""
-    atomic_write(path, lambda file: np.savez(file, **arrays))
+    """``np.savez`` to a new file through :func:`cli.atomic_write`: never half a file at ``path``, and
+    never over a file that appeared there since :func:`check_output`."""
+    atomic_write(path, lambda file: np.savez(file, **arrays), new=True)
 
 
 def check_output(path) -> Path:
-    """A new ``.npz`` path in an existing folder; an existing file is never overwritten."""
+    """A new ``.npz`` path in an existing folder (an existing file is never overwritten), whose stale
+    temporary files, left by a killed command, are removed."""
     path = Path(path)
+    check_name_length(path)
     if path.suffix.lower() != ".npz":
         raise UserError(f"{path}: the output must be a .npz file")
     if path.exists():
         raise UserError(f"{path}: already exists; choose another --out or remove it first")
     if not path.parent.is_dir():
         raise UserError(f"{path.parent}: no such folder for the output")
+    remove_stale_temporaries(path)
     return path
 
 

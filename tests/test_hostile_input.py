@@ -730,3 +730,85 @@ def test_resolution_refuses_sizes_and_counts_that_cannot_fit_in_memory(tmp_path,
         with pytest.raises(UserError, match=message):
             run_command(resolution.resolution, [f"--checkpoint={path}", option, "--device=cpu",
                                                 f"--results={tmp_path}"])
+
+
+# ----------------------------------------------------------------------------- outputs: never overwritten, never half-written
+def test_a_file_that_appears_at_the_output_meanwhile_is_never_replaced(tmp_path):
+    np.save(tmp_path / "cines.npy", cines(shape=(2, 6, 8, 8)))
+    out = tmp_path / "out.npz"
+
+    def another_command_writes(line):  # called once the input is read, before the output is written
+        out.write_bytes(b"the other command's result")
+
+    with pytest.raises(UserError, match=r"out.npz: appeared while this command ran; it is left as it is"):
+        formats.convert(str(tmp_path / "cines.npy"), out=str(out), log=another_command_writes)
+    assert out.read_bytes() == b"the other command's result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cines.npy", "out.npz"]
+
+
+def test_stale_temporary_outputs_of_killed_commands_are_removed_by_the_next(tmp_path):
+    np.save(tmp_path / "cines.npy", cines(shape=(2, 6, 8, 8)))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale, live = tmp_path / f".out.npz.tmp{int(ended.stdout)}", tmp_path / f".out.npz.tmp{os.getppid()}"
+    stale.write_bytes(b"half an output, its writer killed")
+    live.write_bytes(b"a write in progress")
+    formats.convert(str(tmp_path / "cines.npy"), out=str(tmp_path / "out.npz"), log=lambda line: None)
+    assert not stale.exists() and live.exists() and (tmp_path / "out.npz").is_file()
+
+
+def test_reconstruct_checks_the_figures_folder_before_anything_is_written(tmp_path):
+    (tmp_path / "figures.png").write_text("")
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "cine_000.png").write_bytes(b"an earlier figure")
+    for folder, message in (("figures.png", r"--figures=.*figures.png: a file, not a folder"),
+                            ("earlier", r"--figures=.*earlier: already holds the figures of an earlier reconstruction "
+                                        r"\(cine_000.png\); choose another folder")):
+        with pytest.raises(UserError, match=message):
+            reconstruct.main(["--checkpoint=missing.pt", "--input=x.npy", f"--out={tmp_path / 'r.npz'}",
+                              f"--figures={tmp_path / folder}", "--device=cpu"])
+    assert not (tmp_path / "r.npz").exists()
+    assert (tmp_path / "earlier" / "cine_000.png").read_bytes() == b"an earlier figure"
+
+
+@pytest.mark.parametrize("failure, message", [
+    (RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/0: "
+                  "file write failed (No space left on device)"), r"last.pt: not written, the disk is full"),
+    (RuntimeError("PytorchStreamWriter failed writing file"), r"last.pt: cannot be written \(PytorchStreamWriter"),
+], ids=["disk full", "other"])
+def test_a_torch_save_runtime_error_is_one_line(tmp_path, monkeypatch, failure, message):
+    def failing(obj, file):
+        raise failure
+
+    monkeypatch.setattr(torch, "save", failing)
+    with pytest.raises(UserError, match=message):
+        engine.save_checkpoint({"epoch": 2}, tmp_path / "last.pt")
+    assert os.listdir(tmp_path) == []
+
+
+def test_names_too_long_for_the_file_system_are_one_line(tmp_path):
+    long = "a" * 300
+    with pytest.raises(UserError, match=r"a{40}\.\.\.: a name of 304 bytes, too long for the file system"):
+        formats.convert("x.npy", out=str(tmp_path / f"{long}.npz"), log=lambda line: None)
+    with pytest.raises(UserError, match=r"a{40}\.\.\.: a name of 300 bytes, too long for the file system \(at most "
+                                        r"255\)"):
+        make_run_dirs([tmp_path / long, tmp_path / "images"], "x")
+
+
+# ----------------------------------------------------------------------------- accepted silently or blamed on another option
+@pytest.mark.parametrize("key", ["heart_weight", "weight_decay", "initial_lr", "grad_clip", "dropout", "warmup"])
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_infinite_or_nan_numbers_are_refused_naming_their_option_before_any_folder(tmp_path, key, value):
+    with pytest.raises(UserError, match=rf"^--{key}={value!r}: must be "):
+        train.train("x", overrides(tmp_path, **{key: value}), **train_defaults())
+    assert not (tmp_path / "output").exists() and not (tmp_path / "images").exists()
+
+
+def test_adapt_refuses_a_mask_that_samples_every_line():
+    masks = np.zeros((2, 6, 32, 32), np.float32)
+    masks[:, :, ::2] = 1
+    reconstruct.check_whole_lines(masks, "--mask m.npy")  # half the lines: some are left to hold out
+    masks[1] = 1
+    with pytest.raises(UserError, match=r"--mask m.npy: the mask of cine 1 samples every ky line: the cine is fully "
+                                        r"sampled, so --adapt has no line to hold out"):
+        reconstruct.check_whole_lines(masks, "--mask m.npy")
+

@@ -220,7 +220,7 @@ def test_fresh_phantom_renders_every_training_size_reproducibly():
     (dict(train_sizes="32,big"), "--train_sizes=32,big: expected comma-separated image sizes"),
     (dict(train_sizes="32,64", fresh_data=False), "needs the embedded phantom with fresh_data=true"),
     (dict(train_sizes="32,64", data="cine.npz"), "needs the embedded phantom with fresh_data=true"),
-    (dict(heart_weight=-1.0), "--heart_weight=-1.0: must be None or a number >= 0"),
+    (dict(heart_weight=-1.0), "--heart_weight=-1.0: must be None or a finite number >= 0"),
 ])
 def test_bad_training_options_are_refused(options, message):
     with pytest.raises(UserError, match=message):
