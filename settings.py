@@ -29,6 +29,11 @@ PARSERS = dict(heart_weight=lambda text: None if text.lower() == "none" else flo
 POSITIVE = ("num_samples", "image_size", "in_channels", "init_features", "resnet_features", "num_epochs", "levels",
             "batch_size", "checkpoint_every")
 NON_NEGATIVE = ("cascades", "resnet_blocks", "eval_batch_size")
+NUMBER_RULES = (("dropout", lambda value: 0 <= value < 1, "in [0, 1)"),
+                ("initial_lr", lambda value: value > 0, "a finite number > 0"),
+                ("weight_decay", lambda value: value >= 0, "a finite number >= 0"),
+                ("grad_clip", lambda value: value >= 0, "a finite number >= 0"),
+                ("warmup", lambda value: 0 <= value < 1, "in [0, 1)"))
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train.py")
 PHANTOM_COPIES = 3  # phantom cines held at once: as rendered, split into datasets, the next epoch's fresh ones
 PHANTOM_RENDER = 24  # peak memory of rendering one cine, in rendered cines (about 21 measured at 64 and 128)
@@ -76,14 +81,8 @@ def validate_config(config: dict) -> None:
     if config["out_channels"] != config["in_channels"]:
         raise UserError(f"--out_channels={config['out_channels']}: must equal in_channels="
                         f"{config['in_channels']} (one output per frame)")
-    weight = config["heart_weight"]
-    if not (weight is None or isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight >= 0):
-        raise UserError(f"--heart_weight={weight!r}: must be None or a number >= 0")
-    if not 0 <= config["dropout"] < 1:
-        raise UserError(f"--dropout={config['dropout']}: must be in [0, 1)")
-    if not (config["initial_lr"] > 0 and config["weight_decay"] >= 0 and config["grad_clip"] >= 0
-            and 0 <= config["warmup"] < 1):
-        raise UserError("initial_lr must be > 0, weight_decay and grad_clip >= 0, warmup in [0, 1)")
+    if config["heart_weight"] is not None:
+        check_number(config, "heart_weight", lambda value: value >= 0, "None or a finite number >= 0")
     multiple = size_multiple(config)
     if config["data"] is None and config["image_size"] % multiple:
         raise UserError(f"--image_size={config['image_size']}: must be a multiple of {multiple} "
@@ -92,12 +91,6 @@ def validate_config(config: dict) -> None:
         check_phantom_size(config)
     if config["train_sizes"] is not None:
         check_train_sizes(config)
-    if config["arch"] == "dccnn" and config["cascades"] < 1:
-        raise UserError("--arch=dccnn needs --cascades >= 1 (DC-CNN is a cascade with data consistency)")
-    if config["output"] == "sigmoid" and config["arch"] == "cine_unet":
-        raise UserError("--output=sigmoid is for arch=dual_unet only (cine_unet is residual)")
-    if config["output"] == "sigmoid" and (config["cascades"] > 0 or config["phantom_phase"]):
-        raise UserError("--output=sigmoid is for magnitude targets with cascades=0 only")
 
 
 def validate_network(config: dict, copies: int = 1) -> None:
@@ -115,11 +108,28 @@ def validate_network(config: dict, copies: int = 1) -> None:
             raise UserError(f"--{key}={config[key]!r}: must be a non-negative integer")
     if "seed" in config and not (_is_integer(config["seed"]) and 0 <= config["seed"] < 2 ** 63):
         raise UserError(f"--seed={config['seed']!r}: must be an integer from 0 to 2^63 - 1")
+    for key, allowed, rule in NUMBER_RULES:
+        if key in config:
+            check_number(config, key, allowed, rule)
     acceleration = config.get("acceleration", 1)
     if not (isinstance(acceleration, (int, float)) and not isinstance(acceleration, bool)
             and math.isfinite(acceleration) and acceleration >= 1):
         raise UserError(f"--acceleration={acceleration!r}: must be a number >= 1")
+    if config["arch"] == "dccnn" and config["cascades"] < 1:
+        raise UserError("--arch=dccnn needs --cascades >= 1 (DC-CNN is a cascade with data consistency)")
+    if config.get("output") == "sigmoid" and config["arch"] == "cine_unet":
+        raise UserError("--output=sigmoid is for arch=dual_unet only (cine_unet is residual)")
+    if config.get("output") == "sigmoid" and (config["cascades"] > 0 or config.get("phantom_phase")):
+        raise UserError("--output=sigmoid is for magnitude targets with cascades=0 only")
     check_network_size(config, copies)
+
+
+def check_number(config: dict, key: str, allowed, rule: str) -> None:
+    """Refuse ``config[key]`` unless it is a finite number (not a bool) that ``allowed`` accepts."""
+    value = config[key]
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and allowed(value)):
+        raise UserError(f"--{key}={value!r}: must be {rule}")
 
 
 def _is_integer(value) -> bool:
