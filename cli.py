@@ -501,6 +501,22 @@ def _claim(directory: Path) -> None:
     _held_locks[directory] = descriptor
 
 
+def run_in_progress(directory: Path) -> str | None:
+    """`` (process PID)`` (or ``""``) if another process holds the claim on the run folder
+    ``directory`` (:func:`make_run_dirs`): its run is still going; None if none does."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _lock_holder(directory)
+    finally:
+        os.close(descriptor)
+    return None
+
+
 def _refuse_earlier_run(dirs: list[Path]) -> None:
     """Refuse folders that hold what an earlier run wrote (stale temporary files aside), giving up
     the claim on the first."""

@@ -58,7 +58,7 @@ import torch
 from baselines import GRIDS, METHODS, synchronize
 from baselines import tune as tune_weights
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors, make_run_dirs, \
-    options_from_signature
+    check_name_length, options_from_signature, run_in_progress
 from data import CineDataset, load_boxes, load_cine, split_indices
 from engine import autocast, choose_autocast, describe_device, evaluate, load_images, load_trained_model, \
     make_datasets, pad_to_multiple, resolve_device
@@ -217,6 +217,7 @@ def compare(name: str, *,
 def refuse_earlier_comparison(roots: list[Path], folder: str) -> None:
     for root in roots:
         directory = root / folder
+        check_name_length(directory, temporary=False)
         if directory.is_dir() and any(directory.iterdir()):
             raise UserError(f"{directory} already holds an earlier comparison: choose another NAME")
 
@@ -256,6 +257,10 @@ def load_networks(paths: dict, device: torch.device) -> dict:
     for label, path in paths.items():
         if not os.path.lexists(path):  # anything else (a folder, a loop of links) is named by load_trained_model
             raise UserError(f"{path}: no such checkpoint (method {label!r}; train it first or check --out_dir)")
+        holder = run_in_progress(Path(path).parent)
+        if holder is not None:
+            raise UserError(f"{path}: its run is still training{holder}; its best.pt changes as it trains: compare it "
+                            f"when the run ends")
         model, config = load_trained_model(path, device)
         networks[label] = {"model": model, "config": config, "path": path}
     return networks

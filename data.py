@@ -5,6 +5,7 @@ normalised so that its largest magnitude is 1 (PSNR with peak 1 is then meaningf
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -249,6 +250,23 @@ def split_indices(n: int, ratios=(4, 1, 2), seed: int = 0) -> tuple[np.ndarray, 
             np.sort(order[n_train + n_val:]))
 
 
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def check_disjoint_splits(images: np.ndarray, splits, source: str) -> None:
+    """Refuse a cine that is in two splits (a file given for two splits, a cine copied into two
+    files): the network would be scored on cines it saw. Every cine ``[N, T, H, W]`` is hashed."""
+    first = {}  # digest -> (split, index) of its first cine
+    for split, indices in zip(SPLIT_NAMES, splits):
+        for index in indices:
+            digest = hashlib.sha1(np.ascontiguousarray(images[index]).view(np.uint8)).digest()
+            earlier = first.setdefault(digest, (split, int(index)))
+            if earlier[0] != split:
+                raise DataError(f"{source}: cine {index} of the {split} split is identical to cine {earlier[1]} of "
+                                f"the {earlier[0]} split: the network would be scored on cines it saw in training "
+                                f"or validation; remove the duplicates")
+
+
 def split_by_subject(subjects, ratios=(4, 1, 2), seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train/val/test indices (sorted) of cines whose ``subjects`` ``[N]`` say which patient or file
     each came from: whole subjects go to one split, so no subject is in two. Subjects are shuffled
@@ -280,7 +298,10 @@ def optional_array(path, name: str) -> np.ndarray | None:
 def load_subjects(path) -> np.ndarray | None:
     """The ``subject`` array ``[N]`` of an .npz written by ``python formats.py convert`` (the file,
     patient or series each cine came from), or None if the file has none."""
-    return optional_array(path, "subject")
+    subjects = optional_array(path, "subject")
+    if subjects is not None and subjects.ndim != 1:
+        raise DataError(f"{path}: array 'subject' of shape {list(subjects.shape)}: expected one name per cine [N]")
+    return subjects
 
 
 def check_boxes(boxes: np.ndarray, count: int, shape: tuple[int, int], source: str) -> np.ndarray:

@@ -39,8 +39,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import models
 from cli import UserError, atomic_write, check_readable, make_run_dirs
-from data import (CineDataset, SizeGroups, array_header, available_memory, check_memory, cine_file, load_boxes,
-                  load_cine, load_subjects, split_by_subject, split_indices)
+from data import (CineDataset, SizeGroups, array_header, available_memory, check_disjoint_splits, check_memory,
+                  cine_file, load_boxes, load_cine, load_subjects, split_by_subject, split_indices)
 from metrics import SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim, box_pixels
 from models import ARCHS, CHECKPOINT_FORMAT, build_model, count_parameters, fixed_frame_count, size_multiple
 from sampling import REFERENCE_HEIGHT, check_sampling, scaled_center_lines
@@ -165,6 +165,7 @@ def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.n
         source = f"embedded phantom (seed {config['seed']}, {kind})"
     else:
         images, meta, source = load_data_files(config["data"], config["seed"], notes)
+        check_disjoint_splits(images, meta["splits"] or split_indices(len(images), seed=config["seed"]), source)
         if fixed_frame_count(config) not in (None, images.shape[1]):
             raise UserError(f"{source}: cines have {images.shape[1]} frames but in_channels={frames}; "
                             f"set --in_channels={images.shape[1]} --out_channels={images.shape[1]}")

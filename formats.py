@@ -31,7 +31,7 @@ import numpy as np
 from cli import (UserError, atomic_write, check_name_length, check_readable, cli_errors, positive,
                  remove_stale_temporaries, run_command)
 from data import (DataError, check_boxes, check_cines, check_declared, check_memory, loading_bytes, normalize,
-                  read_array, read_budget)
+                  read_array)
 
 EXTRAS_HINT = "pip install -r requirements-extras.txt"
 CINE_AXES = "ntxy"

@@ -83,6 +83,8 @@ def validate_config(config: dict) -> None:
                         f"{config['in_channels']} (one output per frame)")
     if config["heart_weight"] is not None:
         check_number(config, "heart_weight", lambda value: value >= 0, "None or a finite number >= 0")
+    if config["output"] == "sigmoid" and config["phantom_phase"]:
+        raise UserError("--output=sigmoid is for magnitude targets with cascades=0 only")
     multiple = size_multiple(config)
     if config["data"] is None and config["image_size"] % multiple:
         raise UserError(f"--image_size={config['image_size']}: must be a multiple of {multiple} "
@@ -119,7 +121,7 @@ def validate_network(config: dict, copies: int = 1) -> None:
         raise UserError("--arch=dccnn needs --cascades >= 1 (DC-CNN is a cascade with data consistency)")
     if config.get("output") == "sigmoid" and config["arch"] == "cine_unet":
         raise UserError("--output=sigmoid is for arch=dual_unet only (cine_unet is residual)")
-    if config.get("output") == "sigmoid" and (config["cascades"] > 0 or config.get("phantom_phase")):
+    if config.get("output") == "sigmoid" and config["cascades"] > 0:
         raise UserError("--output=sigmoid is for magnitude targets with cascades=0 only")
     check_network_size(config, copies)
 

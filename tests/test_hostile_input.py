@@ -812,3 +812,40 @@ def test_adapt_refuses_a_mask_that_samples_every_line():
                                         r"sampled, so --adapt has no line to hold out"):
         reconstruct.check_whole_lines(masks, "--mask m.npy")
 
+
+@pytest.mark.parametrize("files", ["a.npy,a.npy,a.npy", "a.npy,b.npy,a.npy", "a.npy,b.npy,copy_of_a.npy"])
+def test_the_same_cines_in_two_splits_are_refused_before_any_folder(tmp_path, files):
+    np.save(tmp_path / "a.npy", cines(1, shape=(8, 6, 32, 32)))
+    np.save(tmp_path / "b.npy", cines(2, shape=(4, 6, 32, 32)))
+    np.save(tmp_path / "copy_of_a.npy", cines(1, shape=(8, 6, 32, 32))[2:6])
+    data_files = ",".join(str(tmp_path / name) for name in files.split(","))
+    with pytest.raises(DataError, match=r"cine \d+ of the (validation|test) split is identical to cine \d+ of the "
+                                        r"(train|validation) split: .* would be scored on cines it saw"):
+        train.train("x", overrides(tmp_path, data=data_files), **train_defaults())
+    assert not (tmp_path / "output").exists() and not (tmp_path / "images").exists()
+
+
+def test_compare_refuses_a_run_that_is_still_training(tmp_path, holder):
+    (tmp_path / "output" / "x" / "best.pt").write_bytes(b"the best checkpoint so far")
+    with pytest.raises(UserError, match=rf"output/x/best.pt: its run is still training \(process {holder.pid}\)"):
+        compare.load_networks({"x": tmp_path / "output" / "x" / "best.pt"}, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("shape", [(14, 2), (14, 1)])
+def test_a_subject_array_of_another_shape_is_one_line(tmp_path, shape):
+    np.savez(tmp_path / "cines.npz", dataset=cines(), subject=np.zeros(shape, np.int64))
+    message = rf"cines.npz: array 'subject' of shape \[14, {shape[1]}\]: expected one name per cine \[N\]"
+    with pytest.raises(DataError, match=message):
+        train.train("x", overrides(tmp_path, data=str(tmp_path / "cines.npz")), **train_defaults())
+    with pytest.raises(DataError, match=message):
+        compare.compare("x", baselines="none", device="cpu", data=str(tmp_path / "cines.npz"),
+                        out_dir=str(tmp_path / "output"), images_dir=str(tmp_path / "images"))
+    assert not (tmp_path / "output").exists()
+
+
+def test_compare_and_train_refuse_an_out_dir_name_too_long(tmp_path):
+    long = str(tmp_path / ("a" * 300))
+    with pytest.raises(UserError, match=r"a name of 300 bytes, too long for the file system"):
+        compare.compare("x", baselines="none", device="cpu", out_dir=long, images_dir=str(tmp_path / "images"))
+    with pytest.raises(UserError, match=r"a name of 300 bytes, too long for the file system"):
+        train.train("x", overrides(tmp_path, out_dir=long), **train_defaults())
