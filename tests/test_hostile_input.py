@@ -719,6 +719,15 @@ def test_a_checkpoint_config_is_checked_before_its_network_is_built(tmp_path, al
         reconstruct.main([f"--checkpoint={path}", "--input=x.npy", f"--out={tmp_path / 'r.npz'}", "--device=cpu"])
 
 
+def test_bench_train_refuses_a_cascade_count_that_cannot_fit_in_memory_before_its_folder(tmp_path, memory_16_gib):
+    from benchmarks import bench_train
+
+    with pytest.raises(UserError, match=r"--cascades=100000 .*: the dual_unet network's .* of memory, more than the "
+                                        r"16.0 GiB available"):
+        bench_train.main(["--cascades=0,100000", "--device=cpu", f"--results={tmp_path / 'results'}"])
+    assert not (tmp_path / "results").exists()
+
+
 def test_resolution_refuses_sizes_and_counts_that_cannot_fit_in_memory(tmp_path, memory_16_gib):
     from benchmarks import resolution
 
