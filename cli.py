@@ -602,7 +602,7 @@ def atomic_write(path, content, then: str = "run the command again", new: bool =
             else:
                 file.write(content.encode() if isinstance(content, str) else content)
         if new:
-            os.link(tmp, path)
+            _claim_new(tmp, path)
         else:
             os.replace(tmp, path)
     except FileExistsError:
@@ -630,6 +630,20 @@ def check_name_length(path: Path, temporary: bool = True) -> None:
         if len(name.encode()) > limit:
             raise UserError(f"{name[:40]}...: a name of {len(name.encode())} bytes, too long for the file system "
                             f"(at most {limit})")
+
+
+def _claim_new(tmp: Path, path: Path) -> None:
+    """Give the complete file ``tmp`` the name ``path``, failing (``FileExistsError``) if a file has
+    it: a hard link, which cannot replace a file. File systems without hard links (FAT, some network
+    ones) get a check then a rename, which leaves a window of microseconds."""
+    try:
+        os.link(tmp, path)
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
 
 
 def temporary_name(path: Path) -> Path:

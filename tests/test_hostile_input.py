@@ -858,3 +858,17 @@ def test_compare_and_train_refuse_an_out_dir_name_too_long(tmp_path):
         compare.compare("x", baselines="none", device="cpu", out_dir=long, images_dir=str(tmp_path / "images"))
     with pytest.raises(UserError, match=r"a name of 300 bytes, too long for the file system"):
         train.train("x", overrides(tmp_path, out_dir=long), **train_defaults())
+
+
+def test_a_file_system_without_hard_links_still_gets_new_outputs_that_never_replace(tmp_path, monkeypatch):
+    import cli
+
+    def no_hard_links(source, target):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    cli.atomic_write(tmp_path / "out.npz", b"result", new=True)
+    assert (tmp_path / "out.npz").read_bytes() == b"result"
+    with pytest.raises(UserError, match=r"out.npz: appeared while this command ran"):
+        cli.atomic_write(tmp_path / "out.npz", b"another result", new=True)
+    assert (tmp_path / "out.npz").read_bytes() == b"result" and os.listdir(tmp_path) == ["out.npz"]
