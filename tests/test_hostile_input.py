@@ -1,4 +1,5 @@
-"""Issue 15: no race, no silent rewrite, no traceback, no memory blow-up from a small file.
+"""Issues 15 and 22: no race, no silent rewrite, no traceback, no memory blow-up from a small file,
+no file that reads another, nothing half-written that survives.
 
 One test per failing case of the issue (docs/reliability.md lists them), on tiny shapes and in
 process wherever the entry point can be called directly.
