@@ -33,7 +33,8 @@ NUMBER_RULES = (("dropout", lambda value: 0 <= value < 1, "in [0, 1)"),
                 ("initial_lr", lambda value: value > 0, "a finite number > 0"),
                 ("weight_decay", lambda value: value >= 0, "a finite number >= 0"),
                 ("grad_clip", lambda value: value >= 0, "a finite number >= 0"),
-                ("warmup", lambda value: 0 <= value < 1, "in [0, 1)"))
+                ("warmup", lambda value: 0 <= value < 1, "in [0, 1)"),
+                ("acceleration", lambda value: value >= 1, "a finite number >= 1"))
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train.py")
 PHANTOM_COPIES = 3  # phantom cines held at once: as rendered, split into datasets, the next epoch's fresh ones
 PHANTOM_RENDER = 24  # peak memory of rendering one cine, in rendered cines (about 21 measured at 64 and 128)
@@ -113,10 +114,6 @@ def validate_network(config: dict, copies: int = 1) -> None:
     for key, allowed, rule in NUMBER_RULES:
         if key in config:
             check_number(config, key, allowed, rule)
-    acceleration = config.get("acceleration", 1)
-    if not (isinstance(acceleration, (int, float)) and not isinstance(acceleration, bool)
-            and math.isfinite(acceleration) and acceleration >= 1):
-        raise UserError(f"--acceleration={acceleration!r}: must be a number >= 1")
     if config["arch"] == "dccnn" and config["cascades"] < 1:
         raise UserError("--arch=dccnn needs --cascades >= 1 (DC-CNN is a cascade with data consistency)")
     if config.get("output") == "sigmoid" and config["arch"] == "cine_unet":

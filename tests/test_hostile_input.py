@@ -705,7 +705,7 @@ def checkpoint_with(path, config):
     (dict(amp="bogus"), r"its config: --amp='bogus': choose one of"),
     (dict(density="nope"), r"its config: --density='nope': choose one of"),
     (dict(seed=-5), r"its config: --seed=-5: must be an integer from 0"),
-    (dict(acceleration="fast"), r"its config: --acceleration='fast': must be a number >= 1"),
+    (dict(acceleration="fast"), r"its config: --acceleration='fast': must be a finite number >= 1"),
     ("amp", r"its config lacks the setting 'amp'"),
     ("acceleration", r"its config lacks the setting 'acceleration'"),
     ("seed", r"its config lacks the setting 'seed'"),
@@ -805,7 +805,8 @@ def test_names_too_long_for_the_file_system_are_one_line(tmp_path):
 
 
 # ----------------------------------------------------------------------------- accepted silently or blamed on another option
-@pytest.mark.parametrize("key", ["heart_weight", "weight_decay", "initial_lr", "grad_clip", "dropout", "warmup"])
+@pytest.mark.parametrize("key", ["heart_weight", "weight_decay", "initial_lr", "grad_clip", "dropout", "warmup",
+                                 "acceleration"])
 @pytest.mark.parametrize("value", [math.inf, math.nan])
 def test_infinite_or_nan_numbers_are_refused_naming_their_option_before_any_folder(tmp_path, key, value):
     with pytest.raises(UserError, match=rf"^--{key}={value!r}: must be "):

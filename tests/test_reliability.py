@@ -75,7 +75,7 @@ BAD_INPUTS = [
     ("bool dtype", ["--data=bool.npy"], "bool.npy: dtype bool is not numeric"),
     ("string dtype", ["--data=strings.npy"], "strings.npy: dtype <U32 is not numeric"),
     ("object dtype", ["--data=objects.npy"], "objects.npy: holds pickled Python objects"),
-    ("acceleration < 1", ["--acceleration=0.5"], "acceleration=0.5: must be a number >= 1"),
+    ("acceleration < 1", ["--acceleration=0.5"], "--acceleration=0.5: must be a finite number >= 1"),
     ("acceleration too high", ["--acceleration=30"], "round\\(32/30\\) = 1 lines per frame, fewer than center_lines=2"),
     ("centre lines > rows", ["--center_lines=40"], "center_lines=40 is more than the 32 k-space rows"),
     ("batch > training split", ["--batch_size=9"], "--batch_size=9 is larger than the training split \\(8 cines\\)"),
