@@ -38,6 +38,8 @@ from typing import Any, Callable
 
 EXIT_USAGE = 2
 REQUIRED = inspect.Parameter.empty  # the default of an option that must be given
+NAME_MAX = 255  # bytes of a file or folder name on Linux file systems
+CONFIG_BYTES = 16 * 2 ** 20  # the largest --config file read (a run's metrics.json takes a few hundred KiB)
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
@@ -321,8 +323,12 @@ class Command:
     def read_config(self, path: str) -> dict:
         """The option values of a run's saved configuration (the ``config`` of its metrics.json)."""
         try:
-            saved = json.loads(check_readable(path, missing="not a readable JSON file (no such file)",
-                                              expected="a JSON file (a run's metrics.json)").read_text())
+            file = check_readable(path, missing="not a readable JSON file (no such file)",
+                                  expected="a JSON file (a run's metrics.json)")
+            if file.stat().st_size > CONFIG_BYTES:
+                raise UserError(f"{path}: {file.stat().st_size} bytes, more than the {CONFIG_BYTES} bytes a "
+                                f"configuration may take (a run's metrics.json takes a few hundred KiB)")
+            saved = json.loads(file.read_text())
         except UserError as error:
             raise UserError(f"--config={error}") from None
         except (OSError, ValueError) as error:
@@ -330,11 +336,15 @@ class Command:
         config = saved.get("config", saved) if isinstance(saved, dict) else None
         if not isinstance(config, dict):
             raise UserError(f"--config={path}: expected a JSON object (a run's metrics.json)")
-        known = {option.name for option in self.options}
-        unknown = sorted(set(config) - known)
+        by_name = {option.name: option for option in self.options}
+        unknown = sorted(set(config) - set(by_name))
         if unknown:
             raise UserError(f"--config={path}: {unknown[0]!r} is not an option of {self.prog}")
-        return {key: value for key, value in config.items() if key not in self.not_from_config}
+        try:
+            return {key: self.value(by_name[key], config_text(key, value)) for key, value in config.items()
+                    if key not in self.not_from_config}
+        except UserError as error:
+            raise UserError(f"--config={path}: {error}") from None
 
     def positional_values(self, words: list[str]) -> list:
         """Assign the positional words in order: every ``1`` takes one, the ``?`` ones take what is
@@ -354,6 +364,18 @@ class Command:
                 values.append([words.pop(0) for _ in range(1 + max(spare, 0))])
                 spare = 0
         return values
+
+
+def config_text(key: str, value) -> str:
+    """A ``--config`` file's value as it would be typed on the command line (``null``: ``none``), so
+    that it is read and checked exactly as the option's command-line text."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise UserError(f"option --{key}={json.dumps(value)}: expected a number, true/false, text or null")
 
 
 def _next_value(argv: list[str], i: int, key: str, boolean: bool = False) -> str | None:
@@ -479,6 +501,22 @@ def _claim(directory: Path) -> None:
     _held_locks[directory] = descriptor
 
 
+def run_in_progress(directory: Path) -> str | None:
+    """`` (process PID)`` (or ``""``) if another process holds the claim on the run folder
+    ``directory`` (:func:`make_run_dirs`): its run is still going; None if none does."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _lock_holder(directory)
+    finally:
+        os.close(descriptor)
+    return None
+
+
 def _refuse_earlier_run(dirs: list[Path]) -> None:
     """Refuse folders that hold what an earlier run wrote (stale temporary files aside), giving up
     the claim on the first."""
@@ -497,6 +535,8 @@ def make_run_dirs(roots: list[Path], name: str, resume: bool = False) -> list[Pa
     """
     check_run_name(name)
     dirs = [Path(root) / name for root in roots]
+    for directory in dirs:
+        check_name_length(directory, temporary=False)
     for directory in dirs:
         if directory.exists() and not directory.is_dir():
             raise UserError(f"{directory} exists and is a file, not a folder: move or remove it, or choose "
@@ -542,29 +582,91 @@ def make_folder(path) -> Path:
     return path
 
 
-def atomic_write(path, content, then: str = "run the command again") -> None:
+def atomic_write(path, content, then: str = "run the command again", new: bool = False) -> None:
     """Write ``path`` through a temporary file beside it and a rename, so a kill never leaves half a
-    file and the previous version survives until the new one is complete. An ``OSError`` (disk
-    full, a file where a folder should be) becomes a one-line ``UserError``; for a full disk it
-    says to free space and then ``then``.
+    file and the previous version survives until the new one is complete. With ``new``, the file is
+    claimed at the end by a hard link that fails if ``path`` exists, so a file that appeared there
+    meanwhile is never replaced. An ``OSError`` (disk full, a file where a folder should be), or a
+    writer's ``RuntimeError`` (``torch.save`` wraps them), becomes a one-line ``UserError``; for a full
+    disk it says to free space and then ``then``.
 
     content: text, bytes, or a function ``write(file)`` given the binary file (``torch.save``,
     ``np.savez``, ...).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as file:
             if callable(content):
                 content(file)
             else:
                 file.write(content.encode() if isinstance(content, str) else content)
-        os.replace(tmp, path)
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"{path}: not written, the disk is full ({error.strerror}); its previous version, if "
-                            f"any, is unchanged: free some space, then {then}") from None
-        raise UserError(f"{path}: cannot be written ({error.strerror or error})") from None
+        if new:
+            _claim_new(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except FileExistsError:
+        raise UserError(f"{path}: appeared while this command ran; it is left as it is and nothing was written "
+                        f"there: choose another name") from None
+    except (OSError, RuntimeError) as error:
+        full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error)
+        if full:
+            raise UserError(f"{path}: not written, the disk is full ({os.strerror(errno.ENOSPC)}); its previous "
+                            f"version, if any, is unchanged: free some space, then {then}") from None
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0][:160]
+        raise UserError(f"{path}: cannot be written ({reason})") from None
     finally:
         with suppress(OSError):
             tmp.unlink()
+
+
+def check_name_length(path: Path, temporary: bool = True) -> None:
+    """Refuse a path with a name longer than file systems hold (``NAME_MAX`` bytes; for the last,
+    with its temporary file's prefix and suffix when ``temporary``), before anything is looked up."""
+    names = [part for part in Path(path).parts if part != "/"]
+    longest = [NAME_MAX] * (len(names) - 1) + [NAME_MAX - (len(temporary_name(Path(path)).name) - len(Path(path).name))
+                                               * temporary]
+    for name, limit in zip(names, longest):
+        if len(name.encode()) > limit:
+            raise UserError(f"{name[:40]}...: a name of {len(name.encode())} bytes, too long for the file system "
+                            f"(at most {limit})")
+
+
+def _claim_new(tmp: Path, path: Path) -> None:
+    """Give the complete file ``tmp`` the name ``path``, failing (``FileExistsError``) if a file has
+    it: a hard link, which cannot replace a file. File systems without hard links (FAT, some network
+    ones) get a check then a rename, which leaves a window of microseconds."""
+    try:
+        os.link(tmp, path)
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+
+
+def temporary_name(path: Path) -> Path:
+    """The temporary file of this process for ``path``: ``.NAME.tmpPID`` beside it."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files that killed processes left for ``path`` (``.NAME.tmpPID`` of a
+    process that no longer runs); those of a live process are its writes in progress."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp(\d+)")
+    with suppress(OSError):
+        for stale in path.parent.iterdir():
+            match = pattern.fullmatch(stale.name)
+            if match and not _process_alive(int(match.group(1))):
+                stale.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or no process number at all: leave its file alone
+    return True

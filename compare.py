@@ -62,7 +62,7 @@ import torch
 from baselines import GRIDS, METHODS, synchronize
 from baselines import tune as tune_weights
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors, make_run_dirs, \
-    options_from_signature
+    check_name_length, options_from_signature, run_in_progress
 from data import CineDataset, load_boxes, load_cine, split_indices
 from engine import autocast, choose_autocast, describe_device, evaluate, load_images, load_trained_model, \
     make_datasets, pad_to_multiple, resolve_device
@@ -70,7 +70,7 @@ from metrics import summarize
 from models import count_parameters, fixed_frame_count, size_multiple
 from reconstruct import adapted_reconstruction, check_adaptation
 from sampling import check_sampling
-from settings import CHOICES, train_defaults, train_options
+from settings import CHOICES, train_defaults, train_options, validate_config
 
 # The settings that make the test split, its cines and its masks; checkpoints must agree on them.
 DATA_KEYS = ("data", "num_samples", "image_size", "phantom_phase", "seed", "in_channels", "acceleration",
@@ -97,7 +97,7 @@ def compare(name: str, *,
             labels: str = "",                     # method labels for runs then checkpoints (default: run names)
             baselines: str = "view_sharing,kt_sparse,lplus_s,lplus_s_unrolled",  # comma-separated, or 'none'
             masks: str = "per_cine",              # 'per_cine' | 'fixed' (the study's protocol)
-            split: str = "test",                  # 'test': the data's test split | 'val': its validation split (to choose between networks) | 'all': every cine of --data
+            split: str = "test",                  # 'test' | 'val' (choosing between networks) | 'all': every cine of --data
             max_cines: int = 0,                   # evaluate the first N test cines; 0 = all
             tune: bool = True,                    # tune the CS weights on validation cines (else defaults)
             tune_cines: int = 8,                  # validation cines for tuning; 0 = all
@@ -141,6 +141,7 @@ def compare(name: str, *,
         raise UserError(f"--batch_size={batch_size}: must be a positive integer")
     torch_device = resolve_device(device)
     networks = load_networks(methods["networks"], torch_device)
+    check_data_options(options, networks, set(given))
     amp_dtype, amp_reason = choose_autocast(amp, torch_device) if networks else (None, "no networks")
     notes: list[str] = []
     mask_mode = "random" if masks == "per_cine" else "fixed"
@@ -222,6 +223,7 @@ def compare(name: str, *,
 def refuse_earlier_comparison(roots: list[Path], folder: str) -> None:
     for root in roots:
         directory = root / folder
+        check_name_length(directory, temporary=False)
         if directory.is_dir() and any(directory.iterdir()):
             raise UserError(f"{directory} already holds an earlier comparison: choose another NAME")
 
@@ -261,6 +263,10 @@ def load_networks(paths: dict, device: torch.device) -> dict:
     for label, path in paths.items():
         if not os.path.lexists(path):  # anything else (a folder, a loop of links) is named by load_trained_model
             raise UserError(f"{path}: no such checkpoint (method {label!r}; train it first or check --out_dir)")
+        holder = run_in_progress(Path(path).parent)
+        if holder is not None:
+            raise UserError(f"{path}: its run is still training{holder}; its best.pt changes as it trains: compare it "
+                            f"when the run ends")
         model, config = load_trained_model(path, device)
         networks[label] = {"model": model, "config": config, "path": path}
     return networks
@@ -289,6 +295,15 @@ def data_settings(options: dict, networks: dict, given: set) -> tuple[dict, bool
             raise UserError(f"--{key}={options[key]!r} contradicts the checkpoints' {key}={settings[key]!r}: "
                             f"with checkpoints the data settings come from them")
     return settings, False
+
+
+def check_data_options(options: dict, networks: dict, given: set) -> None:
+    """Check compare's data options as train.py checks them (with the first checkpoint's settings,
+    else the ``train(...)`` call's): ranges, the seed, and the memory the phantom would need."""
+    reference = next(iter(networks.values()))["config"] if networks else {}
+    data = {key: options[key] for key in DATA_KEYS if key in given or not networks}
+    config = {**train_defaults(), **reference, **data, "device": options["device"]}
+    validate_config({**config, "out_channels": config["in_channels"]})
 
 
 def sampling_of(config: dict, mask_mode: str) -> dict:
@@ -359,7 +374,7 @@ def tuning_source(split: str, config: dict, validation: list[int]) -> str:
     if split == "test":
         return f"validation cines {validation} under the same mask protocol; never on the test split"
     if split == "val":
-        return f"validation cines {validation}, which are also the evaluated cines: CS rows are tuned on what they score"
+        return f"validation cines {validation}, also the evaluated cines: the CS rows are tuned on what they score"
     frames, (height, width) = config["in_channels"], config["image_size"]
     kind = "complex" if config["phantom_phase"] else "magnitude"
     return (f"validation cines {validation} of the embedded phantom ({config['num_samples']} {kind} cines of seed "

@@ -5,6 +5,7 @@ normalised so that its largest magnitude is 1 (PSNR with peak 1 is then meaningf
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -21,6 +22,11 @@ from cli import UserError, check_readable, cli_errors
 from sampling import MaskSampler, undersample, variable_density_mask
 
 MASK_MODES = ("fixed", "random")
+# The memory budget of reading one file: the data it declares (arrays as stored, decompressed bytes,
+# DICOM elements) may take at most READ_EXPANSION times the file's size on disk plus READ_ALLOWANCE,
+# and are checked against it before anything is allocated or decompressed. Real cines compress 2-4
+# times; an array of zeros a thousand times. Loading must also fit in the memory available.
+READ_EXPANSION, READ_ALLOWANCE = 64, 64 * 2 ** 20
 MEMINFO = Path("/proc/meminfo")
 CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: memory.max and memory.current
 
@@ -61,6 +67,21 @@ def check_memory(source: str, needed: int, what: str) -> None:
                         f"{format_bytes(available)} available")
 
 
+def read_budget(stored: int) -> int:
+    """Bytes of data that reading a file of ``stored`` bytes may produce (see ``READ_EXPANSION``)."""
+    return READ_EXPANSION * stored + READ_ALLOWANCE
+
+
+def check_declared(source: str, declared: int, stored: int, what: str) -> None:
+    """Refuse a file of ``stored`` bytes whose ``what`` declares ``declared`` bytes of data, more than
+    its read budget (:func:`read_budget`): a small file never takes gigabytes."""
+    budget = read_budget(stored)
+    if declared > budget:
+        raise DataError(f"{source}: {what} declares {format_bytes(declared)} of data in a file of "
+                        f"{format_bytes(stored)}, more than the read budget of {format_bytes(budget)} "
+                        f"({READ_EXPANSION} times the file's size plus {format_bytes(READ_ALLOWANCE)})")
+
+
 def loading_bytes(shape, dtype) -> int:
     """Memory that loading an array needs: as stored, converted to float32/complex64, normalised."""
     dtype = np.dtype(dtype)
@@ -81,8 +102,9 @@ def _npy_header(file, source: str) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(shape), dtype
 
 
-def _check_size(source: str, shape, dtype, stored: int) -> None:
-    """Refuse a header that promises more data than ``stored`` bytes, or more than memory holds."""
+def _check_size(source: str, shape, dtype, stored: int, on_disk: int) -> None:
+    """Refuse a header that promises more data than ``stored`` bytes, more than the read budget of a
+    file of ``on_disk`` bytes, or more than memory holds."""
     if dtype.hasobject:
         raise DataError(f"{source}: holds pickled Python objects, which are refused for safety; "
                         f"save a plain numeric array")
@@ -90,6 +112,7 @@ def _check_size(source: str, shape, dtype, stored: int) -> None:
     if stored < claimed:
         raise DataError(f"{source}: truncated or damaged: its header describes an array {tuple(shape)} of {dtype} "
                         f"({format_bytes(claimed)}) but it holds {format_bytes(stored)} of data")
+    check_declared(source, claimed, on_disk, f"the array {tuple(shape)} of {dtype}")
     check_memory(source, loading_bytes(shape, dtype), f"loading the array {tuple(shape)} of {dtype}")
 
 
@@ -118,7 +141,8 @@ def array_header(path, key: str | None = None) -> tuple[str | None, tuple[int, .
         if magic == b"\x93NUMPY":
             file.seek(0)
             shape, dtype = _npy_header(file, str(path))
-            _check_size(str(path), shape, dtype, path.stat().st_size - file.tell())
+            size = path.stat().st_size
+            _check_size(str(path), shape, dtype, size - file.tell(), size)
             return None, shape, dtype
     if magic[:4] != b"PK\x03\x04":
         raise DataError(f"{path}: not a .npy/.npz file (its content is neither a numpy array nor a zip archive)")
@@ -132,7 +156,7 @@ def array_header(path, key: str | None = None) -> tuple[str | None, tuple[int, .
                 offset = member.tell()
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as error:
         raise DataError(f"{path}: not a readable .npy/.npz file ({error})") from None
-    _check_size(f"{path}: array {key!r}", shape, dtype, info.file_size - offset)
+    _check_size(f"{path}: array {key!r}", shape, dtype, info.file_size - offset, path.stat().st_size)
     return key, shape, dtype
 
 
@@ -226,6 +250,23 @@ def split_indices(n: int, ratios=(4, 1, 2), seed: int = 0) -> tuple[np.ndarray, 
             np.sort(order[n_train + n_val:]))
 
 
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def check_disjoint_splits(images: np.ndarray, splits, source: str) -> None:
+    """Refuse a cine that is in two splits (a file given for two splits, a cine copied into two
+    files): the network would be scored on cines it saw. Every cine ``[N, T, H, W]`` is hashed."""
+    first = {}  # digest -> (split, index) of its first cine
+    for split, indices in zip(SPLIT_NAMES, splits):
+        for index in indices:
+            digest = hashlib.sha1(np.ascontiguousarray(images[index]).view(np.uint8)).digest()
+            earlier = first.setdefault(digest, (split, int(index)))
+            if earlier[0] != split:
+                raise DataError(f"{source}: cine {index} of the {split} split is identical to cine {earlier[1]} of "
+                                f"the {earlier[0]} split: the network would be scored on cines it saw in training "
+                                f"or validation; remove the duplicates")
+
+
 def split_by_subject(subjects, ratios=(4, 1, 2), seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train/val/test indices (sorted) of cines whose ``subjects`` ``[N]`` say which patient or file
     each came from: whole subjects go to one split, so no subject is in two. Subjects are shuffled
@@ -257,7 +298,10 @@ def optional_array(path, name: str) -> np.ndarray | None:
 def load_subjects(path) -> np.ndarray | None:
     """The ``subject`` array ``[N]`` of an .npz written by ``python formats.py convert`` (the file,
     patient or series each cine came from), or None if the file has none."""
-    return optional_array(path, "subject")
+    subjects = optional_array(path, "subject")
+    if subjects is not None and subjects.ndim != 1:
+        raise DataError(f"{path}: array 'subject' of shape {list(subjects.shape)}: expected one name per cine [N]")
+    return subjects
 
 
 def check_boxes(boxes: np.ndarray, count: int, shape: tuple[int, int], source: str) -> np.ndarray:

@@ -39,10 +39,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import models
 from cli import UserError, atomic_write, check_readable, make_run_dirs
-from data import (CineDataset, SizeGroups, array_header, cine_file, load_boxes, load_cine, load_subjects,
-                  split_by_subject, split_indices)
+from data import (CineDataset, SizeGroups, array_header, available_memory, check_disjoint_splits, check_memory,
+                  cine_file, load_boxes, load_cine, load_subjects, split_by_subject, split_indices)
 from metrics import SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim, box_pixels
-from models import ARCHS, CHECKPOINT_FORMAT, build_model, fixed_frame_count, size_multiple
+from models import ARCHS, CHECKPOINT_FORMAT, build_model, count_parameters, fixed_frame_count, size_multiple
 from sampling import REFERENCE_HEIGHT, check_sampling, scaled_center_lines
 
 # Keys that may differ when a run is resumed: they change how, not what, is computed.
@@ -55,6 +55,13 @@ TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the le
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "state")  # what last.pt holds beyond the weights
 LOOP_STATE = ("epoch", "batch", "loss_sum", "seen", "history", "best")  # last.pt's "state"
 PHANTOM_SOURCE = Path(__file__).resolve().with_name("phantom.py")
+# What reconstruct.py, compare.py and the benchmarks read from a checkpoint's config besides the network's shape.
+CHECKPOINT_SETTINGS = ("arch", "in_channels", "acceleration", "center_lines", "density", "seed", "amp")
+SIZE_SETTINGS = ("init_features", "levels", "cascades", "resnet_features", "resnet_blocks", "iterations",
+                 "sparse_features")  # the network's size
+REPEATED_PARTS = ("cascades", "resnet_blocks", "iterations")  # settings that repeat a part: the weights grow linearly
+
+TRAINING_COPIES = 4  # copies of the weights a run holds: the weights, their gradients and Adam's two moments
 
 
 # ----------------------------------------------------------------------------- device and precision
@@ -160,6 +167,7 @@ def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.n
         source = f"embedded phantom (seed {config['seed']}, {kind})"
     else:
         images, meta, source = load_data_files(config["data"], config["seed"], notes)
+        check_disjoint_splits(images, meta["splits"] or split_indices(len(images), seed=config["seed"]), source)
         if fixed_frame_count(config) not in (None, images.shape[1]):
             raise UserError(f"{source}: cines have {images.shape[1]} frames but in_channels={frames}; "
                             f"set --in_channels={images.shape[1]} --out_channels={images.shape[1]}")
@@ -491,6 +499,25 @@ def evaluate(model, dataset: CineDataset, *, batch_size: int, amp_dtype=None, lo
     return result
 
 
+@torch.no_grad()
+def unet_branches(model, batch: dict, amp_dtype) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """What the real- and imaginary-part UNets of the last denoiser output for the first cine of
+    ``batch`` (``[T, H, W]`` each) and whether they are residual corrections; None for a network
+    without them."""
+    denoiser = model.denoisers[-1] if hasattr(model, "denoisers") else None
+    if not hasattr(denoiser, "unet_real"):
+        return None
+    captured = {}
+    hooks = [branch.register_forward_hook(  # outputs [B, T, H, W]; the cine UNet's [B, 1, T, H, W]
+             lambda m, i, o, key=key: captured.__setitem__(key, o.float().reshape(len(o), *o.shape[-3:])))
+             for key, branch in (("real", denoiser.unet_real), ("imag", denoiser.unet_imag))]
+    with autocast(batch["target"].device, amp_dtype):
+        model.eval()(batch["aliased"], batch["kspace"], batch["mask"])
+    for hook in hooks:
+        hook.remove()
+    return captured["real"][0].cpu().numpy(), captured["imag"][0].cpu().numpy(), bool(denoiser.residual)
+
+
 def evaluate_distributed(model, dataset, world: int, rank: int, **kwargs) -> dict:
     """``evaluate`` on this rank's share of the cines, gathered (in dataset order) on every rank."""
     result = evaluate(model, dataset, rows=np.arange(rank, len(dataset), world), **kwargs)
@@ -556,18 +583,52 @@ def validate_checkpoint(checkpoint: dict, path, resumable: bool = False) -> None
     if config.get("arch") not in ARCHS:
         raise UserError(f"{path}: unknown arch {config.get('arch')!r} (known: {', '.join(ARCHS)}): the checkpoint "
                         f"is damaged or from another version of cinerecon")
+    from settings import validate_network  # settings imports engine
+
     try:
+        lacking = next((key for key in CHECKPOINT_SETTINGS if key not in config), None)
+        if lacking:
+            raise KeyError(lacking)
+        validate_network(config)
         with torch.device("meta"):
             expected = build_model({**config, "checkpointing": False}).state_dict()
     except KeyError as error:
         raise UserError(f"{path}: its config lacks the setting {error.args[0]!r}: the checkpoint is damaged or "
                         f"from another version of cinerecon") from None
+    except UserError as error:
+        raise UserError(f"{path}: its config: {error}") from None
     except (ValueError, TypeError, RuntimeError) as error:
         raise UserError(f"{path}: its config describes no network ({str(error).splitlines()[0][:160]})") from None
     mismatch = _weights_mismatch(expected, weights)
     if mismatch:
         raise UserError(f"{path}: the weights do not fit the {config['arch']} network its config describes "
                         f"({mismatch})")
+
+
+def parameter_count(config: dict) -> int:
+    """The parameters of the network ``config`` describes, without building it whole: it is built on
+    the meta device (nothing allocated) with every repeated part once, and with each in turn twice,
+    and the rest is extrapolated (the weights grow linearly in each repeated part)."""
+    def count(**parts) -> int:
+        with torch.device("meta"):
+            return count_parameters(build_model({**config, **parts, "checkpointing": False}))
+
+    once = {key: min(config[key], 1) for key in REPEATED_PARTS if key in config}
+    base = count(**once)
+    return base + sum((config[key] - 1) * (count(**{**once, key: 2}) - base) for key in once if config[key] > 1)
+
+
+def check_network_size(config: dict, copies: int) -> None:
+    """Refuse, before any layer is built, a network whose ``copies`` of the weights (float32) would not
+    fit in memory, or whose pooling would need images larger than memory holds (``levels``)."""
+    source = " ".join(f"--{key}={config[key]}" for key in SIZE_SETTINGS if key in config)
+    levels, largest = config.get("levels", 0), math.isqrt(available_memory() // 8)  # one complex64 image
+    if levels >= largest.bit_length():
+        raise UserError(f"--levels={levels}: the images would need at least 2^{levels} pixels a side, more than "
+                        f"the {largest} a side that memory holds")
+    count = parameter_count(config)
+    check_memory(source, copies * 4 * count, f"the {config['arch']} network's {count:.3g} parameters "
+                                             f"({copies} copies of float32)")
 
 
 def load_trained_model(path, device="cpu") -> tuple[torch.nn.Module, dict]:

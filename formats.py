@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import UserError, atomic_write, check_readable, cli_errors, positive, run_command
-from data import DataError, check_boxes, check_cines, check_memory, loading_bytes, normalize, read_array
+from cli import (UserError, atomic_write, check_name_length, check_readable, cli_errors, positive,
+                 remove_stale_temporaries, run_command)
+from data import (DataError, check_boxes, check_cines, check_declared, check_memory, loading_bytes, normalize,
+                  read_array)
 
 EXTRAS_HINT = "pip install -r requirements-extras.txt"
 CINE_AXES = "ntxy"
@@ -45,16 +47,25 @@ def _optional(module: str, source, what: str):
 
 def read_nifti(path: Path) -> tuple[np.ndarray, str]:
     """A 4-D NIfTI cine volume ``(x, y, slice, t)`` -> ``[slice, t, x, y]`` (one cine per slice; empty
-    slices, which some volumes hold beyond the heart, are skipped)."""
+    slices, which some volumes hold beyond the heart, are skipped). The header's shape and data type
+    are checked against the read budget and the memory available before the voxels are read."""
     nibabel = _optional("nibabel", path, "NIfTI")
+    unreadable = (nibabel.filebasedimages.ImageFileError, nibabel.spatialimages.HeaderDataError, OSError,
+                  EOFError, ValueError, zlib.error)
     try:
         image = nibabel.load(path)
-        check_memory(str(path), loading_bytes(image.shape, np.float64), f"reading the volume {image.shape}")
-        volume = np.asanyarray(image.dataobj)  # scl_slope/scl_inter applied
-    except (nibabel.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as error:
+        shape, stored = image.shape, image.get_data_dtype()
+    except unreadable as error:
         raise DataError(f"{path}: not a readable NIfTI file ({error})") from None
-    if volume.ndim != 4:
-        raise DataError(f"{path}: expected a 4-D (x, y, slice, time) cine volume, got shape {volume.shape}")
+    if len(shape) != 4 or min(shape) < 1:
+        raise DataError(f"{path}: expected a 4-D (x, y, slice, time) cine volume, got shape {shape}")
+    check_declared(str(path), math.prod(shape) * stored.itemsize, path.stat().st_size,
+                   f"the header's volume {shape} of {stored}")
+    check_memory(str(path), loading_bytes(shape, np.float64), f"reading the volume {shape}")
+    try:
+        volume = np.asanyarray(image.dataobj)  # scl_slope/scl_inter applied
+    except unreadable as error:
+        raise DataError(f"{path}: not a readable NIfTI file ({error})") from None
     x, y, slices, frames = volume.shape
     cines = volume.transpose(2, 3, 0, 1)
     signal = cines.reshape(slices, -1).any(1)
@@ -67,25 +78,77 @@ def _frame_order(frames: list) -> tuple[list, str]:
     keys = [name for name in ("TriggerTime", "InstanceNumber") if all(name in ds for _, ds in frames)]
     if not keys:
         raise DataError(f"{frames[0][0].parent}: cannot order the frames: they lack TriggerTime and InstanceNumber")
+    for path, dataset in frames:
+        for name in keys:
+            value = dataset.get(name)
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                shown = "empty" if value in (None, "") else repr(value)
+                raise DataError(f"{path}: {name} is {shown}, not a number, so the frames cannot be ordered") from None
     ordered = sorted(frames, key=lambda item: tuple(float(item[1].get(name)) for name in keys))
     return ordered, " then ".join(keys)
+
+
+DICOM_META_START = 132 + 12  # preamble, 'DICM', then the (0002,0000) group length element
+INFLATE_CHUNK = 2 ** 20
+
+
+def _check_inflated(path: Path, offset: int) -> None:
+    """Refuse a deflated DICOM file whose data after ``offset`` inflate beyond its read budget,
+    inflating chunk by chunk and keeping nothing, so no more than the budget is ever decompressed."""
+    stored, inflated = path.stat().st_size, 0
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    with open(path, "rb") as file:
+        file.seek(offset)
+        for chunk in iter(lambda: file.read(INFLATE_CHUNK), b""):
+            while chunk:
+                try:
+                    inflated += len(inflater.decompress(chunk, INFLATE_CHUNK))
+                except zlib.error as error:
+                    raise DataError(f"{path}: not a readable deflated DICOM file ({error})") from None
+                check_declared(str(path), inflated, stored, "its deflated data set")
+                chunk = inflater.unconsumed_tail
+
+
+def _read_dicom_file(path: Path, pydicom):
+    """One DICOM file, or None if it is not one; a deflated one is measured first (:func:`_check_inflated`)."""
+    unreadable = (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError, AttributeError)
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except unreadable:
+        return None
+    if meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        _check_inflated(path, DICOM_META_START + int(meta.get("FileMetaInformationGroupLength", 0)))
+    try:
+        return pydicom.dcmread(path)
+    except unreadable:
+        return None
+
+
+def _pixels(path: Path, dataset) -> np.ndarray:
+    """The decoded frame of ``dataset``, its decoded size checked against the read budget first."""
+    size = (int(dataset.get("Rows", 0)) * int(dataset.get("Columns", 0)) * int(dataset.get("NumberOfFrames", 1) or 1)
+            * int(dataset.get("SamplesPerPixel", 1)) * -(-int(dataset.get("BitsAllocated", 8)) // 8))
+    check_declared(str(path), size, path.stat().st_size, "its pixel data")
+    try:
+        return dataset.pixel_array
+    except (AttributeError, NotImplementedError, RuntimeError, ValueError) as error:
+        raise DataError(f"{path}: cannot decode the pixel data ({error})") from None
 
 
 def read_dicom_series(folder: Path) -> tuple[np.ndarray, str]:
     """One slice's DICOM cine (a folder of single-frame images) -> ``[1, t, rows, columns]`` float32.
 
     Files that are not DICOM images (DICOMDIR, notes) are skipped; frames of more than one slice
-    position or of different sizes are refused.
+    position or of different sizes are refused. Every file's data, deflated or decoded, is checked
+    against the read budget before it is decompressed.
     """
     pydicom = _optional("pydicom", folder, "DICOM")
     frames, skipped = [], 0
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        try:
-            dataset = pydicom.dcmread(path)
-        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
-            skipped += 1
-            continue
-        if "PixelData" in dataset:
+        dataset = _read_dicom_file(path, pydicom)
+        if dataset is not None and "PixelData" in dataset:
             frames.append((path, dataset))
         else:
             skipped += 1
@@ -98,10 +161,7 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, str]:
     frames, order = _frame_order(frames)
     images = []
     for path, dataset in frames:
-        try:
-            pixels = dataset.pixel_array
-        except (AttributeError, NotImplementedError, RuntimeError, ValueError) as error:
-            raise DataError(f"{path}: cannot decode the pixel data ({error})") from None
+        pixels = _pixels(path, dataset)
         if pixels.ndim != 2 or (images and pixels.shape != images[0].shape):
             expected = f"{images[0].shape}, like the first frame" if images else "rows x columns"
             raise DataError(f"{path}: image of shape {pixels.shape}; expected one grey-scale frame of {expected}")
@@ -137,29 +197,95 @@ def _pick(names: dict, key: str | None, path: Path) -> str:
     return cines[0]
 
 
+MAT5_ITEMSIZE = dict(double=8, single=4, int8=1, uint8=1, int16=2, uint16=2, int32=4, uint32=4, int64=8, uint64=8)
+
+
 def _read_mat5(path: Path, key: str | None) -> np.ndarray:
-    from scipy.io import loadmat
+    """A v5 variable: the variables' headers are listed first (``whosmat``, which decompresses only
+    them), and the chosen one is checked against the read budget before it is read alone."""
+    from scipy.io import loadmat, whosmat
     from scipy.io.matlab import MatReadError
 
+    unreadable = (MatReadError, ValueError, NotImplementedError, TypeError, OSError, zlib.error)
     try:
-        variables = loadmat(path)
-    except (MatReadError, ValueError, NotImplementedError, TypeError, OSError) as error:
+        listed = whosmat(path)
+    except unreadable as error:
         raise DataError(f"{path}: not a readable MATLAB .mat file ({error})") from None
-    numeric = {name: value.shape for name, value in variables.items() if not name.startswith("__")
-               and isinstance(value, np.ndarray) and value.dtype.kind in "iufc"}
-    return variables[_pick(numeric, key, path)]
+    numeric = {name: shape for name, shape, kind in listed if kind in MAT5_ITEMSIZE}
+    name = _pick(numeric, key, path)
+    kind = next(kind for listed_name, _, kind in listed if listed_name == name)
+    check_declared(str(path), math.prod(numeric[name]) * MAT5_ITEMSIZE[kind], path.stat().st_size,
+                   f"variable {name!r} {numeric[name]} of {kind}")
+    try:
+        return loadmat(path, variable_names=[name])[name]
+    except unreadable as error:
+        raise DataError(f"{path}: not a readable MATLAB .mat file ({error})") from None
+
+
+HDF5_LINK_DEPTH = 8  # soft links followed, one after another, to reach a variable of a v7.3 file
+
+
+def _hdf5_object(file, name: str, h5py, path: Path, variable: str, depth: int = 0):
+    """The object at ``name`` in the HDF5 ``file``, reached without leaving the file: every step of
+    the path is looked at as a link before it is followed, and an external link (or a soft link
+    that leads to one) is refused naming ``variable``."""
+    node = file
+    for part in filter(None, name.split("/")):
+        link = node.get(part, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise DataError(f"{path}: variable {variable!r} is a link to another file ({link.filename}); links "
+                            f"out of the file are refused, so that reading a file never reads another")
+        if isinstance(link, h5py.SoftLink):
+            if depth >= HDF5_LINK_DEPTH:
+                raise DataError(f"{path}: variable {variable!r}: more than {HDF5_LINK_DEPTH} soft links in a row "
+                                f"(a loop?)")
+            target = link.path if link.path.startswith("/") else f"{node.name.rstrip('/')}/{link.path}"
+            node = _hdf5_object(file, target, h5py, path, variable, depth + 1)
+        elif link is None:
+            raise DataError(f"{path}: variable {variable!r} is a link to {name}, which does not exist")
+        else:
+            node = node[part]
+    return node
+
+
+def _check_own_storage(item, path: Path, variable: str) -> None:
+    """Refuse a dataset whose data lie in other files: HDF5 external raw storage (any file, such as
+    /etc/passwd, read as the array's bytes) and virtual datasets (made of other files' datasets)."""
+    if item.external:
+        raise DataError(f"{path}: variable {variable!r} keeps its data in another file ({item.external[0][0]}); "
+                        f"HDF5 external storage is refused, so that reading a file never reads another")
+    if item.is_virtual:
+        raise DataError(f"{path}: variable {variable!r} is an HDF5 virtual dataset (made of other files' data); "
+                        f"virtual datasets are refused, so that reading a file never reads another")
+
+
+def _is_numeric_hdf5(item, h5py) -> bool:
+    """A MATLAB numeric array: real integers or floats, or a complex (real, imag) compound of them."""
+    if not isinstance(item, h5py.Dataset) or "MATLAB_empty" in item.attrs:
+        return False
+    if item.attrs.get("MATLAB_class", b"double") in (b"char", b"logical"):
+        return False
+    if item.dtype.names == ("real", "imag"):
+        return all(item.dtype[part].kind in "iuf" for part in ("real", "imag"))
+    return item.dtype.kind in "iuf"
 
 
 def _read_mat73(path: Path, key: str | None) -> np.ndarray:
+    """A v7.3 variable whose data lie in ``path`` itself: links and datasets that reach other files
+    are refused (:func:`_hdf5_object`, :func:`_check_own_storage`) before anything is followed."""
     h5py = _optional("h5py", path, "MATLAB v7.3 .mat files")
     try:
         with h5py.File(path, "r") as file:
-            numeric = {name: item.shape[::-1] for name, item in file.items()
-                       if isinstance(item, h5py.Dataset) and "MATLAB_empty" not in item.attrs
-                       and (item.dtype.kind in "iuf" or item.dtype.names == ("real", "imag"))
-                       and item.attrs.get("MATLAB_class", b"double") not in (b"char", b"logical")}
-            item = file[_pick(numeric, key, path)]
+            items = {name: _hdf5_object(file, name, h5py, path, name) for name in file}
+            for name, item in items.items():
+                if isinstance(item, h5py.Dataset):
+                    _check_own_storage(item, path, name)
+            numeric = {name: item.shape[::-1] for name, item in items.items() if _is_numeric_hdf5(item, h5py)}
+            name = _pick(numeric, key, path)
+            item = items[name]
             stored = np.complex128 if item.dtype.names else item.dtype
+            check_declared(str(path), item.size * item.dtype.itemsize, path.stat().st_size,
+                           f"variable {name!r} {item.shape[::-1]} of {item.dtype}")
             check_memory(str(path), loading_bytes(item.shape, stored), f"reading the array {item.shape[::-1]}")
             array = item[()]
     except OSError as error:
@@ -285,19 +411,23 @@ def conform(cines: np.ndarray, frames: int | None = None, size: tuple[int, int] 
 
 # ----------------------------------------------------------------------------- convert command
 def save_npz(path, **arrays) -> None:
-    """``np.savez`` through :func:`cli.atomic_write`: never half a file at ``path``."""
-    atomic_write(path, lambda file: np.savez(file, **arrays))
+    """``np.savez`` to a new file through :func:`cli.atomic_write`: never half a file at ``path``, and
+    never over a file that appeared there since :func:`check_output`."""
+    atomic_write(path, lambda file: np.savez(file, **arrays), new=True)
 
 
 def check_output(path) -> Path:
-    """A new ``.npz`` path in an existing folder; an existing file is never overwritten."""
+    """A new ``.npz`` path in an existing folder (an existing file is never overwritten), whose stale
+    temporary files, left by a killed command, are removed."""
     path = Path(path)
+    check_name_length(path)
     if path.suffix.lower() != ".npz":
         raise UserError(f"{path}: the output must be a .npz file")
     if path.exists():
         raise UserError(f"{path}: already exists; choose another --out or remove it first")
     if not path.parent.is_dir():
         raise UserError(f"{path.parent}: no such folder for the output")
+    remove_stale_temporaries(path)
     return path
 
 

@@ -396,7 +396,7 @@ class SparseCorrection(nn.Module):
 
     def forward(self, sparse, residual, scale):  # [B, T, H, W] complex, complex, [B] real
         scale = scale[:, None, None, None]  # [B, 1, 1, 1]
-        x = torch.cat([complex_to_channels(sparse / scale), complex_to_channels(residual / scale)], 1)  # [B, 4, T, H, W]
+        x = torch.cat([complex_to_channels(sparse / scale), complex_to_channels(residual / scale)], 1)  # [B,4,T,H,W]
         return sparse + channels_to_complex(self.net(x)) * scale  # [B, T, H, W] complex
 
 

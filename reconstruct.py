@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 from adapt import adapt as adapt_to_scan
 from adapt import hard_consistency
-from cli import UserError, cli_errors, positive, run_command
+from cli import UserError, check_name_length, cli_errors, positive, run_command
 from data import DataError, check_cines, mask_seed, normalize
 from engine import autocast, choose_autocast, load_trained_model, resolve_device
 from formats import check_output, crop_or_pad, read_cines, save_npz
@@ -263,10 +263,14 @@ def check_adaptation(steps: int, lr: float, crop: int, multiple: int, width: int
 
 
 def check_whole_lines(masks: np.ndarray, source: str) -> None:
-    """Adaptation splits the measured ky lines: refuse a mask ``[..., H, W]`` that is not constant
-    along each row."""
+    """Adaptation splits the measured ky lines: refuse masks ``[N, T, H, W]`` that are not constant
+    along each row, or that sample every line (no line is left to hold out)."""
     if not (masks == masks[..., :1]).all():
         raise UserError(f"{source}: --adapt needs a Cartesian mask of whole ky lines (each row all 0 or all 1)")
+    every_line = (masks[..., 0] != 0).reshape(len(masks), -1).all(1)  # [N]
+    if every_line.any():
+        raise UserError(f"{source}: the mask of cine {int(np.argmax(every_line))} samples every ky line: the cine is "
+                        f"fully sampled, so --adapt has no line to hold out (and nothing to reconstruct)")
 
 
 def adapted_reconstruction(model, config: dict, aliased, kspace, mask, *, steps: int, lr: float, crop: int,
@@ -331,6 +335,22 @@ def write_figures(problem: Problem, result: dict, directory: Path) -> list[str]:
     return written
 
 
+def check_figures(folder) -> Path | None:
+    """The ``--figures`` folder (None: no figures), checked before anything is computed or written: not
+    a file, and without the figures of an earlier reconstruction, which are never overwritten."""
+    if folder is None:
+        return None
+    path = Path(folder)
+    check_name_length(path, temporary=False)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--figures={folder}: a file, not a folder: choose a folder for the figures")
+    earlier = sorted(path.glob("cine_*.png")) + sorted(path.glob("cine_*.gif")) if path.is_dir() else []
+    if earlier:
+        raise UserError(f"--figures={folder}: already holds the figures of an earlier reconstruction "
+                        f"({earlier[0].name}); choose another folder")
+    return path
+
+
 # ----------------------------------------------------------------------------- command line
 def summary_lines(result: dict) -> list[str]:
     """The study's mean/std lines (PSNR and SSIM, before adaptation too when it ran, and of the
@@ -366,7 +386,7 @@ SHIPPED_CHECKPOINT = str(Path(__file__).resolve().with_name("checkpoints") / "ls
 
 
 def reconstruct(*,
-                checkpoint: str = SHIPPED_CHECKPOINT,  # output/NAME/best.pt or last.pt; default: the shipped learned L+S
+                checkpoint: str = SHIPPED_CHECKPOINT,  # output/NAME/best.pt; default: the shipped learned L+S
                 input: str,  # cines (.npy/.npz [N,T,H,W] or [T,H,W], or a formats.py format) or .npz kspace+mask
                 out: str,  # the .npz to write (never overwritten)
                 key: str | None = None,  # array name in the input .npz/.mat; None: 'dataset' or the only one
@@ -383,7 +403,7 @@ def reconstruct(*,
     and 'mask') is reconstructed without a reference. With --adapt, a copy of the network is first
     fine-tuned on each cine's own measurements (self-supervised, no reference needed). Writes --out
     in the input's units."""
-    out = check_output(out)
+    out, figures_dir = check_output(out), check_figures(figures)
     torch_device = resolve_device(device)
     model, config = load_trained_model(checkpoint, torch_device)
     amp_dtype, amp_reason = inference_autocast(config, torch_device)
@@ -419,9 +439,9 @@ def reconstruct(*,
     print(f"wrote {out}: recon {list(result['recon'].shape)} complex64 in the input's units, magnitude, "
           f"zero_filled, mask {list(masks.shape)}" + (", per-cine PSNR/SSIM" if "psnr" in metrics else "")
           + (", the adaptation per cine" if adapt else ""))
-    if figures:
+    if figures_dir:
         try:
-            written = write_figures(problem, result, Path(figures))
+            written = write_figures(problem, result, figures_dir)
         except OSError as error:
             raise UserError(f"{figures}: cannot write the figures ({error})") from None
         print(f"figures: {len(written)} files in {figures}/")
@@ -432,8 +452,8 @@ def network_summary(config: dict) -> str:
     if config["arch"] == "lsnet":
         return f"learned L+S (lsnet), {config['iterations']} iterations, any frame count and size"
     prior = ", started by a learned L+S" if config.get("prior") == "lsnet" else ""
-    return (f"{config['arch']} network, {config['cascades']} cascade(s){prior}, trained on {config['in_channels']}-frame "
-            f"cines")
+    return (f"{config['arch']} network, {config['cascades']} cascade(s){prior}, trained on "
+            f"{config['in_channels']}-frame cines")
 
 
 def main(argv: list[str] | None = None) -> None:

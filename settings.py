@@ -7,11 +7,13 @@ that builds the same model or data (compare.py, the benchmarks).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from cli import Option, UserError, options_from_call
 from data import MASK_MODES, check_memory
-from engine import AMP_DTYPES, check_device, cuda_requested, smallest_side, training_sizes
+from engine import AMP_DTYPES, TRAINING_COPIES, check_device, check_network_size, cuda_requested, smallest_side, \
+    training_sizes
 from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, PRIORS, size_multiple
 from sampling import DENSITIES
 
@@ -28,6 +30,14 @@ PARSERS = dict(heart_weight=lambda text: None if text.lower() == "none" else flo
 POSITIVE = ("num_samples", "image_size", "in_channels", "init_features", "resnet_features", "num_epochs", "levels",
             "batch_size", "checkpoint_every", "iterations")
 NON_NEGATIVE = ("cascades", "resnet_blocks", "eval_batch_size", "sparse_features")
+NUMBER_RULES = (("dropout", lambda value: 0 <= value < 1, "in [0, 1)"),
+                ("initial_lr", lambda value: value > 0, "a finite number > 0"),
+                ("weight_decay", lambda value: value >= 0, "a finite number >= 0"),
+                ("grad_clip", lambda value: value >= 0, "a finite number >= 0"),
+                ("warmup", lambda value: 0 <= value < 1, "in [0, 1)"),
+                ("acceleration", lambda value: value >= 1, "a finite number >= 1"),
+                ("lambda_l", lambda value: 0 < value < 1, "in (0, 1): a threshold relative to the data"),
+                ("lambda_s", lambda value: 0 < value < 1, "in (0, 1): a threshold relative to the data"))
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train.py")
 PHANTOM_COPIES = 3  # phantom cines held at once: as rendered, split into datasets, the next epoch's fresh ones
 PHANTOM_RENDER = 24  # peak memory of rendering one cine, in rendered cines (about 21 measured at 64 and 128)
@@ -68,34 +78,17 @@ def resolve_config(call: dict, overrides: dict) -> tuple[dict, list[str], bool]:
 def validate_config(config: dict) -> None:
     """Refuse impossible settings with a message naming the option (the sampling is checked
     against the image height when the images are loaded)."""
-    for key, allowed in CHOICES.items():
-        if config[key] not in allowed:
-            raise UserError(f"--{key}={config[key]!r}: choose one of {', '.join(map(str, allowed))}")
-    for key in POSITIVE:
-        if not isinstance(config[key], int) or config[key] < 1:
-            raise UserError(f"--{key}={config[key]!r}: must be a positive integer")
-    for key in NON_NEGATIVE:
-        if not isinstance(config[key], int) or config[key] < 0:
-            raise UserError(f"--{key}={config[key]!r}: must be a non-negative integer")
-    if not isinstance(config["seed"], int) or not 0 <= config["seed"] < 2 ** 63:
-        raise UserError(f"--seed={config['seed']!r}: must be an integer from 0 to 2^63 - 1")
+    validate_network(config, TRAINING_COPIES)
     if not (config["data"] is None or isinstance(config["data"], str) and config["data"]):
         raise UserError(f"--data={config['data']!r}: expected the path of a .npz or .npy file (or none: the phantom)")
     check_device(config["device"])
     if config["out_channels"] != config["in_channels"]:
         raise UserError(f"--out_channels={config['out_channels']}: must equal in_channels="
                         f"{config['in_channels']} (one output per frame)")
-    weight = config["heart_weight"]
-    if not (weight is None or isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight >= 0):
-        raise UserError(f"--heart_weight={weight!r}: must be None or a number >= 0")
-    for key in ("lambda_l", "lambda_s"):
-        if not (isinstance(config[key], (int, float)) and not isinstance(config[key], bool) and 0 < config[key] < 1):
-            raise UserError(f"--{key}={config[key]!r}: must be a number in (0, 1) (a threshold relative to the data)")
-    if not 0 <= config["dropout"] < 1:
-        raise UserError(f"--dropout={config['dropout']}: must be in [0, 1)")
-    if not (config["initial_lr"] > 0 and config["weight_decay"] >= 0 and config["grad_clip"] >= 0
-            and 0 <= config["warmup"] < 1):
-        raise UserError("initial_lr must be > 0, weight_decay and grad_clip >= 0, warmup in [0, 1)")
+    if config["heart_weight"] is not None:
+        check_number(config, "heart_weight", lambda value: value >= 0, "None or a finite number >= 0")
+    if config["output"] == "sigmoid" and config["phantom_phase"]:
+        raise UserError("--output=sigmoid is for magnitude targets with cascades=0 only")
     multiple = size_multiple(config)
     if config["data"] is None and config["image_size"] % multiple:
         raise UserError(f"--image_size={config['image_size']}: must be a multiple of {multiple} "
@@ -104,12 +97,45 @@ def validate_config(config: dict) -> None:
         check_phantom_size(config)
     if config["train_sizes"] is not None:
         check_train_sizes(config)
+
+
+def validate_network(config: dict, copies: int = 1) -> None:
+    """Refuse impossible settings of the network, its sampling and its seed, the part of a config
+    that a checkpoint carries too (every one of them that ``config`` holds), and a network whose
+    ``copies`` of the weights would not fit in memory: checked before any layer is built."""
+    for key, allowed in CHOICES.items():
+        if key in config and config[key] not in allowed:
+            raise UserError(f"--{key}={config[key]!r}: choose one of {', '.join(map(str, allowed))}")
+    for key in POSITIVE:
+        if key in config and (not _is_integer(config[key]) or config[key] < 1):
+            raise UserError(f"--{key}={config[key]!r}: must be a positive integer")
+    for key in NON_NEGATIVE + ("center_lines",):
+        if key in config and (not _is_integer(config[key]) or config[key] < 0):
+            raise UserError(f"--{key}={config[key]!r}: must be a non-negative integer")
+    if "seed" in config and not (_is_integer(config["seed"]) and 0 <= config["seed"] < 2 ** 63):
+        raise UserError(f"--seed={config['seed']!r}: must be an integer from 0 to 2^63 - 1")
+    for key, allowed, rule in NUMBER_RULES:
+        if key in config:
+            check_number(config, key, allowed, rule)
     if config["arch"] == "dccnn" and config["cascades"] < 1:
         raise UserError("--arch=dccnn needs --cascades >= 1 (DC-CNN is a cascade with data consistency)")
-    if config["output"] == "sigmoid" and config["arch"] == "cine_unet":
+    if config.get("output") == "sigmoid" and config["arch"] == "cine_unet":
         raise UserError("--output=sigmoid is for arch=dual_unet only (cine_unet is residual)")
-    if config["output"] == "sigmoid" and (config["cascades"] > 0 or config["phantom_phase"]):
+    if config.get("output") == "sigmoid" and config["cascades"] > 0:
         raise UserError("--output=sigmoid is for magnitude targets with cascades=0 only")
+    check_network_size(config, copies)
+
+
+def check_number(config: dict, key: str, allowed, rule: str) -> None:
+    """Refuse ``config[key]`` unless it is a finite number (not a bool) that ``allowed`` accepts."""
+    value = config[key]
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and allowed(value)):
+        raise UserError(f"--{key}={value!r}: must be {rule}")
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_train_sizes(config: dict) -> None:
@@ -123,6 +149,9 @@ def check_train_sizes(config: dict) -> None:
     if bad:
         raise UserError(f"--train_sizes={config['train_sizes']}: {bad[0]} is not a multiple of {multiple} of at "
                         f"least {smallest} (the {config['arch']} network)")
+    largest, frames = sizes[-1], config["in_channels"]
+    check_memory(f"--train_sizes={config['train_sizes']}", PHANTOM_RENDER * frames * largest * largest * 8,
+                 f"rendering one phantom cine of {frames}x{largest}x{largest}")
 
 
 def check_phantom_size(config: dict) -> None:

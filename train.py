@@ -21,6 +21,7 @@ import math
 import sys
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,11 +29,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors
-from engine import (Report, autocast, check_resumable, choose_autocast, create_run_dirs, data_fingerprint,
+from engine import (Report, check_resumable, choose_autocast, create_run_dirs, data_fingerprint,
                     describe_device, evaluate_distributed, finished_summary, FreshPhantom, init_distributed,
                     load_checkpoint, load_images, lr_factor, make_datasets, resolve_device,
                     restore, restore_rng, save_checkpoint, seed_epoch, size_batches, snapshot, stop_everywhere,
-                    stop_on_signal, train_step, training_flops)
+                    stop_on_signal, train_step, training_flops, unet_branches)
 from metrics import format_summary, summarize
 from models import CHECKPOINT_FORMAT, build_model, describe_parameters, parameter_groups, use_channels_last
 from settings import resolve_config, train_options
@@ -144,20 +145,20 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
             save_checkpoint(snapshot(core, optimizer, scheduler, scaler, train_set, config, state, fingerprint),
                             last_path)
 
-    def keep_if_best(epoch: int, val_psnr: float) -> None:
-        """best.pt holds the weights with the highest validation PSNR so far (epoch 0: untrained)."""
+    def keep_if_best(epoch: int, val_psnr: float) -> None:  # best.pt: the best validation PSNR (epoch 0: untrained)
         if state["best"] is None or val_psnr > state["best"]["val_psnr"]:
             state["best"] = {"epoch": epoch, "val_psnr": val_psnr}
             if rank == 0:
-                save_checkpoint({"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch,
-                                 "val_psnr": val_psnr, "model": core.state_dict()}, best_path)
+                save_checkpoint({"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch, "val_psnr": val_psnr,
+                                 "model": core.state_dict()}, best_path)
+
+    validate = partial(evaluate_distributed, core, val_set, world, rank, batch_size=config["eval_batch_size"]
+                       or local_batch, amp_dtype=amp_dtype, loss_type=config["loss_tpe"], with_ssim=False)
 
     if state["best"] is None:  # the untrained network is a candidate: training cannot end below its start
-        untrained = evaluate_distributed(core, val_set, world, rank, batch_size=config["eval_batch_size"] or local_batch,
-                                         amp_dtype=amp_dtype, loss_type=config["loss_tpe"], with_ssim=False)
-        keep_if_best(0, float(untrained["psnr"].mean()))
-        log(f"epoch 0 (untrained): validation PSNR {state['best']['val_psnr']:.3f} dB")
+        keep_if_best(0, float(validate()["psnr"].mean()))
         report.header.append(f"untrained network (epoch 0): validation PSNR {state['best']['val_psnr']:.3f} dB")
+        log(report.header[-1])
 
     with stop_on_signal() as stop:
         epochs = tqdm(range(state["epoch"], config["num_epochs"]), desc="epochs", unit="epoch",
@@ -177,8 +178,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
                 log(f"saved {last_path} at epoch {epoch + 1}, batch {state['batch']}; "
                     f"continue with the same command plus --resume")
                 raise SystemExit(130)
-            val = evaluate_distributed(core, val_set, world, rank, batch_size=config["eval_batch_size"] or local_batch,
-                                       amp_dtype=amp_dtype, loss_type=config["loss_tpe"], with_ssim=False)
+            val = validate()
             seconds = time.perf_counter() - started
             row = {"epoch": epoch + 1, "train_loss": mean_loss, "val_loss": float(val["loss"].mean()),
                    "val_psnr": float(val["psnr"].mean()), "lr": optimizer.param_groups[0]["lr"],
@@ -251,9 +251,8 @@ def check_finite(bad_batch: torch.Tensor, epoch: int, state: dict, config: dict)
     """Stop the run at the first non-finite loss, naming where it happened."""
     where = int(bad_batch)
     if where >= 0:
-        saved = (f"the last good checkpoint (epoch {state['epoch']}) is kept" if state["epoch"]
-                 else "no checkpoint was written")
-        raise UserError(f"non-finite loss at epoch {epoch + 1}, batch {where + 1}: training stopped and {saved}; "
+        raise UserError(f"non-finite loss at epoch {epoch + 1}, batch {where + 1}: training stopped and the last good "
+                        f"checkpoint (epoch {state['epoch']}; best.pt: epoch {state['best']['epoch']}) is kept; "
                         f"try a lower --initial_lr (now {config['initial_lr']:g}) or --amp=none")
 
 
@@ -286,8 +285,7 @@ def test_and_report(name, model, test_set, config, state, report, amp_dtype, wor
     summary = {key: dict(zip(("mean", "std"), summarize(test[key])))
                for key in test if key not in ("index", "examples") and not key.startswith("frame_")}
     metrics = {"name": name, "config": config, "best_epoch": best["epoch"], "history": state["history"],
-               "summary": summary,
-               "test": {key: test[key].tolist() for key in test if key != "examples"}}
+               "summary": summary, "test": {key: test[key].tolist() for key in test if key != "examples"}}
     atomic_write(report.path.parent / "metrics.json", json.dumps(metrics, indent=1))
     if config["figures"]:
         write_figures(model, test_set, test, state["history"], img_dir, amp_dtype, config)
@@ -316,21 +314,11 @@ def write_figures(model, test_set, test, history, img_dir: Path, amp_dtype, conf
                             sampling=sampling)
     figures.save_gif(example["target"], example["aliased"], example["recon"], img_dir / "cine.gif",
                      caption=f"test cine {index}, {sampling}")
-    denoiser = model.denoisers[-1] if hasattr(model, "denoisers") else None
-    if hasattr(denoiser, "unet_real"):
-        captured = {}
-        hooks = [branch.register_forward_hook(  # outputs [B, T, H, W]; the cine UNet's [B, 1, T, H, W]
-                 lambda m, i, o, key=key: captured.__setitem__(key, o.float().reshape(len(o), *o.shape[-3:])))
-                 for key, branch in (("real", denoiser.unet_real), ("imag", denoiser.unet_imag))]
-        batch = test_set.batch([0])
-        with torch.no_grad(), autocast(test_set.images.device, amp_dtype):
-            model.eval()(batch["aliased"], batch["kspace"], batch["mask"])
-        for hook in hooks:
-            hook.remove()
-        figures.plot_branches(captured["real"][0].cpu().numpy(), captured["imag"][0].cpu().numpy(),
-                              img_dir / "branches.png",
-                              title=f"UNet branch outputs of the last denoiser"
-                                    f"{' (residual corrections)' if denoiser.residual else ''}\n"
+    branches = unet_branches(model, test_set.batch([0]), amp_dtype)
+    if branches is not None:
+        real, imag, residual = branches
+        figures.plot_branches(real, imag, img_dir / "branches.png",
+                              title=f"UNet branch outputs of the last denoiser{' (residual corrections)' * residual}\n"
                                     f"test cine {int(test_set.indices[0])}, {sampling}")
 
 

@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT))
 from baselines import synchronize  # noqa: E402
 from cli import atomic_write, cli_errors, make_folder, non_negative, run_command  # noqa: E402
 from data import CineDataset, split_counts  # noqa: E402
-from engine import (NATIVE_BF16_FLAGS, choose_autocast, cpu_flags, cpu_model, describe_device,  # noqa: E402
-                    reconstruction_loss, resolve_device, train_step, training_flops)
+from engine import (NATIVE_BF16_FLAGS, TRAINING_COPIES, choose_autocast, cpu_flags, cpu_model,  # noqa: E402
+                    describe_device, reconstruction_loss, resolve_device, train_step, training_flops)
 from models import build_model, use_channels_last  # noqa: E402
 from sampling import scaled_center_lines, undersample, variable_density_mask  # noqa: E402
-from settings import CPU_SCALE, train_defaults  # noqa: E402
+from settings import CPU_SCALE, train_defaults, validate_network  # noqa: E402
 
 QUICK = dict(in_channels=8, out_channels=8, image_size=32, init_features=8, resnet_features=4, batch_size=2,
              num_samples=14, center_lines=2)
@@ -278,10 +278,13 @@ def bench_train(*,
     """Training throughput, epoch time, MFU and peak memory of our loop against a plain float32
     reference, for each cascade count, each in a fresh process (see the module docstring)."""
     torch_device = resolve_device(device)
-    out_dir = make_folder(results or (tempfile.mkdtemp(prefix="bench_train_") if quick
-                                      else ROOT / "benchmarks" / "results"))
     config = configuration("quick" if quick else "gpu" if torch_device.type == "cuda" else "cpu")
     counts = [int(c) for c in (cascades or ("0,1" if quick else "0,1,3,5")).split(",")]
+    for n in counts:  # the networks measured, and those counted at the GPU configuration
+        for counted in (config, configuration("gpu")):
+            validate_network({**counted, "cascades": n}, TRAINING_COPIES)
+    out_dir = make_folder(results or (tempfile.mkdtemp(prefix="bench_train_") if quick
+                                      else ROOT / "benchmarks" / "results"))
     steps = steps or (3 if quick else 10)
     amp_dtype, amp_reason = choose_autocast("auto", torch_device)
     flags = cpu_flags()

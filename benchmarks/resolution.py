@@ -32,6 +32,7 @@ from engine import (choose_autocast, describe_device, evaluate, load_trained_mod
 from metrics import summarize  # noqa: E402
 from models import size_multiple  # noqa: E402
 from sampling import REFERENCE_HEIGHT, scaled_center_lines, view_sharing  # noqa: E402
+from settings import check_phantom_size  # noqa: E402
 
 
 class ViewSharing(torch.nn.Module):
@@ -75,6 +76,7 @@ def resolution(*, checkpoint: str,          # a trained checkpoint (output/NAME/
     bad = [s for s in size_list if s < 16 or s % size_multiple(config)]
     if bad or count < 1:
         raise UserError(f"--sizes: {bad} not multiples of {size_multiple(config)} (>= 16), or --count < 1")
+    check_phantom_size({**config, "image_size": max(size_list), "num_samples": count})
     rows = []
     for size in size_list:
         dataset = test_set(config, size, count, seed, torch_device, noise)

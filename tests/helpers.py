@@ -26,3 +26,11 @@ def train_defaults(**values):
     """The keyword values of train.py's train(...) call, with ``values`` replacing some."""
     from settings import train_defaults as defaults
     return {**defaults(), **values}
+
+
+def project_sources(root=ROOT) -> list[Path]:
+    """The project's own .py files under ``root``: those git tracks or would track (not ignored),
+    never a virtualenv's or a build's inside the repository."""
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "--cached", "--others", "--exclude-standard",
+                             "*.py"], capture_output=True, text=True, check=True).stdout.splitlines()
+    return [Path(root) / name for name in listed if (Path(root) / name).is_file()]

@@ -172,8 +172,8 @@ def test_converted_subjects_and_explicit_files_fix_the_split(tmp_path):
     _, _, meta = load_images(config, [], False)
     groups = [set(np.repeat(["a", "b", "c", "d"], 3)[part]) for part in meta["splits"]]
     assert not (groups[0] & groups[2]) and all(groups)
-    for name, count in (("train", 5), ("val", 2), ("test", 3)):
-        np.save(tmp_path / f"{name}.npy", cines[:count])
+    for name, part in (("train", cines[:5]), ("val", cines[5:7]), ("test", cines[7:10])):
+        np.save(tmp_path / f"{name}.npy", part)
     files = ",".join(str(tmp_path / f"{name}.npy") for name in ("train", "val", "test"))
     images, _, meta = load_images({**config, "data": files}, [], False)
     assert len(images) == 10 and [len(part) for part in meta["splits"]] == [5, 2, 3]

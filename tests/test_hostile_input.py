@@ -1,4 +1,5 @@
-"""Issue 15: no race, no silent rewrite, no traceback, no memory blow-up from a small file.
+"""Issues 15 and 22: no race, no silent rewrite, no traceback, no memory blow-up from a small file,
+no file that reads another, nothing half-written that survives.
 
 One test per failing case of the issue (docs/reliability.md lists them), on tiny shapes and in
 process wherever the entry point can be called directly.
@@ -234,6 +235,7 @@ def test_an_npz_of_25x20x1024x1024_is_refused_by_its_frame_count_before_decompre
     small_npz_claiming(tmp_path / "big.npz", (25, 20, 1024, 1024))
     assert (tmp_path / "big.npz").stat().st_size < 10_000
     monkeypatch.setattr(data, "available_memory", lambda: 2 ** 40)  # the frame count decides, on any machine
+    monkeypatch.setattr(data, "READ_ALLOWANCE", 2 ** 40)  # and not the read budget
     monkeypatch.setattr(np, "load", forbidden)
     with pytest.raises(UserError, match="big.npz: cines have 20 frames but in_channels=6"):
         train.train("x", overrides(tmp_path, data=str(tmp_path / "big.npz")), **train_defaults())
@@ -450,3 +452,425 @@ def test_the_study_never_shrinks_its_table(tmp_path, monkeypatch):
 @pytest.mark.parametrize("module", ["nibabel", "pydicom", "h5py"])
 def test_every_format_reader_is_installed(module):
     importlib.import_module(module)  # requirements.txt installs them, so the reader tests never skip
+
+
+# ----------------------------------------------------------------------------- v7.3 files that read other files
+def mat73_reaching(path, secret, how):
+    """A small MATLAB v7.3 file whose 'cine' reaches the HDF5 file ``secret`` ``how``."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w", userblock_size=512) as file:
+        if how == "external storage":
+            file.create_dataset("cine", shape=(4, 5, 5), dtype="<f8", external=[(str(secret), 0, 800)])
+        elif how == "external link":
+            file["cine"] = h5py.ExternalLink(str(secret), "/data")
+        elif how == "soft link to an external link":
+            file.create_group("group")["elsewhere"] = h5py.ExternalLink(str(secret), "/data")
+            file["cine"] = h5py.SoftLink("/group/elsewhere")
+        else:
+            layout = h5py.VirtualLayout(shape=(4, 5, 5), dtype="<f8")
+            layout[:] = h5py.VirtualSource(str(secret), "data", shape=(4, 5, 5))
+            file.create_virtual_dataset("cine", layout)
+
+
+@pytest.mark.parametrize("how, message", [
+    ("external storage", r"variable 'cine' keeps its data in another file \(.*secret\); HDF5 external storage is "
+                         r"refused"),
+    ("external link", r"variable 'cine' is a link to another file \(.*secret\); links out of the file are refused"),
+    ("soft link to an external link", r"variable 'cine' is a link to another file"),
+    ("virtual dataset", r"variable 'cine' is an HDF5 virtual dataset \(made of other files' data\)"),
+])
+def test_a_mat73_file_never_reads_another_file(tmp_path, how, message):
+    h5py = pytest.importorskip("h5py")
+    secret = tmp_path / "secret"
+    with h5py.File(secret, "w") as file:  # an HDF5 file, so that links and virtual sources could resolve
+        file["data"] = np.ones((4, 5, 5))
+    mat73_reaching(tmp_path / "x.mat", secret, how)
+    with pytest.raises(DataError, match=rf"x.mat: {message}"):
+        formats.read_cines(tmp_path / "x.mat")
+    with pytest.raises(DataError, match=rf"x.mat: {message}"):
+        formats.convert(str(tmp_path / "x.mat"), out=str(tmp_path / "out.npz"), log=lambda line: None)
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_mat73_complex_whose_imaginary_part_is_text_is_not_an_array(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "x.mat", "w", userblock_size=512) as file:
+        stored = np.zeros((4, 5, 5), [("real", "<f8"), ("imag", "S4")])
+        file.create_dataset("cine", data=stored)
+    with pytest.raises(DataError, match=r"x.mat: 0 arrays of 3 or more dimensions \(found: none\)"):
+        formats.read_cines(tmp_path / "x.mat")
+
+
+# ----------------------------------------------------------------------------- the read budget
+ZEROS = (2, 6, 256, 256)  # 3 MiB of float32 zeros: a few KiB compressed, beyond a 1 MiB read allowance
+
+
+def deflated_dicom_folder(folder):
+    """A one-frame deflated DICOM whose private element holds 3 MiB of zeros (a few KiB on disk)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    dataset.Rows = dataset.Columns = 4
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 16, 15, 0
+    dataset.PixelData = np.ones((4, 4), np.uint16).tobytes()
+    dataset.add_new(0x00291010, "OB", bytes(math.prod(ZEROS) * 4))
+    dataset.save_as(folder / "IM0001.dcm", enforce_file_format=True)
+    assert (folder / "IM0001.dcm").stat().st_size < 100_000
+    return pydicom
+
+
+def small_files_declaring_much(tmp_path, kind):
+    """The path of a file of ``kind`` of a few KiB that declares 3 MiB of data or more."""
+    zeros = np.zeros(ZEROS, np.float32)
+    if kind == "npz":
+        np.savez_compressed(tmp_path / "zeros.npz", dataset=zeros)
+        return tmp_path / "zeros.npz"
+    if kind in ("nii.gz", "416-byte nii"):
+        nibabel = pytest.importorskip("nibabel")
+        volume = zeros.transpose(2, 3, 0, 1) if kind == "nii.gz" else np.zeros((2, 2, 2, 1))
+        path = tmp_path / ("zeros.nii.gz" if kind == "nii.gz" else "claims.nii")
+        nibabel.save(nibabel.Nifti1Image(volume, np.eye(4)), path)
+        if kind == "416-byte nii":  # the header claims 1024x1024x10x30 float64, the file holds 4 voxels
+            raw = bytearray(path.read_bytes())
+            struct.pack_into("<5h", raw, 40, 4, 1024, 1024, 10, 30)
+            path.write_bytes(bytes(raw[:416]))
+        return path
+    if kind == "unwritten HDF5":
+        h5py = pytest.importorskip("h5py")
+        with h5py.File(tmp_path / "unwritten.mat", "w", userblock_size=512) as file:
+            file.create_dataset("cine", shape=(30, 2000, 2000), dtype="<f8")  # nothing written
+        return tmp_path / "unwritten.mat"
+    if kind == "zlib v5 mat":
+        from scipy.io import savemat
+
+        savemat(tmp_path / "zeros.mat", {"cine": zeros[0].transpose(1, 2, 0).astype(np.float64)},
+                do_compression=True)
+        return tmp_path / "zeros.mat"
+    deflated_dicom_folder(tmp_path / "dicom")
+    return tmp_path / "dicom"
+
+
+@pytest.mark.parametrize("kind, declared", [
+    ("npz", r"array 'dataset': the array \(2, 6, 256, 256\) of float32 declares 3.0 MiB"),
+    ("nii.gz", r"the header's volume \(256, 256, 2, 6\) of float32 declares 3.0 MiB"),
+    ("416-byte nii", r"the header's volume \(1024, 1024, 10, 30\) of float64 declares 2.3 GiB of data in a file of "
+                     r"416 bytes"),
+    ("unwritten HDF5", r"variable 'cine' \(2000, 2000, 30\) of float64 declares 915.5 MiB"),
+    ("zlib v5 mat", r"variable 'cine' \(256, 256, 6\) of double declares 3.0 MiB"),
+    ("deflated DICOM", r"IM0001.dcm: its deflated data set declares [\d.]+ MiB"),
+])
+def test_a_small_file_declaring_much_data_is_refused_by_the_read_budget(tmp_path, monkeypatch, kind, declared):
+    path = small_files_declaring_much(tmp_path, kind)
+    monkeypatch.setattr(data, "READ_ALLOWANCE", 2 ** 20)
+    monkeypatch.setattr(np, "load", forbidden)
+    budget = r"more than the read budget of [\d.]+ (KiB|MiB) \(64 times the file's size plus 1.0 MiB\)"
+    with pytest.raises(DataError, match=rf"{declared}.*{budget}"):
+        formats.read_cines(path)
+    with pytest.raises(DataError, match=declared):
+        formats.convert(str(path), out=str(tmp_path / "out.npz"), log=lambda line: None)
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_small_npz_of_zeros_is_refused_by_train_and_compare_before_it_is_read(tmp_path, monkeypatch):
+    path = small_files_declaring_much(tmp_path, "npz")
+    monkeypatch.setattr(data, "READ_ALLOWANCE", 2 ** 20)
+    monkeypatch.setattr(np, "load", forbidden)
+    message = r"zeros.npz: array 'dataset': the array \(2, 6, 256, 256\) of float32 declares 3.0 MiB"
+    with pytest.raises(DataError, match=message):
+        train.train("x", overrides(tmp_path, data=str(path)), **train_defaults())
+    with pytest.raises(DataError, match=message):
+        load_cine(path)  # compare's reader
+    assert not (tmp_path / "output").exists()
+
+
+def test_a_config_file_larger_than_a_configuration_is_not_read(tmp_path, monkeypatch):
+    import cli
+
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"config": {"seed": 1}, "history": [{"loss": 0.5}] * 100}))
+    monkeypatch.setattr(cli, "CONFIG_BYTES", 1000)
+    monkeypatch.setattr(json, "loads", forbidden)
+    with pytest.raises(UserError, match=r"--config=.*metrics.json: 1536 bytes, more than the 1000 bytes a "
+                                        r"configuration may take"):
+        train.parse_command_line(["x", f"--config={path}"])
+
+
+@pytest.mark.parametrize("dims, message", [
+    ((4, 4, -5, 2, 3), r"expected a 4-D \(x, y, slice, time\) cine volume, got shape \(4, -5, 2, 3\)"),
+    ((9, 4, 5, 2, 3), r"not a readable NIfTI file \("),
+], ids=["negative dim", "dim[0]=9"])
+def test_a_nifti_header_with_impossible_dimensions_is_one_line(tmp_path, dims, message):
+    nibabel = pytest.importorskip("nibabel")
+    path = tmp_path / "bad.nii"
+    nibabel.save(nibabel.Nifti1Image(np.ones((4, 5, 2, 3), np.float32), np.eye(4)), path)
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<5h", raw, 40, *dims)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=rf"bad.nii: {message}"):
+        formats.read_cines(path)
+
+
+def test_a_dicom_frame_with_an_empty_trigger_time_is_one_line(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from test_formats import write_dicom_frame
+
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for t in range(2):
+        write_dicom_frame(folder / f"IM{t}.dcm", np.ones((4, 4)), trigger_time=10.0 * t, instance=t + 1)
+    frame = pydicom.dcmread(folder / "IM1.dcm")
+    frame.TriggerTime = ""
+    frame.save_as(folder / "IM1.dcm")
+    with pytest.raises(DataError, match=r"IM1.dcm: TriggerTime is empty, not a number, so the frames cannot be ordered"):
+        formats.read_cines(folder)
+
+
+# ----------------------------------------------------------------------------- --config values
+@pytest.mark.parametrize("values, message", [
+    ({"dropout": "abc"}, r"option --dropout=abc: could not convert string to float"),
+    ({"initial_lr": None}, r"option --initial_lr=none: could not convert string to float"),
+    ({"warmup": [1, 2]}, r"option --warmup=\[1, 2\]: expected a number, true/false, text or null"),
+    ({"device": None}, r"--device='none': choose one of|--device=none: use auto"),
+    ({"num_epochs": 1.5}, r"option --num_epochs=1.5: invalid literal for int"),
+    ({"figures": "maybe"}, r"option --figures=maybe: expected true or false"),
+])
+def test_config_file_values_are_read_as_command_line_values(tmp_path, values, message):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"config": values}))
+    with pytest.raises(UserError, match=rf"--config={re.escape(str(path))}: {message}"):
+        settings.resolve_config(train_defaults(), train.parse_command_line(["x", f"--config={path}"])[1])
+
+
+def test_config_file_words_mean_what_they_mean_on_the_command_line(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"config": {"figures": "no", "out_dir": 5, "heart_weight": None, "seed": 3}}))
+    _, given = train.parse_command_line(["x", f"--config={path}"])
+    assert given == {"figures": False, "out_dir": "5", "heart_weight": None, "seed": 3}
+
+
+# ----------------------------------------------------------------------------- sizes refused before anything is built
+@pytest.fixture
+def memory_16_gib(monkeypatch):
+    """16 GiB of memory available, whatever the machine has."""
+    for module in (data, engine):
+        monkeypatch.setattr(module, "available_memory", lambda: 16 * 2 ** 30)
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(cascades=100000), r"--cascades=100000 .*: the dual_unet network's [\d.e+]+ parameters \(4 copies of "
+                            r"float32\) would need about 369.5 GiB of memory, more than the 16.0 GiB available"),
+    (dict(resnet_blocks=10 ** 7), r"--resnet_blocks=10000000: the dual_unet network's .* 130.0 GiB of memory"),
+    (dict(init_features=100000), r"--init_features=100000 .* TiB of memory"),
+    (dict(arch="cine_unet", levels=10 ** 6), r"--levels=1000000: the images would need at least 2\^1000000 pixels a "
+                                             r"side"),
+    (dict(train_sizes="100000"), r"--train_sizes=100000: rendering one phantom cine of 6x100000x100000 would need"),
+], ids=["cascades", "resnet_blocks", "init_features", "levels", "train_sizes"])
+def test_a_network_or_phantom_too_large_for_memory_is_refused_before_it_is_built(alarm, memory_16_gib, values,
+                                                                                 message):
+    with pytest.raises(UserError, match=message):
+        tiny_config(**values)
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(seed=-1), r"--seed=-1: must be an integer from 0 to 2\^63 - 1"),
+    (dict(in_channels=0), r"--in_channels=0: must be a positive integer"),
+    (dict(image_size=8), r"--image_size=8: must be a multiple of 16 \(the dual_unet network pools 4 times\)"),
+    (dict(image_size=100000), r"--image_size=100000: the phantom's .* TiB of memory"),
+    (dict(num_samples=10 ** 9), r"--num_samples=1000000000 .* TiB of memory"),
+])
+def test_compare_checks_its_data_options_as_train_does_before_writing(tmp_path, memory_16_gib, values, message):
+    dirs = dict(out_dir=str(tmp_path / "output"), images_dir=str(tmp_path / "images"))
+    with pytest.raises(UserError, match=message):
+        compare.compare("x", baselines="none", device="cpu", **dirs, **values)
+    assert not (tmp_path / "output").exists() and not (tmp_path / "images").exists()
+
+
+def checkpoint_with(path, config):
+    torch.save({"format": CHECKPOINT_FORMAT, "config": config, "model": {}}, path)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(cascades=10 ** 7), r"its config: --init_features=4 .*--cascades=10000000 .* TiB of memory"),
+    (dict(arch="cine_unet", levels=10 ** 6), r"its config: --levels=1000000: the images would need"),
+    (dict(amp="bogus"), r"its config: --amp='bogus': choose one of"),
+    (dict(density="nope"), r"its config: --density='nope': choose one of"),
+    (dict(seed=-5), r"its config: --seed=-5: must be an integer from 0"),
+    (dict(acceleration="fast"), r"its config: --acceleration='fast': must be a finite number >= 1"),
+    ("amp", r"its config lacks the setting 'amp'"),
+    ("acceleration", r"its config lacks the setting 'acceleration'"),
+    ("seed", r"its config lacks the setting 'seed'"),
+], ids=["cascades", "levels", "amp", "density", "seed", "acceleration", "no amp", "no acceleration", "no seed"])
+def test_a_checkpoint_config_is_checked_before_its_network_is_built(tmp_path, alarm, memory_16_gib, change, message):
+    config = tiny_config()
+    config = {k: v for k, v in config.items() if k != change} if isinstance(change, str) else {**config, **change}
+    path = checkpoint_with(tmp_path / "net.pt", config)
+    with pytest.raises(UserError, match=rf"net.pt: {message}"):
+        engine.load_trained_model(path)
+    with pytest.raises(UserError, match=rf"net.pt: {message}"):
+        reconstruct.main([f"--checkpoint={path}", "--input=x.npy", f"--out={tmp_path / 'r.npz'}", "--device=cpu"])
+
+
+def test_bench_train_refuses_a_cascade_count_that_cannot_fit_in_memory_before_its_folder(tmp_path, memory_16_gib):
+    from benchmarks import bench_train
+
+    with pytest.raises(UserError, match=r"--cascades=100000 .*: the dual_unet network's .* of memory, more than the "
+                                        r"16.0 GiB available"):
+        bench_train.main(["--cascades=0,100000", "--device=cpu", f"--results={tmp_path / 'results'}"])
+    assert not (tmp_path / "results").exists()
+
+
+def test_resolution_refuses_sizes_and_counts_that_cannot_fit_in_memory(tmp_path, memory_16_gib):
+    from benchmarks import resolution
+
+    config = tiny_config()
+    path = tmp_path / "net.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "config": config, "model": build_model(config).state_dict()}, path)
+    for option, message in (("--sizes=100000", r"--num_samples=8 --image_size=100000: .* TiB of memory"),
+                            ("--count=1000000000", r"--num_samples=1000000000 --image_size=192: .* of memory")):
+        with pytest.raises(UserError, match=message):
+            run_command(resolution.resolution, [f"--checkpoint={path}", option, "--device=cpu",
+                                                f"--results={tmp_path}"])
+
+
+# ----------------------------------------------------------------------------- outputs: never overwritten, never half-written
+def test_a_file_that_appears_at_the_output_meanwhile_is_never_replaced(tmp_path):
+    np.save(tmp_path / "cines.npy", cines(shape=(2, 6, 8, 8)))
+    out = tmp_path / "out.npz"
+
+    def another_command_writes(line):  # called once the input is read, before the output is written
+        out.write_bytes(b"the other command's result")
+
+    with pytest.raises(UserError, match=r"out.npz: appeared while this command ran; it is left as it is"):
+        formats.convert(str(tmp_path / "cines.npy"), out=str(out), log=another_command_writes)
+    assert out.read_bytes() == b"the other command's result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cines.npy", "out.npz"]
+
+
+def test_stale_temporary_outputs_of_killed_commands_are_removed_by_the_next(tmp_path):
+    np.save(tmp_path / "cines.npy", cines(shape=(2, 6, 8, 8)))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale, live = tmp_path / f".out.npz.tmp{int(ended.stdout)}", tmp_path / f".out.npz.tmp{os.getppid()}"
+    stale.write_bytes(b"half an output, its writer killed")
+    live.write_bytes(b"a write in progress")
+    formats.convert(str(tmp_path / "cines.npy"), out=str(tmp_path / "out.npz"), log=lambda line: None)
+    assert not stale.exists() and live.exists() and (tmp_path / "out.npz").is_file()
+
+
+def test_reconstruct_checks_the_figures_folder_before_anything_is_written(tmp_path):
+    (tmp_path / "figures.png").write_text("")
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "cine_000.png").write_bytes(b"an earlier figure")
+    for folder, message in (("figures.png", r"--figures=.*figures.png: a file, not a folder"),
+                            ("earlier", r"--figures=.*earlier: already holds the figures of an earlier reconstruction "
+                                        r"\(cine_000.png\); choose another folder")):
+        with pytest.raises(UserError, match=message):
+            reconstruct.main(["--checkpoint=missing.pt", "--input=x.npy", f"--out={tmp_path / 'r.npz'}",
+                              f"--figures={tmp_path / folder}", "--device=cpu"])
+    assert not (tmp_path / "r.npz").exists()
+    assert (tmp_path / "earlier" / "cine_000.png").read_bytes() == b"an earlier figure"
+
+
+@pytest.mark.parametrize("failure, message", [
+    (RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/0: "
+                  "file write failed (No space left on device)"), r"last.pt: not written, the disk is full"),
+    (RuntimeError("PytorchStreamWriter failed writing file"), r"last.pt: cannot be written \(PytorchStreamWriter"),
+], ids=["disk full", "other"])
+def test_a_torch_save_runtime_error_is_one_line(tmp_path, monkeypatch, failure, message):
+    def failing(obj, file):
+        raise failure
+
+    monkeypatch.setattr(torch, "save", failing)
+    with pytest.raises(UserError, match=message):
+        engine.save_checkpoint({"epoch": 2}, tmp_path / "last.pt")
+    assert os.listdir(tmp_path) == []
+
+
+def test_names_too_long_for_the_file_system_are_one_line(tmp_path):
+    long = "a" * 300
+    with pytest.raises(UserError, match=r"a{40}\.\.\.: a name of 304 bytes, too long for the file system"):
+        formats.convert("x.npy", out=str(tmp_path / f"{long}.npz"), log=lambda line: None)
+    with pytest.raises(UserError, match=r"a{40}\.\.\.: a name of 300 bytes, too long for the file system \(at most "
+                                        r"255\)"):
+        make_run_dirs([tmp_path / long, tmp_path / "images"], "x")
+
+
+# ----------------------------------------------------------------------------- accepted silently or blamed on another option
+@pytest.mark.parametrize("key", ["heart_weight", "weight_decay", "initial_lr", "grad_clip", "dropout", "warmup",
+                                 "acceleration"])
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_infinite_or_nan_numbers_are_refused_naming_their_option_before_any_folder(tmp_path, key, value):
+    with pytest.raises(UserError, match=rf"^--{key}={value!r}: must be "):
+        train.train("x", overrides(tmp_path, **{key: value}), **train_defaults())
+    assert not (tmp_path / "output").exists() and not (tmp_path / "images").exists()
+
+
+def test_adapt_refuses_a_mask_that_samples_every_line():
+    masks = np.zeros((2, 6, 32, 32), np.float32)
+    masks[:, :, ::2] = 1
+    reconstruct.check_whole_lines(masks, "--mask m.npy")  # half the lines: some are left to hold out
+    masks[1] = 1
+    with pytest.raises(UserError, match=r"--mask m.npy: the mask of cine 1 samples every ky line: the cine is fully "
+                                        r"sampled, so --adapt has no line to hold out"):
+        reconstruct.check_whole_lines(masks, "--mask m.npy")
+
+
+@pytest.mark.parametrize("files", ["a.npy,a.npy,a.npy", "a.npy,b.npy,a.npy", "a.npy,b.npy,copy_of_a.npy"])
+def test_the_same_cines_in_two_splits_are_refused_before_any_folder(tmp_path, files):
+    np.save(tmp_path / "a.npy", cines(1, shape=(8, 6, 32, 32)))
+    np.save(tmp_path / "b.npy", cines(2, shape=(4, 6, 32, 32)))
+    np.save(tmp_path / "copy_of_a.npy", cines(1, shape=(8, 6, 32, 32))[2:6])
+    data_files = ",".join(str(tmp_path / name) for name in files.split(","))
+    with pytest.raises(DataError, match=r"cine \d+ of the (validation|test) split is identical to cine \d+ of the "
+                                        r"(train|validation) split: .* would be scored on cines it saw"):
+        train.train("x", overrides(tmp_path, data=data_files), **train_defaults())
+    assert not (tmp_path / "output").exists() and not (tmp_path / "images").exists()
+
+
+def test_compare_refuses_a_run_that_is_still_training(tmp_path, holder):
+    (tmp_path / "output" / "x" / "best.pt").write_bytes(b"the best checkpoint so far")
+    with pytest.raises(UserError, match=rf"output/x/best.pt: its run is still training \(process {holder.pid}\)"):
+        compare.load_networks({"x": tmp_path / "output" / "x" / "best.pt"}, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("shape", [(14, 2), (14, 1)])
+def test_a_subject_array_of_another_shape_is_one_line(tmp_path, shape):
+    np.savez(tmp_path / "cines.npz", dataset=cines(), subject=np.zeros(shape, np.int64))
+    message = rf"cines.npz: array 'subject' of shape \[14, {shape[1]}\]: expected one name per cine \[N\]"
+    with pytest.raises(DataError, match=message):
+        train.train("x", overrides(tmp_path, data=str(tmp_path / "cines.npz")), **train_defaults())
+    with pytest.raises(DataError, match=message):
+        compare.compare("x", baselines="none", device="cpu", data=str(tmp_path / "cines.npz"),
+                        out_dir=str(tmp_path / "output"), images_dir=str(tmp_path / "images"))
+    assert not (tmp_path / "output").exists()
+
+
+def test_compare_and_train_refuse_an_out_dir_name_too_long(tmp_path):
+    long = str(tmp_path / ("a" * 300))
+    with pytest.raises(UserError, match=r"a name of 300 bytes, too long for the file system"):
+        compare.compare("x", baselines="none", device="cpu", out_dir=long, images_dir=str(tmp_path / "images"))
+    with pytest.raises(UserError, match=r"a name of 300 bytes, too long for the file system"):
+        train.train("x", overrides(tmp_path, out_dir=long), **train_defaults())
+
+
+def test_a_file_system_without_hard_links_still_gets_new_outputs_that_never_replace(tmp_path, monkeypatch):
+    import cli
+
+    def no_hard_links(source, target):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    cli.atomic_write(tmp_path / "out.npz", b"result", new=True)
+    assert (tmp_path / "out.npz").read_bytes() == b"result"
+    with pytest.raises(UserError, match=r"out.npz: appeared while this command ran"):
+        cli.atomic_write(tmp_path / "out.npz", b"another result", new=True)
+    assert (tmp_path / "out.npz").read_bytes() == b"result" and os.listdir(tmp_path) == ["out.npz"]

@@ -1,6 +1,7 @@
 import ast
 import json
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 import train
 from cli import UserError
 from engine import load_images, lr_factor
-from helpers import ROOT, TINY, read_metrics, run_tool, train_defaults
+from helpers import ROOT, TINY, project_sources, read_metrics, run_tool, train_defaults
 from models import build_model
 from settings import CHOICES, CPU_SCALE, resolve_config, train_options
 
@@ -164,13 +165,23 @@ def test_config_file_reruns_a_run_and_options_still_win(tiny_run, tmp_path):
 
 
 def test_layout_no_module_imports_train():
-    sources = [p for p in ROOT.rglob("*.py") if "tests" not in p.parts and p.name != "train.py"]
+    sources = [p for p in project_sources() if "tests" not in p.relative_to(ROOT).parts and p.name != "train.py"]
     for path in sources:
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) else []
             assert "train" not in names, f"{path} imports train.py"
     assert len((ROOT / "train.py").read_text().splitlines()) <= 400
+
+
+def test_layout_scans_the_project_not_a_virtualenv_inside_it(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+    (tmp_path / "module.py").write_text("x = 1\n")
+    package = tmp_path / ".venv" / "lib" / "python3.11" / "site-packages"
+    package.mkdir(parents=True)
+    (package / "broken.py").write_text("print 'python 2'\n")  # a package's file that does not parse
+    assert project_sources(tmp_path) == [tmp_path / "module.py"]
 
 
 def test_fresh_phantom_cines_are_new_every_epoch_and_reproducible():
@@ -209,7 +220,7 @@ def test_fresh_phantom_renders_every_training_size_reproducibly():
     (dict(train_sizes="32,big"), "--train_sizes=32,big: expected comma-separated image sizes"),
     (dict(train_sizes="32,64", fresh_data=False), "needs the embedded phantom with fresh_data=true"),
     (dict(train_sizes="32,64", data="cine.npz"), "needs the embedded phantom with fresh_data=true"),
-    (dict(heart_weight=-1.0), "--heart_weight=-1.0: must be None or a number >= 0"),
+    (dict(heart_weight=-1.0), "--heart_weight=-1.0: must be None or a finite number >= 0"),
 ])
 def test_bad_training_options_are_refused(options, message):
     with pytest.raises(UserError, match=message):
