@@ -367,7 +367,7 @@ if __name__ == "__main__":
               resnet_blocks=2,           # >= 0: residual blocks in the 3D temporal ResNet
               output="linear",           # 'linear' (residual, complex) | 'sigmoid' (magnitude data, cascades=0)
               view_sharing=True,         # start from the k-t view-shared cine | False: from the zero-filled one (the study)
-              prior=None,                # None: the cascades start as view_sharing says | 'lsnet': from a learned L+S (the lsnet options below)
+              prior="lsnet",             # 'lsnet': the cascades start from a learned L+S (the lsnet options below) | None: as view_sharing says
               iterations=10,             # lsnet only, >= 1: unrolled L+S iterations, each with its own thresholds and step
               lambda_l=0.01,             # lsnet only, > 0: initial low-rank threshold, relative to the zero-filled cine's largest singular value
               lambda_s=0.003,            # lsnet only, > 0: initial sparse threshold, relative to the zero-filled cine's largest temporal Fourier coefficient
