@@ -171,7 +171,7 @@ def test_split_val_scores_the_validation_cines_never_the_test_cines(compared):
 # ----------------------------------------------------------------------------- --split=all: an external cine
 def cine_unet_config(**values):
     """A tiny frame-count-agnostic network trained (so to speak) on 8 frames."""
-    return train_defaults(arch="cine_unet", in_channels=8, out_channels=8, init_features=4, levels=2,
+    return train_defaults(arch="cine_unet", prior=None, in_channels=8, out_channels=8, init_features=4, levels=2,
                           resnet_features=4, resnet_blocks=1, cascades=2, dropout=0.0, view_sharing=True, **values)
 
 

@@ -148,7 +148,7 @@ ADAPT = ["--adapt", "4", "--adapt_lr", "1e-2", "--adapt_crop", "16"]
 def cine_unet_checkpoint(path, **values):
     """An untrained cine_unet checkpoint (8 frames, 2 pooling levels: sizes multiples of 4, 2 hard-DC
     cascades) whose weights are perturbed as after training (its output heads are no longer zero)."""
-    config = train_defaults(arch="cine_unet", in_channels=8, out_channels=8, init_features=4, levels=2,
+    config = train_defaults(arch="cine_unet", prior=None, in_channels=8, out_channels=8, init_features=4, levels=2,
                             resnet_features=4, resnet_blocks=1, cascades=2, dropout=0.0, view_sharing=True,
                             center_lines=2, amp="none", **values)
     torch.manual_seed(0)
