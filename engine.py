@@ -57,8 +57,7 @@ LOOP_STATE = ("epoch", "batch", "loss_sum", "seen", "history", "best")  # last.p
 PHANTOM_SOURCE = Path(__file__).resolve().with_name("phantom.py")
 # What reconstruct.py, compare.py and the benchmarks read from a checkpoint's config besides the network's shape.
 CHECKPOINT_SETTINGS = ("arch", "in_channels", "acceleration", "center_lines", "density", "seed", "amp")
-SIZE_SETTINGS = ("init_features", "levels", "cascades", "resnet_features", "resnet_blocks", "iterations",
-                 "sparse_features")  # the network's size
+SIZE_SETTINGS = ("init_features", "levels", "cascades", "resnet_features", "resnet_blocks")  # the network's size
 REPEATED_PARTS = ("cascades", "resnet_blocks", "iterations")  # settings that repeat a part: the weights grow linearly
 
 TRAINING_COPIES = 4  # copies of the weights a run holds: the weights, their gradients and Adam's two moments

@@ -6,7 +6,7 @@ from models import CHECKPOINT_FORMAT, build_model
 
 
 def test_one_checkpoint_is_scored_at_several_sizes(tmp_path):
-    config = train_defaults(arch="cine_unet", levels=2, init_features=4, resnet_features=4, resnet_blocks=1,
+    config = train_defaults(arch="cine_unet", prior=None, levels=2, init_features=4, resnet_features=4, resnet_blocks=1,
                             cascades=1, in_channels=4, out_channels=4, image_size=32, center_lines=2)
     torch.save({"format": CHECKPOINT_FORMAT, "config": config, "model": build_model(config).state_dict()},
                tmp_path / "net.pt")
