@@ -94,3 +94,30 @@ def test_coil_networks_learn_through_the_conjugate_gradients(coil_problem):
     net(aliased, kspace, mask, sensitivities=sensitivities).abs().sum().backward()
     for parameter in (net.dcs[0].raw_lambda, net.prior.raw_step, net.prior.log_lambda_s):
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0
+
+
+def adapt_quietly(model, kspace, mask, **options):
+    from adapt import adapt
+    return adapt(model, kspace, mask, steps=4, lr=1e-3, crop=16, check_every=2, seed=0, log=lambda *a: None, **options)
+
+
+def test_adaptation_on_coil_kspace_is_the_single_coil_one_for_one_unit_coil(coil_problem):
+    kspace, mask, _, _ = coil_problem
+    single = kspace[:1, 0]  # [1, T, H, W]
+    model = randomise(build_model(tiny_config(levels=2)))
+    _, expected = adapt_quietly(model, single, mask[:1])
+    _, info = adapt_quietly(model, single[:, None], mask[:1], sensitivities=torch.ones(1, 1, SIZE, SIZE,
+                                                                                        dtype=torch.complex64))
+    assert info["columns"] == expected["columns"] == 16 and info["steps"] == expected["steps"]
+    for key in ("held_out_error_before", "held_out_error_after"):
+        assert info[key] == pytest.approx(expected[key], rel=1e-4)
+
+
+def test_adaptation_on_coil_kspace_keeps_its_data_fit(coil_problem):
+    kspace, mask, sensitivities, aliased = coil_problem
+    model, info = adapt_quietly(randomise(build_model(tiny_config(levels=2))), kspace, mask,
+                                sensitivities=sensitivities)
+    assert info["held_out_error_after"] <= info["held_out_error_before"]
+    with torch.no_grad():
+        out = model(aliased, kspace, mask, sensitivities=sensitivities)
+    assert (data_error(out, kspace, sensitivities, mask) < data_error(aliased, kspace, sensitivities, mask)).all()
