@@ -484,6 +484,27 @@ def variable_density_mask(shape=(20, 192, 192),  # frames, rows, columns [T, H, 
     return sampler(frames, torch.Generator().manual_seed(int(seed))).numpy()
 
 
+def uniform_mask(shape=(20, 192, 192),  # frames, rows, columns [T, H, W]
+                 acceleration: int = 8,  # every acceleration-th ky row outside the centre block
+                 center_lines: int = 24) -> np.ndarray:  # fully sampled central ky rows (CMRxRecon: 24)
+    """CMRxRecon-style equispaced Cartesian mask: float32 numpy ``[T, H, W]`` of 0s and 1s, the same
+    in every frame: the rows ``H // 2 + k acceleration`` (every ``acceleration``-th row, counted from
+    the DC row) and the ``center_lines`` central rows (:func:`center_rows`). As in CMRxRecon the
+    acceleration counts the rows outside the centre block, so more than ``1 / acceleration`` of the
+    rows are sampled: 45 of 192 at 8x with 24 centre lines (4.3x overall).
+    Raises ``ValueError`` for an acceleration that is not an integer >= 1 or too many centre lines.
+    """
+    frames, height, width = shape
+    if not isinstance(acceleration, (int, np.integer)) or acceleration < 1:
+        raise ValueError(f"acceleration={acceleration!r}: an equispaced mask needs an integer >= 1")
+    _check_center_lines(center_lines)
+    if center_lines > height:
+        raise ValueError(f"center_lines={center_lines} is more than the {height} k-space rows of the image")
+    rows = (np.arange(height) - height // 2) % acceleration == 0  # [H]
+    rows[center_rows(height, center_lines)] = True
+    return np.broadcast_to(rows[None, :, None], (frames, height, width)).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------- command line
 def mask_figure(path: str = "docs/mask.png",  # the PNG to write
                 *, frames: int, size: int, **sampling) -> None:
