@@ -179,7 +179,7 @@ def crosscheck(*, cines: int = 2,  # phantom cines (weights are tuned on the fir
                size: int = 64,  # rows and columns (H = W); 192 is the study's size
                coils: int = 8,  # receive coils
                acceleration: int = 8,  # both masks' acceleration (uniform: outside the centre block)
-               weights: str = "0.001,0.003,0.01,0.03",  # BART's regularisation weights tried, comma-separated
+               weights: str = "0.003,0.01,0.03,0.1,0.3",  # BART's regularisation weights tried, comma-separated
                threads: int = 0,  # torch and BART threads; 0 = torch's default
                seed: int = 0) -> None:  # phantom and mask seed
     """Print BART's pics beside our solvers on one multi-coil phantom (see the module docstring)."""
