@@ -22,7 +22,9 @@ temporal total-variation (``-R T:1024:0:w``) and a locally low-rank (``-R L:3:3:
 Every regularisation weight is picked from a small grid by PSNR on the FIRST cine (ours from
 ``baselines.KT_GRID`` / ``LPLUSS_GRID``, BART's from ``--weights``), so that cine's score is
 optimistic for every tuned method alike. BART's times include starting the process and its .cfl
-files; its threads follow ``--threads`` (``OMP_NUM_THREADS``), as torch's do.
+files; its threads follow ``--threads`` (``OMP_NUM_THREADS``), as torch's do. ``--checkpoint=PATH``
+adds a trained network (a train.py checkpoint) with our maps: its denoisers see coil-combined cines
+and its data consistency is the SENSE one (``models``' coil convention).
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from baselines import KT_GRID, LPLUSS_GRID, kt_sparse, low_rank_plus_sparse, tune, view_sharing  # noqa: E402
 from cli import UserError, cli_errors, non_negative, positive, run_command  # noqa: E402
 from metrics import psnr  # noqa: E402
+from models import fixed_frame_count, load_model, size_multiple  # noqa: E402
 from phantom import make_coil_dataset  # noqa: E402
 from sampling import (calibration_lines, center_rows, estimate_sensitivities, scaled_center_lines,  # noqa: E402
                       sense_adjoint, uniform_mask, variable_density_mask)
@@ -135,6 +138,27 @@ def our_rows(kspace, mask, maps, reference) -> list[dict]:
     return rows
 
 
+def network_row(checkpoint: str, kspace, mask, maps) -> dict:
+    """A trained network on coil k-space ``[N, C, T, H, W]`` with our maps ``[N, C, H, W]``, as a row
+    of :func:`our_rows`: each cine is divided by the peak of its zero-filled ``A^H y`` (as
+    reconstruct.py normalises) and the result multiplied back."""
+    model, config = load_model(checkpoint)
+    frames, size = kspace.shape[-3], kspace.shape[-1]
+    if fixed_frame_count(config) not in (None, frames) or size % size_multiple(config):
+        raise UserError(f"{checkpoint}: the network takes {fixed_frame_count(config) or 'any number of'} frames "
+                        f"and sizes that are multiples of {size_multiple(config)}; this run has {frames} and {size}")
+
+    def solve(i: int) -> np.ndarray:
+        y, u, s = (torch.from_numpy(np.ascontiguousarray(a[i:i + 1])) for a in (kspace, mask, maps))
+        aliased = sense_adjoint(y, s, u)  # [1, T, H, W]
+        peak = aliased.abs().max()
+        with torch.no_grad():
+            return (model(aliased / peak, y / peak, u, sensitivities=s) * peak)[0].numpy()
+
+    recons, seconds = timed(solve, len(kspace))
+    return dict(method=f"network {Path(checkpoint).name}", weight="", recons=recons, seconds=seconds)
+
+
 def bart_maps(kspace, mask, folder: Path, threads: int) -> list[Path]:
     """``bart ecalib`` maps of every cine (one set, no crop, kernel at most half the calibration
     lines, as ours): their file stems."""
@@ -181,7 +205,8 @@ def crosscheck(*, cines: int = 2,  # phantom cines (weights are tuned on the fir
                acceleration: int = 8,  # both masks' acceleration (uniform: outside the centre block)
                weights: str = "0.003,0.01,0.03,0.1,0.3",  # BART's regularisation weights tried, comma-separated
                threads: int = 0,  # torch and BART threads; 0 = torch's default
-               seed: int = 0) -> None:  # phantom and mask seed
+               seed: int = 0,  # phantom and mask seed
+               checkpoint: str = "") -> None:  # a trained network to add (train.py's best.pt); "" = none
     """Print BART's pics beside our solvers on one multi-coil phantom (see the module docstring)."""
     if shutil.which("bart") is None:
         raise UserError("bart is not on PATH: install BART (Debian/Ubuntu: apt-get install bart; "
@@ -200,8 +225,9 @@ def crosscheck(*, cines: int = 2,  # phantom cines (weights are tuned on the fir
         maps = estimate_sensitivities(kspace, mask)  # [N, C, H, W]
         label = f"{scheme} ({size / mask[..., 0].sum(-1).mean():.1f}x overall)"  # rows / sampled rows per frame
         print(f"| {label} | our ESPIRiT maps | | | | {(time.perf_counter() - started) / cines:.2f} |", flush=True)
-        for row in our_rows(kspace, mask, maps, reference) + bart_rows(kspace, mask, reference,
-                                                                        [float(w) for w in weights.split(",")], threads):
+        rows = our_rows(kspace, mask, maps, reference) + ([network_row(checkpoint, kspace, mask, maps)]
+                                                           if checkpoint else [])
+        for row in rows + bart_rows(kspace, mask, reference, [float(w) for w in weights.split(",")], threads):
             scores = [psnr(recon, target) for recon, target in zip(row["recons"], reference)]
             print(f"| {label} | {row['method']} | {row['weight']} | {np.mean(scores):.2f} | "
                   f"{' '.join(f'{s:.2f}' for s in scores)} | {row['seconds']:.2f} |", flush=True)

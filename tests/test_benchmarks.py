@@ -84,12 +84,19 @@ def test_cfl_files_round_trip_in_bart_order(tmp_path):
 
 @pytest.mark.skipif(shutil.which("bart") is None, reason="BART is not installed (apt-get install bart)")
 def test_bart_crosscheck_runs_tiny(tmp_path):
+    from models import CHECKPOINT_FORMAT, build_model
+    from settings import train_defaults
+    config = {**train_defaults(), "arch": "cine_unet", "cascades": 1, "in_channels": 4, "out_channels": 4,
+              "init_features": 4, "resnet_features": 4, "resnet_blocks": 1}
+    torch.save({"format": CHECKPOINT_FORMAT, "config": config, "model": build_model(config).state_dict()},
+               tmp_path / "tiny.pt")
     result = run_tool("benchmarks/bart_crosscheck.py", ["--cines=1", "--frames=4", "--size=32", "--coils=4",
-                                                       "--acceleration=4", "--weights=0.01", "--threads=1"], tmp_path)
+                                                       "--acceleration=4", "--weights=0.01", "--threads=1",
+                                                       f"--checkpoint={tmp_path / 'tiny.pt'}"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     methods = [line.split(" | ")[1] for line in result.stdout.splitlines() if line.startswith("| variable")]
-    assert methods == ["our ESPIRiT maps", "zero-filled", "view sharing", "k-t sparse", "L+S", "bart pics l1-wavelet",
-                       "bart pics temporal TV", "bart pics locally low rank"]
+    assert methods == ["our ESPIRiT maps", "zero-filled", "view sharing", "k-t sparse", "L+S", "network tiny.pt",
+                       "bart pics l1-wavelet", "bart pics temporal TV", "bart pics locally low rank"]
     assert sum(line.startswith("| uniform") for line in result.stdout.splitlines()) == len(methods)
 
 
