@@ -50,7 +50,7 @@ from phantom import make_coil_dataset  # noqa: E402
 from sampling import (calibration_lines, center_rows, estimate_sensitivities, scaled_center_lines,  # noqa: E402
                       sense_adjoint, uniform_mask, variable_density_mask)
 
-COIL_DIM, TIME_DIM = 3, 10  # BART's axes: 0 readout (x), 1 phase encoding (y), 3 coils, 10 time
+TIME_DIM = 10  # BART's time axis (0: readout x, 1: phase encoding y, 3: coils)
 PICS = {"bart pics l1-wavelet": "W:3:0:{}", "bart pics temporal TV": "T:1024:0:{}",
         "bart pics locally low rank": "L:3:3:{}"}  # -R options, {} the weight
 OURS = {"k-t sparse": (kt_sparse, KT_GRID), "L+S": (low_rank_plus_sparse, LPLUSS_GRID)}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from baselines import low_rank_plus_sparse
-from models import SENSE_DC_ITERATIONS, CineReconNet, LSNet, build_model
+from models import SENSE_DC_ITERATIONS, LSNet, build_model
 from phantom import make_coil_dataset
 from sampling import sense_adjoint, sense_data_consistency, sense_forward, variable_density_mask
 from settings import train_defaults
