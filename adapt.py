@@ -20,6 +20,10 @@ scan-specific form (ZS-SSL, Yaman et al. 2022):
 
 Unmeasured k-space is never read: the inputs are multiplied by the mask first.
 
+Coils: with ``sensitivities`` ``[B, C, H, W]`` the measurements are coil k-space ``[B, C, T, H, W]``
+(one mask for every coil), the network gets them with the coil-combined zero-filled cine ``A^H y``
+(``models``' coil convention) and the loss compares ``U F (S x)`` with every coil's lines.
+
 Speed: the readout (kx, the image columns) is fully sampled, so the problem separates along x.
 Adaptation runs on a band of ``crop`` columns (where the view-shared cine moves most, that is the
 heart), which is an exact smaller problem: its k-space is the 1D Fourier transform, along the
@@ -37,7 +41,7 @@ import time
 import torch
 
 from models import acts_locally, parameter_groups
-from sampling import fft2c, ifft2c, view_sharing
+from sampling import coil_images, fft2c, ifft2c, sense_adjoint, view_sharing
 
 
 # ----------------------------------------------------------------------------- k-space helpers
@@ -54,9 +58,10 @@ def crop_columns(kspace: torch.Tensor, start: int, width: int) -> torch.Tensor:
     return _centered_fft1(hybrid[..., start:start + width])
 
 
-def moving_band(kspace: torch.Tensor, mask: torch.Tensor, width: int) -> int:
-    """First column of the ``width`` columns where the view-shared cine varies most over time."""
-    image = view_sharing(kspace, mask).abs()  # [B, T, H, W]
+def moving_band(kspace: torch.Tensor, mask: torch.Tensor, width: int, sensitivities=None) -> int:
+    """First column of the ``width`` columns where the view-shared cine varies most over time
+    (coil k-space ``[B, C, T, H, W]`` with ``sensitivities`` ``[B, C, H, W]``: the coil-combined one)."""
+    image = view_sharing(kspace, mask, sensitivities).abs()  # [B, T, H, W]
     motion = image.std(dim=1).sum(dim=(0, 1))  # [W]
     window = torch.nn.functional.conv1d(motion[None, None], torch.ones(1, 1, width))[0, 0]  # [W - width + 1]
     return int(window.argmax())
@@ -100,10 +105,18 @@ def _expand(rows: torch.Tensor, width: int) -> torch.Tensor:
     return rows[..., None].expand(*rows.shape, width).float()
 
 
-def kspace_error(recon: torch.Tensor, kspace: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Normalised L2 + L1 error of ``F recon`` against the measurements on ``rows`` ``[B, T, H]``."""
-    where = _expand(rows, kspace.shape[-1])
-    diff = torch.view_as_real((fft2c(recon) - kspace) * where)
+def on_coils(mask: torch.Tensor, sensitivities) -> torch.Tensor:
+    """A mask ``[B, T, H, W]`` as it multiplies k-space: ``[B, 1, T, H, W]`` for coil k-space
+    (``sensitivities`` given), else itself."""
+    return mask if sensitivities is None else mask[:, None]
+
+
+def kspace_error(recon: torch.Tensor, kspace: torch.Tensor, rows: torch.Tensor, sensitivities=None) -> torch.Tensor:
+    """Normalised L2 + L1 error of ``F recon`` (with ``sensitivities`` ``[B, C, H, W]``: ``F (S recon)``
+    against coil k-space ``[B, C, T, H, W]``) against the measurements on ``rows`` ``[B, T, H]``."""
+    where = on_coils(_expand(rows, kspace.shape[-1]), sensitivities)
+    predicted = fft2c(recon if sensitivities is None else coil_images(recon, sensitivities))
+    diff = torch.view_as_real((predicted - kspace) * where)
     reference = torch.view_as_real(kspace * where)
     return diff.norm() / reference.norm() + diff.abs().sum() / reference.abs().sum()
 
@@ -111,25 +124,27 @@ def kspace_error(recon: torch.Tensor, kspace: torch.Tensor, rows: torch.Tensor) 
 # ----------------------------------------------------------------------------- adaptation
 def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, steps: int = 60,
           lr: float = 2e-5, loss_fraction: float = 0.4, holdout: float = 0.15, check_every: int = 5,
-          patience: int = 4, crop: int = 64, seed: int = 0, amp_dtype=None,
+          patience: int = 4, crop: int = 64, seed: int = 0, amp_dtype=None, sensitivities=None,
           log=print) -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy of ``model`` on one scan's measurements; returns ``(adapted model, info)``.
 
     kspace: measured k-space ``[B, T, H, W]`` complex (B cines of one scan, e.g. slices);
     mask: ``[B, T, H, W]`` 0/1 (whole ky lines; the centre block that every frame sampled is always
-    shown to the network); crop: columns to adapt on (0 or >= W: all). The model's batch
+    shown to the network); crop: columns to adapt on (0 or >= W: all); sensitivities: coil maps
+    ``[B, C, H, W]`` for coil k-space ``[B, C, T, H, W]`` (see the module docstring). The model's batch
     normalisation layers, if any, keep their running statistics. ``info`` holds the steps run,
     the step whose weights were kept, the held-out error before and after, and the seconds.
     """
     started = time.perf_counter()
     device = kspace.device
     generator = torch.Generator(device=device).manual_seed(seed)
-    full = (kspace * mask, mask)  # never read unmeasured k-space
-    kspace, mask = full
+    full = (kspace * on_coils(mask, sensitivities), mask, sensitivities)  # never read unmeasured k-space
+    kspace, mask, _ = full
     width = kspace.shape[-1]
     if 0 < crop < width and acts_locally(model):
-        start = moving_band(kspace, mask, crop)
-        kspace, mask = crop_columns(kspace, start, crop) * mask[..., :crop], mask[..., :crop]
+        start = moving_band(kspace, mask, crop, sensitivities)
+        kspace, mask = crop_columns(kspace, start, crop) * on_coils(mask[..., :crop], sensitivities), mask[..., :crop]
+        sensitivities = None if sensitivities is None else sensitivities[..., start:start + crop]  # [B, C, H, crop]
     rows = row_mask(mask)  # [B, T, H]
     center = center_block(rows)
     held_out = split_rows(rows, holdout, center, generator)  # Gamma, fixed
@@ -141,17 +156,20 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
     optimizer = torch.optim.Adam(parameter_groups(model, lr, 0.0))  # an LSNet's CS numbers at PHYSICS_LR * lr
 
     def forward(net, data, seen: torch.Tensor) -> torch.Tensor:
-        measured, _ = data
-        seen_mask = _expand(seen, measured.shape[-1])
+        measured, _, maps = data
+        seen_mask = _expand(seen, measured.shape[-1])  # [B, T, H, W]
+        shown = measured * on_coils(seen_mask, maps)
         # no weight-cast cache: inside a caller's autocast region it would outlive optimiser steps
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None, cache_enabled=False):
-            return net(ifft2c(measured * seen_mask), measured * seen_mask, seen_mask)
+            if maps is None:
+                return net(ifft2c(shown), shown, seen_mask)
+            return net(sense_adjoint(shown, maps, seen_mask), shown, seen_mask, sensitivities=maps)
 
-    def held_out_error(net=model, data=(kspace, mask)) -> float:
+    def held_out_error(net=model, data=(kspace, mask, sensitivities)) -> float:
         """The error on the held-out lines; infinite where the network's output is not finite."""
         with torch.no_grad():
             try:
-                error = float(kspace_error(forward(net, data, trainable), data[0], held_out))
+                error = float(kspace_error(forward(net, data, trainable), data[0], held_out, data[2]))
             except torch.linalg.LinAlgError:
                 return math.inf
         return error if math.isfinite(error) else math.inf
@@ -161,7 +179,8 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
     for done in range(1, steps + 1):
         loss_rows = split_rows(trainable, loss_fraction, center, generator)  # Lambda
         try:
-            loss = kspace_error(forward(model, (kspace, mask), trainable & ~loss_rows), kspace, loss_rows)
+            loss = kspace_error(forward(model, (kspace, mask, sensitivities), trainable & ~loss_rows), kspace,
+                                loss_rows, sensitivities)
         except torch.linalg.LinAlgError:  # an eigendecomposition of non-finite values: the step diverged
             loss = torch.tensor(float("nan"))
         if not torch.isfinite(loss):

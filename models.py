@@ -8,13 +8,21 @@
 - :class:`DualUNetDenoiser`: one UNet for the real part and one for the imaginary part of a cine,
   then the temporal ResNet: the study's network.
 - :class:`DCCNNDenoiser`: the 5-layer 3D CNN of DC-CNN (Schlemper et al. 2017), a learned anchor.
-- :class:`DataConsistency`: keeps the measured k-space lines (hard replacement or soft weight).
+- :class:`DataConsistency`: keeps the measured k-space lines (hard replacement or soft weight); with
+  coil sensitivities, the SENSE data consistency by conjugate gradients.
 - :class:`CineReconNet`: ``cascades=0`` is the plain denoiser; ``cascades=N`` unrolls N times
   (denoiser -> data consistency), each cascade with its own weights, optionally with
   activation checkpointing per cascade.
 
 Complex cines are ``[B, T, H, W]`` complex64 tensors throughout; FFTs run in float32 even
 under autocast.
+
+Coils (SENSE, ``sampling.sense_forward``): every network takes ``sensitivities=`` ``[B, C, H, W]``,
+and then ``kspace`` is coil k-space ``[B, C, T, H, W]`` (the mask ``[B, T, H, W]`` is the same for
+every coil) and ``aliased`` the coil-combined zero-filled cine ``A^H y`` (``sampling.sense_adjoint``).
+The denoisers see coil-combined cines ``[B, T, H, W]``; the coils live in the data consistency. One
+code path: ``sensitivities=None`` is the single-coil network, unchanged bit for bit, and one coil of
+sensitivity 1 gives the same output to float precision.
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from baselines import from_shifted, initial_cine, lplus_s_parts, relative_scales, to_shifted, to_shifted_image
-from sampling import data_consistency, fft2c, gradient_dc, ifft2c
+from sampling import data_consistency, fft2c, gradient_dc, ifft2c, sense_adjoint, sense_data_consistency
 from sampling import view_sharing as view_shared_image
 
 ATTENTION = ("none", "bottleneck", "all")
@@ -35,6 +43,7 @@ DC_MODES = ("hard", "soft")
 PRIORS = (None, "lsnet")  # what starts the cascades: view_sharing decides | a learned L+S
 OUTPUTS = ("linear", "sigmoid")
 UNET_LEVELS = 4  # pooling levels: image sizes must be multiples of 2**4 = 16
+SENSE_DC_ITERATIONS = 5  # conjugate-gradient steps of a SENSE data consistency (sampling.sense_data_consistency)
 
 
 def leaky_relu() -> nn.Module:
@@ -352,6 +361,12 @@ class DataConsistency(nn.Module):
       (softplus of a free parameter; large lambda tends to hard DC), for noisy measurements.
     image ``[B, T, H, W]`` complex; kspace ``y = U F m`` ``[B, T, H, W]`` complex (zero off the
     mask); mask ``[B, T, H, W]`` 0/1. Computed in float32.
+
+    With ``sensitivities`` ``[B, C, H, W]`` (kspace ``y = U F S m`` ``[B, C, T, H, W]``): the same
+    two minimisers for ``A = U F S``, by ``SENSE_DC_ITERATIONS`` conjugate-gradient steps from ``x``
+    (``sampling.sense_data_consistency``): ``"hard"`` solves ``A^H A k = A^H y`` (``lam = 0``: the
+    least-squares fit, moving ``x`` only within the range of ``A^H``), ``"soft"``
+    ``min ||A k - y||^2 + (1 / lambda) ||k - x||^2``, which is the blend above for one unit coil.
     """
 
     def __init__(self, mode: str = "hard", initial_lambda: float = 10.0):
@@ -368,7 +383,10 @@ class DataConsistency(nn.Module):
         """The soft-DC weight lambda (>= 0)."""
         return F.softplus(self.raw_lambda)
 
-    def forward(self, image, kspace, mask):  # [B, T, H, W] each
+    def forward(self, image, kspace, mask, sensitivities=None):  # [B, T, H, W] each ([B, C, T, H, W] coil k-space)
+        if sensitivities is not None:
+            lam = 0.0 if self.mode == "hard" else 1 / self.weight
+            return sense_data_consistency(image, kspace, sensitivities, mask, lam=lam, iterations=SENSE_DC_ITERATIONS)
         predicted = fft2c(image)  # [B, T, H, W] complex64
         if self.mode == "hard":
             measured = kspace
@@ -411,6 +429,11 @@ class LSNet(nn.Module):
 
     from ``M = S + L_prev`` = the view-shared cine (or the zero-filled ``x0``), and a final hard data
     consistency, so that the output keeps every measured sample exactly whatever the learned steps.
+    With ``sensitivities`` (``A = U F S``, see the module docstring) ``x0 = A^H y``, the start is the
+    coil-combined view-shared cine, the data step is ``M - step[k] A^H (A M - y)`` and the final
+    data consistency is the SENSE one (:class:`DataConsistency`'s hard mode, CG with ``lam = 0``):
+    untrained, the network is ``iterations`` iterations of ``low_rank_plus_sparse(...,
+    sensitivities=)`` followed by that CG.
     The thresholds are learned as logarithms (always positive) and stay relative to the zero-filled
     cine's scale, so the network is scale-equivariant: ``c y`` gives ``c M``. At initialisation (``step = 1``, where
     the gradient step is exact data consistency; zero heads; thresholds ``lambda_l`` and
@@ -418,7 +441,7 @@ class LSNet(nn.Module):
     same start: a network that starts as tuned CS. Any frame count and image size; float32 inside
     (autocast is off: thresholds and eigendecompositions need the precision).
 
-    ``(aliased, kspace, mask)`` -> complex cine, all ``[B, T, H, W]``, like :class:`CineReconNet`.
+    ``(aliased, kspace, mask[, sensitivities])`` -> complex cine ``[B, T, H, W]``, like :class:`CineReconNet`.
     """
 
     def __init__(self, iterations: int = 10, lambda_l: float = 0.01, lambda_s: float = 0.003, features: int = 0,
@@ -446,13 +469,18 @@ class LSNet(nn.Module):
         threshold at the largest singular value or coefficient already removes everything)."""
         return self.log_lambda_l.clamp(max=0).exp(), self.log_lambda_s.clamp(max=0).exp()
 
-    def forward(self, aliased, kspace, mask):  # [B, T, H, W] complex, complex, float
+    def forward(self, aliased, kspace, mask, sensitivities=None):  # [B, T, H, W] complex, complex, float
         with torch.autocast("cuda" if kspace.is_cuda else "cpu", enabled=False):
             # the solvers' ifftshift-ed domain, where plain FFTs replace centred ones (baselines.to_shifted)
-            kspace, sampled = to_shifted(kspace.to(torch.complex64), mask.bool())  # never read unmeasured k-space
-            x0 = torch.fft.ifft2(kspace, norm="ortho")  # [B, T, H, W] zero-filled
+            if sensitivities is None:
+                kspace, sampled = to_shifted(kspace.to(torch.complex64), mask.bool())  # never read unmeasured k-space
+                maps, x0 = None, torch.fft.ifft2(kspace, norm="ortho")  # x0: [B, T, H, W] zero-filled
+            else:
+                kspace, sampled = to_shifted(kspace.to(torch.complex64), mask.bool()[:, None])  # [B, C, T, H, W]
+                sampled, maps = sampled[:, 0], to_shifted_image(sensitivities.to(torch.complex64))  # [B, C, H, W]
+                x0 = sense_adjoint(kspace, maps, sampled, centered=False)  # [B, T, H, W] coil-combined zero-filled
             sigma_max, peak = relative_scales(x0)  # [B] each
-            m = initial_cine(kspace, sampled, "view_sharing" if self.view_sharing else "zero_filled")
+            m = initial_cine(kspace, sampled, "view_sharing" if self.view_sharing else "zero_filled", maps)
             s, l_prev = torch.zeros_like(m), m
             (lambda_l, lambda_s), steps = self.thresholds(), self.steps()  # [K] each
             for k in range(self.iterations):
@@ -460,20 +488,25 @@ class LSNet(nn.Module):
                 low, s = lplus_s_parts(m, s, l_prev, lambda_l[k] * sigma_max, tau_s)
                 if len(self.corrections):  # the CNN sees centred images
                     s = to_shifted_image(self.corrections[k](from_shifted(s), from_shifted(m - l_prev), peak))
-                m, l_prev = gradient_dc(low + s, kspace, sampled, steps[k], centered=False), low
-            m = data_consistency(m, kspace, sampled, centered=False)  # every measured sample, exactly
+                m, l_prev = gradient_dc(low + s, kspace, sampled, steps[k], sensitivities=maps, centered=False), low
+            if maps is None:
+                m = data_consistency(m, kspace, sampled, centered=False)  # every measured sample, exactly
+            else:
+                m = sense_data_consistency(m, kspace, maps, sampled, iterations=SENSE_DC_ITERATIONS, centered=False)
         return from_shifted(m)  # [B, T, H, W] complex64
 
 
 class CineReconNet(nn.Module):
-    """The reconstruction network: ``(aliased, kspace, mask)`` -> complex cine, all ``[B, T, H, W]``.
+    """The reconstruction network: ``(aliased, kspace, mask)`` -> complex cine, all ``[B, T, H, W]``;
+    with ``sensitivities`` ``[B, C, H, W]``, ``kspace`` is coil k-space ``[B, C, T, H, W]`` and
+    ``aliased`` the coil-combined ``A^H y`` (see the module docstring).
 
     ``cascades=0``: one denoiser applied to the aliased cine (the study's configuration);
     ``cascades=N``: N unrolled stages ``x <- DC(denoiser_i(x))``, each with its own weights.
     ``prior`` (a module with the same inputs, e.g. :class:`LSNet`) computes the start, else
     ``view_sharing=True`` starts from the k-t view-shared cine (each frame's unsampled k-space
-    filled with the temporal mean of the measured lines, ``baselines.view_sharing``) instead of
-    the zero-filled one.
+    filled with the temporal mean of the measured lines, ``baselines.view_sharing``; with coils the
+    coil-combined view-shared coils) instead of the zero-filled one.
     ``checkpointing=True`` recomputes each cascade's activations in the backward pass (memory
     grows far less than linearly with N).
     """
@@ -510,20 +543,20 @@ class CineReconNet(nn.Module):
         self.denoisers = nn.ModuleList(denoiser() for _ in range(1 if share_weights else self.stages))
         self.dcs = nn.ModuleList(DataConsistency(dc) for _ in range(cascades))
 
-    def _stage(self, i: int, image, kspace, mask):
+    def _stage(self, i: int, image, kspace, mask, sensitivities=None):
         image = self.denoisers[min(i, len(self.denoisers) - 1)](image)
-        return self.dcs[i](image, kspace, mask) if self.cascades else image
+        return self.dcs[i](image, kspace, mask, sensitivities) if self.cascades else image
 
-    def forward(self, aliased, kspace, mask):  # [B, T, H, W] complex, complex, float
+    def forward(self, aliased, kspace, mask, sensitivities=None):  # [B, T, H, W] complex, complex, float
         if self.prior is not None:
-            image = self.prior(aliased, kspace, mask)  # [B, T, H, W] complex
-        else:
-            image = view_shared_image(kspace, mask) if self.view_sharing else aliased  # [B, T, H, W] complex
+            image = self.prior(aliased, kspace, mask, sensitivities)  # [B, T, H, W] complex
+        else:  # [B, T, H, W] complex
+            image = view_shared_image(kspace, mask, sensitivities) if self.view_sharing else aliased
         for i in range(self.stages):
             if self.checkpointing and self.training:
-                image = checkpoint(self._stage, i, image, kspace, mask, use_reentrant=False)
+                image = checkpoint(self._stage, i, image, kspace, mask, sensitivities, use_reentrant=False)
             else:
-                image = self._stage(i, image, kspace, mask)
+                image = self._stage(i, image, kspace, mask, sensitivities)
         return image  # [B, T, H, W] complex64
 
 

@@ -208,8 +208,11 @@ def gradient_dc(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor, s
     return image - step * coil_combine(inverse(residual), sensitivities)
 
 
+CG_TOLERANCE = 100  # a CG frame has converged at a residual of CG_TOLERANCE float epsilons (relative)
+
+
 def sense_data_consistency(image: torch.Tensor, kspace: torch.Tensor, sensitivities: torch.Tensor,
-                           mask: torch.Tensor, *, lam=0.0, iterations: int = 10) -> torch.Tensor:
+                           mask: torch.Tensor, *, lam=0.0, iterations: int = 10, centered: bool = True) -> torch.Tensor:
     """SENSE data consistency: ``iterations`` conjugate-gradient steps, started at ``z = image``, on
 
         ``(A^H A + lam I) x = A^H y + lam z``,  i.e.  ``x = argmin ||A x - y||^2 + lam ||x - z||^2``
@@ -217,7 +220,12 @@ def sense_data_consistency(image: torch.Tensor, kspace: torch.Tensor, sensitivit
     (the proximal step of the data term at ``z``). ``A^H A + lam I`` acts on each frame of each
     cine alone, so every frame ``[H, W]`` runs its own CG (step sizes ``[..., T, 1, 1]``). CG runs
     on ``ifftshift``-ed inputs with plain FFTs (the same operator, permuted; a centred FFT's shifts
-    would cost more than the FFT itself), and the result is shifted back.
+    would cost more than the FFT itself), and the result is shifted back; ``centered=False``: the
+    inputs are already ``ifftshift``-ed in (H, W) (the solvers' domain) and so is the result.
+    A frame stops once its residual is below ``CG_TOLERANCE`` eps of its right-hand side
+    ``||A^H y + lam z||`` (float rounding): past that point the residual is rounding error, partly in the
+    null space of ``A^H A`` (with ``lam = 0``, the k-space that no coil measured), along which CG's
+    steps would grow without bound.
 
     With one coil of sensitivity 1 the system is diagonal in k-space and CG solves it exactly in
     at most two steps: ``lam = 0`` gives hard data consistency (:func:`data_consistency`) and
@@ -227,25 +235,30 @@ def sense_data_consistency(image: torch.Tensor, kspace: torch.Tensor, sensitivit
     ``[..., C, H, W]``; mask: 0/1 ``[..., T, H, W]``; lam: a number or a tensor broadcastable to
     ``[..., T, 1, 1]`` (>= 0; differentiable). Returns ``x``, shaped like ``image``.
     """
-    shift = dict(dim=(-2, -1))
-    image, kspace, sensitivities, mask = (torch.fft.ifftshift(t, **shift) for t in (image, kspace, sensitivities, mask))
+    if centered:
+        shift = dict(dim=(-2, -1))
+        shifted = (torch.fft.ifftshift(t, **shift) for t in (image, kspace, sensitivities, mask))
+        return torch.fft.fftshift(sense_data_consistency(*shifted, lam=lam, iterations=iterations, centered=False),
+                                  **shift)
 
     def normal(v):  # (A^H A + lam I) v: [..., T, H, W], shifted
         return sense_normal(v, sensitivities, mask, centered=False) + lam * v
 
     x = image
-    residual = sense_adjoint(kspace, sensitivities, mask, centered=False) + lam * image - normal(x)  # [..., T, H, W]
+    right_side = sense_adjoint(kspace, sensitivities, mask, centered=False) + lam * image  # [..., T, H, W]
+    residual = right_side - normal(x)
     direction = residual
     residual_norm = _frame_dot(residual, residual)  # [..., T, 1, 1]
+    floor = (CG_TOLERANCE * torch.finfo(residual_norm.dtype).eps) ** 2 * _frame_dot(right_side, right_side)
     for _ in range(iterations):
         product = normal(direction)
-        step = _safe_ratio(residual_norm, _frame_dot(direction, product))
+        step = torch.where(residual_norm > floor, _safe_ratio(residual_norm, _frame_dot(direction, product)), 0)
         x = x + step * direction
         residual = residual - step * product
         new_norm = _frame_dot(residual, residual)
         direction = residual + _safe_ratio(new_norm, residual_norm) * direction
         residual_norm = new_norm
-    return torch.fft.fftshift(x, **shift)
+    return x
 
 
 def _frame_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -469,6 +482,27 @@ def variable_density_mask(shape=(20, 192, 192),  # frames, rows, columns [T, H, 
     frames, height, width = shape
     sampler = MaskSampler(height, width, acceleration, center_lines, density, **density_kw)
     return sampler(frames, torch.Generator().manual_seed(int(seed))).numpy()
+
+
+def uniform_mask(shape=(20, 192, 192),  # frames, rows, columns [T, H, W]
+                 acceleration: int = 8,  # every acceleration-th ky row outside the centre block
+                 center_lines: int = 24) -> np.ndarray:  # fully sampled central ky rows (CMRxRecon: 24)
+    """CMRxRecon-style equispaced Cartesian mask: float32 numpy ``[T, H, W]`` of 0s and 1s, the same
+    in every frame: the rows ``H // 2 + k acceleration`` (every ``acceleration``-th row, counted from
+    the DC row) and the ``center_lines`` central rows (:func:`center_rows`). As in CMRxRecon the
+    acceleration counts the rows outside the centre block, so more than ``1 / acceleration`` of the
+    rows are sampled: 45 of 192 at 8x with 24 centre lines (4.3x overall).
+    Raises ``ValueError`` for an acceleration that is not an integer >= 1 or too many centre lines.
+    """
+    frames, height, width = shape
+    if not isinstance(acceleration, (int, np.integer)) or acceleration < 1:
+        raise ValueError(f"acceleration={acceleration!r}: an equispaced mask needs an integer >= 1")
+    _check_center_lines(center_lines)
+    if center_lines > height:
+        raise ValueError(f"center_lines={center_lines} is more than the {height} k-space rows of the image")
+    rows = (np.arange(height) - height // 2) % acceleration == 0  # [H]
+    rows[center_rows(height, center_lines)] = True
+    return np.broadcast_to(rows[None, :, None], (frames, height, width)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -1,9 +1,12 @@
 """The benchmark scripts run end to end on a tiny configuration (their numbers are not asserted)."""
 import importlib.util
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from helpers import ROOT, run_tool
@@ -62,3 +65,41 @@ def test_bench_lsnet_times_every_network_against_the_reference(tmp_path):
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "| 16 |" in line]
     assert len(rows) == 4 and rows[0].startswith("| default call (reference) |") and rows[0].endswith("| 1.00 |")
     assert all(float(row.split(" | ")[2]) > 0 for row in rows) and result.stdout.startswith("CPU: ")
+
+
+def test_cfl_files_round_trip_in_bart_order(tmp_path):
+    bart_crosscheck = load_script("bart_crosscheck")
+    generator = np.random.default_rng(0)
+    array = (generator.standard_normal((3, 1, 4, 2)) + 1j * generator.standard_normal((3, 1, 4, 2))).astype(np.complex64)
+    bart_crosscheck.write_cfl(tmp_path / "x", array)
+    assert (tmp_path / "x.hdr").read_text() == "# Dimensions\n3 1 4 2\n"
+    flat = np.fromfile(tmp_path / "x.cfl", np.complex64)
+    assert flat[1] == array[1, 0, 0, 0], "column-major: the first axis varies fastest"
+    np.testing.assert_array_equal(bart_crosscheck.read_cfl(tmp_path / "x"), array)
+    kspace = array.reshape(1, 3, 4, 2)  # [C, T, H, W]
+    bart_order = bart_crosscheck.to_bart(kspace)  # [W, H, 1, C, ..., T]
+    assert bart_order.shape == (2, 4, 1, 1, 1, 1, 1, 1, 1, 1, 3) and bart_order[1, 2, 0, 0, ..., 0] == kspace[0, 0, 2, 1]
+    np.testing.assert_array_equal(bart_crosscheck.from_bart(bart_order), kspace[0])
+
+
+@pytest.mark.skipif(shutil.which("bart") is None, reason="BART is not installed (apt-get install bart)")
+def test_bart_crosscheck_runs_tiny(tmp_path):
+    from models import CHECKPOINT_FORMAT, build_model
+    from settings import train_defaults
+    config = {**train_defaults(), "arch": "cine_unet", "cascades": 1, "in_channels": 4, "out_channels": 4,
+              "init_features": 4, "resnet_features": 4, "resnet_blocks": 1}
+    torch.save({"format": CHECKPOINT_FORMAT, "config": config, "model": build_model(config).state_dict()},
+               tmp_path / "tiny.pt")
+    result = run_tool("benchmarks/bart_crosscheck.py", ["--cines=1", "--frames=4", "--size=32", "--coils=4",
+                                                       "--acceleration=4", "--weights=0.01", "--threads=1",
+                                                       f"--checkpoint={tmp_path / 'tiny.pt'}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    methods = [line.split(" | ")[1] for line in result.stdout.splitlines() if line.startswith("| variable")]
+    assert methods == ["our ESPIRiT maps", "zero-filled", "view sharing", "k-t sparse", "L+S", "network tiny.pt",
+                       "bart pics l1-wavelet", "bart pics temporal TV", "bart pics locally low rank"]
+    assert sum(line.startswith("| uniform") for line in result.stdout.splitlines()) == len(methods)
+
+
+def test_bart_crosscheck_says_when_bart_is_missing(tmp_path):
+    result = run_tool("benchmarks/bart_crosscheck.py", ["--cines=1"], tmp_path, env_extra={"PATH": "/nonexistent"})
+    assert result.returncode == 2 and "bart is not on PATH" in result.stderr

@@ -4,7 +4,7 @@ import torch
 
 from figures import plot_aliasing, plot_mask
 from helpers import run_tool
-from sampling import (MaskSampler, center_rows, data_consistency, fft2c, ifft2c, line_density, lines_per_frame,
+from sampling import (MaskSampler, uniform_mask, center_rows, data_consistency, fft2c, ifft2c, line_density, lines_per_frame,
                       scaled_center_lines, undersample, variable_density_mask, view_sharing)
 
 RNG = np.random.default_rng(0)
@@ -195,3 +195,16 @@ def test_mask_figure_command(tmp_path):
     assert refused.returncode == 2
     assert refused.stderr.strip().startswith("error: sampling:") and "center" in refused.stderr
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_uniform_mask_is_cmrxrecon_style_equispaced_rows_and_a_centre_block():
+    mask = uniform_mask((3, 192, 8), acceleration=8, center_lines=24)
+    assert mask.shape == (3, 192, 8) and mask.dtype == np.float32
+    assert (mask == mask[:1]).all() and (mask == mask[..., :1]).all(), "whole lines, the same in every frame"
+    rows = np.flatnonzero(mask[0, :, 0])
+    outside = rows[(rows < 84) | (rows >= 108)]
+    assert set(range(84, 108)) <= set(rows) and ((outside - 96) % 8 == 0).all()
+    assert len(rows) == 45 and len(outside) == 21  # 24 + 24 - 3 rows of the grid inside the centre block
+    for bad in (dict(acceleration=2.5), dict(acceleration=0), dict(center_lines=200)):
+        with pytest.raises(ValueError):
+            uniform_mask((3, 192, 8), **{"acceleration": 8, "center_lines": 24, **bad})

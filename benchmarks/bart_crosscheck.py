@@ -1,0 +1,240 @@
+"""External cross-check: BART's ``pics`` beside our solvers on the same multi-coil k-space and masks.
+
+    python benchmarks/bart_crosscheck.py [--cines=2] [--frames=20] [--size=64] [--coils=8] [--acceleration=8]
+
+BART (the Berkeley Advanced Reconstruction Toolbox, https://mrirecon.github.io/bart/; Debian/Ubuntu
+package ``bart``, see docs/baselines.md) must be on PATH. The data: ``--cines`` 8-coil phantom cines
+(``phantom.make_coil_dataset``, with coil noise), each undersampled by two masks at ``--acceleration``:
+
+- ``variable density``: our per-frame random masks (``sampling.variable_density_mask``), with the
+  study's centre lines scaled to the image height (11 at 192 rows, never fewer than 4, the fewest
+  ESPIRiT takes);
+- ``uniform``: a CMRxRecon-style equispaced mask, the same in every frame
+  (``sampling.uniform_mask``), with 24 centre lines at 192 rows (8 at 64); the acceleration counts
+  the rows outside the centre, as in CMRxRecon, so its overall acceleration is lower (printed).
+
+Our methods use our ESPIRiT maps (``sampling.estimate_sensitivities``, sigpy); BART's use ``bart
+ecalib`` on the same calibration data (the central rows every frame samples, averaged over the
+frames; one map, no crop, as ours). Printed: one table of PSNR (magnitudes, dB, mean over the cines)
+and seconds per cine of zero-filled (``A^H y``), view sharing, our k-t sparse and L+S (Otazo's
+multi-coil iterations, ``baselines.py``) and ``bart pics`` with an l1-wavelet (``-R W:3:0:w``), a
+temporal total-variation (``-R T:1024:0:w``) and a locally low-rank (``-R L:3:3:w``) regulariser.
+Every regularisation weight is picked from a small grid by PSNR on the FIRST cine (ours from
+``baselines.KT_GRID`` / ``LPLUSS_GRID``, BART's from ``--weights``), so that cine's score is
+optimistic for every tuned method alike. BART's times include starting the process and its .cfl
+files; its threads follow ``--threads`` (``OMP_NUM_THREADS``), as torch's do. ``--checkpoint=PATH``
+adds a trained network (a train.py checkpoint) with our maps: its denoisers see coil-combined cines
+and its data consistency is the SENSE one (``models``' coil convention).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from baselines import KT_GRID, LPLUSS_GRID, kt_sparse, low_rank_plus_sparse, tune, view_sharing  # noqa: E402
+from cli import UserError, cli_errors, non_negative, positive, run_command  # noqa: E402
+from metrics import psnr  # noqa: E402
+from models import fixed_frame_count, load_model, size_multiple  # noqa: E402
+from phantom import make_coil_dataset  # noqa: E402
+from sampling import (calibration_lines, center_rows, estimate_sensitivities, scaled_center_lines,  # noqa: E402
+                      sense_adjoint, uniform_mask, variable_density_mask)
+
+TIME_DIM = 10  # BART's time axis (0: readout x, 1: phase encoding y, 3: coils)
+PICS = {"bart pics l1-wavelet": "W:3:0:{}", "bart pics temporal TV": "T:1024:0:{}",
+        "bart pics locally low rank": "L:3:3:{}"}  # -R options, {} the weight
+OURS = {"k-t sparse": (kt_sparse, KT_GRID), "L+S": (low_rank_plus_sparse, LPLUSS_GRID)}
+
+
+# ----------------------------------------------------------------------------- BART's files
+def write_cfl(stem, array) -> None:
+    """Write ``array`` (any shape, stored as complex64) as BART's ``stem.hdr`` (the dimensions) and
+    ``stem.cfl`` (the values, column-major: the first axis varies fastest)."""
+    array = np.asarray(array, np.complex64)
+    Path(f"{stem}.hdr").write_text("# Dimensions\n" + " ".join(str(n) for n in array.shape) + "\n")
+    array.ravel(order="F").tofile(f"{stem}.cfl")
+
+
+def read_cfl(stem) -> np.ndarray:
+    """Read BART's ``stem.hdr`` / ``stem.cfl`` into a complex64 array of the header's shape."""
+    lines = Path(f"{stem}.hdr").read_text().splitlines()
+    shape = [int(n) for n in lines[lines.index("# Dimensions") + 1].split()]
+    return np.fromfile(f"{stem}.cfl", np.complex64).reshape(shape, order="F")
+
+
+def to_bart(kspace: np.ndarray) -> np.ndarray:
+    """Our coil k-space ``[C, T, H, W]`` -> BART's ``[W, H, 1, C, 1, ..., 1, T]`` (11 axes)."""
+    return kspace.transpose(3, 2, 0, 1)[:, :, None, :, None, None, None, None, None, None, :]
+
+
+def from_bart(image: np.ndarray) -> np.ndarray:
+    """BART's image ``[W, H, 1, 1, 1, ..., T]`` (pics' output) -> our cine ``[T, H, W]``."""
+    width, height = image.shape[:2]
+    frames = image.shape[TIME_DIM] if image.ndim > TIME_DIM else 1
+    return image.reshape(width, height, frames).transpose(2, 1, 0)
+
+
+def bart(*args, threads: int) -> None:
+    """Run ``bart ARGS`` with ``threads`` OpenMP threads; raise ``UserError`` with its message if it fails."""
+    done = subprocess.run(["bart", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if done.returncode:
+        raise UserError(f"bart {' '.join(map(str, args))} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+
+
+# ----------------------------------------------------------------------------- data
+def calibration(kspace: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The calibration k-space ``[C, H, W]`` both ESPIRiTs get: the central rows that every frame
+    samples (``sampling.calibration_lines``), averaged over the frames, zero elsewhere.
+    kspace ``[C, T, H, W]``, mask ``[T, H, W]``."""
+    rows = center_rows(mask.shape[-2], calibration_lines(mask))
+    averaged = np.zeros((kspace.shape[0], *kspace.shape[-2:]), np.complex64)  # [C, H, W]
+    averaged[:, rows] = kspace[:, :, rows].mean(1)
+    return averaged
+
+
+def masks(cines: int, frames: int, size: int, acceleration: int, seed: int) -> dict[str, np.ndarray]:
+    """The two sampling schemes, each ``[N, T, H, W]``: our variable-density masks (one per cine) and
+    the CMRxRecon-style uniform mask (the same for every cine)."""
+    shape = (frames, size, size)
+    random_lines = max(4, scaled_center_lines(size))
+    uniform = uniform_mask(shape, acceleration, scaled_center_lines(size, 24))
+    return {"variable density": np.stack([variable_density_mask(shape, acceleration, random_lines, seed=seed + i)
+                                          for i in range(cines)]),
+            "uniform": np.repeat(uniform[None], cines, 0)}
+
+
+# ----------------------------------------------------------------------------- methods
+def timed(solve, cines: int) -> tuple[np.ndarray, float]:
+    """``solve(i)`` for every cine ``i`` -> (the cines ``[N, T, H, W]``, seconds per cine)."""
+    started = time.perf_counter()
+    recons = np.stack([np.asarray(solve(i)) for i in range(cines)])
+    return recons, (time.perf_counter() - started) / cines
+
+
+def our_rows(kspace, mask, maps, reference) -> list[dict]:
+    """Zero-filled, view sharing, and our tuned k-t sparse and L+S on coil k-space ``[N, C, T, H, W]``
+    with our maps ``[N, C, H, W]``: rows ``{method, weight, recons, seconds}``."""
+    rows = []
+    for name, solve in (("zero-filled", lambda i: sense_adjoint(kspace[i], maps[i], mask[i])),
+                        ("view sharing", lambda i: view_sharing(kspace[i], mask[i], sensitivities=maps[i]))):
+        recons, seconds = timed(solve, len(kspace))
+        rows.append(dict(method=name, weight="", recons=recons, seconds=seconds))
+    for name, (solver, grid) in OURS.items():
+        best, _ = tune(solver, kspace[:1], mask[:1], reference[:1], grid, sensitivities=maps[:1])
+        recons, seconds = timed(lambda i: solver(kspace[i], mask[i], sensitivities=maps[i], **best), len(kspace))
+        rows.append(dict(method=name, weight=" ".join(f"{k}={v:g}" for k, v in best.items()), recons=recons,
+                         seconds=seconds))
+    return rows
+
+
+def network_row(checkpoint: str, kspace, mask, maps) -> dict:
+    """A trained network on coil k-space ``[N, C, T, H, W]`` with our maps ``[N, C, H, W]``, as a row
+    of :func:`our_rows`: each cine is divided by the peak of its zero-filled ``A^H y`` (as
+    reconstruct.py normalises) and the result multiplied back."""
+    model, config = load_model(checkpoint)
+    frames, size = kspace.shape[-3], kspace.shape[-1]
+    if fixed_frame_count(config) not in (None, frames) or size % size_multiple(config):
+        raise UserError(f"{checkpoint}: the network takes {fixed_frame_count(config) or 'any number of'} frames "
+                        f"and sizes that are multiples of {size_multiple(config)}; this run has {frames} and {size}")
+
+    def solve(i: int) -> np.ndarray:
+        y, u, s = (torch.from_numpy(np.ascontiguousarray(a[i:i + 1])) for a in (kspace, mask, maps))
+        aliased = sense_adjoint(y, s, u)  # [1, T, H, W]
+        peak = aliased.abs().max()
+        with torch.no_grad():
+            return (model(aliased / peak, y / peak, u, sensitivities=s) * peak)[0].numpy()
+
+    recons, seconds = timed(solve, len(kspace))
+    return dict(method=f"network {Path(checkpoint).name}", weight="", recons=recons, seconds=seconds)
+
+
+def bart_maps(kspace, mask, folder: Path, threads: int) -> list[Path]:
+    """``bart ecalib`` maps of every cine (one set, no crop, kernel at most half the calibration
+    lines, as ours): their file stems."""
+    stems = []
+    for i, (cine, cine_mask) in enumerate(zip(kspace, mask)):
+        lines = calibration_lines(cine_mask)
+        write_cfl(folder / f"calib{i}", to_bart(calibration(cine, cine_mask)[:, None]))
+        bart("ecalib", "-m1", "-c0", "-r", lines, "-k", min(6, lines // 2), folder / f"calib{i}", folder / f"maps{i}",
+             threads=threads)
+        stems.append(folder / f"maps{i}")
+    return stems
+
+
+def pics(i: int, regulariser: str, kspace, mask, maps: list[Path], folder: Path, threads: int) -> np.ndarray:
+    """``bart pics`` of cine ``i`` with ``-R regulariser``, re-scaled to the data (``-S``): ``[T, H, W]``."""
+    write_cfl(folder / f"kspace{i}", to_bart(kspace[i]))
+    write_cfl(folder / f"pattern{i}", to_bart(mask[i][None]))
+    bart("pics", "-d0", "-S", "-R", regulariser, "-p", folder / f"pattern{i}", folder / f"kspace{i}", maps[i],
+         folder / f"recon{i}", threads=threads)
+    return from_bart(read_cfl(folder / f"recon{i}"))
+
+
+def bart_rows(kspace, mask, reference, weights, threads: int) -> list[dict]:
+    """Every ``PICS`` regulariser, its weight tuned on the first cine: rows as :func:`our_rows`."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bart_crosscheck_") as tmp:
+        folder = Path(tmp)
+        maps = bart_maps(kspace, mask, folder, threads)
+        for name, option in PICS.items():
+            scores = {w: psnr(pics(0, option.format(w), kspace, mask, maps, folder, threads), reference[0])
+                      for w in weights}
+            best = max(scores, key=scores.get)
+            recons, seconds = timed(lambda i: pics(i, option.format(best), kspace, mask, maps, folder, threads),
+                                    len(kspace))
+            rows.append(dict(method=name, weight=f"w={best:g}", recons=recons, seconds=seconds))
+    return rows
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def crosscheck(*, cines: int = 2,  # phantom cines (weights are tuned on the first)
+               frames: int = 20,  # frames per cine
+               size: int = 64,  # rows and columns (H = W); 192 is the study's size
+               coils: int = 8,  # receive coils
+               acceleration: int = 8,  # both masks' acceleration (uniform: outside the centre block)
+               weights: str = "0.003,0.01,0.03,0.1,0.3",  # BART's regularisation weights tried, comma-separated
+               threads: int = 0,  # torch and BART threads; 0 = torch's default
+               seed: int = 0,  # phantom and mask seed
+               checkpoint: str = "") -> None:  # a trained network to add (train.py's best.pt); "" = none
+    """Print BART's pics beside our solvers on one multi-coil phantom (see the module docstring)."""
+    if shutil.which("bart") is None:
+        raise UserError("bart is not on PATH: install BART (Debian/Ubuntu: apt-get install bart; "
+                        "see docs/baselines.md, 'BART cross-check')")
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    data = make_coil_dataset(cines, frames=frames, size=size, seed=seed, coils=coils)
+    reference = data["reference"]  # [N, T, H, W]
+    print(f"{cines} phantom cine(s) of {frames}x{size}x{size}, {coils} coils, {threads} thread(s); "
+          f"weights tuned by PSNR on cine 0", flush=True)
+    print("| mask | method | weight | PSNR (dB) | per cine (dB) | s per cine |\n| --- | --- | --- | --- | --- | --- |")
+    for scheme, mask in masks(cines, frames, size, acceleration, seed).items():
+        kspace = data["kspace"] * mask[:, None]  # [N, C, T, H, W]
+        started = time.perf_counter()
+        maps = estimate_sensitivities(kspace, mask)  # [N, C, H, W]
+        label = f"{scheme} ({size / mask[..., 0].sum(-1).mean():.1f}x overall)"  # rows / sampled rows per frame
+        print(f"| {label} | our ESPIRiT maps | | | | {(time.perf_counter() - started) / cines:.2f} |", flush=True)
+        rows = our_rows(kspace, mask, maps, reference) + ([network_row(checkpoint, kspace, mask, maps)]
+                                                           if checkpoint else [])
+        for row in rows + bart_rows(kspace, mask, reference, [float(w) for w in weights.split(",")], threads):
+            scores = [psnr(recon, target) for recon, target in zip(row["recons"], reference)]
+            print(f"| {label} | {row['method']} | {row['weight']} | {np.mean(scores):.2f} | "
+                  f"{' '.join(f'{s:.2f}' for s in scores)} | {row['seconds']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    with cli_errors():
+        run_command(crosscheck, sys.argv[1:], prog="python benchmarks/bart_crosscheck.py",
+                    parsers={"cines": positive, "frames": positive, "size": positive, "coils": positive,
+                             "acceleration": positive, "threads": non_negative})
