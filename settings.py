@@ -18,9 +18,10 @@ from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, PRIORS, size_multiple
 from sampling import DENSITIES
 
 # Applied when there is no CUDA device (scale="auto") or with scale="cpu", to every key not given
-# on the command line: a run that finishes in minutes on 2 CPU cores.
+# on the command line: a run that finishes in minutes on 2 CPU cores (12 epochs: under 10 minutes in
+# float32 on a Zen 3 EPYC without AVX-512 or bf16, the slowest CPU measured; docs/speed.md).
 CPU_SCALE = dict(image_size=64, num_samples=100, init_features=16, resnet_features=8, resnet_blocks=1, cascades=3,
-                 num_epochs=24, batch_size=4, checkpointing=False)
+                 num_epochs=12, batch_size=4, checkpointing=False)
 # The allowed values of the options that take one of a few words.
 CHOICES = dict(arch=ARCHS, prior=PRIORS, attention=ATTENTION, dc=DC_MODES, output=OUTPUTS, mask_mode=MASK_MODES,
                density=DENSITIES, loss_tpe=("L1", "L2"), lr_schedule=("warmup_cosine", "constant"),
