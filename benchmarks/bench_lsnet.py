@@ -1,5 +1,6 @@
-"""What a training epoch of the learned L+S (``--arch=lsnet``) costs at 64, 128 and 192 px, against
-the default cascades (the reference) measured in the same run.
+"""What a training epoch of the learned L+S (``--arch=lsnet``, and the default call's cascades that it
+starts) costs at 64, 128 and 192 px, against the cascades started from the view-shared cine (the
+previous default, the reference) measured in the same run.
 
     python benchmarks/bench_lsnet.py [--sizes=64,128,192] [--steps=3] [--cines=57] [--threads=0]
 
@@ -7,7 +8,7 @@ Every network trains on the same batches (4 phantom-like cines of 20 frames, ran
 ``--steps`` timed optimisation steps (``engine.train_step``, float32) after one warm-up step, at
 each size. An epoch is ``cines / batch`` steps (57 training cines at the CPU scale-down). Printed:
 seconds per step and per epoch, and each network's time as a multiple of the reference's (the
-CPU-scale default call: dual UNet, 3 cascades). ``--threads=0`` keeps torch's default.
+CPU-scale dual UNet, 3 cascades, from view sharing). ``--threads=0`` keeps torch's default.
 """
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ from sampling import scaled_center_lines, undersample, variable_density_mask  # 
 from settings import resolve_config, train_defaults  # noqa: E402
 
 NETWORKS = {  # label -> options over the CPU-scale call of train.py
-    "default call (reference)": {},
+    "cascades from view sharing (reference)": {"prior": None},
+    "default call: cascades from lsnet": {},
     "lsnet (10 iterations)": {"arch": "lsnet"},
     "lsnet + sparse CNN (8 features)": {"arch": "lsnet", "sparse_features": 8},
-    "default cascades started by lsnet": {"prior": "lsnet"},
 }
 BATCH = 4
 

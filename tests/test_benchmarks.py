@@ -63,7 +63,7 @@ def test_bench_lsnet_times_every_network_against_the_reference(tmp_path):
     result = run_tool("benchmarks/bench_lsnet.py", ["--sizes=16", "--steps=1", "--threads=1"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "| 16 |" in line]
-    assert len(rows) == 4 and rows[0].startswith("| default call (reference) |") and rows[0].endswith("| 1.00 |")
+    assert len(rows) == 4 and rows[0].startswith("| cascades from view sharing (reference) |") and rows[0].endswith("| 1.00 |")
     assert all(float(row.split(" | ")[2]) > 0 for row in rows) and result.stdout.startswith("CPU: ")
 
 
@@ -103,3 +103,16 @@ def test_bart_crosscheck_runs_tiny(tmp_path):
 def test_bart_crosscheck_says_when_bart_is_missing(tmp_path):
     result = run_tool("benchmarks/bart_crosscheck.py", ["--cines=1"], tmp_path, env_extra={"PATH": "/nonexistent"})
     assert result.returncode == 2 and "bart is not on PATH" in result.stderr
+
+
+def test_pincat_oracle_tunes_every_cs_method_on_the_cine_itself(tmp_path):
+    from phantom import make_phantom_dataset
+    import numpy as np
+    np.savez(tmp_path / "one.npz", dataset=make_phantom_dataset(1, frames=4, size=64, seed=3, complex_phase=False))
+    result = run_tool("benchmarks/pincat_oracle.py", [str(tmp_path / "one.npz")], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for method in ("kt_sparse", "lplus_s", "lplus_s_unrolled"):
+        assert f"{method} tuned on the cine itself" in result.stdout
+    np.savez(tmp_path / "small.npz", dataset=make_phantom_dataset(1, frames=4, size=32, seed=3, complex_phase=False))
+    small = run_tool("benchmarks/pincat_oracle.py", [str(tmp_path / "small.npz")], tmp_path)
+    assert small.returncode == 2 and small.stderr.startswith("error: ") and len(small.stderr.splitlines()) == 1
