@@ -26,8 +26,9 @@ def coil_problem():
 
 def tiny_config(**values):
     """A checkpoint's run config, as train.py saves it, for a tiny frame-agnostic cascade."""
-    return {**train_defaults(), "arch": "cine_unet", "cascades": 2, "in_channels": FRAMES, "out_channels": FRAMES,
-            "init_features": 4, "resnet_features": 4, "resnet_blocks": 1, "iterations": 2, **values}
+    return {**train_defaults(), "arch": "cine_unet", "prior": None, "cascades": 2, "in_channels": FRAMES,
+            "out_channels": FRAMES, "init_features": 4, "resnet_features": 4, "resnet_blocks": 1, "iterations": 2,
+            **values}
 
 
 def randomise(model: torch.nn.Module) -> torch.nn.Module:
