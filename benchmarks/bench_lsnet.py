@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cli import cli_errors, non_negative, positive, run_command  # noqa: E402
+from cli import UserError, cli_errors, non_negative, positive, run_command  # noqa: E402
 from engine import cpu_model, lr_factor, train_step  # noqa: E402
 from models import build_model, parameter_groups  # noqa: E402
 from phantom import make_phantom_dataset  # noqa: E402
@@ -71,11 +71,14 @@ def bench(*, sizes: str = "64,128,192",  # image sizes (H = W), comma-separated
              steps: int = 3,  # timed steps per network and size (after one warm-up step)
              cines: int = 57,  # training cines per epoch (57: the CPU scale-down's split)
              threads: int = 0) -> None:  # torch threads; 0 = torch's default
+    chosen = [int(s) for s in sizes.split(",") if s.strip().isdigit() and 16 <= int(s) <= 512]
+    if not chosen or len(chosen) != len(sizes.split(",")):
+        raise UserError(f"--sizes={sizes}: expected image sizes from 16 to 512, comma-separated")
     if threads:
         torch.set_num_threads(threads)
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, float32")
     print("| network | size | s per step | s per epoch | x reference |\n| --- | --- | --- | --- | --- |")
-    for size in (int(s) for s in sizes.split(",")):
+    for size in chosen:
         batch = batch_of(size)
         reference = None
         for label, options in NETWORKS.items():
