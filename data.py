@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import sys
 import tokenize
 import zipfile
 import zlib
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import UserError, check_readable, cli_errors
+from cli import UserError, check_readable
 from sampling import MaskSampler, undersample, variable_density_mask
 
 MASK_MODES = ("fixed", "random")
@@ -437,9 +436,3 @@ class SizeGroups:
             raise ValueError(f"rows {rows.tolist()} span two size groups")
         return self.groups[group].batch(local)
 
-
-if __name__ == "__main__":  # the convert command's former home: python data.py convert == python formats.py convert
-    from formats import main
-
-    with cli_errors():
-        main(sys.argv[1:])

@@ -91,6 +91,14 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return resolved
 
 
+def use_device(device: torch.device) -> None:
+    """Make ``device`` this process's device; on CUDA let cuDNN pick its fastest kernels and allow TF32."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
 def _cpuinfo_field(name: str) -> list[str]:
     """The values of every ``name : value`` line of /proc/cpuinfo (empty where there is none)."""
     lines = CPUINFO.read_text().splitlines() if CPUINFO.exists() else []

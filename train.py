@@ -33,7 +33,7 @@ from engine import (Report, check_resumable, choose_autocast, create_run_dirs, d
                     describe_device, evaluate_distributed, finished_summary, FreshPhantom, init_distributed,
                     load_checkpoint, load_images, lr_factor, make_datasets, resolve_device,
                     restore, restore_rng, save_checkpoint, seed_epoch, size_batches, snapshot, stop_everywhere,
-                    stop_on_signal, train_step, training_flops, unet_branches)
+                    stop_on_signal, train_step, training_flops, unet_branches, use_device)
 from metrics import format_summary, summarize
 from models import CHECKPOINT_FORMAT, build_model, describe_parameters, parameter_groups, use_channels_last
 from settings import resolve_config, train_options
@@ -94,11 +94,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
 
     # ---- model
     torch.manual_seed(config["seed"])
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    use_device(device)
     flops = {shape: training_flops(config, shape)  # per cine, forward + backward, once per image shape
              for shape in {tuple(part.images.shape[1:]) for part in (val_set, *train_set.groups)}}
     epoch_flops = sum(flops[tuple(group.images.shape[1:])] * len(group) for group in train_set.groups)
@@ -226,7 +222,10 @@ def train_epoch(model, optimizer, scheduler, scaler, dataset, order, config, amp
     last_sync = time.monotonic()
     for b in range(state["batch"], len(order)):
         batch = dataset.batch(order[b])  # [B, T, H, W] tensors, H = W one of the training sizes
-        loss = train_step(model, optimizer, scheduler, scaler, batch, params, config, amp_dtype)
+        try:
+            loss = train_step(model, optimizer, scheduler, scaler, batch, params, config, amp_dtype)
+        except torch.linalg.LinAlgError:  # an SVD of non-finite values: an earlier batch broke the weights
+            check_finite(torch.where(bad_batch < 0, b, bad_batch), epoch, state, config)
         loss_sum += loss.detach() * len(order[b])
         seen += len(order[b])
         bad_batch = torch.where((bad_batch < 0) & ~torch.isfinite(loss), b, bad_batch)

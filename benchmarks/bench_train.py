@@ -43,7 +43,8 @@ from baselines import synchronize  # noqa: E402
 from cli import atomic_write, cli_errors, make_folder, non_negative, run_command  # noqa: E402
 from data import CineDataset, split_counts  # noqa: E402
 from engine import (NATIVE_BF16_FLAGS, TRAINING_COPIES, choose_autocast, cpu_flags, cpu_model,  # noqa: E402
-                    describe_device, reconstruction_loss, resolve_device, train_step, training_flops)
+                    describe_device, reconstruction_loss, resolve_device, train_step, training_flops,
+                    use_device)
 from models import build_model, use_channels_last  # noqa: E402
 from sampling import scaled_center_lines, undersample, variable_density_mask  # noqa: E402
 from settings import CPU_SCALE, train_defaults, validate_network  # noqa: E402
@@ -138,9 +139,8 @@ def worker(spec: dict) -> dict:
     config = {**spec["config"], "cascades": spec["cascades"], "checkpointing": spec["variant"] == "ours+ckpt"}
     n_train = split_counts(config["num_samples"])[0]
     torch.manual_seed(0)
-    if device.type == "cuda" and spec["variant"] != "reference":  # as train.py; the reference keeps the defaults
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if spec["variant"] != "reference":  # as train.py; the reference keeps the defaults
+        use_device(device)
     frames, size = config["in_channels"], config["image_size"]
     images = np.random.default_rng(0).random((n_train, frames, size, size), dtype=np.float32)  # [N, T, H, W]
     warmup, steps = spec["warmup"], spec["warmup"] + spec["steps"]

@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num_samples=14", "--image_size=32", "--in_channels=6", "--out_channels=6", "--init_features=4",
         "--resnet_features=4", "--resnet_blocks=1", "--batch_size=2", "--center_lines=2", "--initial_lr=3e-3", "--scale=full",
-        "--device=cpu", "--amp=none", "--channels_last=false"]
+        "--device=cpu", "--amp=none", "--channels_last=false", "--iterations=2"]
 
 
 def run_tool(script, args, cwd, timeout=300, env_extra=None, **kwargs):

@@ -137,7 +137,13 @@ def tiny_overrides(tmp_path, **extra):
             "figures": False, **extra}
 
 
-def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("frozen_clock", [False, True])
+def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_last_good_checkpoint(tmp_path, monkeypatch,
+                                                                                  frozen_clock):
+    """With the clock frozen the loss is read back only at the epoch's end, so the next batch runs on
+    the broken weights first (its SVD fails): the run still stops with the batch that broke them."""
+    if frozen_clock:
+        monkeypatch.setattr(train.time, "monotonic", lambda: 0.0)
     calls = {"n": 0}
     real_loss = engine.reconstruction_loss
 
