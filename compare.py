@@ -61,11 +61,12 @@ import torch
 
 from baselines import GRIDS, METHODS, synchronize
 from baselines import tune as tune_weights
+from checkpoint import load_trained_model
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors, make_run_dirs, \
     check_name_length, options_from_signature, run_in_progress
 from data import CineDataset, load_boxes, load_cine, split_indices
-from engine import autocast, choose_autocast, describe_device, evaluate, load_images, load_trained_model, \
-    make_datasets, pad_to_multiple, resolve_device
+from engine import autocast, choose_autocast, describe_device, evaluate, load_images, make_datasets, pad_to_multiple, \
+    resolve_device
 from metrics import summarize
 from models import count_parameters, fixed_frame_count, size_multiple
 from reconstruct import adapted_reconstruction, check_adaptation

@@ -8,9 +8,8 @@
 - training pieces: :func:`reconstruction_loss` (the one loss), :func:`lr_factor`,
   :func:`training_flops`, :func:`train_step`, :func:`seed_epoch`;
 - evaluation: :func:`evaluate`, :func:`evaluate_distributed`;
-- checkpoints: :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`validate_checkpoint`,
-  :func:`load_trained_model`, :func:`data_fingerprint`, :func:`snapshot`, :func:`check_resumable`,
-  :func:`finished_summary`, :func:`restore`;
+- what a run is trained on: :func:`data_fingerprint`, :func:`check_data_shape`, :func:`phantom_version`;
+  the checkpoints that record it are checkpoint.py's;
 - runs: :func:`init_distributed`, :func:`create_run_dirs`, :func:`stop_on_signal`, :class:`Report`.
 
 Cines are ``[B, T, H, W]`` tensors (complex64 images and k-space, float32 masks) as in sampling.py.
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import math
 import os
 import re
@@ -28,7 +26,6 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,26 +34,17 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
 
-import models
-from cli import UserError, atomic_write, check_readable, make_run_dirs
+from cli import UserError, atomic_write, make_run_dirs
 from data import (CineDataset, SizeGroups, array_header, available_memory, check_disjoint_splits, check_memory,
                   cine_file, load_boxes, load_cine, load_subjects, split_by_subject, split_indices)
 from metrics import SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim, box_pixels
-from models import ARCHS, CHECKPOINT_FORMAT, build_model, count_parameters, fixed_frame_count, size_multiple
+from models import build_model, count_parameters, fixed_frame_count, size_multiple
 from sampling import REFERENCE_HEIGHT, check_sampling, scaled_center_lines
 
-# Keys that may differ when a run is resumed: they change how, not what, is computed.
-RUN_CONTROL_KEYS = ("device", "amp", "compile", "channels_last", "checkpointing", "checkpoint_every",
-                    "figures", "resume", "scale", "out_dir", "images_dir", "eval_batch_size")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of hardware bf16 arithmetic
 CPUINFO = Path("/proc/cpuinfo")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
-TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the legacy format, a pickle
-RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "state")  # what last.pt holds beyond the weights
-LOOP_STATE = ("epoch", "batch", "loss_sum", "seen", "history", "best")  # last.pt's "state"
 PHANTOM_SOURCE = Path(__file__).resolve().with_name("phantom.py")
-# What reconstruct.py, compare.py and the benchmarks read from a checkpoint's config besides the network's shape.
-CHECKPOINT_SETTINGS = ("arch", "in_channels", "acceleration", "center_lines", "density", "seed", "amp")
 SIZE_SETTINGS = ("init_features", "levels", "cascades", "resnet_features", "resnet_blocks")  # the network's size
 REPEATED_PARTS = ("cascades", "resnet_blocks", "iterations")  # settings that repeat a part: the weights grow linearly
 
@@ -76,11 +64,13 @@ def check_device(device) -> None:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """The torch device of the device option; ``auto`` and ``cuda`` take this process's GPU."""
+    """The torch device of the device option; ``auto`` and ``cuda`` take this process's GPU, which
+    becomes its current device, with cuDNN's kernel search and TF32 matrix products on."""
     check_device(device)
     if device == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    resolved = torch.device(device)
+        resolved = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device={device}: no CUDA device is available")
     if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
@@ -88,6 +78,7 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if resolved.type == "cuda" and resolved.index is None:
         resolved = torch.device(f"cuda:{local_rank}")
+    use_device(resolved)
     return resolved
 
 
@@ -539,77 +530,7 @@ def evaluate_distributed(model, dataset, world: int, rank: int, **kwargs) -> dic
     return merged
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(checkpoint: dict, path: Path) -> None:
-    """``torch.save`` through :func:`cli.atomic_write`: a kill leaves the previous file intact, and a
-    failed write (disk full) stops the run with one line saying how to continue it."""
-    atomic_write(path, partial(torch.save, checkpoint),
-                 then="continue the run with the same command plus --resume")
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """``models.load_checkpoint`` of a regular file (not a folder, a named pipe or a loop of symbolic
-    links) that starts as a torch file does; anything else is one ``UserError``."""
-    path = check_readable(path, missing="no such checkpoint file", expected="a checkpoint file (.pt)")
-    with open(path, "rb") as file:
-        head = file.read(4)
-    if not head.startswith(TORCH_FILE_STARTS):
-        raise UserError(f"{path}: not a torch file (neither the zip archive that torch.save writes nor a pickle); "
-                        f"expected a checkpoint written by train.py")
-    return models.load_checkpoint(path, map_location=map_location)
-
-
-def _weights_mismatch(expected: dict, weights: dict) -> str:
-    """How ``weights`` differ from the state dict ``expected`` ('' when they fit)."""
-    missing = [key for key in expected if key not in weights]
-    unexpected = [key for key in weights if key not in expected]
-    reshaped = [key for key in expected if key in weights and tuple(weights[key].shape) != tuple(expected[key].shape)]
-    parts = [f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []
-    parts += [f"{len(unexpected)} unexpected, e.g. {unexpected[0]}"] if unexpected else []
-    parts += [f"{len(reshaped)} of another shape, e.g. {reshaped[0]} {tuple(weights[reshaped[0]].shape)} instead "
-              f"of {tuple(expected[reshaped[0]].shape)}"] if reshaped else []
-    return "; ".join(parts)
-
-
-def validate_checkpoint(checkpoint: dict, path, resumable: bool = False) -> None:
-    """Refuse, in one line, a checkpoint whose contents cannot be used: missing keys, a config with
-    an unknown arch or one that builds no network, weights that do not fit the network its config
-    describes (checked on the meta device: nothing is allocated), and with ``resumable`` missing
-    training state."""
-    if resumable and "state" not in checkpoint:
-        raise UserError(f"{path}: holds weights only (no training state) and cannot be resumed")
-    missing = [key for key in ("config", "model", *(RESUME_KEYS if resumable else ())) if key not in checkpoint]
-    if missing:
-        raise UserError(f"{path}: incomplete checkpoint, it lacks {', '.join(missing)}")
-    config, weights = checkpoint["config"], checkpoint["model"]
-    if not (isinstance(config, dict) and isinstance(weights, dict)
-            and all(isinstance(value, torch.Tensor) for value in weights.values())):
-        raise UserError(f"{path}: damaged checkpoint: 'config' must be a dict of settings and 'model' one of tensors")
-    if resumable and not (isinstance(checkpoint["state"], dict) and set(LOOP_STATE) <= set(checkpoint["state"])):
-        raise UserError(f"{path}: damaged checkpoint: its training state must hold {', '.join(LOOP_STATE)}")
-    if config.get("arch") not in ARCHS:
-        raise UserError(f"{path}: unknown arch {config.get('arch')!r} (known: {', '.join(ARCHS)}): the checkpoint "
-                        f"is damaged or from another version of cinerecon")
-    from settings import validate_network  # settings imports engine
-
-    try:
-        lacking = next((key for key in CHECKPOINT_SETTINGS if key not in config), None)
-        if lacking:
-            raise KeyError(lacking)
-        validate_network(config)
-        with torch.device("meta"):
-            expected = build_model({**config, "checkpointing": False}).state_dict()
-    except KeyError as error:
-        raise UserError(f"{path}: its config lacks the setting {error.args[0]!r}: the checkpoint is damaged or "
-                        f"from another version of cinerecon") from None
-    except UserError as error:
-        raise UserError(f"{path}: its config: {error}") from None
-    except (ValueError, TypeError, RuntimeError) as error:
-        raise UserError(f"{path}: its config describes no network ({str(error).splitlines()[0][:160]})") from None
-    mismatch = _weights_mismatch(expected, weights)
-    if mismatch:
-        raise UserError(f"{path}: the weights do not fit the {config['arch']} network its config describes "
-                        f"({mismatch})")
+# ----------------------------------------------------------------------------- network size and data checks
 
 
 def parameter_count(config: dict) -> int:
@@ -636,16 +557,6 @@ def check_network_size(config: dict, copies: int) -> None:
     count = parameter_count(config)
     check_memory(source, copies * 4 * count, f"the {config['arch']} network's {count:.3g} parameters "
                                              f"({copies} copies of float32)")
-
-
-def load_trained_model(path, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """The trained network of a checkpoint (eval mode, on ``device``) and the run config it was saved
-    with; a file or contents that cannot be used is one ``UserError`` (:func:`validate_checkpoint`)."""
-    checkpoint = load_checkpoint(path, map_location=device)
-    validate_checkpoint(checkpoint, path)
-    model = build_model({**checkpoint["config"], "checkpointing": False}).to(device)
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), checkpoint["config"]
 
 
 def phantom_version() -> str:
@@ -700,70 +611,6 @@ def data_fingerprint(config: dict) -> dict:
         fingerprint.update({f"{path} bytes": path.stat().st_size, f"{path} shape": list(shape),
                             f"{path} dtype": str(dtype), f"{path} sha256": digest})
     return fingerprint
-
-
-def snapshot(model, optimizer, scheduler, scaler, train_set: SizeGroups, config: dict, state: dict,
-             data: dict) -> dict:
-    """Everything needed to continue exactly where training stands (``last.pt``); ``data``: the
-    :func:`data_fingerprint` of the run."""
-    rng = {"torch": torch.get_rng_state(), "masks": train_set.generator.get_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"format": CHECKPOINT_FORMAT, "config": config, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng, "state": state, "data": data}
-
-
-def _shown(value) -> str:
-    """A fingerprint value in a message (digests shortened)."""
-    return f"{value[:12]}..." if isinstance(value, str) and len(value) > 16 else repr(value)
-
-
-def check_resumable(checkpoint: dict, config: dict, path: Path, data: dict) -> None:
-    """Refuse to resume ``last.pt`` if its contents cannot be used (:func:`validate_checkpoint`), if
-    the config changed what is computed (model, data, optimiser), or if the data differ from the
-    checkpoint's ``data`` fingerprint (checkpoints written before fingerprints are not checked)."""
-    validate_checkpoint(checkpoint, path, resumable=True)
-    saved = checkpoint["config"]
-    differ = sorted(key for key in set(saved) | set(config)
-                    if key not in RUN_CONTROL_KEYS and saved.get(key) != config.get(key))
-    if differ:
-        detail = ", ".join(f"{key} {saved.get(key)!r} -> {config.get(key)!r}" for key in differ)
-        raise UserError(f"{path}: cannot resume with a different configuration ({detail})")
-    trained_on = checkpoint.get("data", data)
-    differ = sorted(key for key in set(trained_on) | set(data) if trained_on.get(key) != data.get(key))
-    if differ:
-        detail = ", ".join(f"{key} {_shown(trained_on.get(key))} -> {_shown(data.get(key))}" for key in differ)
-        raise UserError(f"{path}: cannot resume on different data ({detail}): the run was trained on other "
-                        f"data; restore them, or start a new run")
-
-
-def finished_summary(checkpoint: dict, config: dict, out_dir: Path) -> dict | None:
-    """The test summary in ``out_dir/metrics.json`` of a run whose ``last.pt`` has every epoch done,
-    or None when the run still has to train or test (a damaged metrics.json is written again)."""
-    if checkpoint["state"]["epoch"] < config["num_epochs"]:
-        return None
-    try:
-        return json.loads((Path(out_dir) / "metrics.json").read_text())["summary"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def restore(checkpoint: dict, model, optimizer, scheduler, scaler) -> dict:
-    """Load the training state of ``last.pt``; returns the loop state (epoch, batch, history, best)."""
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    return checkpoint["state"]
-
-
-def restore_rng(rng: dict, train_set: CineDataset | SizeGroups) -> None:
-    """Continue the random streams of an interrupted epoch (dropout and training masks)."""
-    torch.set_rng_state(rng["torch"])
-    train_set.generator.set_state(rng["masks"])
-    if "cuda" in rng and train_set.generator.device.type == "cuda":
-        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 # ----------------------------------------------------------------------------- runs

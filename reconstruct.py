@@ -60,9 +60,10 @@ from tqdm import tqdm
 
 from adapt import adapt as adapt_to_scan
 from adapt import hard_consistency
+from checkpoint import load_trained_model
 from cli import UserError, check_name_length, cli_errors, positive, run_command
 from data import DataError, check_cines, mask_seed, normalize
-from engine import autocast, choose_autocast, load_trained_model, resolve_device
+from engine import autocast, choose_autocast, resolve_device
 from formats import check_output, crop_or_pad, read_cines, save_npz
 from metrics import batch_psnr, batch_ssim, format_summary
 from models import fixed_frame_count, size_multiple

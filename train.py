@@ -28,14 +28,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from checkpoint import (CHECKPOINT_FORMAT, check_resumable, finished_summary, load_checkpoint, restore, restore_rng,
+                        save_checkpoint, snapshot)
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors
-from engine import (Report, check_resumable, choose_autocast, create_run_dirs, data_fingerprint,
-                    describe_device, evaluate_distributed, finished_summary, FreshPhantom, init_distributed,
-                    load_checkpoint, load_images, lr_factor, make_datasets, resolve_device,
-                    restore, restore_rng, save_checkpoint, seed_epoch, size_batches, snapshot, stop_everywhere,
-                    stop_on_signal, train_step, training_flops, unet_branches, use_device)
+from engine import (FreshPhantom, Report, choose_autocast, create_run_dirs, data_fingerprint, describe_device,
+                    evaluate_distributed, init_distributed, load_images, lr_factor, make_datasets, resolve_device,
+                    seed_epoch, size_batches, stop_everywhere, stop_on_signal, train_step, training_flops, unet_branches)
 from metrics import format_summary, summarize
-from models import CHECKPOINT_FORMAT, build_model, describe_parameters, parameter_groups, use_channels_last
+from models import build_model, describe_parameters, parameter_groups, use_channels_last
 from settings import resolve_config, train_options
 
 
@@ -94,7 +94,6 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
 
     # ---- model
     torch.manual_seed(config["seed"])
-    use_device(device)
     flops = {shape: training_flops(config, shape)  # per cine, forward + backward, once per image shape
              for shape in {tuple(part.images.shape[1:]) for part in (val_set, *train_set.groups)}}
     epoch_flops = sum(flops[tuple(group.images.shape[1:])] * len(group) for group in train_set.groups)

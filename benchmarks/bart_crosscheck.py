@@ -43,9 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baselines import KT_GRID, LPLUSS_GRID, kt_sparse, low_rank_plus_sparse, tune, view_sharing  # noqa: E402
+from checkpoint import load_trained_model  # noqa: E402
 from cli import UserError, cli_errors, non_negative, positive, run_command  # noqa: E402
 from metrics import psnr  # noqa: E402
-from models import fixed_frame_count, load_model, size_multiple  # noqa: E402
+from models import fixed_frame_count, size_multiple  # noqa: E402
 from phantom import make_coil_dataset  # noqa: E402
 from sampling import (calibration_lines, center_rows, estimate_sensitivities, scaled_center_lines,  # noqa: E402
                       sense_adjoint, uniform_mask, variable_density_mask)
@@ -142,7 +143,7 @@ def network_row(checkpoint: str, kspace, mask, maps) -> dict:
     """A trained network on coil k-space ``[N, C, T, H, W]`` with our maps ``[N, C, H, W]``, as a row
     of :func:`our_rows`: each cine is divided by the peak of its zero-filled ``A^H y`` (as
     reconstruct.py normalises) and the result multiplied back."""
-    model, config = load_model(checkpoint)
+    model, config = load_trained_model(checkpoint)
     frames, size = kspace.shape[-3], kspace.shape[-1]
     if fixed_frame_count(config) not in (None, frames) or size % size_multiple(config):
         raise UserError(f"{checkpoint}: the network takes {fixed_frame_count(config) or 'any number of'} frames "

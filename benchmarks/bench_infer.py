@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 import baselines  # noqa: E402
 from baselines import synchronize  # noqa: E402
+from checkpoint import load_trained_model  # noqa: E402
 from cli import UserError, atomic_write, cli_errors, make_folder, non_negative, run_command  # noqa: E402
-from engine import autocast, choose_autocast, describe_device, load_trained_model, resolve_device  # noqa: E402
+from engine import autocast, choose_autocast, describe_device, resolve_device  # noqa: E402
 from metrics import psnr  # noqa: E402
 from models import build_model, count_parameters, fixed_frame_count, size_multiple, use_channels_last  # noqa: E402
 from phantom import make_phantom_dataset  # noqa: E402

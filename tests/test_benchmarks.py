@@ -84,7 +84,8 @@ def test_cfl_files_round_trip_in_bart_order(tmp_path):
 
 @pytest.mark.skipif(shutil.which("bart") is None, reason="BART is not installed (apt-get install bart)")
 def test_bart_crosscheck_runs_tiny(tmp_path):
-    from models import CHECKPOINT_FORMAT, build_model
+    from models import build_model
+    from checkpoint import CHECKPOINT_FORMAT
     from settings import train_defaults
     config = {**train_defaults(), "arch": "cine_unet", "cascades": 1, "in_channels": 4, "out_channels": 4,
               "init_features": 4, "resnet_features": 4, "resnet_blocks": 1}

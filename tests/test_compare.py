@@ -6,10 +6,11 @@ import torch
 from PIL import Image
 
 import compare
+from checkpoint import CHECKPOINT_FORMAT
 from cli import UserError
 from data import split_indices
 from helpers import TINY, read_metrics, run_tool, train_defaults
-from models import CHECKPOINT_FORMAT, build_model
+from models import build_model
 from phantom import make_phantom_dataset
 
 ROWS = ["zero-filled", "view sharing", "k-t sparse", "L+S", "L+S, 10 iterations from view sharing", "ours", "DC-CNN",

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 import torch
 
+from checkpoint import load_trained_model
 from data import CineDataset
 from engine import seed_epoch
 from helpers import TINY, read_metrics, run_tool
-from models import build_model, load_model
+from models import build_model
 
 # DC-CNN has no batch norm: per-process batch statistics cannot make the runs differ, so the
 # comparison isolates the distributed machinery (sampler, all-reduce, clipping, checkpoints).
@@ -53,7 +54,7 @@ def test_distributed_weights_equal_single_process_weights(runs):
     for key in one:  # the all-reduce sums gradients in another order: Adam turns that into ~1e-4 after 3 epochs
         torch.testing.assert_close(two[key], one[key], atol=5e-4, rtol=1e-3)
     torch.manual_seed(0)
-    initial = build_model(load_model(cwd / "output" / "one" / "best.pt")[1]).state_dict()
+    initial = build_model(load_trained_model(cwd / "output" / "one" / "best.pt")[1]).state_dict()
     assert not torch.allclose(one["denoisers.0.net.0.weight"], initial["denoisers.0.net.0.weight"]), \
         "the weights must have trained"
     m_one, m_two = read_metrics(cwd / "output" / "one"), read_metrics(cwd / "output" / "two")
@@ -63,7 +64,7 @@ def test_distributed_weights_equal_single_process_weights(runs):
 
 def test_checkpoints_move_between_distributed_and_single_runs(runs):
     cwd, _ = runs
-    model, config = load_model(cwd / "output" / "two" / "best.pt")  # written by 2 processes, loaded by 1
+    model, config = load_trained_model(cwd / "output" / "two" / "best.pt")  # written by 2 processes, loaded by 1
     assert config["arch"] == "dccnn" and not any(k.startswith("module.") for k in model.state_dict())
     (cwd / "output" / "one" / "metrics.json").unlink()  # unfinished again: a finished run is not resumed
     resumed = torchrun(["one", *ARGS, "--resume"], cwd)  # written by 1 process, resumed by 2

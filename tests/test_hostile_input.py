@@ -29,10 +29,11 @@ import formats
 import reconstruct
 import settings
 import train
+from checkpoint import CHECKPOINT_FORMAT, check_resumable, load_checkpoint, load_trained_model, save_checkpoint
 from cli import UserError, check_run_name, cli_errors, make_run_dirs, run_command
 from data import DataError, load_cine
 from helpers import ROOT, TINY, read_metrics, train_defaults
-from models import CHECKPOINT_FORMAT, build_model
+from models import build_model
 
 SHAPE = (14, 6, 32, 32)  # the tiny runs' cines: 8/2/4 split, 6 frames of 32x32
 
@@ -126,7 +127,7 @@ def test_the_run_name_rule_is_stated_as_it_is_checked():
 
 def test_disk_full_while_saving_a_checkpoint_says_what_to_do(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    engine.save_checkpoint({"epoch": 1}, path)
+    save_checkpoint({"epoch": 1}, path)
     before = path.read_bytes()
 
     def disk_full(obj, file):
@@ -137,7 +138,7 @@ def test_disk_full_while_saving_a_checkpoint_says_what_to_do(tmp_path, monkeypat
     with pytest.raises(UserError, match=r"last.pt: not written, the disk is full \(No space left on device\); its "
                                         r"previous version.* unchanged: free some space, then continue the run with "
                                         r"the same command plus --resume"):
-        engine.save_checkpoint({"epoch": 2}, path)
+        save_checkpoint({"epoch": 2}, path)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.pt"]
 
 
@@ -177,9 +178,9 @@ def test_resume_refuses_a_phantom_of_other_code(tmp_path):
     fingerprint = engine.data_fingerprint(config)
     with pytest.raises(UserError, match=r"cannot resume on different data \(phantom '0123456789abcdef' -> "
                                         r"'[0-9a-f]{16}'\)"):
-        engine.check_resumable(checkpoint, config, tmp_path / "last.pt", fingerprint)
+        check_resumable(checkpoint, config, tmp_path / "last.pt", fingerprint)
     with pytest.raises(UserError, match="damaged checkpoint: its training state must hold epoch, batch"):
-        engine.check_resumable({**checkpoint, "state": {"epoch": 1}}, config, tmp_path / "last.pt", fingerprint)
+        check_resumable({**checkpoint, "state": {"epoch": 1}}, config, tmp_path / "last.pt", fingerprint)
 
 
 def test_the_phantom_version_follows_its_code_not_its_comments(tmp_path, monkeypatch):
@@ -329,7 +330,7 @@ CONTENT_ERRORS = {
 def test_checkpoint_contents_that_cannot_be_used_are_one_line(tmp_path):
     for name, path in broken_checkpoints(tmp_path).items():
         with pytest.raises(UserError, match=rf"{path.name}: {CONTENT_ERRORS[name]}"):
-            engine.load_trained_model(path)
+            load_trained_model(path)
 
 
 def test_reconstruct_compare_and_bench_infer_validate_checkpoint_contents(tmp_path):
@@ -349,7 +350,7 @@ def test_random_bytes_are_not_a_torch_file(tmp_path):
     path = tmp_path / "output" / "x" / "last.pt"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\x17" + np.random.default_rng(0).bytes(4095))
-    for load in (engine.load_checkpoint, engine.load_trained_model):
+    for load in (load_checkpoint, load_trained_model):
         with pytest.raises(UserError, match="last.pt: not a torch file"):
             load(path)
     with pytest.raises(UserError, match="x/last.pt: not a torch file"):
@@ -361,7 +362,7 @@ READERS = {
     "load_cine": load_cine,
     "convert's read_cines": formats.read_cines,
     "data_fingerprint": lambda path: engine.data_fingerprint({"data": str(path)}),
-    "load_checkpoint": lambda path: engine.load_checkpoint(path),
+    "load_checkpoint": lambda path: load_checkpoint(path),
     "--config": lambda path: train.parse_command_line(["x", f"--config={path}"]),
 }
 
@@ -715,7 +716,7 @@ def test_a_checkpoint_config_is_checked_before_its_network_is_built(tmp_path, al
     config = {k: v for k, v in config.items() if k != change} if isinstance(change, str) else {**config, **change}
     path = checkpoint_with(tmp_path / "net.pt", config)
     with pytest.raises(UserError, match=rf"net.pt: {message}"):
-        engine.load_trained_model(path)
+        load_trained_model(path)
     with pytest.raises(UserError, match=rf"net.pt: {message}"):
         reconstruct.main([f"--checkpoint={path}", "--input=x.npy", f"--out={tmp_path / 'r.npz'}", "--device=cpu"])
 
@@ -791,7 +792,7 @@ def test_a_torch_save_runtime_error_is_one_line(tmp_path, monkeypatch, failure, 
 
     monkeypatch.setattr(torch, "save", failing)
     with pytest.raises(UserError, match=message):
-        engine.save_checkpoint({"epoch": 2}, tmp_path / "last.pt")
+        save_checkpoint({"epoch": 2}, tmp_path / "last.pt")
     assert os.listdir(tmp_path) == []
 
 

@@ -5,12 +5,13 @@ import torch
 from PIL import Image
 
 import reconstruct
+from checkpoint import CHECKPOINT_FORMAT
 from cli import UserError
 from data import mask_seed
 from formats import crop_or_pad
 from helpers import TINY, run_tool, train_defaults
 from metrics import batch_psnr, batch_ssim
-from models import CHECKPOINT_FORMAT, build_model
+from models import build_model
 from phantom import make_phantom_dataset
 from sampling import fft2c, ifft2c, variable_density_mask
 

@@ -15,11 +15,10 @@ import torch
 
 import engine
 import train
+from checkpoint import load_checkpoint, save_checkpoint
 from cli import UserError
 from data import DataError, load_cine
-from engine import save_checkpoint
 from helpers import ROOT, TINY, read_metrics, run_tool, train_defaults
-from models import load_checkpoint
 
 SHAPE = (14, 6, 32, 32)
 

@@ -1,8 +1,9 @@
 import numpy as np
 import torch
 
+from checkpoint import CHECKPOINT_FORMAT
 from helpers import run_tool, train_defaults
-from models import CHECKPOINT_FORMAT, build_model
+from models import build_model
 
 
 def test_one_checkpoint_is_scored_at_several_sizes(tmp_path):
