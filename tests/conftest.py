@@ -1,6 +1,11 @@
 """Shared fixtures."""
+import os
+
 import pytest
 import torch
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # the cores shared out between the workers, not each taking all
+    torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(scope="module")
