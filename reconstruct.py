@@ -3,8 +3,10 @@
     python reconstruct.py --checkpoint output/NAME/best.pt --input FILE --out recon.npz
         [--key NAME] [--mask MASK.npy|.npz] [--figures DIR] [--device auto|cpu|cuda|cuda:N]
         [--batch_size N] [--adapt STEPS [--adapt_lr 2e-5] [--adapt_crop 64]] [--debug] [--help]
+    python reconstruct.py --kspace cine_sax.mat [--mask cine_sax_mask.mat] [--acceleration R]
+        --out recon.npz [--nifti recon.nii.gz] ...
 
-Two kinds of input:
+Two kinds of input (the checkpoint defaults to the shipped checkpoints/lsnet.pt):
 
 - Fully sampled cines: ``.npy``/``.npz`` ``[N, T, H, W]`` or one cine ``[T, H, W]`` (or anything
   ``python formats.py convert`` reads). They are undersampled retrospectively with the checkpoint's
@@ -12,18 +14,27 @@ Two kinds of input:
   ``data.mask_seed(seed, i)``, or the single mask of ``seed`` for ``mask_mode='fixed'``), or with
   ``--mask`` (``[T, H, W]`` for every cine, or ``[N, T, H, W]``). Each cine is divided by its peak
   magnitude, as in training, and PSNR/SSIM are computed against it.
-- Measured k-space: an ``.npz`` holding ``kspace`` (``[N, T, H, W]`` or ``[T, H, W]`` complex, centred
-  as ``sampling.fft2c`` gives it) and ``mask`` (the same shape, or ``[T, H, W]``; ``--mask`` replaces
-  it); entries off the mask are ignored. There is no reference, so each cine is divided by the peak
-  magnitude of its zero-filled image instead (training divided by the fully sampled peak, so
-  intensities seen by the network may be off by that ratio).
+- Measured k-space: ``--kspace FILE``, a CMRxRecon ``.mat`` (its ``*_mask.mat`` named with ``--mask``),
+  an ISMRMRD/MRD ``.h5`` or a k-space ``.npz`` (``kspace`` ``[N, C, T, H, W]``, or ``[N, T, H, W]`` /
+  ``[T, H, W]`` for one coil, centred as ``sampling.fft2c`` gives it, ``mask`` ``[N, T, H, W]`` or
+  ``[T, H, W]``, optional ``sensitivities`` and ``pixel_size``), read by ``formats.read_kspace``
+  (layouts in docs/formats.md); ``--input`` of an ``.npz`` holding ``kspace`` takes the same path.
+  The mask is the file's measured pattern; entries off it are ignored. A fully sampled file with
+  ``--acceleration=R`` is undersampled with the checkpoint's sampling at R (``retrospective_masks``).
+  More than one coil: the network gets coil k-space ``[B, C, T, H, W]``, the coil-combined zero-filled
+  image (``sampling.sense_adjoint``) and the sensitivities ``[B, C, H, W]``: the file's, else
+  estimated by ESPIRiT from the data's own calibration lines; one coil is the single-coil network.
+  There is no reference, so each cine is divided by the peak magnitude of its zero-filled image
+  instead (training divided by the fully sampled peak, so intensities seen by the network may be
+  off by that ratio).
 
 Sizes: H and W must be multiples of ``models.size_multiple(config)`` (16 for the dual UNet,
 ``2^levels`` for cine_unet, 1 for DC-CNN). Fully sampled cines are zero-padded in the image, centred;
 the masks are drawn for (``--mask`` must have) the padded size and the result is cropped back.
 Measured k-space is zero-padded in k-space (unmeasured outer lines, mask 0): the network sees the
 same field of view on a finer grid, and cropping its k-space back keeps every measured sample, so
-hard data consistency still returns the measurements exactly.
+hard data consistency still returns the measurements exactly. Sensitivities from a file are
+interpolated to that finer grid (``sampling.interpolate_maps``); estimated ones are estimated on it.
 Frames: the dual UNet stacks frames as channels and reconstructs exactly the ``in_channels`` frames
 it was trained with (resample cines first with ``python formats.py convert FILE --frames N``);
 cine_unet and DC-CNN take any number (``models.fixed_frame_count``).
@@ -32,19 +43,23 @@ Adaptation (``--adapt=STEPS``, docs/adapt.md): before reconstructing, a copy of 
 fine-tuned on each cine's own measurements in turn (``adapt.adapt``: self-supervised, no reference,
 seeded by the checkpoint's seed), the cine is reconstructed from all its measurements with that copy,
 and the copy is discarded. The result ends in hard data consistency (added after the network when
-its last stage is not a hard-DC cascade), so it keeps every measured sample exactly. Needs whole ky
+its last stage is not a hard-DC cascade; with coils, the SENSE one, and adaptation gets the
+sensitivities), so it keeps every measured sample exactly. Needs whole ky
 lines (a Cartesian mask). On a grid padded in k-space the padded kx columns count as measured zeros
 during adaptation (the readout is fully sampled, so the data hold nothing there).
 
 Writes ``--out`` (.npz, never overwritten), in the input's units: ``recon`` (complex64
 ``[N, T, H, W]``), ``magnitude`` (float32), ``zero_filled`` (complex64), ``mask`` (float32, as applied,
-on the network's grid), ``scale`` (the per-cine normalisation divisor) and, with a reference,
+on the network's grid), ``scale`` (the per-cine normalisation divisor), with coils ``sensitivities``
+(``[N, C, Hn, Wn]``, as used) and, with a reference,
 ``psnr``, ``ssim``, ``psnr_zero_filled``, ``ssim_zero_filled`` per cine (magnitudes, peak 1). With
 ``--adapt``, per cine: ``adapt_steps`` (steps run), ``adapt_kept_step`` (the step whose weights were
 kept, 0: the checkpoint's), ``adapt_error_before`` / ``adapt_error_after`` (held-out k-space error),
 ``adapt_seconds``, ``adapt_columns`` (columns adapted on) and, with a reference,
 ``psnr_before_adapt`` / ``ssim_before_adapt`` (the checkpoint as it is; ``psnr``/``ssim`` are after).
-``--figures DIR``: per cine a PNG and a GIF. Mixed precision follows the checkpoint's ``amp`` under
+``--nifti FILE.nii.gz`` (or ``.nii``): the magnitude cines also as a 4-D NIfTI ``(rows, columns,
+cine, frame)`` float32 (the layout ``formats.read_nifti`` reads), voxel size the file's pixel size in
+mm (1 where it does not say) and 1 per cine and frame. ``--figures DIR``: per cine a PNG and a GIF. Mixed precision follows the checkpoint's ``amp`` under
 ``engine.choose_autocast`` (fp16 runs in float32 on a CPU).
 """
 from __future__ import annotations
