@@ -59,7 +59,8 @@ kept, 0: the checkpoint's), ``adapt_error_before`` / ``adapt_error_after`` (held
 ``psnr_before_adapt`` / ``ssim_before_adapt`` (the checkpoint as it is; ``psnr``/``ssim`` are after).
 ``--nifti FILE.nii.gz`` (or ``.nii``): the magnitude cines also as a 4-D NIfTI ``(rows, columns,
 cine, frame)`` float32 (the layout ``formats.read_nifti`` reads), voxel size the file's pixel size in
-mm (1 where it does not say) and 1 per cine and frame. ``--figures DIR``: per cine a PNG and a GIF. Mixed precision follows the checkpoint's ``amp`` under
+mm (1 where it does not say) and 1 per cine and frame. ``--figures DIR``: per cine a PNG and a GIF.
+Mixed precision follows the checkpoint's ``amp`` under
 ``engine.choose_autocast`` (fp16 runs in float32 on a CPU).
 """
 from __future__ import annotations
@@ -439,7 +440,7 @@ def reconstruct(*,
                 kspace: str | None = None,  # measured k-space instead: CMRxRecon .mat, ISMRMRD/MRD .h5 or k-space .npz
                 out: str,  # the .npz to write (never overwritten)
                 key: str | None = None,  # array name in the input .npz/.mat; None: 'dataset' or the only one
-                mask: str | None = None,  # 0/1 .npy/.npz [T,H,W]|[N,T,H,W] or a CMRxRecon *_mask.mat; None: see docs
+                mask: str | None = None,  # 0/1 .npy/.npz [T,H,W]|[N,T,H,W] or CMRxRecon *_mask.mat; None: see docs
                 acceleration: float | None = None,  # undersample fully sampled --kspace data so; None: as measured
                 nifti: str | None = None,  # also write the magnitude cines to this .nii/.nii.gz; None: no NIfTI
                 figures: str | None = None,  # a folder for a PNG and a GIF per cine; None: no figures
@@ -450,8 +451,9 @@ def reconstruct(*,
                 adapt_lr: float = 2e-5,  # Adam learning rate of the adaptation (> 0)
                 adapt_crop: int = 64) -> None:  # columns adapted on, a multiple of the network's size multiple; 0 = all
     """Reconstruct cines with a trained cinerecon checkpoint: fully sampled cines are undersampled
-    with the checkpoint's sampling (or --mask) and scored; measured k-space (an .npz with 'kspace'
-    and 'mask') is reconstructed without a reference. With --adapt, a copy of the network is first
+    with the checkpoint's sampling (or --mask) and scored; measured k-space (--kspace: a CMRxRecon
+    .mat, an MRD .h5 or a k-space .npz, or an .npz with 'kspace' and 'mask') is reconstructed as
+    measured (or, fully sampled, with --acceleration) without a reference. With --adapt, a copy of the network is first
     fine-tuned on each cine's own measurements (self-supervised, no reference needed). Writes --out
     in the input's units."""
     if (input is None) == (kspace is None):
