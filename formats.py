@@ -1,6 +1,8 @@
-"""Cine data as public datasets ship it, read and converted into the project's ``cine.npz``.
+"""Cine data as public datasets ship it, read and converted into the project's ``cine.npz``; raw
+scanner k-space read into one layout and converted into a k-space ``.npz``.
 
     python formats.py convert INPUT [INPUT ...] --out cine.npz [--frames=20 --size=192 ...]
+    python formats.py convert cine_sax.mat --kspace [--mask cine_sax_mask.mat] --out kspace.npz
 
 Readers return cines ``[n, t, x, y]`` in the file's own dtype (x = image rows, the phase-encoding
 axis of the project's masks; y = columns):
@@ -17,13 +19,20 @@ axis of the project's masks; y = columns):
 nibabel, pydicom and h5py (requirements-extras.txt, which requirements.txt includes) are imported
 only when a file of their format is read.
 :func:`conform` crops/pads and resamples cines in time; :func:`convert` is the ``convert`` command.
+
+Measured k-space (:func:`read_kspace`, layout :class:`KSpace`: ``kspace`` ``[N, C, T, H, W]`` complex64,
+``mask`` ``[N, T, H, W]``, optional ``sensitivities`` ``[N, C, H, W]`` and ``pixel_size``; exact file
+layouts in docs/formats.md): CMRxRecon cine ``.mat`` files (v7.3, h5py, with their ``*_mask.mat``),
+ISMRMRD/MRD ``.h5`` raw data (h5py and the ismrmrd package) and our k-space ``.npz``.
 """
 from __future__ import annotations
 
 import importlib
 import math
 import sys
+import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -184,9 +193,16 @@ def _is_hdf5(path: Path) -> bool:
     return any(head[offset:offset + 8] == HDF5_SIGNATURE for offset in (0, 512, 1024, 2048))
 
 
-def _pick(names: dict, key: str | None, path: Path) -> str:
-    """The variable to read: ``key``, else the only array of 3 or more dimensions (names: name -> shape)."""
+def _pick(names: dict, key: str | tuple | None, path: Path) -> str:
+    """The variable to read: ``key``, the first present of a tuple of candidate names, else the only
+    array of 3 or more dimensions (names: name -> shape)."""
     found = ", ".join(f"{name} {tuple(shape)}" for name, shape in names.items()) or "none"
+    if isinstance(key, tuple):  # candidates, in order of preference
+        present = [name for name in key if name in names]
+        if not present:
+            raise DataError(f"{path}: none of the numeric arrays {', '.join(key)} (found: {found}); "
+                            f"name one with --key")
+        return present[0]
     if key is not None:
         if key not in names:
             raise DataError(f"{path}: no numeric array named {key!r} (found: {found})")
@@ -200,7 +216,7 @@ def _pick(names: dict, key: str | None, path: Path) -> str:
 MAT5_ITEMSIZE = dict(double=8, single=4, int8=1, uint8=1, int16=2, uint16=2, int32=4, uint32=4, int64=8, uint64=8)
 
 
-def _read_mat5(path: Path, key: str | None) -> np.ndarray:
+def _read_mat5(path: Path, key: str | tuple | None) -> tuple[str, np.ndarray]:
     """A v5 variable: the variables' headers are listed first (``whosmat``, which decompresses only
     them), and the chosen one is checked against the read budget before it is read alone."""
     from scipy.io import loadmat, whosmat
@@ -217,7 +233,7 @@ def _read_mat5(path: Path, key: str | None) -> np.ndarray:
     check_declared(str(path), math.prod(numeric[name]) * MAT5_ITEMSIZE[kind], path.stat().st_size,
                    f"variable {name!r} {numeric[name]} of {kind}")
     try:
-        return loadmat(path, variable_names=[name])[name]
+        return name, loadmat(path, variable_names=[name])[name]
     except unreadable as error:
         raise DataError(f"{path}: not a readable MATLAB .mat file ({error})") from None
 
@@ -270,7 +286,7 @@ def _is_numeric_hdf5(item, h5py) -> bool:
     return item.dtype.kind in "iuf"
 
 
-def _read_mat73(path: Path, key: str | None) -> np.ndarray:
+def _read_mat73(path: Path, key: str | tuple | None) -> tuple[str, np.ndarray]:
     """A v7.3 variable whose data lie in ``path`` itself: links and datasets that reach other files
     are refused (:func:`_hdf5_object`, :func:`_check_own_storage`) before anything is followed."""
     h5py = _optional("h5py", path, "MATLAB v7.3 .mat files")
@@ -292,14 +308,15 @@ def _read_mat73(path: Path, key: str | None) -> np.ndarray:
         raise DataError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({error})") from None
     if array.dtype.names:  # MATLAB complex: a compound of real and imaginary parts
         array = array["real"] + 1j * array["imag"]
-    return array.T  # HDF5 holds MATLAB's column-major array with the axes reversed
+    return name, array.T  # HDF5 holds MATLAB's column-major array with the axes reversed
 
 
-def read_mat(path: Path, key: str | None = None) -> tuple[np.ndarray, str]:
-    """A MATLAB array (v5 via scipy, v7.3 via h5py) in MATLAB's axis order, and its description."""
+def read_mat(path: Path, key: str | tuple | None = None) -> tuple[np.ndarray, str]:
+    """A MATLAB array (v5 via scipy, v7.3 via h5py) in MATLAB's axis order, and its description,
+    which names the variable read (``key``: see :func:`_pick`)."""
     version = "v7.3" if _is_hdf5(path) else "v5"
-    array = _read_mat73(path, key) if version == "v7.3" else _read_mat5(path, key)
-    return array, f"MATLAB {version} array {'x'.join(map(str, array.shape))}"
+    name, array = _read_mat73(path, key) if version == "v7.3" else _read_mat5(path, key)
+    return array, f"MATLAB {version} variable {name!r} {'x'.join(map(str, array.shape))}"
 
 
 def to_cine_axes(array: np.ndarray, axes: str | None, source) -> np.ndarray:
@@ -340,6 +357,287 @@ def read_cines(path, key: str | None = None, axes: str | None = None) -> tuple[n
         raise DataError(f"{path}: unsupported file type; expected .nii/.nii.gz, .mat, .npy, .npz or a DICOM folder")
     cines = to_cine_axes(array, axes, path)
     return cines, f"{description} (axes {axes or CINE_AXES[4 - array.ndim:]})"
+
+
+# ----------------------------------------------------------------------------- measured k-space
+@dataclass
+class KSpace:
+    """Measured k-space in the project's one layout (docs/formats.md), as :func:`read_kspace` returns it."""
+    kspace: np.ndarray  # [N, C, T, H, W] complex64: cines (slices), coils, frames, ky rows, kx columns; centred (fft2c)
+    mask: np.ndarray  # [N, T, H, W] float32 0/1: the samples measured, the same for every coil (maybe a broadcast view)
+    sensitivities: np.ndarray | None  # [N, C, H, W] complex64 coil maps held by the file, or None
+    pixel_size: np.ndarray | None  # float32 [2]: (row, column) spacing in mm, or None where the file does not say
+    description: str  # one line: what was read
+
+
+# Variables of CMRxRecon cine files (cine_sax.mat, cine_lax.mat), in order of preference: 2023's
+# names (fully sampled, then 4x, 8x, 10x undersampled; multi-coil, then single-coil), then 2024's.
+CMRXRECON_KSPACE = ("kspace_full", "kspace_sub04", "kspace_sub08", "kspace_sub10", "kspace_single_full",
+                    "kspace_single_sub04", "kspace_single_sub08", "kspace_single_sub10", "kspace")
+CMRXRECON_MASKS = ("mask04", "mask08", "mask10", "mask")  # the variables of their *_mask.mat files
+
+
+def npz_arrays(path: Path) -> list[str]:
+    """Names of the arrays in an .npz file (empty for anything else)."""
+    if not (path.is_file() and zipfile.is_zipfile(path)):
+        return []
+    with zipfile.ZipFile(path) as archive:
+        return [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
+
+
+def check_mask(mask: np.ndarray, shape: tuple[int, ...], source: str, hint: str = "") -> np.ndarray:
+    """A 0/1 mask for cines of ``shape`` ``[N, T, H, W]``, given as ``[N, T, H, W]`` or as ``[T, H, W]``
+    (or ``[1, T, H, W]``) for every cine; returned float32, broadcast to ``shape``."""
+    mask = mask[None] if mask.ndim == 3 else mask
+    if mask.ndim != 4 or mask.shape[1:] != tuple(shape[1:]) or mask.shape[0] not in (1, shape[0]):
+        found = mask.shape[1:] if mask.ndim == 4 and mask.shape[0] == 1 else mask.shape
+        raise DataError(f"{source}: mask of shape {found}; expected [T, H, W] = {tuple(shape[1:])} for every "
+                        f"cine or [N, T, H, W] = {tuple(shape)}{hint}")
+    if mask.dtype.kind not in "biuf" or not np.isin(mask, (0, 1)).all():
+        raise DataError(f"{source}: the mask must hold only 0 and 1")
+    unsampled = np.flatnonzero(~mask.reshape(len(mask), -1).any(1))
+    if unsampled.size:
+        which = "" if len(mask) == 1 else f" of cine {unsampled[0]}"
+        raise DataError(f"{source}: the mask{which} is all zeros: it samples no k-space")
+    return np.broadcast_to(mask.astype(np.float32), shape)
+
+
+def read_mask_file(path, shape: tuple[int, ...], variable: str = "") -> np.ndarray:
+    """The mask of measured k-space ``shape`` ``[N, T, H, W]`` from a file the user named: a CMRxRecon
+    ``*_mask.mat`` (``mask04`` for ``kspace_sub04``, ...; MATLAB ``(kx, ky)`` for every frame or
+    ``(kx, ky, frames)``), or a 0/1 ``.npy``/``.npz`` (array ``mask`` or the only one) ``[T, H, W]``
+    or ``[N, T, H, W]``. ``variable``: the k-space variable read, whose acceleration picks the mask."""
+    path = check_readable(path, expected="a mask file (.mat, .npy, .npz)", error=DataError)
+    source = f"--mask {path}"
+    if not path.name.lower().endswith(".mat"):
+        return check_mask(read_cines(path, "mask" if "mask" in npz_arrays(path) else None)[0], shape, source)
+    factor = variable[-2:] if variable[-2:].isdigit() else ""
+    mask, description = read_mat(path, (f"mask{factor}",) if factor else CMRXRECON_MASKS)
+    if mask.ndim not in (2, 3):
+        raise DataError(f"{source}: {description}: expected a CMRxRecon mask (kx, ky) or (kx, ky, frames)")
+    mask = mask.T  # [ky, kx] or [T, ky, kx]
+    return check_mask(np.broadcast_to(mask, (shape[1], *mask.shape[-2:])), shape, f"{source} ({description})")
+
+
+def measured_lines(kspace: np.ndarray) -> np.ndarray:
+    """The mask of prospectively undersampled k-space ``[N, C, T, H, W]``: the ky lines of each frame
+    that hold a non-zero sample in some coil, float32 ``[N, T, H, W]``."""
+    lines = (kspace != 0).any(axis=(1, 4))  # [N, T, H]
+    return np.broadcast_to(lines[..., None], lines.shape + kspace.shape[-1:]).astype(np.float32)
+
+
+def check_kspace(kspace: np.ndarray, source: str) -> np.ndarray:
+    """Measured k-space as complex64 ``[N, C, T, H, W]``: complex, finite, and not empty."""
+    if not np.iscomplexobj(kspace):
+        raise DataError(f"{source}: dtype {kspace.dtype}: k-space must be complex")
+    if kspace.ndim != 5 or kspace.size == 0:
+        raise DataError(f"{source}: k-space of shape {tuple(kspace.shape)}; expected [N, C, T, H, W]")
+    if not np.isfinite(kspace).all():
+        raise DataError(f"{source}: {int(kspace.size - np.isfinite(kspace).sum())} NaN/Inf k-space values")
+    return kspace.astype(np.complex64, copy=False)
+
+
+def _read_kspace_npz(path: Path, mask) -> KSpace:
+    """Our k-space ``.npz``: ``kspace`` ``[N, C, T, H, W]`` (``[N, T, H, W]`` or ``[T, H, W]``: one coil),
+    ``mask`` (or ``--mask``), optional ``sensitivities`` ``[N, C, H, W]`` and ``pixel_size`` ``[2]``."""
+    kspace = read_array(path, "kspace")
+    one_coil = {3: (None, None), 4: (slice(None), None)}  # [T, H, W] and [N, T, H, W] -> [N, 1, T, H, W]
+    kspace = check_kspace(kspace[one_coil[kspace.ndim]] if kspace.ndim in one_coil else kspace, f"{path} 'kspace'")
+    names = npz_arrays(path)
+    if mask is None and "mask" not in names:
+        raise DataError(f"{path}: holds 'kspace' but no 'mask'; add it or give --mask")
+    shape = (len(kspace), *kspace.shape[2:])
+    found = read_mask_file(mask, shape) if mask else check_mask(read_array(path, "mask"), shape, f"{path} 'mask'")
+    maps = None
+    if "sensitivities" in names:
+        maps = read_array(path, "sensitivities")
+        maps = maps[None] if maps.ndim == 3 else maps
+        if maps.shape != (len(kspace), *kspace.shape[1:2], *kspace.shape[3:]) or not np.iscomplexobj(maps):
+            raise DataError(f"{path}: 'sensitivities' {maps.dtype} {tuple(maps.shape)}; expected complex [N, C, H, W] "
+                            f"= {(len(kspace), kspace.shape[1], *kspace.shape[3:])}")
+        maps = maps.astype(np.complex64)
+    size = read_array(path, "pixel_size").astype(np.float32) if "pixel_size" in names else None
+    if size is not None and (size.shape != (2,) or not (size > 0).all()):
+        raise DataError(f"{path}: 'pixel_size' {size.tolist()}; expected two positive numbers (mm)")
+    count, coils, frames, height, width = kspace.shape
+    return KSpace(kspace, found, maps, size, f"k-space npz: {count} cine(s), {coils} coil(s), {frames} frames of "
+                                             f"{height}x{width}, mask from {f'--mask {mask}' if mask else 'the file'}")
+
+
+def read_cmrxrecon(path: Path, mask=None, key: str | None = None) -> KSpace:
+    """A CMRxRecon cine file (MATLAB v7.3): variable ``key`` or the first of :data:`CMRXRECON_KSPACE`,
+    MATLAB ``(kx, ky, coils, slices, frames)`` (h5py sees ``(frames, slices, coils, ky, kx)``) or
+    single-coil ``(kx, ky, slices, frames)``, complex. The mask comes from the ``*_mask.mat`` the user
+    names (``mask``), else it is the ky lines holding data (prospective undersampling; a fully
+    sampled file gets a mask of ones)."""
+    array, description = read_mat(path, key or CMRXRECON_KSPACE)
+    variable = description.split("'")[1]
+    if array.ndim == 4:
+        array = array[:, :, None]  # one coil
+    if array.ndim != 5:
+        raise DataError(f"{path}: {description}: expected MATLAB (kx, ky, coils, slices, frames) or single-coil "
+                        f"(kx, ky, slices, frames) k-space")
+    kspace = check_kspace(array.transpose(3, 2, 4, 1, 0), f"{path} {variable!r}")  # [N, C, T, H, W]
+    shape = (len(kspace), *kspace.shape[2:])
+    found = read_mask_file(mask, shape, variable) if mask else check_mask(measured_lines(kspace), shape, str(path))
+    count, coils, frames, height, width = kspace.shape
+    origin = f"--mask {mask}" if mask else "the lines holding data"
+    return KSpace(kspace, found, None, None, f"CMRxRecon {description}: {count} slice(s), {coils} coil(s), {frames} "
+                                             f"frames of {height} ky x {width} kx, mask from {origin}")
+
+
+# MRD acquisitions that are not image data (ismrmrd's flag numbers; bit n - 1 of the header's flags)
+MRD_SKIPPED = ("ACQ_IS_NOISE_MEASUREMENT", "ACQ_IS_NAVIGATION_DATA", "ACQ_IS_PHASECORR_DATA",
+               "ACQ_IS_HPFEEDBACK_DATA", "ACQ_IS_DUMMYSCAN_DATA", "ACQ_IS_RTFEEDBACK_DATA",
+               "ACQ_IS_SURFACECOILCORRECTIONSCAN_DATA")
+
+
+def _mrd_items(file, h5py, path: Path) -> tuple:
+    """The ``dataset/xml`` and ``dataset/data`` HDF5 datasets of an MRD file, reached without leaving it."""
+    items = []
+    for name in ("dataset/xml", "dataset/data"):
+        if name.split("/")[0] not in file:
+            raise DataError(f"{path}: no group 'dataset': not an ISMRMRD/MRD raw-data file")
+        item = _hdf5_object(file, name, h5py, path, name)
+        if not isinstance(item, h5py.Dataset):
+            raise DataError(f"{path}: {name!r} is not an HDF5 dataset: not an ISMRMRD/MRD raw-data file")
+        _check_own_storage(item, path, name)
+        items.append(item)
+    return tuple(items)
+
+
+def _mrd_header(xml_item, ismrmrd, path: Path):
+    """The first encoding of the MRD XML header, parsed by ismrmrd."""
+    try:
+        text = xml_item[0]
+        header = ismrmrd.xsd.CreateFromDocument(text.encode() if isinstance(text, str) else bytes(text))
+        return header.encoding[0]
+    except Exception as error:  # noqa: BLE001 - xsdata raises many kinds for a malformed header
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise DataError(f"{path}: 'dataset/xml' is not a readable ISMRMRD header ({reason})") from None
+
+
+def _mrd_heads(data_item, ismrmrd, path: Path) -> np.ndarray:
+    """The acquisition headers of ``dataset/data``, their dtype checked against ismrmrd's."""
+    expected = ismrmrd.hdf5.acquisition_dtype
+    if data_item.dtype.names != expected.names or data_item.dtype["head"] != expected["head"] or data_item.ndim != 1:
+        raise DataError(f"{path}: 'dataset/data' of dtype {data_item.dtype} {data_item.shape}: not ISMRMRD "
+                        f"acquisitions")
+    check_declared(str(path), data_item.size * expected["head"].itemsize, path.stat().st_size,
+                   f"'dataset/data' of {data_item.size} acquisitions")
+    return data_item.fields("head")[()]
+
+
+def read_mrd(path: Path) -> KSpace:
+    """ISMRMRD/MRD raw data (``.h5``, the OCMR layout), read with h5py through the hardened HDF5 path
+    and parsed with the ismrmrd package (header XML, acquisition dtype, flag numbers).
+
+    Every image readout (noise, navigator, phase-correction and other non-image acquisitions are
+    skipped) lands at ``[slice, coil, frame, ky, kx]``: slice = ``idx.slice``, frame = ``idx.phase``
+    (``idx.repetition`` for real-time series, whose phases are all 0), ky row =
+    ``kspace_encode_step_1 - center + H // 2`` with the encoding limits' centre (``H // 2`` if
+    absent), kx columns from ``center_sample`` (a full readout fills the row); repeated averages are
+    averaged. H x W is the encoded matrix; a readout oversampled beyond the reconstructed field of
+    view (encoded FOV x > recon FOV x, OCMR: 2x) is cropped to it in the image domain. Pixel size:
+    encoded FOV / matrix. 3-D encodings, contrasts and sets are refused.
+    """
+    h5py = _optional("h5py", path, "ISMRMRD/MRD raw data")
+    ismrmrd = _optional("ismrmrd", path, "ISMRMRD/MRD raw data")
+    try:
+        with h5py.File(path, "r") as file:
+            xml_item, data_item = _mrd_items(file, h5py, path)
+            encoding = _mrd_header(xml_item, ismrmrd, path)
+            heads = _mrd_heads(data_item, ismrmrd, path)
+            skipped = np.uint64(sum(1 << (getattr(ismrmrd, flag) - 1) for flag in MRD_SKIPPED))
+            image = np.flatnonzero((heads["flags"] & skipped) == 0)
+            if not image.size:
+                raise DataError(f"{path}: no image acquisitions (only noise or calibration scans)")
+            counts = heads["number_of_samples"][image].astype(np.int64) * heads["active_channels"][image]
+            check_declared(str(path), int(counts.sum()) * 8, path.stat().st_size, "its image acquisitions")
+            samples = data_item.fields("data")[()]
+    except OSError as error:
+        raise DataError(f"{path}: not a readable ISMRMRD/MRD (HDF5) file ({error})") from None
+    return _place_readouts(path, encoding, heads[image], samples[image])
+
+
+def _place_readouts(path: Path, encoding, heads: np.ndarray, samples: np.ndarray) -> KSpace:
+    """MRD image readouts (``heads``, their ``samples`` float32 interleaved real/imag, channel-major)
+    on the encoded grid, averaged over averages; see :func:`read_mrd`."""
+    idx = heads["idx"]
+    for counter in ("kspace_encode_step_2", "contrast", "set"):
+        if idx[counter].any():
+            raise DataError(f"{path}: acquisitions with {counter} > 0 (3-D, multi-contrast or multi-set data) are not "
+                            f"supported; only 2-D cine series")
+    coils = set(heads["active_channels"].tolist())
+    if len(coils) != 1:
+        raise DataError(f"{path}: image acquisitions with different numbers of active channels {sorted(coils)}")
+    frame_counter = "phase" if idx["phase"].any() or not idx["repetition"].any() else "repetition"
+    matrix, fov = encoding.encodedSpace.matrixSize, encoding.encodedSpace.fieldOfView_mm
+    height, width = matrix.y, matrix.x
+    limit = encoding.encodingLimits.kspace_encoding_step_1 if encoding.encodingLimits else None
+    center = limit.center if limit is not None and limit.center is not None else height // 2
+    shape = (int(idx["slice"].max()) + 1, coils.pop(), int(idx[frame_counter].max()) + 1, height, width)
+    check_memory(str(path), 3 * math.prod(shape) * 8, f"k-space {shape} (slices, coils, frames, ky, kx)")
+    total = np.zeros(shape, np.complex64)
+    taken = np.zeros((shape[0], *shape[2:]), np.float32)  # [N, T, H, W]: readouts summed at each sample
+    for head, values, counters in zip(heads, samples, idx):
+        length, channels = int(head["number_of_samples"]), int(head["active_channels"])
+        if values.size != 2 * length * channels:
+            raise DataError(f"{path}: acquisition {int(head['scan_counter'])} holds {values.size} numbers; its header "
+                            f"says {length} samples x {channels} channels x 2")
+        row = int(counters["kspace_encode_step_1"]) - center + height // 2
+        start = (width - length) // 2 if head["center_sample"] == 0 else width // 2 - int(head["center_sample"])
+        if not (0 <= row < height and 0 <= start and start + length <= width):
+            raise DataError(f"{path}: acquisition {int(head['scan_counter'])} (ky step "
+                            f"{int(counters['kspace_encode_step_1'])}, {length} samples) lies outside the encoded "
+                            f"{height}x{width} matrix")
+        where = (int(counters["slice"]), slice(None), int(counters[frame_counter]), row, slice(start, start + length))
+        total[where] += values.view(np.complex64).reshape(channels, length)
+        taken[where[:1] + where[2:]] += 1
+    kspace = total / np.maximum(taken, 1)[:, None]
+    mask = (taken > 0).astype(np.float32)
+    notes = f"frames from idx.{frame_counter}"
+    recon = encoding.reconSpace.fieldOfView_mm.x if encoding.reconSpace else fov.x
+    columns = int(round(width * recon / fov.x))
+    if columns < width:
+        if not (mask == mask.max(-1, keepdims=True)).all():
+            notes += f"; readout oversampled ({fov.x:g} mm for {recon:g}) but not fully measured: kept, not cropped"
+        else:
+            kspace, mask = _crop_readout(kspace, columns), mask[..., :columns]
+            notes += f"; oversampled readout cropped to the reconstructed {recon:g} mm ({width} -> {columns} columns)"
+    check_mask(mask, mask.shape, str(path))
+    size = np.array([fov.y / height, fov.x / width], np.float32)
+    count, channels, frames, rows, columns = kspace.shape
+    return KSpace(check_kspace(kspace, str(path)), mask, None, size,
+                  f"ISMRMRD/MRD: {count} slice(s), {channels} coil(s), {frames} frames of {rows} ky x {columns} kx, "
+                  f"{len(heads)} image readouts, mask from the lines acquired; {notes}")
+
+
+def _crop_readout(kspace: np.ndarray, columns: int) -> np.ndarray:
+    """Keep the central ``columns`` of the field of view along kx (the last axis): inverse centred FFT
+    along kx, crop the image columns (:func:`crop_or_pad`), FFT back."""
+    shift = dict(axes=-1)
+    image = np.fft.fftshift(np.fft.ifft(np.fft.ifftshift(kspace, **shift), axis=-1, norm="ortho"), **shift)
+    image = crop_or_pad(image, (kspace.shape[-2], columns))
+    return np.fft.fftshift(np.fft.fft(np.fft.ifftshift(image, **shift), axis=-1, norm="ortho"), **shift)
+
+
+def read_kspace(path, mask: str | None = None, key: str | None = None) -> KSpace:
+    """Measured k-space from a CMRxRecon ``.mat``, an ISMRMRD/MRD ``.h5`` or our k-space ``.npz``, in the
+    layout of :class:`KSpace` (docs/formats.md). ``mask``: a mask file the user named (CMRxRecon
+    ``*_mask.mat``, or .npy/.npz); ``key``: the k-space variable of a .mat file."""
+    path = check_readable(path, expected="a k-space file (.mat, .h5, .npz)", error=DataError)
+    name = path.name.lower()
+    if name.endswith(".npz"):
+        return _read_kspace_npz(path, mask)
+    if name.endswith(".mat"):
+        return read_cmrxrecon(path, mask, key)
+    if name.endswith((".h5", ".mrd")):
+        if mask is not None:
+            raise UserError(f"--mask {mask}: an MRD file says itself which lines were acquired; drop --mask")
+        return read_mrd(path)
+    raise DataError(f"{path}: unsupported k-space file; expected a CMRxRecon .mat, an ISMRMRD/MRD .h5 or a k-space "
+                    f".npz (python formats.py convert ... --kspace)")
 
 
 # ----------------------------------------------------------------------------- conforming
@@ -416,13 +714,13 @@ def save_npz(path, **arrays) -> None:
     atomic_write(path, lambda file: np.savez(file, **arrays), new=True)
 
 
-def check_output(path) -> Path:
-    """A new ``.npz`` path in an existing folder (an existing file is never overwritten), whose stale
-    temporary files, left by a killed command, are removed."""
+def check_output(path, suffixes: tuple[str, ...] = (".npz",)) -> Path:
+    """A new path ending in one of ``suffixes`` in an existing folder (an existing file is never
+    overwritten), whose stale temporary files, left by a killed command, are removed."""
     path = Path(path)
     check_name_length(path)
-    if path.suffix.lower() != ".npz":
-        raise UserError(f"{path}: the output must be a .npz file")
+    if not path.name.lower().endswith(suffixes):
+        raise UserError(f"{path}: the output must be a {' or '.join(suffixes)} file")
     if path.exists():
         raise UserError(f"{path}: already exists; choose another --out or remove it first")
     if not path.parent.is_dir():
@@ -457,6 +755,9 @@ def convert(*inputs,  # files or DICOM folders (formats may be mixed)
             axes: str | None = None,  # axis order of .mat/.npy/.npz arrays, e.g. xyt or xytn; None: ntxy / txy
             select: bool = False,  # with --frames: keep evenly spaced measured frames instead of resampling
             heart_box: str | None = None,  # 'row0,row1,col0,col1': every cine's heart box, written pixels; None: none
+            # measured k-space
+            kspace: bool = False,  # the inputs are raw k-space (CMRxRecon .mat, MRD .h5, k-space .npz): write k-space
+            mask: str | None = None,  # with --kspace: the one input's mask file (CMRxRecon *_mask.mat, .npy/.npz)
             log=print) -> np.ndarray:
     """Read NIfTI 4-D volumes (one cine per slice), DICOM folders (one slice each), .mat (v5, v7.3),
     .npy or .npz cines; crop/pad and resample them in time (:func:`conform`); normalise each cine to
@@ -464,7 +765,16 @@ def convert(*inputs,  # files or DICOM folders (formats may be mixed)
     complex) and 'subject' [N] (the input each cine came from: train.py splits by it, so slices of
     one input never land in two splits) and, with ``heart_box``, 'heart_box' [N, 4] (the region
     scored by the heart-box metrics of train.py and compare.py). Returns the dataset written.
+    With ``kspace``, :func:`convert_kspace` instead.
     """
+    if kspace:
+        given = [f"--{name}" for name, value in (("frames", frames), ("size", size), ("axes", axes),
+                                                  ("select", select), ("heart_box", heart_box)) if value]
+        if given:
+            raise UserError(f"{', '.join(given)}: measured k-space is written as acquired; drop them with --kspace")
+        return convert_kspace(inputs, check_output(out), key, mask, log)
+    if mask is not None:
+        raise UserError("--mask is the mask of measured k-space: give it with --kspace")
     if select and frames is None:
         raise UserError("--select needs --frames")
     out = check_output(out)
@@ -491,6 +801,36 @@ def convert(*inputs,  # files or DICOM folders (formats may be mixed)
     log(f"wrote {out}: dataset [{', '.join(map(str, dataset.shape))}] {dataset.dtype} ({kind}), every cine "
         f"scaled to peak magnitude 1" + ("; magnitude inputs made complex" if len(kinds) > 1 else ""))
     return dataset
+
+
+def convert_kspace(inputs, out: Path, key: str | None, mask: str | None, log=print) -> np.ndarray:
+    """Read measured k-space (:func:`read_kspace`) and write it to ``out`` in our k-space layout:
+    ``kspace`` ``[N, C, T, H, W]`` complex64 (zero off the mask, in the file's units), ``mask``
+    ``[N, T, H, W]`` float32, ``subject`` ``[N]`` (the input of each cine) and, where the inputs hold
+    them, ``sensitivities`` ``[N, C, H, W]`` and ``pixel_size`` ``[2]`` (mm). Returns the k-space."""
+    if mask is not None and len(inputs) != 1:
+        raise UserError(f"--mask {mask} is the mask of one input; convert {len(inputs)} inputs one at a time")
+    parts = {}
+    for source in map(Path, inputs):
+        parts[source] = read_kspace(source, mask, key)
+        log(f"{source}: {parts[source].description}")
+    for what, value in (("k-space shapes (coils, frames, ky, kx)", lambda d: d.kspace.shape[1:]),
+                        ("pixel sizes", lambda d: None if d.pixel_size is None else tuple(d.pixel_size.tolist())),
+                        ("sensitivities (held by some only)", lambda d: d.sensitivities is None)):
+        found = {source: value(data) for source, data in parts.items()}
+        if len(set(found.values())) > 1:
+            detail = ", ".join(f"{v} in {source}" for source, v in list(found.items())[:4])
+            raise UserError(f"the inputs have different {what} ({detail}); convert them separately")
+    first = next(iter(parts.values()))
+    kspace = np.concatenate([d.kspace * d.mask[:, None] for d in parts.values()])  # [N, C, T, H, W]
+    extra = {} if first.pixel_size is None else {"pixel_size": first.pixel_size}
+    if first.sensitivities is not None:
+        extra["sensitivities"] = np.concatenate([d.sensitivities for d in parts.values()])
+    subjects = np.concatenate([np.full(len(d.kspace), str(source)) for source, d in parts.items()])  # [N]
+    save_npz(out, kspace=kspace, mask=np.concatenate([d.mask for d in parts.values()]), subject=subjects, **extra)
+    log(f"wrote {out}: kspace [{', '.join(map(str, kspace.shape))}] complex64 (N, C, T, H, W), mask, subject"
+        + "".join(f", {name}" for name in extra))
+    return kspace
 
 
 def image_size(text: str) -> tuple[int, int]:

@@ -3,8 +3,10 @@
     python reconstruct.py --checkpoint output/NAME/best.pt --input FILE --out recon.npz
         [--key NAME] [--mask MASK.npy|.npz] [--figures DIR] [--device auto|cpu|cuda|cuda:N]
         [--batch_size N] [--adapt STEPS [--adapt_lr 2e-5] [--adapt_crop 64]] [--debug] [--help]
+    python reconstruct.py --kspace cine_sax.mat [--mask cine_sax_mask.mat] [--acceleration R]
+        --out recon.npz [--nifti recon.nii.gz] ...
 
-Two kinds of input:
+Two kinds of input (the checkpoint defaults to the shipped checkpoints/lsnet.pt):
 
 - Fully sampled cines: ``.npy``/``.npz`` ``[N, T, H, W]`` or one cine ``[T, H, W]`` (or anything
   ``python formats.py convert`` reads). They are undersampled retrospectively with the checkpoint's
@@ -12,18 +14,27 @@ Two kinds of input:
   ``data.mask_seed(seed, i)``, or the single mask of ``seed`` for ``mask_mode='fixed'``), or with
   ``--mask`` (``[T, H, W]`` for every cine, or ``[N, T, H, W]``). Each cine is divided by its peak
   magnitude, as in training, and PSNR/SSIM are computed against it.
-- Measured k-space: an ``.npz`` holding ``kspace`` (``[N, T, H, W]`` or ``[T, H, W]`` complex, centred
-  as ``sampling.fft2c`` gives it) and ``mask`` (the same shape, or ``[T, H, W]``; ``--mask`` replaces
-  it); entries off the mask are ignored. There is no reference, so each cine is divided by the peak
-  magnitude of its zero-filled image instead (training divided by the fully sampled peak, so
-  intensities seen by the network may be off by that ratio).
+- Measured k-space: ``--kspace FILE``, a CMRxRecon ``.mat`` (its ``*_mask.mat`` named with ``--mask``),
+  an ISMRMRD/MRD ``.h5`` or a k-space ``.npz`` (``kspace`` ``[N, C, T, H, W]``, or ``[N, T, H, W]`` /
+  ``[T, H, W]`` for one coil, centred as ``sampling.fft2c`` gives it, ``mask`` ``[N, T, H, W]`` or
+  ``[T, H, W]``, optional ``sensitivities`` and ``pixel_size``), read by ``formats.read_kspace``
+  (layouts in docs/formats.md); ``--input`` of an ``.npz`` holding ``kspace`` takes the same path.
+  The mask is the file's measured pattern; entries off it are ignored. A fully sampled file with
+  ``--acceleration=R`` is undersampled with the checkpoint's sampling at R (``retrospective_masks``).
+  More than one coil: the network gets coil k-space ``[B, C, T, H, W]``, the coil-combined zero-filled
+  image (``sampling.sense_adjoint``) and the sensitivities ``[B, C, H, W]``: the file's, else
+  estimated by ESPIRiT from the data's own calibration lines; one coil is the single-coil network.
+  There is no reference, so each cine is divided by the peak magnitude of its zero-filled image
+  instead (training divided by the fully sampled peak, so intensities seen by the network may be
+  off by that ratio).
 
 Sizes: H and W must be multiples of ``models.size_multiple(config)`` (16 for the dual UNet,
 ``2^levels`` for cine_unet, 1 for DC-CNN). Fully sampled cines are zero-padded in the image, centred;
 the masks are drawn for (``--mask`` must have) the padded size and the result is cropped back.
 Measured k-space is zero-padded in k-space (unmeasured outer lines, mask 0): the network sees the
 same field of view on a finer grid, and cropping its k-space back keeps every measured sample, so
-hard data consistency still returns the measurements exactly.
+hard data consistency still returns the measurements exactly. Sensitivities from a file are
+interpolated to that finer grid (``sampling.interpolate_maps``); estimated ones are estimated on it.
 Frames: the dual UNet stacks frames as channels and reconstructs exactly the ``in_channels`` frames
 it was trained with (resample cines first with ``python formats.py convert FILE --frames N``);
 cine_unet and DC-CNN take any number (``models.fixed_frame_count``).
@@ -32,25 +43,30 @@ Adaptation (``--adapt=STEPS``, docs/adapt.md): before reconstructing, a copy of 
 fine-tuned on each cine's own measurements in turn (``adapt.adapt``: self-supervised, no reference,
 seeded by the checkpoint's seed), the cine is reconstructed from all its measurements with that copy,
 and the copy is discarded. The result ends in hard data consistency (added after the network when
-its last stage is not a hard-DC cascade), so it keeps every measured sample exactly. Needs whole ky
+its last stage is not a hard-DC cascade; with coils, the SENSE one, and adaptation gets the
+sensitivities), so it keeps every measured sample exactly. Needs whole ky
 lines (a Cartesian mask). On a grid padded in k-space the padded kx columns count as measured zeros
 during adaptation (the readout is fully sampled, so the data hold nothing there).
 
 Writes ``--out`` (.npz, never overwritten), in the input's units: ``recon`` (complex64
 ``[N, T, H, W]``), ``magnitude`` (float32), ``zero_filled`` (complex64), ``mask`` (float32, as applied,
-on the network's grid), ``scale`` (the per-cine normalisation divisor) and, with a reference,
+on the network's grid), ``scale`` (the per-cine normalisation divisor), with coils ``sensitivities``
+(``[N, C, Hn, Wn]``, as used) and, with a reference,
 ``psnr``, ``ssim``, ``psnr_zero_filled``, ``ssim_zero_filled`` per cine (magnitudes, peak 1). With
 ``--adapt``, per cine: ``adapt_steps`` (steps run), ``adapt_kept_step`` (the step whose weights were
 kept, 0: the checkpoint's), ``adapt_error_before`` / ``adapt_error_after`` (held-out k-space error),
 ``adapt_seconds``, ``adapt_columns`` (columns adapted on) and, with a reference,
 ``psnr_before_adapt`` / ``ssim_before_adapt`` (the checkpoint as it is; ``psnr``/``ssim`` are after).
-``--figures DIR``: per cine a PNG and a GIF. Mixed precision follows the checkpoint's ``amp`` under
+``--nifti FILE.nii.gz`` (or ``.nii``): the magnitude cines also as a 4-D NIfTI ``(rows, columns,
+cine, frame)`` float32 (the layout ``formats.read_nifti`` reads), voxel size the file's pixel size in
+mm (1 where it does not say) and 1 per cine and frame. ``--figures DIR``: per cine a PNG and a GIF.
+Mixed precision follows the checkpoint's ``amp`` under
 ``engine.choose_autocast`` (fp16 runs in float32 on a CPU).
 """
 from __future__ import annotations
 
+import gzip
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,13 +77,14 @@ from tqdm import tqdm
 from adapt import adapt as adapt_to_scan
 from adapt import hard_consistency
 from checkpoint import load_trained_model
-from cli import UserError, check_name_length, cli_errors, positive, run_command
+from cli import UserError, atomic_write, check_name_length, cli_errors, positive, run_command
 from data import DataError, check_cines, mask_seed, normalize
 from engine import autocast, choose_autocast, resolve_device
-from formats import check_output, crop_or_pad, read_cines, save_npz
+from formats import KSpace, check_mask, check_output, crop_or_pad, npz_arrays, read_cines, read_kspace, save_npz
 from metrics import batch_psnr, batch_ssim, format_summary
-from models import fixed_frame_count, size_multiple
-from sampling import check_sampling, fft2c, ifft2c, undersample, variable_density_mask
+from models import SENSE_DC_ITERATIONS, fixed_frame_count, size_multiple
+from sampling import (check_sampling, estimate_sensitivities, fft2c, ifft2c, interpolate_maps, sense_adjoint,
+                      sense_data_consistency, undersample, variable_density_mask)
 
 
 @dataclass
@@ -80,6 +97,18 @@ class Problem:
     reference: np.ndarray | None  # [N, T, H, W] normalised fully sampled cines, or None for k-space input
     kspace_padded: bool  # grid enlarged in k-space (measured data) rather than in the image
     notes: list[str]
+    coil_kspace: np.ndarray | None = None  # [N, C, T, Hn, Wn] normalised measured coil k-space (0 off the mask)
+    sensitivities: np.ndarray | None = None  # [N, C, Hn, Wn] complex64 with coil_kspace; None: single coil
+
+    def batch(self, rows: slice, device: torch.device) -> tuple:
+        """``(aliased, kspace, mask, sensitivities)`` tensors of cines ``rows`` as the network takes them:
+        ``[B, T, Hn, Wn]`` and single-coil k-space ``U F images``, or coil k-space ``[B, C, T, Hn, Wn]``,
+        its zero-filled coil combination and the maps ``[B, C, Hn, Wn]``."""
+        mask = torch.tensor(self.masks[rows], device=device)
+        if self.sensitivities is None:
+            return (*undersample(torch.tensor(self.images[rows], device=device), mask), mask, None)
+        return (torch.tensor(self.images[rows], device=device), torch.tensor(self.coil_kspace[rows], device=device),
+                mask, torch.tensor(self.sensitivities[rows], device=device))
 
     def to_input_grid(self, image: np.ndarray) -> np.ndarray:
         """Network-grid images ``[B, T, Hn, Wn]`` -> ``[B, T, H, W]`` (crop in the image or in k-space)."""
@@ -95,14 +124,6 @@ class Problem:
 
 
 # ----------------------------------------------------------------------------- inputs
-def npz_arrays(path: Path) -> list[str]:
-    """Names of the arrays in an .npz file (empty for anything else)."""
-    if not (path.is_file() and zipfile.is_zipfile(path)):
-        return []
-    with zipfile.ZipFile(path) as archive:
-        return [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
-
-
 def network_size(config: dict, height: int, width: int) -> tuple[int, int]:
     """The grid the network runs on: H and W rounded up to multiples of ``size_multiple(config)``."""
     multiple = size_multiple(config)
@@ -119,18 +140,7 @@ def check_frames(config: dict, frames: int, source, remedy: str) -> None:
 def read_mask(path, shape: tuple[int, ...], source: str, hint: str = "") -> np.ndarray:
     """A 0/1 mask for cines of ``shape`` ``[N, T, H, W]``: ``[N, T, H, W]``, or ``[T, H, W]`` for all."""
     path = Path(path)
-    mask = read_cines(path, "mask" if "mask" in npz_arrays(path) else None)[0]
-    if mask.shape[1:] != tuple(shape[1:]) or mask.shape[0] not in (1, shape[0]):
-        found = mask.shape[1:] if mask.shape[0] == 1 else mask.shape
-        raise DataError(f"{source}: mask of shape {found}; expected [T, H, W] = {tuple(shape[1:])} for every "
-                        f"cine or [N, T, H, W] = {tuple(shape)}{hint}")
-    if mask.dtype.kind not in "biuf" or not np.isin(mask, (0, 1)).all():
-        raise DataError(f"{source}: the mask must hold only 0 and 1")
-    unsampled = np.flatnonzero(~mask.reshape(len(mask), -1).any(1))
-    if unsampled.size:
-        which = "" if len(mask) == 1 else f" of cine {unsampled[0]}"
-        raise DataError(f"{source}: the mask{which} is all zeros: it samples no k-space")
-    return np.broadcast_to(mask.astype(np.float32), shape)
+    return check_mask(read_cines(path, "mask" if "mask" in npz_arrays(path) else None)[0], shape, source, hint)
 
 
 def retrospective_masks(config: dict, count: int, shape: tuple[int, int, int]) -> tuple[np.ndarray, str]:
@@ -178,32 +188,68 @@ def fully_sampled_problem(path: Path, config: dict, key: str | None, mask_path) 
     return Problem(images, masks, scale, (height, width), reference, False, notes)
 
 
-def kspace_problem(path: Path, config: dict, mask_path) -> Problem:
-    """Measured k-space: normalise by the zero-filled peak, pad k-space with unmeasured lines."""
-    kspace = read_cines(path, "kspace")[0]
-    kspace = check_cines(kspace, f"{path} 'kspace'").astype(np.complex64)  # [N, T, H, W]
-    count, frames, height, width = kspace.shape
-    check_frames(config, frames, path, "measured k-space cannot be resampled in time")
-    if mask_path is None and "mask" not in npz_arrays(path):
-        raise DataError(f"{path}: holds 'kspace' but no 'mask'; add it or give --mask")
-    source = f"--mask {mask_path}" if mask_path else f"{path} 'mask'"
-    mask = read_mask(mask_path or path, kspace.shape, source)
+def simulated_masks(config: dict, data: KSpace, acceleration: float | None, source) -> tuple[np.ndarray, str]:
+    """The mask applied to measured k-space ``[N, T, H, W]`` and how it was made: the file's measured
+    pattern, or with ``acceleration`` the checkpoint's variable-density sampling at that acceleration
+    (:func:`retrospective_masks`), drawn on a fully sampled file."""
+    mean = data.mask.size / max(float(data.mask.sum()), 1)
+    if acceleration is None:
+        full = "; every sample is measured, so there is nothing to reconstruct: --acceleration=R undersamples it"
+        return data.mask, f"the measured pattern (mean acceleration {mean:.2f}){full if data.mask.all() else ''}"
+    if not data.mask.all():
+        raise UserError(f"--acceleration={acceleration:g} undersamples fully sampled k-space, but {source} is "
+                        f"undersampled (mean acceleration {mean:.2f}); drop --acceleration")
+    masks, sampling = retrospective_masks({**config, "acceleration": acceleration}, len(data.kspace),
+                                          data.mask.shape[1:])
+    return masks, f"simulated with the checkpoint's sampling: {sampling}"
+
+
+def coil_maps(data: KSpace, measured: np.ndarray, masks: np.ndarray, padded: bool, source) -> tuple[np.ndarray, str]:
+    """Sensitivities ``[N, C, Hn, Wn]`` for coil k-space ``measured`` ``[N, C, T, Hn, Wn]``: the file's,
+    resampled to the network's grid when it is finer (``padded``), else estimated by ESPIRiT from the
+    data's own calibration lines (``sampling.estimate_sensitivities``)."""
+    if data.sensitivities is not None:
+        if not padded:
+            return data.sensitivities, "sensitivities from the file"
+        maps = np.stack([interpolate_maps(cine, measured.shape[-2:]) for cine in data.sensitivities])
+        return maps.astype(np.complex64), "sensitivities from the file, interpolated to the network's finer grid"
+    try:
+        maps = estimate_sensitivities(measured, masks)
+    except ValueError as error:
+        raise DataError(f"{source}: the file holds no sensitivities and they cannot be estimated: {error}") from None
+    return maps, "sensitivities estimated (ESPIRiT, sampling.estimate_sensitivities) from the data's calibration lines"
+
+
+def kspace_problem(data: KSpace, config: dict, source, acceleration: float | None = None) -> Problem:
+    """Measured k-space (:func:`formats.read_kspace`): mask as measured (or simulated with
+    ``acceleration``), k-space padded with unmeasured lines, each cine divided by the peak of its
+    zero-filled (coil-combined) image. One coil is the single-coil problem (no sensitivities)."""
+    count, coils, frames, height, width = data.kspace.shape
+    check_frames(config, frames, source, "measured k-space cannot be resampled in time")
+    mask, origin = simulated_masks(config, data, acceleration, source)
     size = network_size(config, height, width)
-    notes = [f"input {path}: {count} measured k-space cine(s) of {frames} frames of {height}x{width}, mask "
-             f"from {source} (mean acceleration {mask.size / max(mask.sum(), 1):.2f})"]
+    notes = [f"input {source}: {data.description}", f"mask: {origin}"]
     if size != (height, width):
         notes.append(f"k-space zero-padded (centred, unmeasured) from {height}x{width} to {size[0]}x{size[1]} for "
                      f"the network (multiples of {size_multiple(config)}): the same field of view on a finer grid; "
                      f"its k-space is cropped back afterwards")
-    measured = crop_or_pad(kspace * mask, size)  # [N, T, Hn, Wn]
-    masks = crop_or_pad(mask, size)
-    zero_filled = ifft2c(measured).astype(np.complex64)
+    masks = crop_or_pad(mask, size)  # [N, T, Hn, Wn]
+    measured = crop_or_pad(data.kspace * mask[:, None], size)  # [N, C, T, Hn, Wn]
+    maps = None
+    if coils == 1:
+        zero_filled = ifft2c(measured[:, 0]).astype(np.complex64)
+    else:
+        maps, how = coil_maps(data, measured, masks, size != (height, width), source)
+        notes.append(f"{coils} coils: {how}")
+        zero_filled = sense_adjoint(measured, maps, masks).astype(np.complex64)
     scale = np.abs(zero_filled).reshape(count, -1).max(1).astype(np.float32)
     if (scale == 0).any():
-        raise DataError(f"{path}: cine {int(np.argmin(scale))} has no measured signal (zero-filled image all zero)")
+        raise DataError(f"{source}: cine {int(np.argmin(scale))} has no measured signal (zero-filled image all zero)")
     notes.append("no reference: each cine divided by the peak magnitude of its zero-filled image "
                  "(training used the fully sampled peak); no PSNR/SSIM")
-    return Problem(zero_filled / scale[:, None, None, None], masks, scale, (height, width), None, True, notes)
+    coil_kspace = None if maps is None else measured / scale[:, None, None, None, None]
+    return Problem(zero_filled / scale[:, None, None, None], masks, scale, (height, width), None, True, notes,
+                   coil_kspace, maps)
 
 
 # ----------------------------------------------------------------------------- reconstruction
@@ -218,10 +264,9 @@ def run(model, problem: Problem, *, batch_size: int, device: torch.device, amp_d
     with tqdm(total=count, desc="reconstructing", unit="cine", dynamic_ncols=True) as bar:
         for start in range(0, count, batch_size):
             rows = slice(start, start + batch_size)
-            mask = torch.tensor(problem.masks[rows], device=device)
-            aliased, kspace = undersample(torch.tensor(problem.images[rows], device=device), mask)
+            aliased, kspace, mask, maps = problem.batch(rows, device)
             with autocast(device, amp_dtype):
-                recon = model(aliased, kspace, mask)  # [B, T, Hn, Wn] complex64
+                recon = model(aliased, kspace, mask, maps)  # [B, T, Hn, Wn] complex64
             for name, image in (("recon", recon), ("zero_filled", aliased)):
                 out[name][rows] = problem.to_input_grid(image.cpu().numpy())
             if problem.reference is not None:
@@ -274,20 +319,25 @@ def check_whole_lines(masks: np.ndarray, source: str) -> None:
                         f"fully sampled, so --adapt has no line to hold out (and nothing to reconstruct)")
 
 
-def adapted_reconstruction(model, config: dict, aliased, kspace, mask, *, steps: int, lr: float, crop: int,
-                           amp_dtype, log=print) -> tuple[torch.Tensor, dict]:
+def adapted_reconstruction(model, config: dict, aliased, kspace, mask, sensitivities=None, *, steps: int, lr: float,
+                           crop: int, amp_dtype, log=print) -> tuple[torch.Tensor, dict]:
     """Fine-tune a copy of ``model`` on one scan's measurements (``adapt.adapt``, seeded by the
     checkpoint's seed), reconstruct the scan from all of them with it, and end in hard data
     consistency. aliased, kspace, mask: ``[B, T, H, W]``; the mask holds whole ky lines, except that
     the kx columns padded onto a grid enlarged in k-space are 0: adaptation counts them as measured
-    zeros. Returns the reconstruction ``[B, T, H, W]`` complex64 and adapt's info."""
+    zeros. With ``sensitivities`` ``[B, C, H, W]``, kspace is coil k-space ``[B, C, T, H, W]`` and the
+    data consistency is the SENSE one. Returns the reconstruction ``[B, T, H, W]`` complex64 and adapt's info."""
     lines = mask.amax(-1, keepdim=True).expand_as(mask)  # [B, T, H, W]: the measured ky lines, every column
     with torch.enable_grad():
         adapted, info = adapt_to_scan(model, kspace, lines, steps=steps, lr=lr, crop=crop, seed=config["seed"],
-                                      amp_dtype=amp_dtype, log=log)
+                                      amp_dtype=amp_dtype, sensitivities=sensitivities, log=log)
     with torch.no_grad(), autocast(kspace.device, amp_dtype):
-        recon = adapted(aliased, kspace, mask)  # [B, T, H, W] complex64
-    return (recon if ends_in_hard_dc(config) else hard_consistency(recon, kspace, mask)), info
+        recon = adapted(aliased, kspace, mask, sensitivities)  # [B, T, H, W] complex64
+    if ends_in_hard_dc(config):
+        return recon, info
+    if sensitivities is None:
+        return hard_consistency(recon, kspace, mask), info
+    return sense_data_consistency(recon, kspace, sensitivities, mask, iterations=SENSE_DC_ITERATIONS), info
 
 
 def run_adapted(model, config: dict, problem: Problem, *, steps: int, lr: float, crop: int, device: torch.device,
@@ -300,10 +350,9 @@ def run_adapted(model, config: dict, problem: Problem, *, steps: int, lr: float,
     scores = {key: np.empty(count) for key in ("psnr", "ssim")}
     infos = []
     for i in range(count):
-        mask = torch.tensor(problem.masks[i:i + 1], device=device)  # [1, T, Hn, Wn]
-        aliased, kspace = undersample(torch.tensor(problem.images[i:i + 1], device=device), mask)
+        aliased, kspace, mask, maps = problem.batch(slice(i, i + 1), device)  # [1, (C,) T, Hn, Wn]
         prefix = f"cine {i}: "
-        image, info = adapted_reconstruction(model, config, aliased, kspace, mask, steps=steps, lr=lr, crop=crop,
+        image, info = adapted_reconstruction(model, config, aliased, kspace, mask, maps, steps=steps, lr=lr, crop=crop,
                                              amp_dtype=amp_dtype, log=lambda line: print(prefix + line, flush=True))
         recon[i:i + 1] = problem.to_input_grid(image.cpu().numpy())
         infos.append(info)
@@ -388,10 +437,13 @@ SHIPPED_CHECKPOINT = str(Path(__file__).resolve().with_name("checkpoints") / "ls
 
 def reconstruct(*,
                 checkpoint: str = SHIPPED_CHECKPOINT,  # output/NAME/best.pt; default: the shipped learned L+S
-                input: str,  # cines (.npy/.npz [N,T,H,W] or [T,H,W], or a formats.py format) or .npz kspace+mask
+                input: str | None = None,  # cines (.npy/.npz [N,T,H,W]|[T,H,W], any formats.py input) or kspace .npz
+                kspace: str | None = None,  # measured k-space instead: CMRxRecon .mat, ISMRMRD/MRD .h5 or k-space .npz
                 out: str,  # the .npz to write (never overwritten)
                 key: str | None = None,  # array name in the input .npz/.mat; None: 'dataset' or the only one
-                mask: str | None = None,  # 0/1 .npy/.npz, [T,H,W] or [N,T,H,W]; None: the checkpoint's sampling
+                mask: str | None = None,  # 0/1 .npy/.npz [T,H,W]|[N,T,H,W] or CMRxRecon *_mask.mat; None: see docs
+                acceleration: float | None = None,  # undersample fully sampled --kspace data so; None: as measured
+                nifti: str | None = None,  # also write the magnitude cines to this .nii/.nii.gz; None: no NIfTI
                 figures: str | None = None,  # a folder for a PNG and a GIF per cine; None: no figures
                 device: str = "auto",  # 'auto' (CUDA if present) | 'cpu' | 'cuda' | 'cuda:N'
                 batch_size: int = 8,  # cines per batch (>= 1)
@@ -400,17 +452,26 @@ def reconstruct(*,
                 adapt_lr: float = 2e-5,  # Adam learning rate of the adaptation (> 0)
                 adapt_crop: int = 64) -> None:  # columns adapted on, a multiple of the network's size multiple; 0 = all
     """Reconstruct cines with a trained cinerecon checkpoint: fully sampled cines are undersampled
-    with the checkpoint's sampling (or --mask) and scored; measured k-space (an .npz with 'kspace'
-    and 'mask') is reconstructed without a reference. With --adapt, a copy of the network is first
+    with the checkpoint's sampling (or --mask) and scored; measured k-space (--kspace: a CMRxRecon
+    .mat, an MRD .h5 or a k-space .npz, or an .npz with 'kspace' and 'mask') is reconstructed as
+    measured (or, fully sampled, with --acceleration) without a reference. With --adapt, a copy of the network is first
     fine-tuned on each cine's own measurements (self-supervised, no reference needed). Writes --out
     in the input's units."""
+    if (input is None) == (kspace is None):
+        raise UserError("give one input: --input=CINES (or a k-space .npz) or --kspace=RAW_KSPACE")
+    if acceleration is not None and kspace is None:
+        raise UserError("--acceleration simulates undersampling of --kspace data; cines given with --input are "
+                        "undersampled with the checkpoint's sampling")
     out, figures_dir = check_output(out), check_figures(figures)
+    nifti_path = None if nifti is None else check_output(nifti, (".nii", ".nii.gz"))
     torch_device = resolve_device(device)
     model, config = load_trained_model(checkpoint, torch_device)
     amp_dtype, amp_reason = inference_autocast(config, torch_device)
-    path = Path(input)
-    if "kspace" in npz_arrays(path):
-        problem = kspace_problem(path, config, mask)
+    path = Path(input or kspace)
+    data = None
+    if kspace is not None or "kspace" in npz_arrays(path):
+        data = read_kspace(path, mask, key)
+        problem = kspace_problem(data, config, path, acceleration)
     else:
         problem = fully_sampled_problem(path, config, key, mask)
     print(f"checkpoint {checkpoint}: {network_summary(config)}; device {torch_device}, autocast {amp_dtype or 'off'} "
@@ -420,7 +481,7 @@ def reconstruct(*,
     scale, masks = problem.scale[:, None, None, None], problem.applied_masks()
     if adapt:
         check_adaptation(adapt, adapt_lr, adapt_crop, size_multiple(config), problem.images.shape[-1])
-        check_whole_lines(masks, f"the mask of {mask or input}")
+        check_whole_lines(masks, f"the mask of {mask or path}")
     result = run(model, problem, batch_size=batch_size, device=torch_device, amp_dtype=amp_dtype)
     if adapt:
         print(f"adapting a copy of the network to each cine in turn: at most {adapt} steps, learning rate "
@@ -433,19 +494,39 @@ def reconstruct(*,
     metrics = {name: result[name] for name in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled",
                                                "psnr_before_adapt", "ssim_before_adapt", *ADAPT_ARRAYS)
                if name in result}
+    coils = {} if problem.sensitivities is None else {"sensitivities": problem.sensitivities}
     save_npz(out, recon=result["recon"] * scale, magnitude=np.abs(result["recon"]) * scale,
-             zero_filled=result["zero_filled"] * scale, mask=masks, scale=problem.scale, **metrics)
+             zero_filled=result["zero_filled"] * scale, mask=masks, scale=problem.scale, **coils, **metrics)
     for line in summary_lines(result):
         print(line)
     print(f"wrote {out}: recon {list(result['recon'].shape)} complex64 in the input's units, magnitude, "
           f"zero_filled, mask {list(masks.shape)}" + (", per-cine PSNR/SSIM" if "psnr" in metrics else "")
-          + (", the adaptation per cine" if adapt else ""))
+          + (", the adaptation per cine" if adapt else "") + (", sensitivities" if coils else ""))
+    if nifti_path:
+        pixel_size = None if data is None else data.pixel_size
+        write_nifti(nifti_path, np.abs(result["recon"]) * scale, pixel_size)
+        pixels = "unknown (1 mm written)" if pixel_size is None else f"{pixel_size[0]:g} x {pixel_size[1]:g} mm"
+        print(f"wrote {nifti_path}: magnitude (rows, columns, cine, frame), pixels {pixels}")
     if figures_dir:
         try:
             written = write_figures(problem, result, figures_dir)
         except OSError as error:
             raise UserError(f"{figures}: cannot write the figures ({error})") from None
         print(f"figures: {len(written)} files in {figures}/")
+
+
+def write_nifti(path: Path, magnitude: np.ndarray, pixel_size: np.ndarray | None) -> None:
+    """The magnitude cines ``[N, T, H, W]`` as a 4-D NIfTI ``(rows, columns, cine, frame)`` float32, the
+    layout that formats.read_nifti reads back; voxel size (row, column) spacing in mm (1 where unknown),
+    1 per cine and per frame. Written atomically, never over an existing file."""
+    import nibabel  # requirements-extras.txt
+
+    spacing = (1.0, 1.0) if pixel_size is None else tuple(float(v) for v in pixel_size)
+    image = nibabel.Nifti1Image(magnitude.transpose(2, 3, 0, 1).astype(np.float32), np.diag([*spacing, 1.0, 1.0]))
+    image.header.set_zooms((*spacing, 1.0, 1.0))
+    image.header.set_xyzt_units("mm", "unknown")
+    raw = image.to_bytes()
+    atomic_write(path, gzip.compress(raw) if path.name.lower().endswith(".gz") else raw, new=True)
 
 
 def network_summary(config: dict) -> str:

@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num_samples=14", "--image_size=32", "--in_channels=6", "--out_channels=6", "--init_features=4",
         "--resnet_features=4", "--resnet_blocks=1", "--batch_size=2", "--center_lines=2", "--initial_lr=3e-3", "--scale=full",
@@ -34,3 +37,23 @@ def project_sources(root=ROOT) -> list[Path]:
     listed = subprocess.run(["git", "-C", str(root), "ls-files", "--cached", "--others", "--exclude-standard",
                              "*.py"], capture_output=True, text=True, check=True).stdout.splitlines()
     return [Path(root) / name for name in listed if (Path(root) / name).is_file()]
+
+
+def write_mat73(path, variables, precision="<f8"):
+    """A MATLAB v7.3 file as MATLAB writes it: HDF5 after a 512-byte header, every array stored with its
+    axes reversed (column-major), complex arrays as (real, imag) compounds of ``precision`` ("<f4": single,
+    as CMRxRecon's k-space), a MATLAB_class attribute."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w", userblock_size=512) as file:
+        for name, value in variables.items():
+            stored = value.T
+            if np.iscomplexobj(value):
+                compound = np.empty(stored.shape, [("real", precision), ("imag", precision)])
+                compound["real"], compound["imag"] = stored.real, stored.imag
+                stored = compound
+            kind = "single" if precision == "<f4" and np.iscomplexobj(value) else "double"
+            file.create_dataset(name, data=stored).attrs["MATLAB_class"] = np.bytes_(kind)
+        file.create_dataset("label", data=np.frombuffer(b"cine", np.uint8).astype(np.uint16)).attrs[
+            "MATLAB_class"] = np.bytes_("char")
+    with open(path, "r+b") as file:
+        file.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .")

@@ -10,8 +10,8 @@ from metrics import psnr
 from models import DataConsistency
 from phantom import (coil_sensitivities, correlated_noise, make_coil_dataset, make_phantom_dataset, noise_covariance,
                      sample_anatomy)
-from sampling import (_interpolate_maps, calibration_lines, coil_combine, coil_images, data_consistency,
-                      estimate_sensitivities, fft2c, sense_adjoint, sense_data_consistency, sense_forward,
+from sampling import (calibration_lines, coil_combine, coil_images, data_consistency, estimate_sensitivities,
+                      fft2c, interpolate_maps, sense_adjoint, sense_data_consistency, sense_forward,
                       gradient_dc, sense_normal, variable_density_mask, view_sharing, whiten_coils)
 
 RNG = np.random.default_rng(0)
@@ -252,11 +252,11 @@ def test_estimated_sensitivities_match_the_simulated_ones_inside_the_body(coil_p
 def test_maps_estimated_on_a_coarser_grid_are_interpolated_in_place(coil_phantom):
     p = sample_anatomy(np.random.default_rng(0), frames=2)
     coarse, fine = coil_sensitivities(p, 24, 4), coil_sensitivities(p, 48, 4)  # the same coils, two grids
-    interpolated = _interpolate_maps(coarse, (48, 48))
+    interpolated = interpolate_maps(coarse, (48, 48))
     body = np.ones((48, 48), bool)
     assert correlation_up_to_phase(interpolated, fine, body) > 0.999
     np.testing.assert_allclose((np.abs(interpolated) ** 2).sum(0), 1, rtol=1e-5)
-    assert _interpolate_maps(coarse, (24, 24)) is coarse
+    assert interpolate_maps(coarse, (24, 24)) is coarse
     mask = variable_density_mask((4, 32, 32), acceleration=2, center_lines=8, seed=3)
     estimated = estimate_sensitivities(coil_phantom["kspace"][:1] * mask[:, None], mask, resolution=16)
     body = np.abs(coil_phantom["reference"][0]).mean(0) > 0.1

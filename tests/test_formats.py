@@ -9,7 +9,7 @@ from cli import UserError
 from data import DataError, load_cine
 import formats
 from formats import convert, crop_or_pad, read_cines, resample_frames, select_frames
-from helpers import run_tool
+from helpers import run_tool, write_mat73
 
 RNG = np.random.default_rng(7)
 
@@ -64,24 +64,6 @@ def test_mat_v5_real_and_complex_key_guessed_or_given(tmp_path):
     cines, description = read_cines(tmp_path / "two.mat", key="b", axes="xyt")
     assert cines.dtype.kind == "c" and "v5" in description
     np.testing.assert_allclose(cines, z)
-
-
-def write_mat73(path, variables):
-    """A MATLAB v7.3 file as MATLAB writes it: HDF5 after a 512-byte header, every array stored with its
-    axes reversed (column-major), complex arrays as (real, imag) compounds, a MATLAB_class attribute."""
-    h5py = pytest.importorskip("h5py")
-    with h5py.File(path, "w", userblock_size=512) as file:
-        for name, value in variables.items():
-            stored = value.T
-            if np.iscomplexobj(value):
-                compound = np.empty(stored.shape, [("real", "<f8"), ("imag", "<f8")])
-                compound["real"], compound["imag"] = stored.real, stored.imag
-                stored = compound
-            file.create_dataset(name, data=stored).attrs["MATLAB_class"] = np.bytes_("double")
-        file.create_dataset("label", data=np.frombuffer(b"cine", np.uint8).astype(np.uint16)).attrs[
-            "MATLAB_class"] = np.bytes_("char")
-    with open(path, "r+b") as file:
-        file.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .")
 
 
 def test_mat_v73_is_transposed_back_to_matlab_order(tmp_path):
