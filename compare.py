@@ -157,12 +157,13 @@ def compare(name: str, *,
                    if methods["baselines"] and tune else None)
     else:
         data_config, scale_lines = data_settings(options, networks, set(given))
+        if adapt and data_config["coils"] > 1:
+            raise UserError(f"--adapt={adapt}: adapts to single-coil measurements; not with "
+                            f"--coils={data_config['coils']}")
         images, source, meta = load_images(data_config, notes, scale_lines)
         _, val_set, test_set = make_datasets(images, {**data_config, "mask_mode": mask_mode}, torch_device, meta)
         test_set = val_set if split == "val" else test_set  # choosing between networks: never the test cines
         del images
-    if adapt and data_config["coils"] > 1:
-        raise UserError(f"--adapt={adapt}: adapts to single-coil measurements; not with --coils={data_config['coils']}")
     if adapt:
         for net in networks.values():
             check_adaptation(adapt, adapt_lr, adapt_crop, size_multiple(net["config"]), test_set.images.shape[-1])
