@@ -317,7 +317,7 @@ def check_data_options(options: dict, networks: dict, given: set) -> None:
 def sampling_of(config: dict, mask_mode: str) -> dict:
     """The ``CineDataset`` keywords of evaluation masks under ``config``'s sampling."""
     return dict(mask_mode=mask_mode, acceleration=config["acceleration"], center_lines=config["center_lines"],
-                density=config["density"], mask_type=config["mask_type"], seed=config["seed"])
+                density=config["density"], mask_type=config.get("mask_type", "variable_density"), seed=config["seed"])
 
 
 def external_cines(config: dict, networks: dict, mask_mode: str, device: torch.device, notes: list[str],
