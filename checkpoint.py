@@ -33,6 +33,8 @@ RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "state")  # what last.
 LOOP_STATE = ("epoch", "batch", "loss_sum", "seen", "history", "best")  # last.pt's "state"
 # What reconstruct.py, compare.py and the benchmarks read from a checkpoint's config besides the network's shape.
 CHECKPOINT_SETTINGS = ("arch", "in_channels", "acceleration", "center_lines", "density", "seed", "amp")
+# Settings added after checkpoints were first written, with the values that reproduce the runs of those checkpoints.
+LEGACY_SETTINGS = {"coils": 1, "mask_type": "variable_density"}
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
@@ -125,7 +127,7 @@ def load_trained_model(path, device="cpu") -> tuple[torch.nn.Module, dict]:
     validate_checkpoint(checkpoint, path)
     model = build_model({**checkpoint["config"], "checkpointing": False}).to(device)
     model.load_state_dict(checkpoint["model"])
-    return model.eval(), checkpoint["config"]
+    return model.eval(), {**LEGACY_SETTINGS, **checkpoint["config"]}
 
 
 def snapshot(model, optimizer, scheduler, scaler, train_set: SizeGroups, config: dict, state: dict,
@@ -150,7 +152,7 @@ def check_resumable(checkpoint: dict, config: dict, path: Path, data: dict) -> N
     the config changed what is computed (model, data, optimiser), or if the data differ from the
     checkpoint's ``data`` fingerprint (checkpoints written before fingerprints are not checked)."""
     validate_checkpoint(checkpoint, path, resumable=True)
-    saved = checkpoint["config"]
+    saved = {**LEGACY_SETTINGS, **checkpoint["config"]}
     differ = sorted(key for key in set(saved) | set(config)
                     if key not in RUN_CONTROL_KEYS and saved.get(key) != config.get(key))
     if differ:

@@ -4,7 +4,8 @@
         [--baselines=view_sharing,kt_sparse,lplus_s,lplus_s_unrolled|none] [--masks=per_cine|fixed] [--max_cines=N]
         [--tune=true] [--tune_cines=8] [--batch_size=4] [--device=auto|cpu|cuda] [--amp=auto|bf16|fp16|none]
         [--split=test|all] [--adapt=STEPS [--adapt_lr=2e-5] [--adapt_crop=64]]
-        [--data=... --num_samples=... --image_size=... --seed=... ...] [--out_dir=output] [--images_dir=images]
+        [--data=... --num_samples=... --image_size=... --coils=1 --mask_type=variable_density|uniform --seed=... ...]
+        [--out_dir=output] [--images_dir=images]
         [--help]
 
     python compare.py pincat --data=../shared/data/pincat.npz --split=all --runs=A,B [--adapt=STEPS]
@@ -31,6 +32,10 @@ networks' size multiples, and the CS weights are tuned on the validation cines o
 phantom (``--num_samples``, ``--seed``; complex where the file's cines are, unless
 ``--phantom_phase`` is given) rendered at the file's size and frame count, never on the evaluated
 cines.
+
+``--coils=N`` (N > 1, the embedded phantom, docs/coils.md) gives every method the same coil k-space
+and the same coil maps, estimated by ESPIRiT from each cine's centre lines; ``--mask_type=uniform``
+samples every R-th line plus the centre lines (CMRxRecon's masks) instead of variable-density lines.
 
 ``--adapt=STEPS`` adds, for every network, a ``<label> + adapt`` row: a copy of the network adapted
 to each test cine's own measurements (adapt.py, docs/adapt.md), then the cine reconstructed with it.
@@ -66,7 +71,7 @@ from cli import Command, Positional, UserError, atomic_write, check_run_name, cl
     check_name_length, options_from_signature, run_in_progress
 from data import CineDataset, load_boxes, load_cine, split_indices
 from engine import autocast, choose_autocast, describe_device, evaluate, load_images, make_datasets, pad_to_multiple, \
-    resolve_device
+    resolve_device, run_model
 from metrics import summarize
 from models import count_parameters, fixed_frame_count, size_multiple
 from reconstruct import adapted_reconstruction, check_adaptation
@@ -74,9 +79,9 @@ from sampling import check_sampling
 from settings import CHOICES, train_defaults, train_options, validate_config
 
 # The settings that make the test split, its cines and its masks; checkpoints must agree on them.
-DATA_KEYS = ("data", "num_samples", "image_size", "phantom_phase", "seed", "in_channels", "acceleration",
-             "center_lines", "density")
-PHANTOM_KEYS = ("num_samples", "image_size", "phantom_phase")  # used only without a data file
+DATA_KEYS = ("data", "num_samples", "image_size", "phantom_phase", "coils", "seed", "in_channels", "acceleration",
+             "center_lines", "density", "mask_type")
+PHANTOM_KEYS = ("num_samples", "image_size", "phantom_phase", "coils")  # used only without a data file
 CENTER_LINES_HELP = (">= 0 fully sampled central ky lines at 192 rows, scaled to the image height unless given; "
                      "with --split=all used exactly as given")
 SPLITS = ("test", "val", "all")
@@ -153,6 +158,9 @@ def compare(name: str, *,
                    if methods["baselines"] and tune else None)
     else:
         data_config, scale_lines = data_settings(options, networks, set(given))
+        if adapt and data_config["coils"] > 1:
+            raise UserError(f"--adapt={adapt}: adapts to single-coil measurements; not with "
+                            f"--coils={data_config['coils']}")
         images, source, meta = load_images(data_config, notes, scale_lines)
         _, val_set, test_set = make_datasets(images, {**data_config, "mask_mode": mask_mode}, torch_device, meta)
         test_set = val_set if split == "val" else test_set  # choosing between networks: never the test cines
@@ -310,7 +318,7 @@ def check_data_options(options: dict, networks: dict, given: set) -> None:
 def sampling_of(config: dict, mask_mode: str) -> dict:
     """The ``CineDataset`` keywords of evaluation masks under ``config``'s sampling."""
     return dict(mask_mode=mask_mode, acceleration=config["acceleration"], center_lines=config["center_lines"],
-                density=config["density"], seed=config["seed"])
+                density=config["density"], mask_type=config.get("mask_type", "variable_density"), seed=config["seed"])
 
 
 def external_cines(config: dict, networks: dict, mask_mode: str, device: torch.device, notes: list[str],
@@ -385,9 +393,9 @@ def tuning_source(split: str, config: dict, validation: list[int]) -> str:
 
 # ----------------------------------------------------------------------------- methods
 class ZeroFilled(torch.nn.Module):
-    """The zero-filled reconstruction ``F^-1 y`` as a method."""
+    """The zero-filled reconstruction ``F^-1 y`` (with coils ``A^H y``) as a method."""
 
-    def forward(self, aliased, kspace, mask):  # [B, T, H, W] each
+    def forward(self, aliased, kspace, mask, sensitivities=None):  # [B, T, H, W] each (coils: see CineDataset)
         return aliased
 
 
@@ -398,8 +406,8 @@ class Solver(torch.nn.Module):
         super().__init__()
         self.solve, self.params, self.verbose = solve, params, verbose
 
-    def forward(self, aliased, kspace, mask):  # [B, T, H, W] each
-        return self.solve(kspace, mask, verbose=self.verbose, **self.params)
+    def forward(self, aliased, kspace, mask, sensitivities=None):  # [B, T, H, W] each (coils: see CineDataset)
+        return self.solve(kspace, mask, verbose=self.verbose, sensitivities=sensitivities, **self.params)
 
 
 class Adapting(torch.nn.Module):
@@ -433,10 +441,10 @@ class Timed(torch.nn.Module):
         self.method = method
         self.seconds, self.cines = 0.0, 0
 
-    def forward(self, aliased, kspace, mask):
+    def forward(self, aliased, kspace, mask, **coils):  # coils: sensitivities=, passed on when given
         synchronize(aliased.device)
         started = time.perf_counter()
-        recon = self.method(aliased, kspace, mask)
+        recon = self.method(aliased, kspace, mask, **coils)
         synchronize(aliased.device)
         self.seconds += time.perf_counter() - started
         self.cines += len(aliased)
@@ -449,9 +457,8 @@ def run_method(model, test_set, rows, batch_size: int, amp_dtype, warm: bool) ->
     costs such as kernel selection are not counted."""
     timed = Timed(model)
     if warm:
-        batch = test_set.batch(rows[:1])
         with torch.no_grad(), autocast(test_set.images.device, amp_dtype):
-            model.eval()(batch["aliased"], batch["kspace"], batch["mask"])
+            run_model(model.eval(), test_set.batch(rows[:1]))
     scores = evaluate(timed, test_set, batch_size=batch_size, amp_dtype=amp_dtype, rows=rows,
                             keep={int(rows[0])})
     return scores, timed.seconds / max(timed.cines, 1)
@@ -465,7 +472,7 @@ def choose_parameters(method: str, val_set, val_rows, tuned: bool, batch_size: i
     print(f"{BASELINE_LABELS[method]}: tuning on {len(val_rows)} validation cine(s)", flush=True)
     batch = val_set.batch(val_rows)
     return tune_weights(method, batch["kspace"], batch["mask"], batch["target"], GRIDS[method],
-                        batch_size=batch_size, verbose=verbose)
+                        batch_size=batch_size, verbose=verbose, sensitivities=batch.get("sensitivities"))
 
 
 # ----------------------------------------------------------------------------- reports
@@ -498,7 +505,10 @@ def results_markdown(report: dict) -> str:
              f"- date: {report['date']}; device: {report['device']}; torch {report['torch']}"
              + (f"; networks' autocast: {report['autocast']}" if networks else ""),
              f"- data: {data['source']}; acceleration {data['acceleration']:g}, {data['center_lines']} centre lines"
-             f"{' (exactly as given)' if everything else ''}, {data['density']} density, seed {data['seed']}",
+             f"{' (exactly as given)' if everything else ''}, "
+             + ("uniform masks (every R-th line plus the centre lines, the same in every frame and cine)"
+                if data["mask_type"] == "uniform" else f"{data['density']} density")
+             + f", seed {data['seed']}" + (f", {data['coils']} coils" if data["coils"] > 1 else ""),
              *[f"- note: {note}" for note in data["notes"]],
              f"- test: {test['cines']} of the {test['of']} cines of the file, every one a test cine (`--split=all`: "
              f"no train/validation/test split; same cines for every method)" if everything else

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cli import UserError, check_readable
-from sampling import MaskSampler, undersample, variable_density_mask
+from sampling import MASK_TYPES, MaskSampler, sense_adjoint, undersample, uniform_mask, variable_density_mask
 
 MASK_MODES = ("fixed", "random")
 # The memory budget of reading one file: the data it declares (arrays as stored, decompressed bytes,
@@ -347,28 +347,43 @@ class CineDataset(torch.utils.data.Dataset):
         augmentation, drawn on the device with ``generator``); with ``train=False`` cine i gets
         its own mask drawn from ``(seed, indices[i])``, the same in every run.
 
+    mask_type: ``"variable_density"`` (the masks above) | ``"uniform"``: CMRxRecon's equispaced
+    mask (``sampling.uniform_mask``, an integer ``acceleration``), the same for every cine, frame
+    and draw whatever ``mask_mode``.
     boxes: ``[N, 4]`` heart boxes ``(row0, row1, col0, col1)`` for region-of-interest metrics, or None.
+    coils: None (single coil) or ``{"kspace": [N, C, T, H, W], "sensitivities": [N, C, H, W]}``
+    (complex64, on the images' device): every cine's fully sampled coil k-space ``y`` and the coil
+    maps ``S`` the methods are given; the images are then ``S^H F^-1 y``.
 
     ``batch(rows)`` returns a dict of ``[B, T, H, W]`` tensors: ``aliased`` (complex64
     zero-filled image ``F^-1 U F m``), ``target`` (the fully sampled cine), ``mask`` (float32)
-    and ``kspace`` (complex64 sampled k-space ``U F m``), and with boxes ``box`` ``[B, 4]``.
-    ``dataset[i]`` is the same without B.
+    and ``kspace`` (complex64 sampled k-space ``U F m``), and with boxes ``box`` ``[B, 4]``. With
+    coils ``kspace`` is the sampled coil k-space ``U y`` ``[B, C, T, H, W]`` (the frame's mask on
+    every coil), ``aliased`` its coil combination ``A^H U y`` (``sampling.sense_adjoint``) and
+    ``sensitivities`` ``[B, C, H, W]`` is added. ``dataset[i]`` is the same without B.
     """
 
     def __init__(self, images: torch.Tensor, indices, *, mask_mode: str = "fixed", train: bool = False,
                  acceleration: float = 5, center_lines: int = 11, density: str = "gaussian",
-                 seed: int = 0, generator: torch.Generator | None = None, boxes: np.ndarray | None = None):
+                 mask_type: str = "variable_density", seed: int = 0, generator: torch.Generator | None = None,
+                 boxes: np.ndarray | None = None, coils: dict | None = None):
         if mask_mode not in MASK_MODES:
             raise UserError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        if mask_type not in MASK_TYPES:
+            raise UserError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
         self.images = images  # [N, T, H, W]
         self.indices = np.asarray(indices)
         self.boxes = None if boxes is None else np.asarray(boxes)  # [N, 4] heart boxes (row0, row1, col0, col1)
-        self.draw_fresh = mask_mode == "random" and train
+        self.coils = coils  # None | {"kspace": [N, C, T, H, W], "sensitivities": [N, C, H, W]}
+        self.draw_fresh = mask_mode == "random" and train and mask_type == "variable_density"
         _, frames, height, width = images.shape
         self.sampling = dict(acceleration=acceleration, center_lines=center_lines, density=density)
         self.sampler = MaskSampler(height, width, device=images.device, **self.sampling)
         self.generator = generator
-        if mask_mode == "fixed":
+        if mask_type == "uniform":
+            mask = torch.from_numpy(uniform_mask(images.shape[1:], round(acceleration), center_lines))
+            self.masks = mask.to(images.device).expand(len(images), -1, -1, -1)  # [N, T, H, W] view of one mask
+        elif mask_mode == "fixed":
             mask = self.seeded_mask(seed)
             self.masks = mask.expand(len(images), -1, -1, -1)  # [N, T, H, W] view of one mask set
         elif not self.draw_fresh:
@@ -389,8 +404,14 @@ class CineDataset(torch.utils.data.Dataset):
             mask = self.sampler(target.shape[0] * target.shape[1], self.generator).view(target.shape)
         else:
             mask = self.masks[rows]  # [B, T, H, W]
-        aliased, kspace = undersample(target, mask)  # [B, T, H, W] complex each
-        batch = {"aliased": aliased, "target": target, "mask": mask, "kspace": kspace}
+        if self.coils is None:
+            aliased, kspace = undersample(target, mask)  # [B, T, H, W] complex each
+            batch = {"aliased": aliased, "target": target, "mask": mask, "kspace": kspace}
+        else:
+            maps = self.coils["sensitivities"][rows]  # [B, C, H, W]
+            kspace = self.coils["kspace"][rows] * mask[:, None]  # [B, C, T, H, W]: every coil, the frame's mask
+            batch = {"aliased": sense_adjoint(kspace, maps, mask), "target": target, "mask": mask, "kspace": kspace,
+                     "sensitivities": maps}
         if self.boxes is not None:
             batch["box"] = torch.as_tensor(self.boxes, device=target.device)[rows]  # [B, 4]
         return batch
@@ -405,8 +426,9 @@ class SizeGroups:
     batch must come from one group (as ``engine.size_batches`` makes them).
 
     ``batch(rows)`` returns the dict of ``[B, T, H_g, W_g]`` tensors of that group's
-    ``CineDataset.batch``; ``fill(cines, boxes)`` replaces every group's cines (and heart boxes) by
-    new ones of the same shapes (fresh phantom cines).
+    ``CineDataset.batch``; ``fill(cines, boxes, coils)`` replaces every group's cines (and heart boxes,
+    and with coils their coil k-space and maps, see ``CineDataset``) by new ones of the same shapes
+    (fresh phantom cines).
     """
 
     def __init__(self, groups: list[CineDataset]):
@@ -421,12 +443,14 @@ class SizeGroups:
     def device(self) -> torch.device:
         return self.groups[0].images.device
 
-    def fill(self, cines: list[torch.Tensor], boxes: list[np.ndarray] | None = None) -> None:
+    def fill(self, cines: list[torch.Tensor], boxes: list[np.ndarray] | None = None,
+             coils: list[dict | None] | None = None) -> None:
         for i, (group, images) in enumerate(zip(self.groups, cines, strict=True)):
             if images.shape != group.images.shape:
                 raise ValueError(f"new cines {tuple(images.shape)} for a group of {tuple(group.images.shape)}")
             group.images = images
             group.boxes = None if boxes is None else np.asarray(boxes[i])  # [N_g, 4]
+            group.coils = None if coils is None else coils[i]
 
     def batch(self, rows) -> dict[str, torch.Tensor]:
         rows = torch.as_tensor(rows)

@@ -39,7 +39,8 @@ from data import (CineDataset, SizeGroups, array_header, available_memory, check
                   cine_file, load_boxes, load_cine, load_subjects, split_by_subject, split_indices)
 from metrics import SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim, box_pixels
 from models import build_model, count_parameters, fixed_frame_count, size_multiple
-from sampling import REFERENCE_HEIGHT, check_sampling, scaled_center_lines
+from sampling import (REFERENCE_HEIGHT, center_rows, check_sampling, coil_combine, estimate_sensitivities, ifft2c,
+                      scaled_center_lines)
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of hardware bf16 arithmetic
 CPUINFO = Path("/proc/cpuinfo")
@@ -47,6 +48,7 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 PHANTOM_SOURCE = Path(__file__).resolve().with_name("phantom.py")
 SIZE_SETTINGS = ("init_features", "levels", "cascades", "resnet_features", "resnet_blocks")  # the network's size
 REPEATED_PARTS = ("cascades", "resnet_blocks", "iterations")  # settings that repeat a part: the weights grow linearly
+MIN_CALIBRATION_LINES = 4  # the fewest fully sampled centre lines sampling.estimate_sensitivities takes
 
 TRAINING_COPIES = 4  # copies of the weights a run holds: the weights, their gradients and Adam's two moments
 
@@ -152,17 +154,22 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.ndarray, str, dict]:
     """The cines ``[N, T, H, W]`` (peak magnitude 1 each), a one-line description, and what is known
     about them: ``boxes`` ``[N, 4]`` (heart boxes row0, row1, col0, col1: the phantom's geometry, or
-    a data file's ``heart_box`` array) and ``splits`` (train/val/test indices when the data fix
+    a data file's ``heart_box`` array), ``splits`` (train/val/test indices when the data fix
     them: three files given as ``--data=TRAIN,VAL,TEST``, or an .npz whose ``subject`` array names
-    each cine's patient, split by subject). With ``scale_lines`` the centre lines are scaled to the
-    image height (recorded in config and notes). The sampling is checked against the image height
-    here, before anything is written."""
+    each cine's patient, split by subject) and ``coils`` (the phantom's coil k-space and estimated
+    maps with ``coils`` > 1, see :func:`render_coil_phantom`; else None). With ``scale_lines`` the
+    centre lines are scaled to the image height (recorded in config and notes). The sampling is
+    checked against the image height here, before anything is rendered or written."""
     frames = config["in_channels"]
     if config["data"] is None:
-        images, boxes = render_phantom(config, config["num_samples"], config["seed"])
-        meta = {"boxes": boxes, "splits": None}
+        check_lines(config, config["image_size"], notes, scale_lines)
+        images, boxes, coils = phantom_data(config, config["num_samples"], config["seed"])
+        meta = {"boxes": boxes, "splits": None, "coils": coils}
         kind = "complex" if config["phantom_phase"] else "magnitude"
         source = f"embedded phantom (seed {config['seed']}, {kind})"
+        if coils is not None:
+            source = (f"embedded phantom (seed {config['seed']}, {config['coils']} coils, maps estimated by ESPIRiT "
+                      f"from {config['center_lines']} centre lines)")
     else:
         images, meta, source = load_data_files(config["data"], config["seed"], notes)
         check_disjoint_splits(images, meta["splits"] or split_indices(len(images), seed=config["seed"]), source)
@@ -170,7 +177,15 @@ def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.n
             raise UserError(f"{source}: cines have {images.shape[1]} frames but in_channels={frames}; "
                             f"set --in_channels={images.shape[1]} --out_channels={images.shape[1]}")
         images, meta["boxes"] = pad_to_multiple(images, size_multiple(config), notes, source, meta["boxes"])
-    height = images.shape[2]
+        check_lines(config, images.shape[2], notes, scale_lines)
+    kind = "complex" if np.iscomplexobj(images) else "magnitude"
+    return images, f"{source}: {images.shape[0]} {kind} cines of {'x'.join(map(str, images.shape[1:]))}", meta
+
+
+def check_lines(config: dict, height: int, notes: list[str], scale_lines: bool) -> None:
+    """With ``scale_lines`` scale the centre lines to images of ``height`` rows (recorded in config
+    and notes); then refuse a sampling impossible at that height: too many lines, a uniform mask's
+    acceleration that is not an integer, too few centre lines to estimate coil maps from."""
     if scale_lines and height != REFERENCE_HEIGHT:
         lines = scaled_center_lines(height, config["center_lines"])
         notes.append(f"center_lines {config['center_lines']} -> {lines}: {height} rows keep the share of "
@@ -180,8 +195,13 @@ def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.n
         check_sampling(height, config["acceleration"], config["center_lines"])
     except ValueError as error:
         raise UserError(f"sampling of {height}-row images: {error}") from None
-    kind = "complex" if np.iscomplexobj(images) else "magnitude"
-    return images, f"{source}: {images.shape[0]} {kind} cines of {'x'.join(map(str, images.shape[1:]))}", meta
+    if config.get("mask_type") == "uniform" and config["acceleration"] != round(config["acceleration"]):
+        raise UserError(f"--acceleration={config['acceleration']:g}: --mask_type=uniform samples every R-th line, "
+                        f"R an integer")
+    if config.get("coils", 1) > 1 and config["center_lines"] < MIN_CALIBRATION_LINES:
+        raise UserError(f"--coils={config['coils']}: the coil maps are estimated (ESPIRiT) from the fully sampled "
+                        f"centre lines, at least {MIN_CALIBRATION_LINES}; center_lines is {config['center_lines']} "
+                        f"at {height} rows")
 
 
 def load_data_files(data: str, seed: int, notes: list[str]) -> tuple[np.ndarray, dict, str]:
@@ -233,6 +253,42 @@ def render_phantom(config: dict, count: int, seed: int, **options) -> tuple[np.n
     images, boxes = make_phantom_dataset(count, frames=config["in_channels"], size=config["image_size"], seed=seed,
                                          complex_phase=config["phantom_phase"], return_boxes=True, **options)
     return images, grow_boxes(boxes, 2 * SSIM_RADIUS + 1, images.shape[2:])
+
+
+def phantom_data(config: dict, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """``count`` phantom cines of the run: :func:`render_phantom` plus None (no coils) with
+    ``coils = 1``, else :func:`render_coil_phantom`."""
+    if config.get("coils", 1) == 1:
+        return *render_phantom(config, count, seed), None
+    return render_coil_phantom(config, count, seed)
+
+
+def render_coil_phantom(config: dict, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``count`` complex phantom cines seen through ``config["coils"]`` receive coils
+    (``phantom.make_coil_dataset``, with its correlated coil noise) as a user of real data has them:
+    fully sampled coil k-space ``y`` and coil maps ``S`` estimated by ESPIRiT
+    (``sampling.estimate_sensitivities``) from the cine's own ``center_lines`` central k-space rows.
+    Every mask samples those rows in every frame (training masks are redrawn every epoch, never
+    those rows), so the maps are estimated once per cine, from the fully sampled centre, and are
+    the maps of every mask drawn. The images are ``S^H F^-1 y``: the magnitude of the phantom's
+    ``reference`` (its coils combined with the true maps) up to the maps' estimation error, in the
+    phase of the estimated maps, the one the SENSE model ``A = U F S`` reaches (ESPIRiT removes
+    coil 0's phase). Each cine and its coil k-space are scaled so that the image has peak 1.
+
+    Returns the images ``[N, T, H, W]`` complex64, heart boxes ``[N, 4]`` (as :func:`render_phantom`)
+    and ``{"kspace": [N, C, T, H, W], "sensitivities": [N, C, H, W]}`` complex64."""
+    from phantom import make_coil_dataset
+
+    size = config["image_size"]
+    data = make_coil_dataset(count, frames=config["in_channels"], size=size, seed=seed, coils=config["coils"])
+    centre = np.zeros((1, size, 1), np.float32)  # [T, H, W] broadcast: the rows every mask samples
+    centre[:, center_rows(size, config["center_lines"])] = 1
+    maps = estimate_sensitivities(data["kspace"], centre)  # [N, C, H, W]
+    images = np.stack([coil_combine(ifft2c(torch.from_numpy(kspace)), torch.from_numpy(cine_maps)).numpy()
+                       for kspace, cine_maps in zip(data["kspace"], maps)])  # [N, T, H, W]
+    scale = (1 / np.abs(images).reshape(count, -1).max(1)).astype(np.float32)  # [N]
+    coils = {"kspace": data["kspace"] * scale[:, None, None, None, None], "sensitivities": maps}
+    return images * scale[:, None, None, None], grow_boxes(data["heart_box"], 2 * SSIM_RADIUS + 1, (size, size)), coils
 
 
 def grow_boxes(boxes: np.ndarray, minimum: int, shape: tuple[int, int]) -> np.ndarray:
@@ -298,7 +354,8 @@ class FreshPhantom:
     the same seed and epoch, so a resumed run trains on the same data), and starts rendering the
     next epoch's. ``waited`` is the time the last call spent waiting for its cines (0 when the
     render finished during the previous epoch), ``rendered`` the time that render took, ``boxes``
-    the heart boxes ``[N_g, 4]`` of the cines last returned.
+    the heart boxes ``[N_g, 4]`` of the cines last returned and ``coils`` their coil k-space and
+    estimated maps (on ``device``; None each without coils, see :func:`phantom_data`).
     """
 
     def __init__(self, config: dict, counts: list[int], device: torch.device):
@@ -308,14 +365,15 @@ class FreshPhantom:
         self.pending: dict[int, Future] = {}
         self.waited = self.rendered = 0.0
         self.boxes: list[np.ndarray] = []
+        self.coils: list[dict | None] = []
 
-    def _render(self, epoch: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+    def _render(self, epoch: int) -> tuple[list[tuple[np.ndarray, np.ndarray, dict | None]], float]:
         started = time.perf_counter()
         seed = self.config["seed"]
         if self.sizes == [self.config["image_size"]]:
-            groups = [render_phantom(self.config, self.counts[0], epoch_seed(seed, epoch))]
+            groups = [phantom_data(self.config, self.counts[0], epoch_seed(seed, epoch))]
         else:
-            groups = [render_phantom({**self.config, "image_size": size}, count, epoch_seed(seed, epoch, size))
+            groups = [phantom_data({**self.config, "image_size": size}, count, epoch_seed(seed, epoch, size))
                       for size, count in zip(self.sizes, self.counts)]
         return groups, time.perf_counter() - started
 
@@ -326,8 +384,10 @@ class FreshPhantom:
         self.waited = time.perf_counter() - started
         if epoch + 1 < self.config["num_epochs"]:
             self.pending[epoch + 1] = self.pool.submit(self._render, epoch + 1)
-        self.boxes = [boxes for _, boxes in groups]
-        return [torch.from_numpy(images).to(self.device) for images, _ in groups]
+        self.boxes = [boxes for _, boxes, _ in groups]
+        self.coils = [coils and {key: torch.from_numpy(value).to(self.device) for key, value in coils.items()}
+                      for _, _, coils in groups]
+        return [torch.from_numpy(images).to(self.device) for images, _, _ in groups]
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -356,23 +416,31 @@ def make_datasets(images: np.ndarray, config: dict, device: torch.device, meta: 
     generator that :func:`seed_epoch` seeds. ``meta``: from :func:`load_images` (heart boxes, a
     fixed split), if known. The training set holds one group per training size: the training split
     itself, or (``train_sizes``) empty cines of every size for :class:`FreshPhantom` to fill, each
-    size with centre lines that keep the share of k-space of ``center_lines`` at ``image_size``."""
+    size with centre lines that keep the share of k-space of ``center_lines`` at ``image_size``.
+    ``meta["coils"]`` (coil k-space and maps ``[N, ...]``, see :class:`data.CineDataset`) is split too."""
     meta = meta or {}
-    boxes = meta.get("boxes")
+    boxes, coils = meta.get("boxes"), meta.get("coils")
+
+    def coils_of(idx):  # the coil k-space and maps of the cines idx, on the device
+        return coils and {key: torch.from_numpy(value[idx]).to(device) for key, value in coils.items()}
+
     if config.get("heart_weight") and boxes is None:
         raise UserError(f"--heart_weight={config['heart_weight']}: needs heart boxes, the phantom's or a data file's "
                         f"'heart_box' array (python formats.py convert --heart_box)")
     splits = meta.get("splits") or split_indices(len(images), seed=config["seed"])
     sampling = dict(mask_mode=config["mask_mode"], acceleration=config["acceleration"],
-                    center_lines=config["center_lines"], density=config["density"], seed=config["seed"])
+                    center_lines=config["center_lines"], density=config["density"],
+                    mask_type=config.get("mask_type", "variable_density"), seed=config["seed"])
     generator = torch.Generator(device=device)
     val_set, test_set = (CineDataset(torch.from_numpy(images[idx]).to(device), idx,
-                                     boxes=None if boxes is None else boxes[idx], **sampling) for idx in splits[1:])
+                                     boxes=None if boxes is None else boxes[idx], coils=coils_of(idx), **sampling)
+                         for idx in splits[1:])
     train_idx, size = splits[0], config["image_size"]
     sizes = training_sizes(config)
     if sizes == [size] or config["data"] is not None:
         groups = [CineDataset(torch.from_numpy(images[train_idx]).to(device), train_idx, train=True,
-                              generator=generator, boxes=None if boxes is None else boxes[train_idx], **sampling)]
+                              generator=generator, boxes=None if boxes is None else boxes[train_idx],
+                              coils=coils_of(train_idx), **sampling)]
     else:
         frames = images.shape[1]
         groups = [CineDataset(torch.zeros((count, frames, side, side), dtype=torch.from_numpy(images[:1]).dtype,
@@ -380,6 +448,16 @@ def make_datasets(images: np.ndarray, config: dict, device: torch.device, meta: 
                               **{**sampling, "center_lines": max(1, round(config["center_lines"] * side / size))})
                   for side, count in zip(sizes, size_counts(len(train_idx), size, sizes))]
     return SizeGroups(groups), val_set, test_set
+
+
+def check_batching(config: dict, train_cines: int, world: int, device: torch.device) -> None:
+    """Refuse a batch the training split or the processes cannot make, and SyncBatchNorm off CUDA."""
+    if config["batch_size"] > train_cines:
+        raise UserError(f"--batch_size={config['batch_size']} is larger than the training split ({train_cines} cines)")
+    if config["batch_size"] % world:
+        raise UserError(f"--batch_size={config['batch_size']} must be divisible by the {world} processes")
+    if config["sync_bn"] and world > 1 and device.type != "cuda":
+        raise UserError("--sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU implementation")
 
 
 # ----------------------------------------------------------------------------- training pieces
@@ -422,10 +500,17 @@ def training_flops(config: dict, size: tuple[int, int, int]) -> int:
     return counter.get_total_flops()
 
 
+def run_model(model, batch: dict) -> torch.Tensor:
+    """``model``'s reconstruction ``[B, T, H, W]`` of a dataset's ``batch`` (``data.CineDataset.batch``):
+    ``model(aliased, kspace, mask)``, with coils also ``sensitivities=``."""
+    coils = {"sensitivities": batch["sensitivities"]} if "sensitivities" in batch else {}
+    return model(batch["aliased"], batch["kspace"], batch["mask"], **coils)
+
+
 def train_step(model, optimizer, scheduler, scaler, batch: dict, params: list, config: dict, amp_dtype):
     """One optimisation step on ``batch`` (``[B, T, H, W]`` tensors); returns the loss (on the device)."""
     with autocast(batch["target"].device, amp_dtype):
-        recon = model(batch["aliased"], batch["kspace"], batch["mask"])  # [B, T, H, W] complex
+        recon = run_model(model, batch)  # [B, T, H, W] complex
     loss = reconstruction_loss(recon, batch["target"], config["loss_tpe"])
     if config.get("heart_weight"):  # the heart box's error counted again, with this weight
         loss = loss + config["heart_weight"] * reconstruction_loss(recon, batch["target"], config["loss_tpe"],
@@ -471,7 +556,7 @@ def evaluate(model, dataset: CineDataset, *, batch_size: int, amp_dtype=None, lo
         chunk = rows[start:start + batch_size]
         batch = dataset.batch(chunk)
         with autocast(device, amp_dtype):
-            recon = model(batch["aliased"], batch["kspace"], batch["mask"])  # [B, T, H, W] complex
+            recon = run_model(model, batch)  # [B, T, H, W] complex
         target, aliased = batch["target"], batch["aliased"]
         out["loss"].append(reconstruction_loss(recon, target, loss_type, per_cine=True))
         box = None if dataset.boxes is None else torch.as_tensor(dataset.boxes[chunk])  # [B, 4]
@@ -510,7 +595,7 @@ def unet_branches(model, batch: dict, amp_dtype) -> tuple[np.ndarray, np.ndarray
              lambda m, i, o, key=key: captured.__setitem__(key, o.float().reshape(len(o), *o.shape[-3:])))
              for key, branch in (("real", denoiser.unet_real), ("imag", denoiser.unet_imag))]
     with autocast(batch["target"].device, amp_dtype):
-        model.eval()(batch["aliased"], batch["kspace"], batch["mask"])
+        run_model(model.eval(), batch)
     for hook in hooks:
         hook.remove()
     return captured["real"][0].cpu().numpy(), captured["imag"][0].cpu().numpy(), bool(denoiser.residual)
@@ -599,9 +684,13 @@ def data_fingerprint(config: dict) -> dict:
     """What resuming a run must find unchanged, stored in its ``last.pt``: for each data file (one,
     or TRAIN,VAL,TEST) its size, shape, dtype and SHA-256, its header checked first by
     :func:`check_data_shape`, before anything is loaded; for the embedded phantom its
-    :func:`phantom_version` (its parameters are in the config)."""
+    :func:`phantom_version` (its parameters are in the config) and with ``coils`` > 1 their number
+    and the version of sigpy, which estimates their maps."""
     if config["data"] is None:
-        return {"phantom": phantom_version()}
+        if config.get("coils", 1) == 1:
+            return {"phantom": phantom_version()}
+        from importlib.metadata import version
+        return {"phantom": phantom_version(), "coils": config["coils"], "sigpy": version("sigpy")}
     fingerprint = {}
     for path in (cine_file(part.strip()) for part in str(config["data"]).split(",")):
         _, shape, dtype = array_header(path)

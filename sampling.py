@@ -36,6 +36,7 @@ import torch
 from cli import Option, UserError, cli_errors, options_from_signature, run_command
 
 DENSITIES = ("gaussian", "polynomial")
+MASK_TYPES = ("variable_density", "uniform")  # random lines from a density, new in every frame | equispaced (CMRxRecon)
 REFERENCE_HEIGHT = 192  # the study's image height, at which 11 centre lines are used
 
 

@@ -15,7 +15,7 @@ from data import MASK_MODES, check_memory
 from engine import AMP_DTYPES, TRAINING_COPIES, check_device, check_network_size, cuda_requested, smallest_side, \
     training_sizes
 from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, PRIORS, size_multiple
-from sampling import DENSITIES
+from sampling import DENSITIES, MASK_TYPES
 
 # Applied when there is no CUDA device (scale="auto") or with scale="cpu", to every key not given
 # on the command line: a run that finishes in minutes on 2 CPU cores (12 epochs: under 10 minutes in
@@ -24,7 +24,7 @@ CPU_SCALE = dict(image_size=64, num_samples=100, init_features=16, resnet_featur
                  num_epochs=12, batch_size=4, checkpointing=False)
 # The allowed values of the options that take one of a few words.
 CHOICES = dict(arch=ARCHS, prior=PRIORS, attention=ATTENTION, dc=DC_MODES, output=OUTPUTS, mask_mode=MASK_MODES,
-               density=DENSITIES, loss_tpe=("L1", "L2"), lr_schedule=("warmup_cosine", "constant"),
+               density=DENSITIES, mask_type=MASK_TYPES, loss_tpe=("L1", "L2"), lr_schedule=("warmup_cosine", "constant"),
                amp=("auto", *AMP_DTYPES), scale=("auto", "cpu", "full"))
 PARSERS = dict(heart_weight=lambda text: None if text.lower() == "none" else float(text),  # default None
                prior=lambda text: None if text.lower() == "none" else text)
@@ -42,6 +42,8 @@ NUMBER_RULES = (("dropout", lambda value: 0 <= value < 1, "in [0, 1)"),
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train.py")
 PHANTOM_COPIES = 3  # phantom cines held at once: as rendered, split into datasets, the next epoch's fresh ones
 PHANTOM_RENDER = 24  # peak memory of rendering one cine, in rendered cines (about 21 measured at 64 and 128)
+MAX_COILS = 64  # receive coils of the simulated array (--coils)
+COIL_RENDER = 3  # memory of rendering one cine's coils, in coil cines (coil images, their k-space, its copy)
 
 
 def train_options() -> list[Option]:
@@ -94,6 +96,7 @@ def validate_config(config: dict) -> None:
     if config["data"] is None and config["image_size"] % multiple:
         raise UserError(f"--image_size={config['image_size']}: must be a multiple of {multiple} "
                         f"(the {config['arch']} network pools {multiple.bit_length() - 1} times)")
+    check_coils(config)
     if config["data"] is None:
         check_phantom_size(config)
     if config["train_sizes"] is not None:
@@ -139,6 +142,23 @@ def _is_integer(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_coils(config: dict) -> None:
+    """``coils``: an integer from 1 to ``MAX_COILS``; more than 1 only with the embedded complex
+    phantom at one training size (the maps are estimated at the run's centre lines)."""
+    coils = config["coils"]
+    if not (_is_integer(coils) and 1 <= coils <= MAX_COILS):
+        raise UserError(f"--coils={coils!r}: must be an integer from 1 to {MAX_COILS}")
+    if coils == 1:
+        return
+    if config["data"] is not None:
+        raise UserError(f"--coils={coils}: simulates coils on the embedded phantom; --data files hold coil-combined "
+                        f"images")
+    if not config["phantom_phase"]:
+        raise UserError(f"--coils={coils}: coil images are complex; drop --phantom_phase=false")
+    if config["train_sizes"] is not None:
+        raise UserError(f"--coils={coils}: --train_sizes is single-coil only (train at --image_size)")
+
+
 def check_train_sizes(config: dict) -> None:
     """``train_sizes`` needs fresh phantom cines and sizes the network takes."""
     sizes = training_sizes(config)
@@ -158,11 +178,13 @@ def check_train_sizes(config: dict) -> None:
 def check_phantom_size(config: dict) -> None:
     """Refuse phantom images smaller than the network takes, and a phantom that would not fit in
     memory, before anything is rendered."""
-    size, count, frames = config["image_size"], config["num_samples"], config["in_channels"]
+    size, count, frames, coils = config["image_size"], config["num_samples"], config["in_channels"], config["coils"]
     smallest = smallest_side(config)
     if size < smallest:
         raise UserError(f"--image_size={size}: too small for the {config['arch']} network, which needs at least "
                         f"{smallest}")
     cine = frames * size * size * 8  # complex64
-    check_memory(f"--num_samples={count} --image_size={size}", (PHANTOM_COPIES * count + PHANTOM_RENDER) * cine,
-                 f"the phantom's {count} cines of {frames}x{size}x{size}")
+    kept = coils if coils > 1 else 0  # coil cines kept beside each cine: its coil k-space
+    check_memory(f"--num_samples={count} --image_size={size}" + f" --coils={coils}" * bool(kept),
+                 (PHANTOM_COPIES * count * (1 + kept) + PHANTOM_RENDER + COIL_RENDER * kept) * cine,
+                 f"the phantom's {count} cines of {frames}x{size}x{size}" + f" through {coils} coils" * bool(kept))

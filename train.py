@@ -31,7 +31,7 @@ from tqdm import tqdm
 from checkpoint import (CHECKPOINT_FORMAT, check_resumable, finished_summary, load_checkpoint, restore, restore_rng,
                         save_checkpoint, snapshot)
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors
-from engine import (FreshPhantom, Report, choose_autocast, create_run_dirs, data_fingerprint, describe_device,
+from engine import (FreshPhantom, Report, check_batching, choose_autocast, create_run_dirs, data_fingerprint, describe_device,
                     evaluate_distributed, init_distributed, load_images, lr_factor, make_datasets, resolve_device,
                     seed_epoch, size_batches, stop_everywhere, stop_on_signal, train_step, training_flops, unet_branches)
 from metrics import format_summary, summarize
@@ -83,13 +83,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
                                                     f"({group.sampling['center_lines']} centre lines)"
                                                     for group in train_set.groups))
     fresh = FreshPhantom(config, counts, device) if config["data"] is None and config["fresh_data"] else None
-    if config["batch_size"] > len(train_set):
-        raise UserError(f"--batch_size={config['batch_size']} is larger than the training split "
-                        f"({len(train_set)} cines)")
-    if config["batch_size"] % world:
-        raise UserError(f"--batch_size={config['batch_size']} must be divisible by the {world} processes")
-    if config["sync_bn"] and world > 1 and device.type != "cuda":
-        raise UserError("--sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU implementation")
+    check_batching(config, len(train_set), world, device)
     create_run_dirs(config, name, rank, world)
 
     # ---- model
@@ -161,7 +155,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
         for epoch in epochs:
             started = time.perf_counter()
             if fresh is not None:  # new phantom cines, rendered during the previous epoch
-                train_set.fill(fresh.cines(epoch), fresh.boxes)
+                train_set.fill(fresh.cines(epoch), fresh.boxes, fresh.coils)
             seed_epoch(train_set, config["seed"], rank, epoch)
             if state["batch"]:  # resuming mid-epoch: continue the random streams where they stopped
                 restore_rng(checkpoint["rng"], train_set)
@@ -344,11 +338,13 @@ if __name__ == "__main__":
               image_size=192,            # phantom only: H = W, a multiple of 16
               phantom_phase=True,        # phantom only: complex cines (smooth, tissue and flow phase) | False: magnitude
               fresh_data=True,           # phantom only: new training cines every epoch | False: the fixed training split
+              coils=1,                   # phantom only: 1 (single coil) | 2 to 64 receive coils: coil k-space, maps estimated by ESPIRiT from the centre lines (docs/coils.md)
               train_sizes=None,          # phantom with fresh_data only: None (image_size) | training sizes, e.g. '64,96,128': each batch one size, each size the same pixels per epoch
               # sampling
               acceleration=5.0,          # >= 1: round(H / acceleration) ky lines per frame
               center_lines=11,           # >= 0 fully sampled central ky lines (scaled with H on the CPU scale-down)
               density="gaussian",        # 'gaussian' (kt-FOCUSS style) | 'polynomial'
+              mask_type="variable_density",  # 'variable_density' (the density above) | 'uniform': CMRxRecon's every R-th line plus the centre lines, R an integer
               mask_mode="random",        # 'random': fresh masks per training example | 'fixed': one set (the study)
               # model
               in_channels=20,            # frames per cine (>= 1; the UNets stack frames as channels)
