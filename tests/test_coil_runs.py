@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import train
+from checkpoint import LEGACY_SETTINGS
 from cli import UserError
 from data import CineDataset
-from engine import LEGACY_SETTINGS, load_images, make_datasets
+from engine import load_images, make_datasets
 from helpers import TINY, read_metrics, run_tool, train_defaults
 from sampling import uniform_mask
 from settings import resolve_config
@@ -124,7 +125,7 @@ def test_one_coil_given_or_not_gives_the_same_run(tmp_path):
 def test_uniform_masks_are_cmrxrecon_equispaced_for_every_cine_and_draw():
     images = torch.zeros((3, 4, 32, 32), dtype=torch.complex64)
     expected = torch.from_numpy(uniform_mask((4, 32, 32), 4, 4))
-    for train in (False, True):
-        dataset = CineDataset(images, np.arange(3), mask_mode="random", train=train, acceleration=4.0, center_lines=4,
+    for training in (False, True):
+        dataset = CineDataset(images, np.arange(3), mask_mode="random", train=training, acceleration=4.0, center_lines=4,
                               mask_type="uniform", generator=torch.Generator())
         assert all(torch.equal(mask, expected) for mask in dataset.batch([0, 1, 2])["mask"])
