@@ -431,9 +431,11 @@ class LSNet(nn.Module):
     consistency, so that the output keeps every measured sample exactly whatever the learned steps.
     With ``sensitivities`` (``A = U F S``, see the module docstring) ``x0 = A^H y``, the start is the
     coil-combined view-shared cine, the data step is ``M - step[k] A^H (A M - y)`` and the final
-    data consistency is the SENSE one (:class:`DataConsistency`'s hard mode, CG with ``lam = 0``):
-    untrained, the network is ``iterations`` iterations of ``low_rank_plus_sparse(...,
-    sensitivities=)`` followed by that CG.
+    step is that data step with step 1 (for one coil of sensitivity 1 it is the hard data consistency
+    above): untrained, the network is ``iterations`` iterations of ``low_rank_plus_sparse(...,
+    sensitivities=)`` and one more SENSE gradient step. An exact SENSE fit (CG on ``A^H A x = A^H y``)
+    is not used there: with noisy coils and maps from a few centre lines it amplifies noise by the
+    g-factor (measured: 4 dB lost at 8 coils, 8x; docs/coils.md).
     The thresholds are learned as logarithms (always positive) and stay relative to the zero-filled
     cine's scale, so the network is scale-equivariant: ``c y`` gives ``c M``. At initialisation (``step = 1``, where
     the gradient step is exact data consistency; zero heads; thresholds ``lambda_l`` and
@@ -491,8 +493,8 @@ class LSNet(nn.Module):
                 m, l_prev = gradient_dc(low + s, kspace, sampled, steps[k], sensitivities=maps, centered=False), low
             if maps is None:
                 m = data_consistency(m, kspace, sampled, centered=False)  # every measured sample, exactly
-            else:
-                m = sense_data_consistency(m, kspace, maps, sampled, iterations=SENSE_DC_ITERATIONS, centered=False)
+            else:  # a full SENSE step (never an exact fit: it would amplify the coil noise by the g-factor)
+                m = gradient_dc(m, kspace, sampled, 1.0, sensitivities=maps, centered=False)
         return from_shifted(m)  # [B, T, H, W] complex64
 
 
