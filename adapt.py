@@ -210,8 +210,3 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
             "held_out_error_after": best_error, "seconds": time.perf_counter() - started,
             "columns": int(kspace.shape[-1])}
     return model.eval(), info
-
-
-def hard_consistency(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Replace the measured lines of ``image`` ``[B, T, H, W]`` by the measurements."""
-    return ifft2c(fft2c(image) * (1 - mask) + kspace * mask)

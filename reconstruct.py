@@ -75,16 +75,15 @@ import torch
 from tqdm import tqdm
 
 from adapt import adapt as adapt_to_scan
-from adapt import hard_consistency
 from checkpoint import load_trained_model
 from cli import UserError, atomic_write, check_name_length, cli_errors, positive, run_command
 from data import DataError, check_cines, mask_seed, normalize
 from engine import autocast, choose_autocast, resolve_device
 from formats import KSpace, check_mask, check_output, crop_or_pad, npz_arrays, read_cines, read_kspace, save_npz
 from metrics import batch_psnr, batch_ssim, format_summary
-from models import SENSE_DC_ITERATIONS, fixed_frame_count, size_multiple
-from sampling import (check_sampling, estimate_sensitivities, fft2c, ifft2c, interpolate_maps, sense_adjoint,
-                      sense_data_consistency, undersample, variable_density_mask)
+from models import fixed_frame_count, size_multiple
+from sampling import (check_sampling, data_consistency, estimate_sensitivities, fft2c, gradient_dc, ifft2c,
+                      interpolate_maps, sense_adjoint, undersample, variable_density_mask)
 
 
 @dataclass
@@ -336,8 +335,8 @@ def adapted_reconstruction(model, config: dict, aliased, kspace, mask, sensitivi
     if ends_in_hard_dc(config):
         return recon, info
     if sensitivities is None:
-        return hard_consistency(recon, kspace, mask), info
-    return sense_data_consistency(recon, kspace, sensitivities, mask, iterations=SENSE_DC_ITERATIONS), info
+        return data_consistency(recon, kspace, mask), info
+    return gradient_dc(recon, kspace, mask, 1.0, sensitivities=sensitivities), info  # as LSNet ends with coils
 
 
 def run_adapted(model, config: dict, problem: Problem, *, steps: int, lr: float, crop: int, device: torch.device,
