@@ -241,14 +241,29 @@ def kspace_problem(data: KSpace, config: dict, source, acceleration: float | Non
         maps, how = coil_maps(data, measured, masks, size != (height, width), source)
         notes.append(f"{coils} coils: {how}")
         zero_filled = sense_adjoint(measured, maps, masks).astype(np.complex64)
-    scale = np.abs(zero_filled).reshape(count, -1).max(1).astype(np.float32)
+    reference = None if acceleration is None else fully_sampled_image(data, maps, size)  # [N, T, H, W]
+    scale = np.abs(zero_filled if reference is None else reference).reshape(count, -1).max(1).astype(np.float32)
     if (scale == 0).any():
         raise DataError(f"{source}: cine {int(np.argmin(scale))} has no measured signal (zero-filled image all zero)")
-    notes.append("no reference: each cine divided by the peak magnitude of its zero-filled image "
-                 "(training used the fully sampled peak); no PSNR/SSIM")
+    if reference is None:
+        notes.append("no reference: each cine divided by the peak magnitude of its zero-filled image "
+                     "(training used the fully sampled peak); no PSNR/SSIM")
+    else:
+        reference = reference / scale[:, None, None, None]
+        notes.append("reference: the file's fully sampled " + ("cine" if maps is None else "coil-combined cine (the same "
+                     "maps)") + ", each divided by its peak magnitude as in training; PSNR/SSIM against it")
     coil_kspace = None if maps is None else measured / scale[:, None, None, None, None]
-    return Problem(zero_filled / scale[:, None, None, None], masks, scale, (height, width), None, True, notes,
+    return Problem(zero_filled / scale[:, None, None, None], masks, scale, (height, width), reference, True, notes,
                    coil_kspace, maps)
+
+
+def fully_sampled_image(data: KSpace, maps: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
+    """The image of fully sampled k-space ``[N, C, T, H, W]`` on the input grid ``[N, T, H, W]``:
+    ``F^-1 y`` for one coil, ``A^H y`` (no mask) with the maps ``[N, C, Hn, Wn]`` of the network's grid
+    ``size``, computed there and cropped back in k-space."""
+    full = crop_or_pad(data.kspace, size)  # [N, C, T, Hn, Wn]
+    image = ifft2c(full[:, 0]) if maps is None else sense_adjoint(full, maps, np.ones(full.shape[-3:], np.float32))
+    return ifft2c(crop_or_pad(fft2c(image), data.kspace.shape[-2:])).astype(np.complex64)
 
 
 # ----------------------------------------------------------------------------- reconstruction

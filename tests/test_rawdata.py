@@ -205,6 +205,12 @@ def test_fully_sampled_kspace_with_acceleration_gets_the_checkpoints_variable_de
     np.testing.assert_array_equal(result["sensitivities"], coil["sensitivities"])
     out = capsys.readouterr().out
     assert "2 coils: sensitivities from the file" in out and "pixels 1.5 x 1.25 mm" in out
+    assert "reference: the file's fully sampled coil-combined cine" in out
+    # scored against A^H y of the full k-space with the file's maps, each divided by its peak as in training
+    reference = sense_adjoint(torch.from_numpy(coil["kspace"]), torch.from_numpy(coil["sensitivities"]),
+                              torch.ones(4, 16, 16)).numpy()
+    np.testing.assert_allclose(result["scale"], np.abs(reference).max(), rtol=1e-5)
+    assert result["psnr"][0] > result["psnr_zero_filled"][0] > 0
     np.savez(tmp_path / "under.npz", kspace=coil["kspace"], mask=expected)
     with pytest.raises(UserError, match="is undersampled .* drop --acceleration"):
         run_reconstruct(tmp_path, "--kspace", str(tmp_path / "under.npz"), "--acceleration", "2", name="b.npz")
