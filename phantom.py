@@ -1089,22 +1089,32 @@ def phantom_figure(path: str = "docs/phantom.png",  # the PNG to write, or an .n
                    frames: int = 20,  # frames per cine
                    count: int = 1,  # .npz only: number of cines
                    size: int = 192,  # .npz only: image size H = W
-                   complex_phase: bool = True) -> None:  # .npz only: complex cines | False: magnitude
+                   complex_phase: bool = True,  # .npz only: complex cines | False: magnitude
+                   coils: int = 0) -> None:  # .npz only: 0 = images | 1..64: fully sampled coil k-space
     """Draw the phantom figure to PATH (.png): one subject at 64, 128, 192 and 192x256 px (magnitude at
     end-diastole and end-systole, phase, x-t and y-t profiles through the heart) and six more subjects;
     or, for an .npz PATH, save COUNT cines of SIZE px as 'dataset' [COUNT, FRAMES, SIZE, SIZE] with
-    their heart boxes as 'heart_box' [COUNT, 4] (a fully sampled input for reconstruct.py)."""
+    their heart boxes as 'heart_box' [COUNT, 4] (a fully sampled input for reconstruct.py --input);
+    with --coils=C, as a scanner would record them instead: the fully sampled, noisy coil k-space
+    'kspace' [COUNT, C, FRAMES, SIZE, SIZE] (make_coil_dataset), 'mask' (all ones) and 'heart_box', the
+    layout of formats.read_kspace (an input for reconstruct.py --kspace ... --acceleration=R; no maps)."""
     from cli import UserError, atomic_write
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if Path(path).suffix.lower() == ".npz":
         if Path(path).exists():
             raise UserError(f"{path}: already exists; choose another file")
-        if not (1 <= count <= 1000 and 16 <= size <= 512 and 1 <= frames <= 200):
-            raise UserError("--count must be 1..1000, --size 16..512, --frames 1..200")
-        cines, boxes = make_phantom_dataset(count, frames=frames, size=size, seed=seed, complex_phase=complex_phase,
-                                            return_boxes=True)
-        atomic_write(Path(path), lambda file: np.savez(file, dataset=cines, heart_box=boxes))
+        if not (1 <= count <= 1000 and 16 <= size <= 512 and 1 <= frames <= 200 and 0 <= coils <= 64):
+            raise UserError("--count must be 1..1000, --size 16..512, --frames 1..200, --coils 0..64")
+        if coils:
+            coil = make_coil_dataset(count, frames=frames, size=size, seed=seed, coils=coils)
+            arrays = dict(kspace=coil["kspace"], mask=np.ones((frames, size, size), np.float32),
+                          heart_box=coil["heart_box"])
+        else:
+            cines, boxes = make_phantom_dataset(count, frames=frames, size=size, seed=seed,
+                                                complex_phase=complex_phase, return_boxes=True)
+            arrays = dict(dataset=cines, heart_box=boxes)
+        atomic_write(Path(path), lambda file: np.savez(file, **arrays))
     else:
         plot_phantom(path, frames=frames, seed=seed)
     print(f"wrote {path}")

@@ -294,3 +294,13 @@ def test_adaptation_on_coil_kspace_passes_the_sensitivities(tmp_path, capsys, on
     y, where = torch.from_numpy(coil["kspace"] * mask / result["scale"]), torch.from_numpy(mask[None])
     residual = sense_adjoint(sense_forward(recon, maps, where) - y, maps, where)
     assert residual.abs().max() < 1e-2 * sense_adjoint(y, maps, where).abs().max()
+
+
+def test_phantom_coil_kspace_file_is_reconstructed_and_scored(tmp_path, one_thread):
+    from phantom import phantom_figure
+    phantom_figure(str(tmp_path / "coils.npz"), count=1, frames=4, size=24, coils=3)
+    with np.load(tmp_path / "coils.npz") as written:
+        assert written["kspace"].shape == (1, 3, 4, 24, 24) and written["mask"].all()
+        assert "sensitivities" not in written.files  # a scanner's file: the maps are estimated
+    result = run_reconstruct(tmp_path, "--kspace", str(tmp_path / "coils.npz"), "--acceleration", "3")
+    assert np.isfinite(result["recon"]).all() and result["psnr"][0] > result["psnr_zero_filled"][0]
