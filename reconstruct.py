@@ -24,9 +24,11 @@ Two kinds of input (the checkpoint defaults to the shipped checkpoints/lsnet.pt)
   More than one coil: the network gets coil k-space ``[B, C, T, H, W]``, the coil-combined zero-filled
   image (``sampling.sense_adjoint``) and the sensitivities ``[B, C, H, W]``: the file's, else
   estimated by ESPIRiT from the data's own calibration lines; one coil is the single-coil network.
-  There is no reference, so each cine is divided by the peak magnitude of its zero-filled image
-  instead (training divided by the fully sampled peak, so intensities seen by the network may be
-  off by that ratio).
+  Measured as acquired there is no reference, so each cine is divided by the peak magnitude of its
+  zero-filled image instead (training divided by the fully sampled peak, so intensities seen by the
+  network may be off by that ratio). With ``--acceleration`` the file's fully sampled (coil-combined,
+  with the same maps) cine is the reference: each cine is divided by its peak, as in training, and
+  scored against it (PSNR/SSIM).
 
 Sizes: H and W must be multiples of ``models.size_multiple(config)`` (16 for the dual UNet,
 ``2^levels`` for cine_unet, 1 for DC-CNN). Fully sampled cines are zero-padded in the image, centred;
@@ -468,8 +470,8 @@ def reconstruct(*,
     """Reconstruct cines with a trained cinerecon checkpoint: fully sampled cines are undersampled
     with the checkpoint's sampling (or --mask) and scored; measured k-space (--kspace: a CMRxRecon
     .mat, an MRD .h5 or a k-space .npz, or an .npz with 'kspace' and 'mask') is reconstructed as
-    measured (or, fully sampled, with --acceleration) without a reference. With --adapt, a copy of the network is first
-    fine-tuned on each cine's own measurements (self-supervised, no reference needed). Writes --out
+    measured, without a reference (or, fully sampled, undersampled with --acceleration and scored
+    against its fully sampled cine). With --adapt, a copy of the network is first fine-tuned on each cine's own measurements (self-supervised, no reference needed). Writes --out
     in the input's units."""
     if (input is None) == (kspace is None):
         raise UserError("give one input: --input=CINES (or a k-space .npz) or --kspace=RAW_KSPACE")
