@@ -471,8 +471,8 @@ def reconstruct(*,
     with the checkpoint's sampling (or --mask) and scored; measured k-space (--kspace: a CMRxRecon
     .mat, an MRD .h5 or a k-space .npz, or an .npz with 'kspace' and 'mask') is reconstructed as
     measured, without a reference (or, fully sampled, undersampled with --acceleration and scored
-    against its fully sampled cine). With --adapt, a copy of the network is first fine-tuned on each cine's own measurements (self-supervised, no reference needed). Writes --out
-    in the input's units."""
+    against its fully sampled cine). With --adapt, a copy of the network is first fine-tuned on each
+    cine's own measurements (self-supervised, no reference needed). Writes --out in the input's units."""
     if (input is None) == (kspace is None):
         raise UserError("give one input: --input=CINES (or a k-space .npz) or --kspace=RAW_KSPACE")
     if acceleration is not None and kspace is None:
