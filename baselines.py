@@ -54,8 +54,10 @@ from sampling import view_sharing as view_shared_image
 # Grids for tuning on validation cines (relative weights, see the module docstring) around the
 # defaults, wide enough that the best point lies inside them on the complex phantom at 64x64, 5x
 # (k-t sparse 0.003; L+S 0.01 and 0.003: output/compare_main/results.md of docs/results.md).
-KT_GRID = {"lam": (0.0003, 0.001, 0.003, 0.01)}
-LPLUSS_GRID = {"lambda_l": (0.003, 0.01, 0.03, 0.1), "lambda_s": (0.001, 0.003, 0.01)}
+# Relative weights tried by tune(): wide enough for noise-free single-coil cines (small weights) and
+# for noisy multi-coil data (8 coils at 8x picks the large ones); compare.py flags a pick at an edge.
+KT_GRID = {"lam": (0.0003, 0.001, 0.003, 0.01, 0.03)}
+LPLUSS_GRID = {"lambda_l": (0.003, 0.01, 0.03, 0.1, 0.3), "lambda_s": (0.001, 0.003, 0.01, 0.03)}
 STARTS = ("zero_filled", "view_sharing")  # where the L+S iterations start
 
 
@@ -399,3 +401,10 @@ def tune(method, kspace, mask, target, grid: dict, *, batch_size: int = 8, verbo
                   f"on {len(target)} cine(s)", flush=True)
     best = max(rows, key=lambda row: row["psnr"])
     return dict(best["params"]), rows
+
+
+def grid_edges(params: dict, grid: dict) -> list[str]:
+    """The weights of ``params`` that the tuning put on the smallest or largest value of their
+    ``grid`` (of more than one value): the best may lie beyond it, so the method may be under-tuned."""
+    return [f"{name}={params[name]:g} ({'smallest' if params[name] == min(values) else 'largest'} of the grid)"
+            for name, values in grid.items() if len(values) > 1 and params.get(name) in (min(values), max(values))]

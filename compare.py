@@ -64,7 +64,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from baselines import GRIDS, METHODS, synchronize
+from baselines import GRIDS, METHODS, grid_edges, synchronize
 from baselines import tune as tune_weights
 from checkpoint import load_trained_model
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors, make_run_dirs, \
@@ -471,8 +471,13 @@ def choose_parameters(method: str, val_set, val_rows, tuned: bool, batch_size: i
         return {}, []
     print(f"{BASELINE_LABELS[method]}: tuning on {len(val_rows)} validation cine(s)", flush=True)
     batch = val_set.batch(val_rows)
-    return tune_weights(method, batch["kspace"], batch["mask"], batch["target"], GRIDS[method],
-                        batch_size=batch_size, verbose=verbose, sensitivities=batch.get("sensitivities"))
+    params, table = tune_weights(method, batch["kspace"], batch["mask"], batch["target"], GRIDS[method],
+                                 batch_size=batch_size, verbose=verbose, sensitivities=batch.get("sensitivities"))
+    edges = grid_edges(params, GRIDS[method])
+    if edges:
+        print(f"note: {BASELINE_LABELS[method]} tuned at the edge of its grid ({', '.join(edges)}): the best "
+              f"weight may lie beyond it (baselines.GRIDS)", flush=True)
+    return params, table
 
 
 # ----------------------------------------------------------------------------- reports
@@ -524,7 +529,10 @@ def results_markdown(report: dict) -> str:
                   f"Relative regularisation weights (see baselines.py), chosen by mean PSNR on "
                   f"{report['tuning']['source']}.", ""]
         for method, t in tuning.items():
-            lines.append(f"- {BASELINE_LABELS[method]}: **{describe_params(t['params'])}**")
+            edges = grid_edges(t["params"], t["grid"] or {})
+            lines.append(f"- {BASELINE_LABELS[method]}: **{describe_params(t['params'])}**"
+                         + (f" (at the edge of the grid: {', '.join(edges)}; the method may be under-tuned)"
+                            if edges else ""))
             lines += [f"    - {describe_params(row['params'])}: {row['psnr']:.2f} dB" for row in t["val_psnr"]]
         lines.append("")
     if networks:

@@ -116,3 +116,11 @@ def test_solvers_run_on_the_gpu(tiny, solve):
     on_gpu = solve(kspace.cuda(), mask.cuda(), iterations=10, tol=0)
     assert on_gpu.device.type == "cuda"
     assert torch.allclose(on_gpu.cpu(), solve(kspace, mask, iterations=10, tol=0), atol=1e-4)
+
+
+def test_grid_edges_names_the_weights_tuned_at_the_end_of_their_grid():
+    from baselines import grid_edges
+    grid = {"lambda_l": (0.003, 0.01, 0.1), "lambda_s": (0.001, 0.003), "fixed": (1,)}
+    assert grid_edges({"lambda_l": 0.01, "lambda_s": 0.001, "fixed": 1}, grid) == ["lambda_s=0.001 (smallest of the grid)"]
+    assert grid_edges({"lambda_l": 0.1, "lambda_s": 0.002, "fixed": 1}, grid) == ["lambda_l=0.1 (largest of the grid)"]
+    assert grid_edges({}, {}) == []
