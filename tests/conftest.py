@@ -15,3 +15,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The longest test files (minutes of training runs each): started first, so that with pytest-xdist
+# (one file per worker) none of them is left running alone at the end.
+LONGEST_FILES = ("test_resume.py", "test_benchmarks.py", "test_distributed.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in LONGEST_FILES)  # stable: the rest keep their order
