@@ -148,6 +148,9 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
     rows = row_mask(mask)  # [B, T, H]
     center = center_block(rows)
     held_out = split_rows(rows, holdout, center, generator)  # Gamma, fixed
+    if not held_out.flatten(1).any(1).all():
+        raise ValueError(f"the mask leaves too few ky lines outside its fully sampled centre to hold "
+                         f"{holdout:.0%} of them out: adaptation needs an undersampled periphery")
     trainable = rows & ~held_out
 
     original, model = model, copy.deepcopy(model)

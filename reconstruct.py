@@ -344,9 +344,12 @@ def adapted_reconstruction(model, config: dict, aliased, kspace, mask, sensitivi
     zeros. With ``sensitivities`` ``[B, C, H, W]``, kspace is coil k-space ``[B, C, T, H, W]`` and the
     data consistency is the SENSE one. Returns the reconstruction ``[B, T, H, W]`` complex64 and adapt's info."""
     lines = mask.amax(-1, keepdim=True).expand_as(mask)  # [B, T, H, W]: the measured ky lines, every column
-    with torch.enable_grad():
-        adapted, info = adapt_to_scan(model, kspace, lines, steps=steps, lr=lr, crop=crop, seed=config["seed"],
-                                      amp_dtype=amp_dtype, sensitivities=sensitivities, log=log)
+    try:
+        with torch.enable_grad():
+            adapted, info = adapt_to_scan(model, kspace, lines, steps=steps, lr=lr, crop=crop, seed=config["seed"],
+                                          amp_dtype=amp_dtype, sensitivities=sensitivities, log=log)
+    except ValueError as error:  # no line to hold out
+        raise UserError(f"--adapt={steps}: {error}") from None
     with torch.no_grad(), autocast(kspace.device, amp_dtype):
         recon = adapted(aliased, kspace, mask, sensitivities)  # [B, T, H, W] complex64
     if ends_in_hard_dc(config):

@@ -304,3 +304,13 @@ def test_phantom_coil_kspace_file_is_reconstructed_and_scored(tmp_path, one_thre
         assert "sensitivities" not in written.files  # a scanner's file: the maps are estimated
     result = run_reconstruct(tmp_path, "--kspace", str(tmp_path / "coils.npz"), "--acceleration", "3")
     assert np.isfinite(result["recon"]).all() and result["psnr"][0] > result["psnr_zero_filled"][0]
+
+
+def test_adaptation_with_no_line_to_hold_out_is_one_line(tmp_path, one_thread):
+    coil = make_coil_dataset(1, frames=4, size=16, coils=2, seed=3)
+    mask = variable_density_mask((4, 16, 16), 4, 4, seed=1)  # 4 lines a frame: all in the centre, none to hold out
+    np.savez(tmp_path / "k.npz", kspace=coil["kspace"] * mask, mask=mask, sensitivities=coil["sensitivities"])
+    with pytest.raises(UserError, match=r"--adapt=1: the mask leaves too few ky lines outside its fully sampled "
+                                        r"centre to hold 15% of them out"):
+        run_reconstruct(tmp_path, "--kspace", str(tmp_path / "k.npz"), "--adapt", "1", "--adapt_crop", "0")
+    assert not (tmp_path / "recon.npz").exists()
