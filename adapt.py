@@ -87,7 +87,9 @@ def center_block(rows: torch.Tensor) -> slice:
 
 
 def split_rows(rows: torch.Tensor, fraction: float, center: slice, generator: torch.Generator) -> torch.Tensor:
-    """Pick ``round(fraction * n)`` of the ``n`` sampled rows of every frame outside ``center``.
+    """Pick ``round(fraction * n)`` of the ``n`` sampled rows of every frame outside ``center``, and
+    at least one where ``n >= 2`` (a frame with few peripheral lines, as in small images, still
+    holds one out and keeps one to learn from).
 
     rows: ``[B, T, H]`` bool; returns the picked rows ``[B, T, H]`` bool (a subset of ``rows``).
     """
@@ -95,7 +97,9 @@ def split_rows(rows: torch.Tensor, fraction: float, center: slice, generator: to
     candidates[..., center] = False
     keys = torch.rand(rows.shape, generator=generator, device=rows.device)
     keys[~candidates] = 2.0  # never picked
-    count = (candidates.sum(-1, keepdim=True) * fraction).round().long()  # [B, T, 1]
+    available = candidates.sum(-1, keepdim=True)  # [B, T, 1]
+    count = (available * fraction).round().long()
+    count = torch.where(available >= 2, count.clamp_min(1), count)
     order = keys.argsort(-1).argsort(-1)  # rank of every row among its frame's rows
     return order < count
 

@@ -158,9 +158,6 @@ def compare(name: str, *,
                    if methods["baselines"] and tune else None)
     else:
         data_config, scale_lines = data_settings(options, networks, set(given))
-        if adapt and data_config["coils"] > 1:
-            raise UserError(f"--adapt={adapt}: adapts to single-coil measurements; not with "
-                            f"--coils={data_config['coils']}")
         images, source, meta = load_images(data_config, notes, scale_lines)
         _, val_set, test_set = make_datasets(images, {**data_config, "mask_mode": mask_mode}, torch_device, meta)
         test_set = val_set if split == "val" else test_set  # choosing between networks: never the test cines
@@ -421,11 +418,12 @@ class Adapting(torch.nn.Module):
         self.options = options  # steps, lr, crop of adapt.adapt
         self.infos: list[dict] = []
 
-    def forward(self, aliased, kspace, mask):  # [B, T, H, W] each
+    def forward(self, aliased, kspace, mask, sensitivities=None):  # [B, T, H, W]; coil k-space [B, C, T, H, W]
         recons = []
         for i in range(len(aliased)):
+            maps = None if sensitivities is None else sensitivities[i:i + 1]  # [1, C, H, W]
             recon, info = adapted_reconstruction(self.model, self.config, aliased[i:i + 1], kspace[i:i + 1],
-                                                 mask[i:i + 1], amp_dtype=self.amp_dtype,
+                                                 mask[i:i + 1], maps, amp_dtype=self.amp_dtype,
                                                  log=print if self.verbose else lambda line: None, **self.options)
             recons.append(recon)
             self.infos.append(info)
