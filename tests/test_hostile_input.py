@@ -450,7 +450,7 @@ def test_the_study_never_shrinks_its_table(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- CI
-@pytest.mark.parametrize("module", ["nibabel", "pydicom", "h5py"])
+@pytest.mark.parametrize("module", ["nibabel", "pydicom", "h5py", "ismrmrd"])
 def test_every_format_reader_is_installed(module):
     importlib.import_module(module)  # requirements.txt installs them, so the reader tests never skip
 
