@@ -58,6 +58,11 @@ def crop_columns(kspace: torch.Tensor, start: int, width: int) -> torch.Tensor:
     return _centered_fft1(hybrid[..., start:start + width])
 
 
+class NoHeldOutLines(ValueError):
+    """A mask with no measured line outside its fully sampled centre to hold out: nothing can judge
+    the adaptation."""
+
+
 def moving_band(kspace: torch.Tensor, mask: torch.Tensor, width: int, sensitivities=None) -> int:
     """First column of the ``width`` columns where the view-shared cine varies most over time
     (coil k-space ``[B, C, T, H, W]`` with ``sensitivities`` ``[B, C, H, W]``: the coil-combined one)."""
@@ -153,7 +158,7 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
     center = center_block(rows)
     held_out = split_rows(rows, holdout, center, generator)  # Gamma, fixed
     if not held_out.flatten(1).any(1).all():
-        raise ValueError(f"the mask leaves too few ky lines outside its fully sampled centre to hold "
+        raise NoHeldOutLines(f"the mask leaves too few ky lines outside its fully sampled centre to hold "
                          f"{holdout:.0%} of them out: adaptation needs an undersampled periphery")
     trainable = rows & ~held_out
 

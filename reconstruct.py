@@ -76,6 +76,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from adapt import NoHeldOutLines
 from adapt import adapt as adapt_to_scan
 from checkpoint import load_trained_model
 from cli import UserError, atomic_write, check_name_length, cli_errors, positive, run_command
@@ -348,7 +349,7 @@ def adapted_reconstruction(model, config: dict, aliased, kspace, mask, sensitivi
         with torch.enable_grad():
             adapted, info = adapt_to_scan(model, kspace, lines, steps=steps, lr=lr, crop=crop, seed=config["seed"],
                                           amp_dtype=amp_dtype, sensitivities=sensitivities, log=log)
-    except ValueError as error:  # no line to hold out
+    except NoHeldOutLines as error:
         raise UserError(f"--adapt={steps}: {error}") from None
     with torch.no_grad(), autocast(kspace.device, amp_dtype):
         recon = adapted(aliased, kspace, mask, sensitivities)  # [B, T, H, W] complex64
