@@ -222,3 +222,10 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
             "held_out_error_after": best_error, "seconds": time.perf_counter() - started,
             "columns": int(kspace.shape[-1])}
     return model.eval(), info
+
+
+if __name__ == "__main__":
+    from cli import not_a_command
+
+    not_a_command("adapt.py", "adaptation runs with python reconstruct.py --adapt=STEPS or python compare.py NAME "
+                               "--adapt=STEPS")

@@ -408,3 +408,10 @@ def grid_edges(params: dict, grid: dict) -> list[str]:
     ``grid`` (of more than one value): the best may lie beyond it, so the method may be under-tuned."""
     return [f"{name}={params[name]:g} ({'smallest' if params[name] == min(values) else 'largest'} of the grid)"
             for name, values in grid.items() if len(values) > 1 and params.get(name) in (min(values), max(values))]
+
+
+if __name__ == "__main__":
+    from cli import not_a_command
+
+    not_a_command("baselines.py", "the classical methods run with python compare.py NAME --baselines=... "
+                                   "(--help lists them)")

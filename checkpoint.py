@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -29,10 +30,11 @@ CHECKPOINT_FORMAT = "cinerecon-checkpoint-v1"
 RUN_CONTROL_KEYS = ("device", "amp", "compile", "channels_last", "checkpointing", "checkpoint_every",
                     "figures", "resume", "scale", "out_dir", "images_dir", "eval_batch_size")
 TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the legacy format, a pickle
+TORCH_BOILERPLATE = ("Weights only load failed", "Check the documentation")  # lines of torch's refusal, not its reason
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "state")  # what last.pt holds beyond the weights
 LOOP_STATE = ("epoch", "batch", "loss_sum", "seen", "history", "best")  # last.pt's "state"
 # What reconstruct.py, compare.py and the benchmarks read from a checkpoint's config besides the network's shape.
-CHECKPOINT_SETTINGS = ("arch", "in_channels", "acceleration", "center_lines", "density", "seed", "amp")
+CHECKPOINT_SETTINGS = ("arch", "in_channels", "acceleration", "center_lines", "density", "seed", "amp", "mask_mode")
 # Settings added after checkpoints were first written, with the values that reproduce the runs of those checkpoints.
 LEGACY_SETTINGS = {"coils": 1, "mask_type": "variable_density"}
 
@@ -56,11 +58,15 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise UserError(f"{path}: not a torch file (neither the zip archive that torch.save writes nor a pickle); "
                         f"expected a checkpoint written by train.py")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a raw pickle's protocol before refusing it below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0][:160]
-        raise UserError(f"{path}: refused, it holds Python objects beyond tensors and plain values, "
-                        f"which could run code ({reason})") from None
+        detail = str(error).partition("WeightsUnpickler error:")[2] or str(error)
+        reason = next((line.strip() for line in detail.splitlines()
+                       if line.strip() and not line.strip().startswith(TORCH_BOILERPLATE)), "unreadable")[:160]
+        raise UserError(f"{path}: refused: not a file that loads without running code (a raw pickle, or Python "
+                        f"objects beyond tensors and plain values) ({reason})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise UserError(f"{path}: not a readable checkpoint, truncated or not a torch file ({reason})") from None
@@ -192,3 +198,9 @@ def restore_rng(rng: dict, train_set: CineDataset | SizeGroups) -> None:
     train_set.generator.set_state(rng["masks"])
     if "cuda" in rng and train_set.generator.device.type == "cuda":
         torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+if __name__ == "__main__":
+    from cli import not_a_command
+
+    not_a_command("checkpoint.py")

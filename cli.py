@@ -39,6 +39,7 @@ from typing import Any, Callable
 EXIT_USAGE = 2
 REQUIRED = inspect.Parameter.empty  # the default of an option that must be given
 NAME_MAX = 255  # bytes of a file or folder name on Linux file systems
+PATH_MAX = 4096  # bytes of a whole path on Linux
 CONFIG_BYTES = 16 * 2 ** 20  # the largest --config file read (a run's metrics.json takes a few hundred KiB)
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
@@ -61,6 +62,17 @@ def cli_errors(argv=None):
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+COMMANDS = ("the commands are python train.py, compare.py, reconstruct.py, formats.py convert and phantom.py "
+            "(each with --help)")
+
+
+def not_a_command(module: str, instead: str = COMMANDS) -> None:
+    """What a module that is not a command does when run as a script: one line saying what to run
+    ``instead``, exit status 2 (never a silent exit 0)."""
+    with cli_errors([]):
+        raise UserError(f"{module} is a module, not a command: {instead}")
 
 
 # ----------------------------------------------------------------------------- options
@@ -331,6 +343,9 @@ class Command:
             saved = json.loads(file.read_text())
         except UserError as error:
             raise UserError(f"--config={error}") from None
+        except RecursionError:
+            raise UserError(f"--config={path}: JSON nested too deeply to be a configuration (a run's metrics.json "
+                            f"nests a few levels)") from None
         except (OSError, ValueError) as error:
             raise UserError(f"--config={path}: not a readable JSON file ({error})") from None
         config = saved.get("config", saved) if isinstance(saved, dict) else None
@@ -439,6 +454,7 @@ def run_command(function, argv: list[str] | None = None, *, prog: str | None = N
 
 # ----------------------------------------------------------------------------- files
 STALE_TEMP = re.compile(r"\..+\.tmp\d+")  # what atomic_write leaves when it is killed mid-write
+TEMPORARY = re.compile(r"\..+\.tmp(\d+)")  # the same, the writer's process number captured
 PROC_LOCKS = Path("/proc/locks")
 _held_locks: dict[Path, int] = {}  # run folder -> a descriptor of it that this process holds a flock on
 SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
@@ -458,6 +474,9 @@ def check_readable(path, *, missing: str = "no such file", expected: str = "a fi
             raise error(f"{path}: a loop of symbolic links (it never reaches a file)") from None
         if failure.errno in (errno.ENOENT, errno.ENOTDIR):
             raise error(f"{path}: {missing}") from None
+        if failure.errno == errno.ENAMETOOLONG:
+            raise error(f"{str(path)[:40]}...: a path of {len(os.fsencode(path))} bytes, or a name in it, too long "
+                        f"for the file system ({failure.strerror})") from None
         raise error(f"{path}: cannot be read ({failure.strerror or failure})") from None
     if stat.S_ISDIR(mode) and not folder_ok:
         raise error(f"{path}: is a folder, expected {expected}")
@@ -503,7 +522,9 @@ def _claim(directory: Path) -> None:
 
 def run_in_progress(directory: Path) -> str | None:
     """`` (process PID)`` (or ``""``) if another process holds the claim on the run folder
-    ``directory`` (:func:`make_run_dirs`): its run is still going; None if none does."""
+    ``directory`` (:func:`make_run_dirs`): its run is still going; None if none does (or this process does)."""
+    if Path(directory) in _held_locks:
+        return None
     try:
         descriptor = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -549,7 +570,7 @@ def make_run_dirs(roots: list[Path], name: str, resume: bool = False) -> list[Pa
     for directory in dirs:
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            probe = directory / ".write-test"
+            probe = temporary_name(directory / "write-test")  # a kill before unlink leaves a stale temporary
             probe.write_text("")
             probe.unlink()
         except OSError as error:
@@ -572,13 +593,22 @@ def release_run_dirs(directory: Path) -> None:
         os.close(descriptor)
 
 
+_folder_batches: list[list[Path]] = []  # the folders created inside the open written_together blocks
+
+
 def make_folder(path) -> Path:
-    """Create the folder ``path`` and its parents if needed; a one-line ``UserError`` if it cannot be."""
+    """Create the folder ``path`` and its parents if needed; a one-line ``UserError`` if it cannot be.
+    Inside :func:`written_together` the folders it creates are removed again, if empty, when the
+    block fails."""
     path = Path(path)
+    created = [folder for folder in (path, *path.parents) if not folder.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"{path}: cannot create this folder ({error.strerror or error})") from None
+        reason = "a file is in the way" if isinstance(error, (FileExistsError, NotADirectoryError)) else error.strerror
+        raise UserError(f"{path}: cannot create this folder ({reason or error})") from None
+    if _folder_batches:
+        _folder_batches[-1].extend(reversed(created))  # parents first: removed last
     return path
 
 
@@ -588,23 +618,74 @@ def atomic_write(path, content, then: str = "run the command again", new: bool =
     claimed at the end by a hard link that fails if ``path`` exists, so a file that appeared there
     meanwhile is never replaced. An ``OSError`` (disk full, a file where a folder should be), or a
     writer's ``RuntimeError`` (``torch.save`` wraps them), becomes a one-line ``UserError``; for a full
-    disk it says to free space and then ``then``.
+    disk it says to free space and then ``then``. Inside :func:`written_together` the file gets its
+    name only when the whole batch is written.
 
     content: text, bytes, or a function ``write(file)`` given the binary file (``torch.save``,
-    ``np.savez``, ...).
+    ``np.savez``, ``savefig``, ...).
     """
     path = Path(path)
     tmp = temporary_name(path)
+    kept = False
     try:
-        with open(tmp, "wb") as file:
-            if callable(content):
-                content(file)
+        with _write_errors(path, then):
+            with open(tmp, "wb") as file:
+                if callable(content):
+                    content(file)
+                else:
+                    file.write(content.encode() if isinstance(content, str) else content)
+            if _batches:
+                _batches[-1].append((tmp, path, new))
+                kept = True
             else:
-                file.write(content.encode() if isinstance(content, str) else content)
-        if new:
-            _claim_new(tmp, path)
-        else:
-            os.replace(tmp, path)
+                _name(tmp, path, new)
+    finally:
+        if not kept:
+            with suppress(OSError):
+                tmp.unlink()
+
+
+_batches: list[list] = []  # the writes of the open written_together blocks: (temporary, path, new)
+
+
+@contextmanager
+def written_together():
+    """A command's outputs, all or none: every :func:`atomic_write` inside the block writes its
+    temporary file only, and the files get their names one after another (renames: microseconds)
+    when the block ends without error. If it fails (an error, a full disk, Ctrl-C) no output gets
+    its name and the temporaries are removed, and so are the folders :func:`make_folder` created in
+    it, if empty; a kill leaves temporaries only, which the next command removes. If one of the
+    names cannot be claimed (a file appeared there), those already claimed in the block are removed."""
+    pending, folders, claimed = [], [], []
+    _batches.append(pending)
+    _folder_batches.append(folders)
+    try:
+        try:
+            yield
+        finally:
+            _batches.pop()
+            _folder_batches.pop()
+        for tmp, path, new in pending:
+            existed = os.path.lexists(path)
+            with _write_errors(path, "run the command again"):
+                _name(tmp, path, new)
+            if not existed:
+                claimed.append(path)
+    except BaseException:
+        for path in [tmp for tmp, _, _ in pending] + claimed[::-1]:
+            with suppress(OSError):
+                path.unlink()
+        for folder in reversed(folders):
+            with suppress(OSError):
+                folder.rmdir()  # only if empty
+        raise
+
+
+@contextmanager
+def _write_errors(path: Path, then: str):
+    """Failed writes of ``path`` as one-line ``UserError``s (see :func:`atomic_write`)."""
+    try:
+        yield
     except FileExistsError:
         raise UserError(f"{path}: appeared while this command ran; it is left as it is and nothing was written "
                         f"there: choose another name") from None
@@ -615,14 +696,25 @@ def atomic_write(path, content, then: str = "run the command again", new: bool =
                             f"version, if any, is unchanged: free some space, then {then}") from None
         reason = getattr(error, "strerror", None) or str(error).splitlines()[0][:160]
         raise UserError(f"{path}: cannot be written ({reason})") from None
-    finally:
-        with suppress(OSError):
-            tmp.unlink()
+
+
+def _name(tmp: Path, path: Path, new: bool) -> None:
+    """Give the complete temporary file ``tmp`` its name ``path``: a rename, or with ``new`` a
+    claim that never replaces a file (:func:`_claim_new`)."""
+    if new:
+        _claim_new(tmp, path)
+    else:
+        os.replace(tmp, path)
 
 
 def check_name_length(path: Path, temporary: bool = True) -> None:
-    """Refuse a path with a name longer than file systems hold (``NAME_MAX`` bytes; for the last,
-    with its temporary file's prefix and suffix when ``temporary``), before anything is looked up."""
+    """Refuse a path longer than file systems hold (``PATH_MAX`` bytes in all, ``NAME_MAX`` a name;
+    for the last, with its temporary file's prefix and suffix when ``temporary``), before anything
+    is looked up."""
+    whole = len(os.fsencode(Path(path).absolute()))
+    if whole >= PATH_MAX:
+        raise UserError(f"{str(path)[:40]}...: a path of {whole} bytes, too long for the file system (less than "
+                        f"{PATH_MAX})")
     names = [part for part in Path(path).parts if part != "/"]
     longest = [NAME_MAX] * (len(names) - 1) + [NAME_MAX - (len(temporary_name(Path(path)).name) - len(Path(path).name))
                                                * temporary]
@@ -662,6 +754,16 @@ def remove_stale_temporaries(path: Path) -> None:
                 stale.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries_in(folder: Path) -> None:
+    """Remove every temporary file in ``folder`` that a killed process left (:func:`atomic_write`'s
+    ``.NAME.tmpPID`` of a process that no longer runs), so that it never counts as an earlier result."""
+    with suppress(OSError):
+        for stale in Path(folder).iterdir():
+            match = TEMPORARY.fullmatch(stale.name)
+            if match and not _process_alive(int(match.group(1))):
+                stale.unlink(missing_ok=True)
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -670,3 +772,7 @@ def _process_alive(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return True  # another user's process, or no process number at all: leave its file alone
     return True
+
+
+if __name__ == "__main__":
+    not_a_command("cli.py")

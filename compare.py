@@ -68,7 +68,7 @@ from baselines import GRIDS, METHODS, grid_edges, synchronize
 from baselines import tune as tune_weights
 from checkpoint import load_trained_model
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors, make_run_dirs, \
-    check_name_length, options_from_signature, run_in_progress
+    check_name_length, options_from_signature, remove_stale_temporaries_in, run_in_progress, written_together
 from data import CineDataset, load_boxes, load_cine, split_indices
 from engine import autocast, choose_autocast, describe_device, evaluate, load_images, make_datasets, pad_to_multiple, \
     resolve_device, run_model
@@ -216,10 +216,11 @@ def compare(name: str, *,
         "paired": paired_differences(results),
         "adaptation": {"steps": adapt, "lr": adapt_lr, "crop": adapt_crop} if adapt and networks else None,
     }
-    atomic_write(out_path / "results.json", json.dumps(report, indent=1))
-    atomic_write(out_path / "results.md", results_markdown(report))
-    write_figures(examples, reference, results, report, img_path,
-                  box=None if test_set.boxes is None else test_set.boxes[rows[0]])
+    with written_together():  # the results and figures all, or none (a full disk leaves the folders empty)
+        atomic_write(out_path / "results.json", json.dumps(report, indent=1))
+        atomic_write(out_path / "results.md", results_markdown(report))
+        write_figures(examples, reference, results, report, img_path,
+                      box=None if test_set.boxes is None else test_set.boxes[rows[0]])
     print("\n" + results_table(results) + f"\n\nresults {out_path / 'results.md'}, {out_path / 'results.json'}; "
           f"figures {img_path}/")
     return report
@@ -227,9 +228,17 @@ def compare(name: str, *,
 
 # ----------------------------------------------------------------------------- inputs
 def refuse_earlier_comparison(roots: list[Path], folder: str) -> None:
+    """Refuse a comparison folder that holds an earlier comparison's files, or that a comparison in
+    progress holds; the temporary files of a comparison killed while writing are removed first and
+    never count as an earlier result."""
     for root in roots:
         directory = root / folder
         check_name_length(directory, temporary=False)
+        holder = run_in_progress(directory) if directory.is_dir() else None
+        if holder is not None:
+            raise UserError(f"{directory} is in use by a comparison in progress{holder}: wait for it to end, or choose "
+                            f"another NAME")
+        remove_stale_temporaries_in(directory)
         if directory.is_dir() and any(directory.iterdir()):
             raise UserError(f"{directory} already holds an earlier comparison: choose another NAME")
 

@@ -81,6 +81,23 @@ def check_declared(source: str, declared: int, stored: int, what: str) -> None:
                         f"({READ_EXPANSION} times the file's size plus {format_bytes(READ_ALLOWANCE)})")
 
 
+def header_number(source: str, what: str, value, low: float, high: float, integer: bool = False):
+    """``value``, a number read from a file's header (``what`` names the field), if it is a finite
+    number (an integer with ``integer``) from ``low`` to ``high``; else a one-line ``DataError``.
+    Every number of a header that sizes, scales or places data goes through this before it is used."""
+    kind = "an integer" if integer else "a number"
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if integer and math.isfinite(number) and number != int(number):
+        number = math.nan
+    if not (math.isfinite(number) and low <= number <= high):
+        shown = "missing" if value is None else (repr(value) if isinstance(value, str) else str(value))[:40]
+        raise DataError(f"{source}: {what} is {shown}: expected {kind} from {low:g} to {high:g}")
+    return int(number) if integer else number
+
+
 def loading_bytes(shape, dtype) -> int:
     """Memory that loading an array needs: as stored, converted to float32/complex64, normalised."""
     dtype = np.dtype(dtype)
@@ -460,3 +477,9 @@ class SizeGroups:
             raise ValueError(f"rows {rows.tolist()} span two size groups")
         return self.groups[group].batch(local)
 
+
+if __name__ == "__main__":
+    from cli import not_a_command
+
+    not_a_command("data.py", "convert data files with python formats.py convert INPUT [INPUT ...] --out=FILE "
+                              "(python data.py convert moved there)")

@@ -780,3 +780,9 @@ class Report:
                   f"{r['lr']:.3e}  {r['seconds']:.1f}  {r['cines_per_s']:.2f}  {r['tflops']:.3f}  "
                   f"{r.get('data_wait_s', 0.0):.2f}" for r in history]
         atomic_write(self.path, "\n".join(lines + ["", *test_lines]) + "\n")
+
+
+if __name__ == "__main__":
+    from cli import not_a_command
+
+    not_a_command("engine.py")

@@ -32,6 +32,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
 
+from cli import atomic_write
 from metrics import frame_psnr, psnr, ssim
 
 ERROR_GAIN = 5  # error maps are shown x5: their scale spans 0 .. peak / 5
@@ -72,15 +73,23 @@ def _show(ax, image: np.ndarray, title: str = "", **kwargs):
     return artist
 
 
+def save_figure(fig: Figure, path, dpi: int = DPI) -> None:
+    """Save ``fig`` at ``dpi`` through :func:`cli.atomic_write` (a temporary file, then a rename: a
+    full disk or a kill never leaves a truncated figure under its name); the format is the suffix's."""
+    kind = Path(path).suffix.lower().lstrip(".") or "png"
+    atomic_write(Path(path), lambda file: fig.savefig(file, format=kind, dpi=dpi))
+
+
 def _save(fig: Figure, path) -> None:
-    """Save at ``DPI``; a PNG is stored with a 256-colour palette (no visible change, half the bytes)."""
+    """Save at ``DPI``; a PNG is stored with a 256-colour palette (no visible change, half the bytes).
+    Written through :func:`cli.atomic_write`, like every figure."""
     if Path(path).suffix.lower() != ".png":
-        fig.savefig(path, dpi=DPI)
+        save_figure(fig, path)
         return
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     palette = Image.open(buffer).convert("RGB").quantize(256, Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE)
-    palette.save(path, optimize=True)
+    atomic_write(Path(path), lambda file: palette.save(file, format="PNG", optimize=True))
 
 
 def _with_sampling(title: str, sampling: str) -> str:
@@ -172,7 +181,7 @@ def plot_mask(mask, path, frame: int = 0) -> None:
     ax_kt.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"Variable-density Cartesian sampling (white = sampled), {mask_label(mask)} "
                  f"(R is the mean over frames)")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_aliasing(full, aliased, mask, path, frames=None) -> None:
@@ -478,7 +487,8 @@ def save_gif(target, aliased, recon, path, fps: int = 8, caption: str = "", *, m
     ``caption`` (for example the sampling) is written in a strip below the panels. Fewer
     ``grey_levels`` give a smaller file (noise compresses badly).
     ``target=None`` (no reference) leaves the reference panel out and scales to the reconstruction.
-    Pillow merges identical consecutive frames, so a static cine gives fewer GIF frames."""
+    Pillow merges identical consecutive frames, so a static cine gives fewer GIF frames. Written
+    through :func:`cli.atomic_write`: never a truncated GIF under ``path``."""
     named = [("reference", target), ("zero-filled", aliased), ("reconstruction", recon)]
     labels, cines = zip(*[(label, _magnitude(x)) for label, x in named if x is not None])
     frames, height, width = cines[0].shape
@@ -501,4 +511,11 @@ def save_gif(target, aliased, recon, path, fps: int = 8, caption: str = "", *, m
         draw.text((canvas.shape[2] - 2 - draw.textlength(counter), 1), counter, fill=96)
         if caption:
             draw.text((2, canvas.shape[1] - GIF_LABEL_HEIGHT + 1), caption, fill=0)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    atomic_write(Path(path), lambda file: images[0].save(file, format="GIF", save_all=True, append_images=images[1:],
+                                                        duration=round(1000 / fps), loop=0))
+
+
+if __name__ == "__main__":
+    from cli import not_a_command
+
+    not_a_command("figures.py")

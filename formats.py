@@ -39,8 +39,8 @@ import numpy as np
 
 from cli import (UserError, atomic_write, check_name_length, check_readable, cli_errors, positive,
                  remove_stale_temporaries, run_command)
-from data import (DataError, check_boxes, check_cines, check_declared, check_memory, loading_bytes, normalize,
-                  read_array)
+from data import (DataError, check_boxes, check_cines, check_declared, check_memory, header_number, loading_bytes,
+                  normalize, read_array)
 
 EXTRAS_HINT = "pip install -r requirements-extras.txt"
 CINE_AXES = "ntxy"
@@ -54,10 +54,14 @@ def _optional(module: str, source, what: str):
         raise DataError(f"{source}: reading {what} needs {module}: {EXTRAS_HINT}") from None
 
 
+SCALING_LIMIT = 1e30  # the largest rescale slope or intercept of a header (beyond, float32 values overflow)
+
+
 def read_nifti(path: Path) -> tuple[np.ndarray, str]:
     """A 4-D NIfTI cine volume ``(x, y, slice, t)`` -> ``[slice, t, x, y]`` (one cine per slice; empty
     slices, which some volumes hold beyond the heart, are skipped). The header's shape and data type
-    are checked against the read budget and the memory available before the voxels are read."""
+    are checked against the read budget and the memory available before the voxels are read; colour
+    voxels (RGB24, RGBA32) are refused, and so is a scaling that is not a finite number."""
     nibabel = _optional("nibabel", path, "NIfTI")
     unreadable = (nibabel.filebasedimages.ImageFileError, nibabel.spatialimages.HeaderDataError, OSError,
                   EOFError, ValueError, zlib.error)
@@ -68,6 +72,14 @@ def read_nifti(path: Path) -> tuple[np.ndarray, str]:
         raise DataError(f"{path}: not a readable NIfTI file ({error})") from None
     if len(shape) != 4 or min(shape) < 1:
         raise DataError(f"{path}: expected a 4-D (x, y, slice, time) cine volume, got shape {shape}")
+    if stored.names is not None or stored.kind not in "biufc":
+        kind = image.header.get_value_label("datatype") if "datatype" in image.header else stored
+        raise DataError(f"{path}: voxels of type {kind}: a colour (or non-numeric) image, not MR signal intensities; "
+                        f"store the grey-scale magnitude (e.g. float32) instead")
+    for name in ("slope", "inter"):
+        scaling = getattr(image.dataobj, name, None)
+        if scaling is not None:
+            header_number(str(path), f"the header's scl_{name}", scaling, -SCALING_LIMIT, SCALING_LIMIT)
     check_declared(str(path), math.prod(shape) * stored.itemsize, path.stat().st_size,
                    f"the header's volume {shape} of {stored}")
     check_memory(str(path), loading_bytes(shape, np.float64), f"reading the volume {shape}")
@@ -91,8 +103,10 @@ def _frame_order(frames: list) -> tuple[list, str]:
         for name in keys:
             value = dataset.get(name)
             try:
-                float(value)
+                finite = math.isfinite(float(value))
             except (TypeError, ValueError):
+                finite = False
+            if not finite:
                 shown = "empty" if value in (None, "") else repr(value)
                 raise DataError(f"{path}: {name} is {shown}, not a number, so the frames cannot be ordered") from None
     ordered = sorted(frames, key=lambda item: tuple(float(item[1].get(name)) for name in keys))
@@ -135,15 +149,36 @@ def _read_dicom_file(path: Path, pydicom):
         return None
 
 
+def _dicom_number(path: Path, dataset, name: str, default, low: float, high: float, integer: bool = False):
+    """The header number ``name`` of a DICOM ``dataset`` (``default`` where absent or empty), checked by
+    :func:`data.header_number`; an element pydicom cannot decode is one line too."""
+    try:
+        value = dataset.get(name, default)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise DataError(f"{path}: {name} cannot be read ({error})") from None
+    return header_number(str(path), name, default if value in (None, "") else value, low, high, integer)
+
+
 def _pixels(path: Path, dataset) -> np.ndarray:
     """The decoded frame of ``dataset``, its decoded size checked against the read budget first."""
-    size = (int(dataset.get("Rows", 0)) * int(dataset.get("Columns", 0)) * int(dataset.get("NumberOfFrames", 1) or 1)
-            * int(dataset.get("SamplesPerPixel", 1)) * -(-int(dataset.get("BitsAllocated", 8)) // 8))
+    size = math.prod(_dicom_number(path, dataset, name, default, low, 2 ** 32, integer=True)
+                     for name, default, low in (("Rows", 0, 0), ("Columns", 0, 0), ("NumberOfFrames", 1, 1),
+                                                ("SamplesPerPixel", 1, 1)))
+    size *= -(-_dicom_number(path, dataset, "BitsAllocated", 8, 1, 64, integer=True) // 8)
     check_declared(str(path), size, path.stat().st_size, "its pixel data")
     try:
         return dataset.pixel_array
     except (AttributeError, NotImplementedError, RuntimeError, ValueError) as error:
         raise DataError(f"{path}: cannot decode the pixel data ({error})") from None
+
+
+def _position(path: Path, dataset) -> tuple:
+    """ImagePositionPatient (mm), rounded to 1 micrometre, each coordinate a finite number."""
+    try:
+        coordinates = list(dataset.ImagePositionPatient)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise DataError(f"{path}: ImagePositionPatient cannot be read ({error})") from None
+    return tuple(round(header_number(str(path), "ImagePositionPatient", value, -1e6, 1e6), 3) for value in coordinates)
 
 
 def read_dicom_series(folder: Path) -> tuple[np.ndarray, str]:
@@ -163,8 +198,7 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, str]:
             skipped += 1
     if not frames:
         raise DataError(f"{folder}: no DICOM images in this folder")
-    positions = {tuple(round(float(v), 3) for v in ds.ImagePositionPatient)
-                 for _, ds in frames if "ImagePositionPatient" in ds}
+    positions = {_position(path, ds) for path, ds in frames if "ImagePositionPatient" in ds}
     if len(positions) > 1:
         raise DataError(f"{folder}: frames of {len(positions)} slice positions; put one slice's cine per folder")
     frames, order = _frame_order(frames)
@@ -174,8 +208,8 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, str]:
         if pixels.ndim != 2 or (images and pixels.shape != images[0].shape):
             expected = f"{images[0].shape}, like the first frame" if images else "rows x columns"
             raise DataError(f"{path}: image of shape {pixels.shape}; expected one grey-scale frame of {expected}")
-        slope, intercept = (float(dataset.get(name, default)) for name, default in
-                            (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)))
+        slope, intercept = (_dicom_number(path, dataset, name, default, -SCALING_LIMIT, SCALING_LIMIT)
+                            for name, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)))
         images.append(pixels.astype(np.float32) * slope + intercept)
     note = f", {skipped} non-image file(s) skipped" if skipped else ""
     rows, columns = images[0].shape
@@ -239,14 +273,34 @@ def _read_mat5(path: Path, key: str | tuple | None) -> tuple[str, np.ndarray]:
 
 
 HDF5_LINK_DEPTH = 8  # soft links followed, one after another, to reach a variable of a v7.3 file
+HDF5_STEPS = 4096  # names looked up, in all, while reading one HDF5 file (each step of every path and link)
 
 
-def _hdf5_object(file, name: str, h5py, path: Path, variable: str, depth: int = 0):
+class HDF5Steps:
+    """The name look-ups left to the reading of one HDF5 file. Soft links whose targets run through
+    soft links again fan out: the link depth bounds one chain, not the total work, which grows as
+    the fan-out to the power of the depth. One budget per file bounds it."""
+
+    def __init__(self, path: Path):
+        self.path, self.left = path, HDF5_STEPS
+
+    def take(self, variable: str) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise DataError(f"{self.path}: reaching variable {variable!r} takes more than {HDF5_STEPS} name look-ups "
+                            f"in all (soft links that fan out, or too many variables); refused, so that a small file "
+                            f"cannot keep the reader busy")
+
+
+def _hdf5_object(file, name: str, h5py, path: Path, variable: str, depth: int = 0, steps: HDF5Steps | None = None):
     """The object at ``name`` in the HDF5 ``file``, reached without leaving the file: every step of
     the path is looked at as a link before it is followed, and an external link (or a soft link
-    that leads to one) is refused naming ``variable``."""
+    that leads to one) is refused naming ``variable``. ``steps``: the file's budget of look-ups
+    (:class:`HDF5Steps`; pass one for every name of a file), a fresh one if None."""
+    steps = HDF5Steps(path) if steps is None else steps
     node = file
     for part in filter(None, name.split("/")):
+        steps.take(variable)
         link = node.get(part, getlink=True)
         if isinstance(link, h5py.ExternalLink):
             raise DataError(f"{path}: variable {variable!r} is a link to another file ({link.filename}); links "
@@ -256,7 +310,7 @@ def _hdf5_object(file, name: str, h5py, path: Path, variable: str, depth: int = 
                 raise DataError(f"{path}: variable {variable!r}: more than {HDF5_LINK_DEPTH} soft links in a row "
                                 f"(a loop?)")
             target = link.path if link.path.startswith("/") else f"{node.name.rstrip('/')}/{link.path}"
-            node = _hdf5_object(file, target, h5py, path, variable, depth + 1)
+            node = _hdf5_object(file, target, h5py, path, variable, depth + 1, steps)
         elif link is None:
             raise DataError(f"{path}: variable {variable!r} is a link to {name}, which does not exist")
         else:
@@ -275,11 +329,29 @@ def _check_own_storage(item, path: Path, variable: str) -> None:
                         f"virtual datasets are refused, so that reading a file never reads another")
 
 
+def _matlab_class(item) -> bytes:
+    """The ``MATLAB_class`` attribute of a v7.3 dataset (``b"double"`` where absent) as one name; an
+    attribute that is not one name (an array of names, a number) is one line naming the variable."""
+    source = f"{item.file.filename}: variable {item.name.lstrip('/')!r}"
+    try:
+        value = item.attrs.get("MATLAB_class", b"double")
+    except (OSError, TypeError, ValueError) as error:
+        raise DataError(f"{source}: its MATLAB_class attribute cannot be read ({error})") from None
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, bytes):
+        shown = f"an array {value.dtype} {value.shape}" if isinstance(value, np.ndarray) else f"{type(value).__name__}"
+        raise DataError(f"{source}: its MATLAB_class attribute is {shown}, not a class name (such as double)")
+    return value
+
+
 def _is_numeric_hdf5(item, h5py) -> bool:
     """A MATLAB numeric array: real integers or floats, or a complex (real, imag) compound of them."""
     if not isinstance(item, h5py.Dataset) or "MATLAB_empty" in item.attrs:
         return False
-    if item.attrs.get("MATLAB_class", b"double") in (b"char", b"logical"):
+    if _matlab_class(item) in (b"char", b"logical"):
         return False
     if item.dtype.names == ("real", "imag"):
         return all(item.dtype[part].kind in "iuf" for part in ("real", "imag"))
@@ -292,7 +364,11 @@ def _read_mat73(path: Path, key: str | tuple | None) -> tuple[str, np.ndarray]:
     h5py = _optional("h5py", path, "MATLAB v7.3 .mat files")
     try:
         with h5py.File(path, "r") as file:
-            items = {name: _hdf5_object(file, name, h5py, path, name) for name in file}
+            steps = HDF5Steps(path)
+            items = {}
+            for name in file:
+                steps.take(name)
+                items[name] = _hdf5_object(file, name, h5py, path, name, steps=steps)
             for name, item in items.items():
                 if isinstance(item, h5py.Dataset):
                     _check_own_storage(item, path, name)
@@ -370,6 +446,7 @@ class KSpace:
     description: str  # one line: what was read
 
 
+LENGTH_MM = (1e-4, 1e4)  # a field of view or pixel spacing read from a file (mm): from 0.1 micrometre to 10 m
 # Variables of CMRxRecon cine files (cine_sax.mat, cine_lax.mat), in order of preference: 2023's
 # names (fully sampled, then 4x, 8x, 10x undersampled; multi-coil, then single-coil), then 2024's.
 CMRXRECON_KSPACE = ("kspace_full", "kspace_sub04", "kspace_sub08", "kspace_sub10", "kspace_single_full",
@@ -379,7 +456,10 @@ CMRXRECON_MASKS = ("mask04", "mask08", "mask10", "mask")  # the variables of the
 
 def npz_arrays(path: Path) -> list[str]:
     """Names of the arrays in an .npz file (empty for anything else)."""
-    if not (path.is_file() and zipfile.is_zipfile(path)):
+    try:
+        if not (path.is_file() and zipfile.is_zipfile(path)):
+            return []
+    except OSError:  # too long a name, no permission...: the reader that opens it says so in one line
         return []
     with zipfile.ZipFile(path) as archive:
         return [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
@@ -415,8 +495,10 @@ def read_mask_file(path, shape: tuple[int, ...], variable: str = "") -> np.ndarr
     mask, description = read_mat(path, (f"mask{factor}",) if factor else CMRXRECON_MASKS)
     if mask.ndim not in (2, 3):
         raise DataError(f"{source}: {description}: expected a CMRxRecon mask (kx, ky) or (kx, ky, frames)")
-    mask = mask.T  # [ky, kx] or [T, ky, kx]
-    return check_mask(np.broadcast_to(mask, (shape[1], *mask.shape[-2:])), shape, f"{source} ({description})")
+    mask = mask.T  # [ky, kx] (every frame) or [T, ky, kx]
+    if mask.ndim == 2:
+        mask = np.broadcast_to(mask, (shape[1], *mask.shape))
+    return check_mask(mask, shape, f"{source} ({description})")
 
 
 def measured_lines(kspace: np.ndarray) -> np.ndarray:
@@ -456,9 +538,12 @@ def _read_kspace_npz(path: Path, mask) -> KSpace:
             raise DataError(f"{path}: 'sensitivities' {maps.dtype} {tuple(maps.shape)}; expected complex [N, C, H, W] "
                             f"= {(len(kspace), kspace.shape[1], *kspace.shape[3:])}")
         maps = maps.astype(np.complex64)
-    size = read_array(path, "pixel_size").astype(np.float32) if "pixel_size" in names else None
-    if size is not None and (size.shape != (2,) or not (size > 0).all()):
-        raise DataError(f"{path}: 'pixel_size' {size.tolist()}; expected two positive numbers (mm)")
+    size = read_array(path, "pixel_size") if "pixel_size" in names else None
+    if size is not None:
+        if size.shape != (2,) or size.dtype.kind not in "iuf":
+            raise DataError(f"{path}: 'pixel_size' {size.dtype} {list(size.shape)}; expected two numbers (mm)")
+        size = np.array([header_number(f"{path}: 'pixel_size'", "a spacing (mm)", value, *LENGTH_MM)
+                         for value in size.tolist()], np.float32)
     count, coils, frames, height, width = kspace.shape
     return KSpace(kspace, found, maps, size, f"k-space npz: {count} cine(s), {coils} coil(s), {frames} frames of "
                                              f"{height}x{width}, mask from {f'--mask {mask}' if mask else 'the file'}")
@@ -466,17 +551,19 @@ def _read_kspace_npz(path: Path, mask) -> KSpace:
 
 def read_cmrxrecon(path: Path, mask=None, key: str | None = None) -> KSpace:
     """A CMRxRecon cine file (MATLAB v7.3): variable ``key`` or the first of :data:`CMRXRECON_KSPACE`,
-    MATLAB ``(kx, ky, coils, slices, frames)`` (h5py sees ``(frames, slices, coils, ky, kx)``) or
-    single-coil ``(kx, ky, slices, frames)``, complex. The mask comes from the ``*_mask.mat`` the user
+    MATLAB ``(kx, ky, coils, slices, frames)`` (h5py sees ``(frames, slices, coils, ky, kx)``),
+    single-coil ``(kx, ky, slices, frames)`` or one frame of one coil ``(kx, ky)``, complex. The mask comes from the ``*_mask.mat`` the user
     names (``mask``), else it is the ky lines holding data (prospective undersampling; a fully
     sampled file gets a mask of ones)."""
     array, description = read_mat(path, key or CMRXRECON_KSPACE)
     variable = description.split("'")[1]
+    if array.ndim == 2:
+        array = array[:, :, None, None, None]  # one frame of one coil, one slice
     if array.ndim == 4:
         array = array[:, :, None]  # one coil
     if array.ndim != 5:
-        raise DataError(f"{path}: {description}: expected MATLAB (kx, ky, coils, slices, frames) or single-coil "
-                        f"(kx, ky, slices, frames) k-space")
+        raise DataError(f"{path}: {description}: expected MATLAB (kx, ky, coils, slices, frames), single-coil "
+                        f"(kx, ky, slices, frames) or one frame (kx, ky) k-space")
     kspace = check_kspace(array.transpose(3, 2, 4, 1, 0), f"{path} {variable!r}")  # [N, C, T, H, W]
     shape = (len(kspace), *kspace.shape[2:])
     found = read_mask_file(mask, shape, variable) if mask else check_mask(measured_lines(kspace), shape, str(path))
@@ -494,11 +581,11 @@ MRD_SKIPPED = ("ACQ_IS_NOISE_MEASUREMENT", "ACQ_IS_NAVIGATION_DATA", "ACQ_IS_PHA
 
 def _mrd_items(file, h5py, path: Path) -> tuple:
     """The ``dataset/xml`` and ``dataset/data`` HDF5 datasets of an MRD file, reached without leaving it."""
-    items = []
+    items, steps = [], HDF5Steps(path)
     for name in ("dataset/xml", "dataset/data"):
         if name.split("/")[0] not in file:
             raise DataError(f"{path}: no group 'dataset': not an ISMRMRD/MRD raw-data file")
-        item = _hdf5_object(file, name, h5py, path, name)
+        item = _hdf5_object(file, name, h5py, path, name, steps=steps)
         if not isinstance(item, h5py.Dataset):
             raise DataError(f"{path}: {name!r} is not an HDF5 dataset: not an ISMRMRD/MRD raw-data file")
         _check_own_storage(item, path, name)
@@ -560,6 +647,38 @@ def read_mrd(path: Path) -> KSpace:
     return _place_readouts(path, encoding, heads[image], samples[image])
 
 
+MRD_COUNT = 65535  # the largest matrix size, channel count or counter of an MRD header (unsigned 16 bits)
+
+
+def _mrd_field(encoding, *names):
+    """``encoding.names[0].names[1]...`` of a parsed MRD header, None where a level is missing."""
+    for name in names:
+        encoding = getattr(encoding, name, None)
+    return encoding
+
+
+def _mrd_geometry(path: Path, encoding) -> tuple[int, int, float, float, float, int]:
+    """The numbers of an MRD header's encoding that size and place the data, each checked where it is
+    parsed (:func:`data.header_number`): the encoded matrix (``height`` ky rows, ``width`` kx columns),
+    the encoded field of view ``fov_y``, ``fov_x`` (mm), the reconstructed one ``recon`` along x (mm;
+    the encoded one where absent), which must keep at least one column, and the ky centre ``center``."""
+    source = str(path)
+
+    def number(names: str, low, high, integer=False, default=None):
+        value = _mrd_field(encoding, *names.split("."))
+        value = default if value is None else value
+        return header_number(source, f"the header's {names}", value, low, high, integer)
+
+    height, width = (number(f"encodedSpace.matrixSize.{axis}", 1, MRD_COUNT, integer=True) for axis in "yx")
+    fov_y, fov_x = (number(f"encodedSpace.fieldOfView_mm.{axis}", *LENGTH_MM) for axis in "yx")
+    recon = number("reconSpace.fieldOfView_mm.x", *LENGTH_MM, default=fov_x)
+    if round(width * recon / fov_x) < 1:
+        raise DataError(f"{source}: the header's reconstructed field of view, {recon:g} mm, keeps no column of the "
+                        f"{width} columns encoded over {fov_x:g} mm")
+    center = number("encodingLimits.kspace_encoding_step_1.center", 0, MRD_COUNT, integer=True, default=height // 2)
+    return height, width, fov_y, fov_x, recon, center
+
+
 def _place_readouts(path: Path, encoding, heads: np.ndarray, samples: np.ndarray) -> KSpace:
     """MRD image readouts (``heads``, their ``samples`` float32 interleaved real/imag, channel-major)
     on the encoded grid, averaged over averages; see :func:`read_mrd`."""
@@ -571,12 +690,13 @@ def _place_readouts(path: Path, encoding, heads: np.ndarray, samples: np.ndarray
     coils = set(heads["active_channels"].tolist())
     if len(coils) != 1:
         raise DataError(f"{path}: image acquisitions with different numbers of active channels {sorted(coils)}")
+    coils = header_number(str(path), "active_channels of the image acquisitions", coils.pop(), 1, MRD_COUNT,
+                          integer=True)
     frame_counter = "phase" if idx["phase"].any() or not idx["repetition"].any() else "repetition"
-    matrix, fov = encoding.encodedSpace.matrixSize, encoding.encodedSpace.fieldOfView_mm
-    height, width = matrix.y, matrix.x
-    limit = encoding.encodingLimits.kspace_encoding_step_1 if encoding.encodingLimits else None
-    center = limit.center if limit is not None and limit.center is not None else height // 2
-    shape = (int(idx["slice"].max()) + 1, coils.pop(), int(idx[frame_counter].max()) + 1, height, width)
+    height, width, fov_y, fov_x, recon, center = _mrd_geometry(path, encoding)
+    shape = (int(idx["slice"].max()) + 1, coils, int(idx[frame_counter].max()) + 1, height, width)
+    check_declared(str(path), math.prod(shape) * 8, path.stat().st_size,
+                   f"the encoded k-space {shape} (slices, coils, frames, ky, kx) of complex64")
     check_memory(str(path), 3 * math.prod(shape) * 8, f"k-space {shape} (slices, coils, frames, ky, kx)")
     total = np.zeros(shape, np.complex64)
     taken = np.zeros((shape[0], *shape[2:]), np.float32)  # [N, T, H, W]: readouts summed at each sample
@@ -597,16 +717,15 @@ def _place_readouts(path: Path, encoding, heads: np.ndarray, samples: np.ndarray
     kspace = total / np.maximum(taken, 1)[:, None]
     mask = (taken > 0).astype(np.float32)
     notes = f"frames from idx.{frame_counter}"
-    recon = encoding.reconSpace.fieldOfView_mm.x if encoding.reconSpace else fov.x
-    columns = int(round(width * recon / fov.x))
+    columns = int(round(width * recon / fov_x))
     if columns < width:
         if not (mask == mask.max(-1, keepdims=True)).all():
-            notes += f"; readout oversampled ({fov.x:g} mm for {recon:g}) but not fully measured: kept, not cropped"
+            notes += f"; readout oversampled ({fov_x:g} mm for {recon:g}) but not fully measured: kept, not cropped"
         else:
             kspace, mask = _crop_readout(kspace, columns), mask[..., :columns]
             notes += f"; oversampled readout cropped to the reconstructed {recon:g} mm ({width} -> {columns} columns)"
     check_mask(mask, mask.shape, str(path))
-    size = np.array([fov.y / height, fov.x / width], np.float32)
+    size = np.array([fov_y / height, fov_x / width], np.float32)
     count, channels, frames, rows, columns = kspace.shape
     return KSpace(check_kspace(kspace, str(path)), mask, None, size,
                   f"ISMRMRD/MRD: {count} slice(s), {channels} coil(s), {frames} frames of {rows} ky x {columns} kx, "

@@ -163,3 +163,9 @@ def format_summary(label: str, values, digits: int = 4) -> str:
     """The study's report line: ``PSNR: mean = 29.0812, std = 1.9311``."""
     mean, std = summarize(values)
     return f"{label}: mean = {mean:.{digits}f}, std = {std:.{digits}f}"
+
+
+if __name__ == "__main__":
+    from cli import not_a_command
+
+    not_a_command("metrics.py")

@@ -659,3 +659,9 @@ def use_channels_last(model: nn.Module) -> nn.Module:
         elif isinstance(module, nn.Conv3d):
             module.to(memory_format=torch.channels_last_3d)
     return model
+
+
+if __name__ == "__main__":
+    from cli import not_a_command
+
+    not_a_command("models.py")

@@ -51,6 +51,8 @@ BOX_MARGIN = 0.04  # heart box margin, fraction of the image height
 COIL_STANDOFF = 0.1  # receive loops: distance outside the torso ellipse, body units (20 mm)
 COIL_RADIUS = 0.2  # receive loops: the near-field softening of their 1 / distance fall-off, body units
 COIL_CORRELATION = (0.1, 0.3)  # receiver noise correlation of opposite .. neighbouring loops
+PHANTOM_RENDER = 24  # peak memory of rendering one cine, in rendered cines (about 21 measured at 64 and 128)
+COIL_RENDER = 3  # memory of rendering one cine's coils, in coil cines (coil images, their k-space, its copy)
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -1081,7 +1083,41 @@ def plot_phantom(path, sizes=FIGURE_SIZES, frames: int = 20, seed: int = 0, vari
     fig.suptitle(f"Synthetic bSSFP short-axis cine phantom (phantom.py): complex, k-space cropped from a 2x grid, "
                  f"noise in k-space\nrows 1-{len(sizes) - 1}: seed {seed} cine 0 at slice position {slices[0]}; "
                  f"row {len(sizes)}: cine 1 at slice position {slices[1]}", fontsize=10)
-    fig.savefig(path, dpi=80)
+    from figures import save_figure
+
+    save_figure(fig, path, dpi=80)
+
+
+def phantom_bytes(count: int, frames: int, size: int, kept: int, copies: int) -> int:
+    """Memory of ``copies`` of ``count`` phantom cines of ``frames`` x ``size`` x ``size`` (complex64),
+    each with ``kept`` coil cines beside it (its coil k-space), plus the rendering of one cine per
+    thread (:func:`_render_each`): the product of every size, to check before anything is rendered."""
+    cine = frames * size * size * 8  # complex64
+    threads = max(1, min(count, os.cpu_count() or 1))
+    return (copies * count * (1 + kept) + threads * (PHANTOM_RENDER + COIL_RENDER * kept)) * cine
+
+
+def check_figure_options(path: Path, seed: int, frames: int, count: int, size: int, coils: int) -> None:
+    """Refuse :func:`phantom_figure`'s options before anything is rendered or written: each in its
+    range, an existing .npz, and the product of the sizes (cines, frames, pixels, coils) against the
+    memory available (:func:`phantom_bytes`, ``data.check_memory``), not each size alone."""
+    from cli import UserError, check_name_length
+    from data import check_memory
+
+    check_name_length(path)
+    if not 0 <= seed < 2 ** 63:
+        raise UserError(f"--seed={seed}: must be an integer from 0 to 2^63 - 1")
+    if path.suffix.lower() != ".npz":
+        if not 1 <= frames <= 200:
+            raise UserError(f"--frames={frames}: must be from 1 to 200")
+        return
+    if path.exists():
+        raise UserError(f"{path}: already exists; choose another file")
+    if not (1 <= count <= 1000 and 16 <= size <= 512 and 1 <= frames <= 200 and 0 <= coils <= 64):
+        raise UserError("--count must be 1..1000, --size 16..512, --frames 1..200, --coils 0..64")
+    check_memory(f"--count={count} --size={size} --frames={frames} --coils={coils}",
+                 phantom_bytes(count, frames, size, coils, copies=1),
+                 f"the data set of {count} cine(s) of {frames}x{size}x{size}" + f" through {coils} coils" * bool(coils))
 
 
 def phantom_figure(path: str = "docs/phantom.png",  # the PNG to write, or an .npz to save cines in
@@ -1098,14 +1134,11 @@ def phantom_figure(path: str = "docs/phantom.png",  # the PNG to write, or an .n
     with --coils=C, as a scanner would record them instead: the fully sampled, noisy coil k-space
     'kspace' [COUNT, C, FRAMES, SIZE, SIZE] (make_coil_dataset), 'mask' (all ones) and 'heart_box', the
     layout of formats.read_kspace (an input for reconstruct.py --kspace ... --acceleration=R; no maps)."""
-    from cli import UserError, atomic_write
+    from cli import atomic_write, make_folder
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    check_figure_options(Path(path), seed, frames, count, size, coils)
+    make_folder(Path(path).parent)
     if Path(path).suffix.lower() == ".npz":
-        if Path(path).exists():
-            raise UserError(f"{path}: already exists; choose another file")
-        if not (1 <= count <= 1000 and 16 <= size <= 512 and 1 <= frames <= 200 and 0 <= coils <= 64):
-            raise UserError("--count must be 1..1000, --size 16..512, --frames 1..200, --coils 0..64")
         if coils:
             coil = make_coil_dataset(count, frames=frames, size=size, seed=seed, coils=coils)
             arrays = dict(kspace=coil["kspace"], mask=np.ones((frames, size, size), np.float32),
@@ -1114,7 +1147,7 @@ def phantom_figure(path: str = "docs/phantom.png",  # the PNG to write, or an .n
             cines, boxes = make_phantom_dataset(count, frames=frames, size=size, seed=seed,
                                                 complex_phase=complex_phase, return_boxes=True)
             arrays = dict(dataset=cines, heart_box=boxes)
-        atomic_write(Path(path), lambda file: np.savez(file, **arrays))
+        atomic_write(Path(path), lambda file: np.savez(file, **arrays), new=True)
     else:
         plot_phantom(path, frames=frames, seed=seed)
     print(f"wrote {path}")

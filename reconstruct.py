@@ -79,7 +79,8 @@ from tqdm import tqdm
 from adapt import NoHeldOutLines
 from adapt import adapt as adapt_to_scan
 from checkpoint import load_trained_model
-from cli import UserError, atomic_write, check_name_length, cli_errors, positive, run_command
+from cli import UserError, atomic_write, check_name_length, cli_errors, make_folder, positive, run_command, \
+    written_together
 from data import DataError, check_cines, mask_seed, normalize
 from engine import autocast, choose_autocast, resolve_device
 from formats import KSpace, check_mask, check_output, crop_or_pad, npz_arrays, read_cines, read_kspace, save_npz
@@ -388,7 +389,7 @@ def write_figures(problem: Problem, result: dict, directory: Path) -> list[str]:
     """Per cine a comparison PNG and a GIF (with a reference) or a PNG without one; the paths written."""
     import figures
 
-    directory.mkdir(parents=True, exist_ok=True)
+    make_folder(directory)
     written = []
     masks = problem.applied_masks()
     for i in range(len(result["recon"])):
@@ -515,38 +516,42 @@ def reconstruct(*,
                                                "psnr_before_adapt", "ssim_before_adapt", *ADAPT_ARRAYS)
                if name in result}
     coils = {} if problem.sensitivities is None else {"sensitivities": problem.sensitivities}
-    save_npz(out, recon=result["recon"] * scale, magnitude=np.abs(result["recon"]) * scale,
-             zero_filled=result["zero_filled"] * scale, mask=masks, scale=problem.scale, **coils, **metrics)
+    pixel_size = None if data is None else data.pixel_size
+    volume = None if nifti_path is None else nifti_bytes(nifti_path, np.abs(result["recon"]) * scale, pixel_size)
+    with written_together():  # every output or none: a failed write (a full disk) leaves nothing
+        save_npz(out, recon=result["recon"] * scale, magnitude=np.abs(result["recon"]) * scale,
+                 zero_filled=result["zero_filled"] * scale, mask=masks, scale=problem.scale, **coils, **metrics)
+        if nifti_path:
+            atomic_write(nifti_path, volume, new=True)
+        written = write_figures(problem, result, figures_dir) if figures_dir else []
     for line in summary_lines(result):
         print(line)
     print(f"wrote {out}: recon {list(result['recon'].shape)} complex64 in the input's units, magnitude, "
           f"zero_filled, mask {list(masks.shape)}" + (", per-cine PSNR/SSIM" if "psnr" in metrics else "")
           + (", the adaptation per cine" if adapt else "") + (", sensitivities" if coils else ""))
     if nifti_path:
-        pixel_size = None if data is None else data.pixel_size
-        write_nifti(nifti_path, np.abs(result["recon"]) * scale, pixel_size)
         pixels = "unknown (1 mm written)" if pixel_size is None else f"{pixel_size[0]:g} x {pixel_size[1]:g} mm"
         print(f"wrote {nifti_path}: magnitude (rows, columns, cine, frame), pixels {pixels}")
     if figures_dir:
-        try:
-            written = write_figures(problem, result, figures_dir)
-        except OSError as error:
-            raise UserError(f"{figures}: cannot write the figures ({error})") from None
         print(f"figures: {len(written)} files in {figures}/")
 
 
-def write_nifti(path: Path, magnitude: np.ndarray, pixel_size: np.ndarray | None) -> None:
-    """The magnitude cines ``[N, T, H, W]`` as a 4-D NIfTI ``(rows, columns, cine, frame)`` float32, the
-    layout that formats.read_nifti reads back; voxel size (row, column) spacing in mm (1 where unknown),
-    1 per cine and per frame. Written atomically, never over an existing file."""
+def nifti_bytes(path: Path, magnitude: np.ndarray, pixel_size: np.ndarray | None) -> bytes:
+    """The file ``path`` (``.nii``, or gzipped ``.nii.gz``) of the magnitude cines ``[N, T, H, W]`` as a
+    4-D NIfTI ``(rows, columns, cine, frame)`` float32, the layout that formats.read_nifti reads back;
+    voxel size (row, column) spacing in mm (1 where unknown), 1 per cine and per frame. Built before
+    anything is written, so that a NIfTI that cannot be made leaves no output."""
     import nibabel  # requirements-extras.txt
 
     spacing = (1.0, 1.0) if pixel_size is None else tuple(float(v) for v in pixel_size)
     image = nibabel.Nifti1Image(magnitude.transpose(2, 3, 0, 1).astype(np.float32), np.diag([*spacing, 1.0, 1.0]))
-    image.header.set_zooms((*spacing, 1.0, 1.0))
+    try:
+        image.header.set_zooms((*spacing, 1.0, 1.0))
+    except nibabel.spatialimages.HeaderDataError as error:
+        raise UserError(f"--nifti={path}: cannot be made ({error})") from None
     image.header.set_xyzt_units("mm", "unknown")
     raw = image.to_bytes()
-    atomic_write(path, gzip.compress(raw) if path.name.lower().endswith(".gz") else raw, new=True)
+    return gzip.compress(raw) if path.name.lower().endswith(".gz") else raw
 
 
 def network_summary(config: dict) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import Option, UserError, cli_errors, options_from_signature, run_command
+from cli import Option, UserError, cli_errors, make_folder, options_from_signature, run_command
 
 DENSITIES = ("gaussian", "polynomial")
 MASK_TYPES = ("variable_density", "uniform")  # random lines from a density, new in every frame | equispaced (CMRxRecon)
@@ -507,16 +507,22 @@ def uniform_mask(shape=(20, 192, 192),  # frames, rows, columns [T, H, W]
 
 
 # ----------------------------------------------------------------------------- command line
+MASK_FIGURE_SAMPLES = 2 ** 26  # the largest mask python sampling.py draws, frames x size x size (256 MiB)
+
+
 def mask_figure(path: str = "docs/mask.png",  # the PNG to write
                 *, frames: int, size: int, **sampling) -> None:
     """Draw a variable-density mask (figures.plot_mask: one frame and the ky-t pattern) to PATH."""
     from figures import plot_mask  # matplotlib only when drawing
 
+    if not (frames >= 1 and size >= 1 and frames * size * size <= MASK_FIGURE_SAMPLES):
+        raise UserError(f"--frames={frames} --size={size}: a mask figure draws 1 to {MASK_FIGURE_SAMPLES} samples "
+                        f"(frames x size x size)")
     try:
         mask = variable_density_mask((frames, size, size), **sampling)
     except ValueError as error:
         raise UserError(f"sampling: {error}") from None
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    make_folder(Path(path).parent)
     plot_mask(mask, path)
     print(f"wrote {path}")
 

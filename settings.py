@@ -15,6 +15,7 @@ from data import MASK_MODES, check_memory
 from engine import AMP_DTYPES, TRAINING_COPIES, check_device, check_network_size, cuda_requested, smallest_side, \
     training_sizes
 from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, PRIORS, size_multiple
+from phantom import PHANTOM_RENDER, phantom_bytes
 from sampling import DENSITIES, MASK_TYPES
 
 # Applied when there is no CUDA device (scale="auto") or with scale="cpu", to every key not given
@@ -41,9 +42,7 @@ NUMBER_RULES = (("dropout", lambda value: 0 <= value < 1, "in [0, 1)"),
                 ("lambda_s", lambda value: 0 < value < 1, "in (0, 1): a threshold relative to the data"))
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train.py")
 PHANTOM_COPIES = 3  # phantom cines held at once: as rendered, split into datasets, the next epoch's fresh ones
-PHANTOM_RENDER = 24  # peak memory of rendering one cine, in rendered cines (about 21 measured at 64 and 128)
 MAX_COILS = 64  # receive coils of the simulated array (--coils)
-COIL_RENDER = 3  # memory of rendering one cine's coils, in coil cines (coil images, their k-space, its copy)
 
 
 def train_options() -> list[Option]:
@@ -104,9 +103,11 @@ def validate_config(config: dict) -> None:
 
 
 def validate_network(config: dict, copies: int = 1) -> None:
-    """Refuse impossible settings of the network, its sampling and its seed, the part of a config
+    """Refuse impossible settings of the network, its sampling, coils and seed, the part of a config
     that a checkpoint carries too (every one of them that ``config`` holds), and a network whose
-    ``copies`` of the weights would not fit in memory: checked before any layer is built."""
+    ``copies`` of the weights would not fit in memory: checked before any layer is built. The one
+    validation of a checkpoint's settings, for every command that loads one
+    (``checkpoint.validate_checkpoint``)."""
     for key, allowed in CHOICES.items():
         if key in config and config[key] not in allowed:
             raise UserError(f"--{key}={config[key]!r}: choose one of {', '.join(map(str, allowed))}")
@@ -118,6 +119,8 @@ def validate_network(config: dict, copies: int = 1) -> None:
             raise UserError(f"--{key}={config[key]!r}: must be a non-negative integer")
     if "seed" in config and not (_is_integer(config["seed"]) and 0 <= config["seed"] < 2 ** 63):
         raise UserError(f"--seed={config['seed']!r}: must be an integer from 0 to 2^63 - 1")
+    if "coils" in config and not (_is_integer(config["coils"]) and 1 <= config["coils"] <= MAX_COILS):
+        raise UserError(f"--coils={config['coils']!r}: must be an integer from 1 to {MAX_COILS}")
     for key, allowed, rule in NUMBER_RULES:
         if key in config:
             check_number(config, key, allowed, rule)
@@ -143,11 +146,9 @@ def _is_integer(value) -> bool:
 
 
 def check_coils(config: dict) -> None:
-    """``coils``: an integer from 1 to ``MAX_COILS``; more than 1 only with the embedded complex
-    phantom at one training size (the maps are estimated at the run's centre lines)."""
+    """``coils`` (an integer from 1 to ``MAX_COILS``: :func:`validate_network`) more than 1 only with
+    the embedded complex phantom at one training size (the maps are estimated at the run's centre lines)."""
     coils = config["coils"]
-    if not (_is_integer(coils) and 1 <= coils <= MAX_COILS):
-        raise UserError(f"--coils={coils!r}: must be an integer from 1 to {MAX_COILS}")
     if coils == 1:
         return
     if config["data"] is not None:
@@ -183,8 +184,13 @@ def check_phantom_size(config: dict) -> None:
     if size < smallest:
         raise UserError(f"--image_size={size}: too small for the {config['arch']} network, which needs at least "
                         f"{smallest}")
-    cine = frames * size * size * 8  # complex64
     kept = coils if coils > 1 else 0  # coil cines kept beside each cine: its coil k-space
     check_memory(f"--num_samples={count} --image_size={size}" + f" --coils={coils}" * bool(kept),
-                 (PHANTOM_COPIES * count * (1 + kept) + PHANTOM_RENDER + COIL_RENDER * kept) * cine,
+                 phantom_bytes(count, frames, size, kept, PHANTOM_COPIES),
                  f"the phantom's {count} cines of {frames}x{size}x{size}" + f" through {coils} coils" * bool(kept))
+
+
+if __name__ == "__main__":
+    from cli import not_a_command
+
+    not_a_command("settings.py")

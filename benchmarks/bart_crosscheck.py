@@ -45,9 +45,10 @@ sys.path.insert(0, str(ROOT))
 from baselines import KT_GRID, LPLUSS_GRID, kt_sparse, low_rank_plus_sparse, tune, view_sharing  # noqa: E402
 from checkpoint import load_trained_model  # noqa: E402
 from cli import UserError, cli_errors, non_negative, positive, run_command  # noqa: E402
+from data import check_memory  # noqa: E402
 from metrics import psnr  # noqa: E402
 from models import fixed_frame_count, size_multiple  # noqa: E402
-from phantom import make_coil_dataset  # noqa: E402
+from phantom import make_coil_dataset, phantom_bytes  # noqa: E402
 from sampling import (calibration_lines, center_rows, estimate_sensitivities, scaled_center_lines,  # noqa: E402
                       sense_adjoint, uniform_mask, variable_density_mask)
 
@@ -212,6 +213,9 @@ def crosscheck(*, cines: int = 2,  # phantom cines (weights are tuned on the fir
     if shutil.which("bart") is None:
         raise UserError("bart is not on PATH: install BART (Debian/Ubuntu: apt-get install bart; "
                         "see docs/baselines.md, 'BART cross-check')")
+    check_memory(f"--cines={cines} --frames={frames} --size={size} --coils={coils}",  # their product, not each alone
+                 phantom_bytes(cines, frames, size, coils, copies=2),  # the coil k-space, then its undersampled copy
+                 f"{cines} phantom cine(s) of {frames}x{size}x{size} through {coils} coils")
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()

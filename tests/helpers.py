@@ -32,11 +32,24 @@ def train_defaults(**values):
 
 
 def project_sources(root=ROOT) -> list[Path]:
-    """The project's own .py files under ``root``: those git tracks or would track (not ignored),
-    never a virtualenv's or a build's inside the repository."""
-    listed = subprocess.run(["git", "-C", str(root), "ls-files", "--cached", "--others", "--exclude-standard",
-                             "*.py"], capture_output=True, text=True, check=True).stdout.splitlines()
-    return [Path(root) / name for name in listed if (Path(root) / name).is_file()]
+    """The project's own .py files under ``root``: those git tracks, never a virtualenv's (whatever
+    its name: .venv, venv, env) or a build's inside the repository. Outside a git checkout (an
+    unpacked archive), every .py file outside hidden folders and virtualenvs (a pyvenv.cfg)."""
+    try:
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "--cached", "-z", "*.py"], capture_output=True,
+                                check=True).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):  # no git, or not a git checkout
+        return sorted(_python_files(Path(root)))
+    return [Path(root) / name for name in listed if name and (Path(root) / name).is_file()]
+
+
+def _python_files(folder: Path):
+    """The .py files under ``folder``, skipping hidden folders and virtualenvs."""
+    for path in folder.iterdir():
+        if path.is_dir() and not path.name.startswith(".") and not (path / "pyvenv.cfg").exists():
+            yield from _python_files(path)
+        elif path.is_file() and path.suffix == ".py":
+            yield path
 
 
 def write_mat73(path, variables, precision="<f8"):

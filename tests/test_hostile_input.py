@@ -4,6 +4,7 @@ no file that reads another, nothing half-written that survives.
 One test per failing case of the issue (docs/reliability.md lists them), on tiny shapes and in
 process wherever the entry point can be called directly.
 """
+import ast
 import errno
 import hashlib
 import importlib
@@ -16,6 +17,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -32,8 +34,9 @@ import train
 from checkpoint import CHECKPOINT_FORMAT, check_resumable, load_checkpoint, load_trained_model, save_checkpoint
 from cli import UserError, check_run_name, cli_errors, make_run_dirs, run_command
 from data import DataError, load_cine
-from helpers import ROOT, TINY, read_metrics, train_defaults
+from helpers import ROOT, TINY, read_metrics, train_defaults, write_mat73
 from models import build_model
+from phantom import make_phantom_dataset
 
 SHAPE = (14, 6, 32, 32)  # the tiny runs' cines: 8/2/4 split, 6 frames of 32x32
 
@@ -875,3 +878,301 @@ def test_a_file_system_without_hard_links_still_gets_new_outputs_that_never_repl
     with pytest.raises(UserError, match=r"out.npz: appeared while this command ran"):
         cli.atomic_write(tmp_path / "out.npz", b"another result", new=True)
     assert (tmp_path / "out.npz").read_bytes() == b"result" and os.listdir(tmp_path) == ["out.npz"]
+
+
+# ----------------------------------------------------------------------------- issue 26: raw data and every option
+PROGRESS = re.compile(r"[\w ]+: +\d+%\|")  # a progress bar's line (tqdm), not an error
+
+
+def refused(capsys, main, argv, message, outputs=()):
+    """``main(argv)`` as its command runs it (``cli_errors``): exit status 2 within seconds, one line
+    ``error: ...`` matching ``message``, nothing at ``outputs``. Returns that line."""
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as stop, cli_errors([]):
+        main(argv)
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if not PROGRESS.match(line)]
+    assert stop.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert re.search(message, lines[0]), lines[0]
+    assert time.monotonic() - start < 10
+    assert not [str(path) for path in outputs if os.path.lexists(path)]
+    return lines[0]
+
+
+def convert_kspace(path, *extra):
+    return lambda argv: formats.main(["convert", str(path), "--kspace", *extra, *argv])
+
+
+def mrd_file(path, **header):
+    """A 4 x 4 single-coil MRD file, every line measured, its header ``test_rawdata.MRD_HEADER`` with
+    ``header`` replacing some of the values."""
+    ismrmrd = pytest.importorskip("ismrmrd")
+    from test_rawdata import MRD_HEADER
+
+    values = dict(x=4, y=4, fov_x=8.0, fov_y=8.0, recon_x=4, recon_fov_x=8.0, last=3, center=2)
+    with ismrmrd.Dataset(str(path), "dataset", create_if_needed=True) as dataset:
+        dataset.write_xml_header(MRD_HEADER.format(**{**values, **header}))
+        for row in range(4):
+            readout = ismrmrd.Acquisition.from_array(np.full((1, 4), row + 1, np.complex64), center_sample=2)
+            readout.idx.kspace_encode_step_1 = row
+            dataset.append_acquisition(readout)
+    return path
+
+
+MRD_HEADERS = {  # header values -> the field the one line names
+    "fov 0": (dict(fov_x=0), r"encodedSpace.fieldOfView_mm.x is 0.0: expected a number from 0.0001 to 10000"),
+    "fov NaN": (dict(fov_x="nan"), r"encodedSpace.fieldOfView_mm.x is nan"),
+    "fov inf": (dict(fov_y="inf"), r"encodedSpace.fieldOfView_mm.y is inf"),
+    "fov negative": (dict(fov_y=-8), r"encodedSpace.fieldOfView_mm.y is -8.0"),
+    "recon fov 0": (dict(recon_fov_x=0), r"reconSpace.fieldOfView_mm.x is 0.0"),
+    "recon fov NaN": (dict(recon_fov_x="NaN"), r"reconSpace.fieldOfView_mm.x is nan"),
+    "recon fov inf": (dict(recon_fov_x="INF"), r"reconSpace.fieldOfView_mm.x is inf"),
+    "recon fov negative": (dict(recon_fov_x=-1), r"reconSpace.fieldOfView_mm.x is -1.0"),
+    "recon fov keeps no column": (dict(recon_fov_x=0.5), r"reconstructed field of view, 0.5 mm, keeps no column"),
+    "matrix negative": (dict(x=-4), r"encodedSpace.matrixSize.x is -4: expected an integer from 1 to 65535"),
+    "matrix 0": (dict(y=0), r"encodedSpace.matrixSize.y is 0"),
+    "centre negative": (dict(center=-5), r"encodingLimits.kspace_encoding_step_1.center is -5"),
+    "matrix beyond the read budget": (dict(x=20000, y=20000), r"the encoded k-space \(1, 1, 1, 20000, 20000\) .* "
+                                                             r"declares 3.0 GiB of data in a file of [\d.]+ KiB"),
+}
+
+
+@pytest.mark.parametrize("header", MRD_HEADERS)
+def test_mrd_header_numbers_are_checked_where_they_are_parsed(tmp_path, capsys, header):
+    values, message = MRD_HEADERS[header]
+    path = mrd_file(tmp_path / "scan.h5", **values)
+    refused(capsys, convert_kspace(path), [f"--out={tmp_path / 'k.npz'}"], rf"^error: {path}: (the header's )?{message}",
+            [tmp_path / "k.npz"])
+
+
+def test_a_pixel_size_of_0_leaves_no_output_of_reconstruct(tmp_path, capsys):
+    path = mrd_file(tmp_path / "scan.h5", fov_y=0)
+    outputs = [tmp_path / "r.npz", tmp_path / "r.nii.gz", tmp_path / "figures"]
+    refused(capsys, reconstruct.main, [f"--kspace={path}", f"--out={outputs[0]}", f"--nifti={outputs[1]}",
+                                       f"--figures={outputs[2]}", "--device=cpu"],
+            r"scan.h5: the header's encodedSpace.fieldOfView_mm.y is 0.0", outputs)
+    np.savez(tmp_path / "k.npz", kspace=np.ones((1, 4, 4), np.complex64), mask=np.ones((1, 4, 4), np.float32),
+             pixel_size=np.array([np.inf, 1.0]))
+    refused(capsys, reconstruct.main, ["--kspace", str(tmp_path / "k.npz"), f"--out={outputs[0]}",
+                                       f"--nifti={outputs[1]}", "--device=cpu"],
+            r"k.npz: 'pixel_size': a spacing \(mm\) is inf", outputs)
+
+
+def test_a_failed_write_of_any_reconstruct_output_leaves_none(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    np.save(tmp_path / "cine.npy", make_phantom_dataset(1, frames=4, size=32, seed=2))
+    outputs = [tmp_path / "r.npz", tmp_path / "r.nii", tmp_path / "figures"]
+
+    def disk_full(image, file, format=None, **options):
+        file.write(b"GIF89a")  # the start of a GIF, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_save = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save", lambda image, file, format=None, **options: (
+        disk_full if format == "GIF" else real_save)(image, file, format=format, **options))
+    refused(capsys, reconstruct.main, [f"--input={tmp_path / 'cine.npy'}", f"--out={outputs[0]}",
+                                       f"--nifti={outputs[1]}", f"--figures={outputs[2]}", "--device=cpu"],
+            r"figures/cine_000.gif: not written, the disk is full", outputs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cine.npy"]  # no temporary either
+    assert reconstruct.check_figures(outputs[2]) == outputs[2]  # so a rerun is not refused
+
+
+def test_the_temporary_files_of_a_killed_comparison_never_count_as_an_earlier_one(tmp_path):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    roots = [tmp_path / "output", tmp_path / "images"]
+    stale = [roots[0] / "compare_x" / f".results.json.tmp{int(ended.stdout)}",
+             roots[1] / "compare_x" / f".methods.png.tmp{int(ended.stdout)}"]
+    for path in stale:
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"half a result, its writer killed")
+    compare.refuse_earlier_comparison(roots, "compare_x")
+    assert not any(path.exists() for path in stale)
+    (roots[0] / "compare_x" / "results.json").write_text("{}")
+    with pytest.raises(UserError, match="compare_x already holds an earlier comparison"):
+        compare.refuse_earlier_comparison(roots, "compare_x")
+
+
+def test_figures_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import figures
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    cine = np.random.default_rng(0).random((4, 16, 16))
+    for draw, name in ((lambda path: figures.save_gif(cine, cine, cine, path), "a.gif"),
+                       (lambda path: figures.plot_branches(cine, cine, path), "b.png"),
+                       (lambda path: figures.plot_mask(cine > 0.5, path), "c.png")):
+        monkeypatch.setattr(os, "replace", disk_full)
+        with pytest.raises(UserError, match=rf"{name}: not written, the disk is full"):
+            draw(tmp_path / name)
+        monkeypatch.undo()
+        assert os.listdir(tmp_path) == []
+    figures.save_gif(cine, cine, cine, tmp_path / "a.gif")
+    assert (tmp_path / "a.gif").read_bytes().startswith(b"GIF89a") and os.listdir(tmp_path) == ["a.gif"]
+
+
+def mat_with_class(path, value):
+    write_mat73(path, {"kspace_full": np.ones((4, 4, 1, 1, 2), np.complex64)}, "<f4")
+    with h5py_module().File(path, "r+") as file:
+        file["kspace_full"].attrs["MATLAB_class"] = value
+    return path
+
+
+def h5py_module():
+    return pytest.importorskip("h5py")
+
+
+@pytest.mark.parametrize("value, shown", [(np.array([b"double", b"char"]), r"an array \|S6 \(2,\)"),
+                                          (np.int64(3), "int64"), (np.arange(3), r"an array int64 \(3,\)")],
+                         ids=["array of names", "integer", "array of integers"])
+def test_a_matlab_class_attribute_that_is_not_one_name_is_one_line(tmp_path, capsys, value, shown):
+    path = mat_with_class(tmp_path / "cine_sax.mat", value)
+    refused(capsys, convert_kspace(path), [f"--out={tmp_path / 'k.npz'}"],
+            rf"cine_sax.mat: variable 'kspace_full': its MATLAB_class attribute is {shown}, not a class name",
+            [tmp_path / "k.npz"])
+
+
+def test_a_mask_file_of_another_frame_count_is_refused_by_the_mask_check(tmp_path, capsys):
+    write_mat73(tmp_path / "cine_sax.mat", {"kspace_sub04": np.ones((4, 4, 1, 1, 3), np.complex64)}, "<f4")
+    write_mat73(tmp_path / "cine_sax_mask.mat", {"mask04": np.ones((4, 4, 5))})
+    refused(capsys, convert_kspace(tmp_path / "cine_sax.mat", f"--mask={tmp_path / 'cine_sax_mask.mat'}"),
+            [f"--out={tmp_path / 'k.npz'}"], r"--mask .*cine_sax_mask.mat \(MATLAB v7.3 variable 'mask04' 4x4x5\): mask "
+                                             r"of shape \(5, 4, 4\); expected \[T, H, W\] = \(3, 4, 4\)",
+            [tmp_path / "k.npz"])
+
+
+def test_a_2d_cmrxrecon_kspace_is_one_frame_of_one_coil(tmp_path):
+    kspace = (np.arange(24).reshape(4, 6) + 1j).astype(np.complex64)  # [ky, kx]
+    write_mat73(tmp_path / "demo.mat", {"kspace_full": kspace.T}, "<f4")  # MATLAB (kx, ky)
+    data = formats.read_kspace(tmp_path / "demo.mat")
+    assert data.kspace.shape == (1, 1, 1, 4, 6) and data.mask.shape == (1, 1, 4, 6) and data.mask.all()
+    np.testing.assert_array_equal(data.kspace[0, 0, 0], kspace)
+
+
+def soft_links_fanning_out(path, fanout=10, depth=7):
+    """A v7.3 file of about 10 kB whose 'cine' is a soft link through ``depth`` levels of soft links,
+    each of whose targets runs through ``fanout`` soft links of the next level: following it takes
+    ``fanout ** depth`` look-ups, though no chain is deeper than ``depth``."""
+    h5py = h5py_module()
+    with h5py.File(path, "w", userblock_size=512) as file:
+        groups = [file.create_group(f"H{level}") for level in range(depth + 1)]
+        for level in range(depth):
+            groups[level + 1][f"back{level}"] = groups[level]  # a hard link back up
+            groups[level]["c"] = h5py.SoftLink(f"/H{level + 1}" + "/c" * fanout + f"/back{level}")
+        groups[depth]["c"] = groups[depth]
+        file["cine"] = h5py.SoftLink("/H0/c")
+    return path
+
+
+def test_soft_links_that_fan_out_are_refused_within_a_budget_of_lookups(tmp_path, capsys):
+    path = soft_links_fanning_out(tmp_path / "x.mat")  # 10^7 look-ups: minutes without the budget
+    assert path.stat().st_size < 20_000
+    refused(capsys, lambda argv: formats.main(["convert", str(path), *argv]), [f"--out={tmp_path / 'c.npz'}"],
+            r"x.mat: reaching variable 'cine' takes more than 4096 name look-ups in all", [tmp_path / "c.npz"])
+
+
+def test_phantom_checks_the_product_of_its_sizes_against_memory(tmp_path, capsys, monkeypatch):
+    import phantom
+
+    out = tmp_path / "big.npz"
+    monkeypatch.setattr(phantom, "make_coil_dataset", forbidden)
+    refused(capsys, phantom.main, [str(out), "--coils=64", "--size=512", "--count=1000", "--frames=200"],
+            r"--count=1000 --size=512 --frames=200 --coils=64: the data set of 1000 cine\(s\) of 200x512x512 through "
+            r"64 coils would need about 25.0 TiB of memory", [out])
+    refused(capsys, phantom.main, [str(out), "--seed=-1"], r"--seed=-1: must be an integer from 0 to 2\^63 - 1", [out])
+    refused(capsys, phantom.main, [str(tmp_path / "f.png"), "--frames=100000"], r"--frames=100000: must be from 1",
+            [tmp_path / "f.png"])
+
+
+def test_an_rgb24_nifti_is_refused_in_one_line(tmp_path, capsys):
+    nibabel = pytest.importorskip("nibabel")
+    voxels = np.zeros((4, 4, 2, 3), [("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nibabel.save(nibabel.Nifti1Image(voxels, np.eye(4)), tmp_path / "colour.nii")
+    refused(capsys, formats.main, ["convert", str(tmp_path / "colour.nii"), f"--out={tmp_path / 'c.npz'}"],
+            r"colour.nii: voxels of type RGB: a colour \(or non-numeric\) image, not MR signal intensities",
+            [tmp_path / "c.npz"])
+
+
+def test_a_config_nested_too_deeply_is_one_line(tmp_path, capsys):
+    path = tmp_path / "deep.json"
+    path.write_text('{"config": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    refused(capsys, train.parse_command_line, ["x", f"--config={path}"],
+            rf"--config={re.escape(str(path))}: JSON nested too deeply to be a configuration")
+
+
+def test_paths_longer_than_the_file_system_allows_are_one_line(tmp_path, capsys):
+    deep = "/".join(["b" * 250] * 20)  # every name fits, the path (5 kB) does not
+    for option in ("--input", "--kspace"):
+        for path in (tmp_path / ("a" * 300 + ".npz"), tmp_path / deep / "x.npz"):
+            refused(capsys, reconstruct.main, [f"{option}={path}", f"--out={tmp_path / 'r.npz'}", "--device=cpu"],
+                    r"\.\.\.: a path of \d+ bytes, or a name in it, too long for the file system",
+                    [tmp_path / "r.npz"])
+    refused(capsys, reconstruct.main, [f"--input={tmp_path / 'x.npy'}", f"--out={tmp_path / deep / 'r.npz'}"],
+            r"\.\.\.: a path of \d+ bytes, too long for the file system \(less than 4096\)")
+
+
+def test_reconstruct_refuses_a_checkpoint_that_compare_refuses(tmp_path, capsys, memory_16_gib):
+    config = {**tiny_config(), "coils": 10 ** 9}
+    path = tmp_path / "net.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "config": config, "model": build_model(config).state_dict()}, path)
+    message = r"net.pt: its config: --coils=1000000000: must be an integer from 1 to 64"
+    refused(capsys, reconstruct.main, [f"--checkpoint={path}", "--input=x.npy", f"--out={tmp_path / 'r.npz'}",
+                                       "--device=cpu"], message, [tmp_path / "r.npz"])
+    with pytest.raises(UserError, match=message):
+        compare.load_networks({"net": path}, torch.device("cpu"))
+
+
+def test_a_raw_pickle_is_refused_without_warnings_first(tmp_path, capsys):
+    import pickle
+    import warnings
+
+    path = tmp_path / "net.pt"
+    path.write_bytes(pickle.dumps({"format": CHECKPOINT_FORMAT, "run": os.system}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refused(capsys, reconstruct.main, [f"--checkpoint={path}", "--input=x.npy", f"--out={tmp_path / 'r.npz'}"],
+                r"net.pt: refused: not a file that loads without running code .*\(Unsupported operand 149\)")
+    assert [str(warning.message) for warning in caught] == []
+
+
+def test_every_module_run_as_a_script_does_its_job_or_says_what_to_run(capsys, monkeypatch):
+    import runpy
+
+    from helpers import project_sources
+
+    modules = [path for path in project_sources() if "tests" not in path.relative_to(ROOT).parts]
+    silent = [path.name for path in modules if not any(
+        isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) for node in ast.parse(path.read_text()).body)]
+    assert silent == [], "modules that would exit 0 doing nothing when run as a script"
+    monkeypatch.setattr(sys, "argv", ["data.py", "convert", "x.npy", "--out=y.npz"])
+    refused(capsys, lambda argv: runpy.run_path(str(ROOT / "data.py"), run_name="__main__"), [],
+            r"data.py is a module, not a command: convert data files with python formats.py convert")
+
+
+def test_header_numbers_of_dicom_and_nifti_files_are_checked(tmp_path, capsys):
+    pytest.importorskip("pydicom")
+    nibabel = pytest.importorskip("nibabel")
+    from test_formats import write_dicom_frame
+
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for t in range(2):
+        write_dicom_frame(folder / f"IM{t}.dcm", np.ones((4, 4)), trigger_time=10.0 * t, instance=t + 1, slope=2.0)
+    raw = (folder / "IM1.dcm").read_bytes()
+    (folder / "IM1.dcm").write_bytes(raw.replace(b"DS\x04\x002.0 ", b"DS\x04\x00abc "))  # the RescaleSlope element
+    refused(capsys, formats.main, ["convert", str(folder), f"--out={tmp_path / 'c.npz'}"],
+            r"IM1.dcm: RescaleSlope is 'abc': expected a number", [tmp_path / "c.npz"])
+    nibabel.save(nibabel.Nifti1Image(np.ones((4, 4, 2, 3), np.float32), np.eye(4)), tmp_path / "scaled.nii")
+    raw = bytearray((tmp_path / "scaled.nii").read_bytes())
+    struct.pack_into("<f", raw, 112, 1e35)  # scl_slope (inf or NaN would mean unscaled to nibabel)
+    (tmp_path / "scaled.nii").write_bytes(bytes(raw))
+    refused(capsys, formats.main, ["convert", str(tmp_path / "scaled.nii"), f"--out={tmp_path / 'c.npz'}"],
+            r"scaled.nii: the header's scl_slope is 1.00\d*e\+35: expected a number from -1e\+30", [tmp_path / "c.npz"])
+
+
+def test_a_probe_left_by_a_kill_never_counts_as_an_earlier_run(tmp_path):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run = tmp_path / "output" / "x"
+    run.mkdir(parents=True)
+    (run / f".write-test.tmp{int(ended.stdout)}").write_text("")  # killed between the write test's write and unlink
+    assert make_run_dirs([tmp_path / "output", tmp_path / "images"], "x")[0] == run

@@ -174,14 +174,17 @@ def test_layout_no_module_imports_train():
     assert len((ROOT / "train.py").read_text().splitlines()) <= 400
 
 
-def test_layout_scans_the_project_not_a_virtualenv_inside_it(tmp_path):
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    (tmp_path / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+@pytest.mark.parametrize("venv", [".venv", "venv", "env"])
+def test_layout_scans_the_project_not_a_virtualenv_inside_it(tmp_path, venv):
     (tmp_path / "module.py").write_text("x = 1\n")
-    package = tmp_path / ".venv" / "lib" / "python3.11" / "site-packages"
+    package = tmp_path / venv / "lib" / "python3.11" / "site-packages"
     package.mkdir(parents=True)
+    (tmp_path / venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
     (package / "broken.py").write_text("print 'python 2'\n")  # a package's file that does not parse
-    assert project_sources(tmp_path) == [tmp_path / "module.py"]
+    assert project_sources(tmp_path) == [tmp_path / "module.py"]  # not a git checkout: the fallback
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "module.py"], check=True)
+    assert project_sources(tmp_path) == [tmp_path / "module.py"]  # what git tracks, whatever the venv is called
 
 
 def test_fresh_phantom_cines_are_new_every_epoch_and_reproducible():
