@@ -26,6 +26,7 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
 import sys
 import textwrap
@@ -375,6 +376,9 @@ def config_text(key: str, value) -> str:
         return str(value).lower()
     if isinstance(value, (int, float, str)):
         return str(value)
+    if isinstance(value, list) and value and all(isinstance(item, (int, float)) and not isinstance(item, bool)
+                                                 for item in value):
+        return ",".join(map(str, value))  # several numbers, e.g. --acceleration=4,8,10
     raise UserError(f"option --{key}={json.dumps(value)}: expected a number, true/false, text or null")
 
 
@@ -652,14 +656,17 @@ def temporary_name(path: Path) -> Path:
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Remove the temporary files that killed processes left for ``path`` (``.NAME.tmpPID`` of a
-    process that no longer runs); those of a live process are its writes in progress."""
+    """Remove the temporary files (or folders) that killed processes left for ``path`` (``.NAME.tmpPID``
+    of a process that no longer runs); those of a live process are its writes in progress."""
     pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp(\d+)")
     with suppress(OSError):
         for stale in path.parent.iterdir():
             match = pattern.fullmatch(stale.name)
             if match and not _process_alive(int(match.group(1))):
-                stale.unlink(missing_ok=True)
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
 
 
 def _process_alive(pid: int) -> bool:
