@@ -28,7 +28,7 @@ from settings import validate_network
 CHECKPOINT_FORMAT = "cinerecon-checkpoint-v1"
 # Keys that may differ when a run is resumed: they change how, not what, is computed.
 RUN_CONTROL_KEYS = ("device", "amp", "compile", "channels_last", "checkpointing", "checkpoint_every",
-                    "figures", "resume", "scale", "out_dir", "images_dir", "eval_batch_size")
+                    "figures", "resume", "scale", "out_dir", "images_dir", "eval_batch_size", "workers", "cache_dir")
 TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the legacy format, a pickle
 TORCH_BOILERPLATE = ("Weights only load failed", "Check the documentation")  # lines of torch's refusal, not its reason
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "state")  # what last.pt holds beyond the weights

@@ -26,6 +26,7 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
 import sys
 import textwrap
@@ -390,6 +391,9 @@ def config_text(key: str, value) -> str:
         return str(value).lower()
     if isinstance(value, (int, float, str)):
         return str(value)
+    if isinstance(value, list) and value and all(isinstance(item, (int, float)) and not isinstance(item, bool)
+                                                 for item in value):
+        return ",".join(map(str, value))  # several numbers, e.g. --acceleration=4,8,10
     raise UserError(f"option --{key}={json.dumps(value)}: expected a number, true/false, text or null")
 
 
@@ -453,8 +457,7 @@ def run_command(function, argv: list[str] | None = None, *, prog: str | None = N
 
 
 # ----------------------------------------------------------------------------- files
-STALE_TEMP = re.compile(r"\..+\.tmp\d+")  # what atomic_write leaves when it is killed mid-write
-TEMPORARY = re.compile(r"\..+\.tmp(\d+)")  # the same, the writer's process number captured
+STALE_TEMP = re.compile(r"\..+\.tmp(\d+)")  # what atomic_write leaves when it is killed mid-write (group: its PID)
 PROC_LOCKS = Path("/proc/locks")
 _held_locks: dict[Path, int] = {}  # run folder -> a descriptor of it that this process holds a flock on
 SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
@@ -672,13 +675,18 @@ def written_together():
             if not existed:
                 claimed.append(path)
     except BaseException:
-        for path in [tmp for tmp, _, _ in pending] + claimed[::-1]:
-            with suppress(OSError):
-                path.unlink()
+        _remove([tmp for tmp, _, _ in pending] + claimed[::-1])
         for folder in reversed(folders):
             with suppress(OSError):
                 folder.rmdir()  # only if empty
         raise
+    _remove([tmp for tmp, _, _ in pending])  # a hard link's source; a rename left none
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        with suppress(OSError):
+            path.unlink()
 
 
 @contextmanager
@@ -744,24 +752,34 @@ def temporary_name(path: Path) -> Path:
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Remove the temporary files that killed processes left for ``path`` (``.NAME.tmpPID`` of a
-    process that no longer runs); those of a live process are its writes in progress."""
+    """Remove the temporary files (or folders) that killed processes left for ``path`` (``.NAME.tmpPID``
+    of a process that no longer runs); those of a live process are its writes in progress."""
     pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp(\d+)")
     with suppress(OSError):
         for stale in path.parent.iterdir():
             match = pattern.fullmatch(stale.name)
             if match and not _process_alive(int(match.group(1))):
-                stale.unlink(missing_ok=True)
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries_in(folder: Path) -> None:
     """Remove every temporary file in ``folder`` that a killed process left (:func:`atomic_write`'s
     ``.NAME.tmpPID`` of a process that no longer runs), so that it never counts as an earlier result."""
-    with suppress(OSError):
-        for stale in Path(folder).iterdir():
-            match = TEMPORARY.fullmatch(stale.name)
-            if match and not _process_alive(int(match.group(1))):
-                stale.unlink(missing_ok=True)
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:  # no such folder: nothing to remove
+        return
+    for stale in entries:
+        match = STALE_TEMP.fullmatch(stale.name)
+        if match and not _process_alive(int(match.group(1))):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                with suppress(OSError):
+                    stale.unlink(missing_ok=True)
 
 
 def _process_alive(pid: int) -> bool:

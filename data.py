@@ -5,20 +5,26 @@ normalised so that its largest magnitude is 1 (PSNR with peak 1 is then meaningf
 """
 from __future__ import annotations
 
+import copy
 import hashlib
+import io
+import json
 import math
 import os
+import time
 import tokenize
 import zipfile
 import zlib
 from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cli import UserError, check_readable
-from sampling import MASK_TYPES, MaskSampler, sense_adjoint, undersample, uniform_mask, variable_density_mask
+from sampling import (MASK_TYPES, MaskSampler, center_rows, coil_combine, estimate_sensitivities, ifft2c, sense_adjoint,
+                      undersample, uniform_mask, variable_density_mask)
 
 MASK_MODES = ("fixed", "random")
 # The memory budget of reading one file: the data it declares (arrays as stored, decompressed bytes,
@@ -195,6 +201,34 @@ def read_array(path: Path, key: str | None) -> np.ndarray:
         raise DataError(f"{source}: cannot be read ({error})") from None
 
 
+def read_array_item(path: Path, key: str, index: int) -> np.ndarray:
+    """Item ``index`` of the first axis of the array ``key`` of an ``.npz`` (``array[index]``), read alone:
+    the zip member is streamed up to that item (a compressed member is decompressed on the way, never
+    held), so memory holds one item whatever the array's size. The header is checked first
+    (:func:`array_header`); a Fortran-ordered array is refused (its items are not contiguous)."""
+    key, shape, dtype = array_header(path, key)
+    source = f"{path}: array {key!r}"
+    if not 0 <= index < shape[0]:
+        raise DataError(f"{source}: item {index} of {shape[0]}")
+    size = math.prod(shape[1:]) * dtype.itemsize
+    try:
+        with zipfile.ZipFile(path) as archive:
+            with archive.open(f"{key}.npy" if f"{key}.npy" in archive.namelist() else key) as member:
+                version = np.lib.format.read_magic(member)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                _, fortran, _ = read(member)
+                if fortran:
+                    raise DataError(f"{source}: stored in Fortran order; save it in C order (np.ascontiguousarray)")
+                member.seek(member.tell() + index * size)
+                raw = member.read(size)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{source}: cannot be read ({error})") from None
+    if len(raw) != size:
+        raise DataError(f"{source}: truncated at item {index}")
+    return np.frombuffer(raw, dtype).reshape(shape[1:]).copy()
+
+
 def check_cines(array: np.ndarray, source: str) -> np.ndarray:
     """Validate a ``[nsamples, nt, nx, ny]`` array and return it as float32 or complex64.
 
@@ -285,16 +319,17 @@ def check_disjoint_splits(images: np.ndarray, splits, source: str) -> None:
 
 def split_by_subject(subjects, ratios=(4, 1, 2), seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train/val/test indices (sorted) of cines whose ``subjects`` ``[N]`` say which patient or file
-    each came from: whole subjects go to one split, so no subject is in two. Subjects are shuffled
-    by ``seed`` and dealt to the splits in the 4:1:2 proportions of their cine counts."""
+    each came from: whole subjects go to one split, so no subject is in two. Subjects (in sorted
+    order) are shuffled by ``seed`` and dealt to the splits until each reaches its share of the cines
+    (:func:`split_counts`); with one cine per subject this is exactly :func:`split_indices`."""
     names, which = np.unique(np.asarray(subjects), return_inverse=True)
     if len(names) < len(ratios):
         raise UserError(f"{len(names)} subject(s) cannot be split into train/val/test by subject: "
                         f"at least {len(ratios)} are needed")
     order = np.random.default_rng(seed).permutation(len(names))
     sizes = np.bincount(which, minlength=len(names))[order]  # cines per subject, shuffled
-    shares = np.cumsum(ratios)[:-1] / sum(ratios) * sizes.sum()
-    cuts = np.searchsorted(np.cumsum(sizes), shares, side="left") + 1
+    shares = np.cumsum(split_counts(int(sizes.sum()), ratios))[:-1]  # cines before the validation and test splits
+    cuts = np.searchsorted(np.cumsum(sizes), shares, side="left") + 1  # the first subject reaching each share
     cuts = np.clip(cuts, np.arange(1, len(ratios)), len(names) - np.arange(len(ratios) - 1, 0, -1))
     groups = np.split(order, cuts)  # subject ids of train, val, test
     return tuple(np.flatnonzero(np.isin(which, group)) for group in groups)
@@ -381,7 +416,7 @@ class CineDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: torch.Tensor, indices, *, mask_mode: str = "fixed", train: bool = False,
-                 acceleration: float = 5, center_lines: int = 11, density: str = "gaussian",
+                 acceleration: float | list = 5, center_lines: int = 11, density: str = "gaussian",
                  mask_type: str = "variable_density", seed: int = 0, generator: torch.Generator | None = None,
                  boxes: np.ndarray | None = None, coils: dict | None = None):
         if mask_mode not in MASK_MODES:
@@ -392,24 +427,46 @@ class CineDataset(torch.utils.data.Dataset):
         self.indices = np.asarray(indices)
         self.boxes = None if boxes is None else np.asarray(boxes)  # [N, 4] heart boxes (row0, row1, col0, col1)
         self.coils = coils  # None | {"kspace": [N, C, T, H, W], "sensitivities": [N, C, H, W]}
-        self.draw_fresh = mask_mode == "random" and train and mask_type == "variable_density"
-        _, frames, height, width = images.shape
-        self.sampling = dict(acceleration=acceleration, center_lines=center_lines, density=density)
-        self.sampler = MaskSampler(height, width, device=images.device, **self.sampling)
-        self.generator = generator
-        if mask_type == "uniform":
-            mask = torch.from_numpy(uniform_mask(images.shape[1:], round(acceleration), center_lines))
-            self.masks = mask.to(images.device).expand(len(images), -1, -1, -1)  # [N, T, H, W] view of one mask
-        elif mask_mode == "fixed":
-            mask = self.seeded_mask(seed)
-            self.masks = mask.expand(len(images), -1, -1, -1)  # [N, T, H, W] view of one mask set
-        elif not self.draw_fresh:
-            self.masks = torch.stack([self.seeded_mask(mask_seed(seed, int(i))) for i in self.indices])
+        self.train, self.generator = train, generator
+        self.sampling = dict(acceleration=acceleration, center_lines=center_lines, density=density,
+                             mask_type=mask_type, mask_mode=mask_mode, seed=seed)
+        self.drawer = MaskDrawer(self.sampling, images.device)
+        self.acceleration = self.drawer.accelerations[0]  # of the evaluation masks (see :meth:`at`)
+        self._evaluation_masks = None
+        self.raw = False  # images, not raw k-space: no CMRxRecon protocol
 
-    def seeded_mask(self, seed: int) -> torch.Tensor:
-        """The mask set ``[T, H, W]`` of ``seed``, drawn on the CPU so every device gets the same."""
-        mask = variable_density_mask(self.images.shape[1:], seed=seed, **self.sampling)
-        return torch.from_numpy(mask).to(self.images.device)
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """The one shape ``[T, H, W]`` of the cines, as a list (the streamed sets have several)."""
+        return [tuple(self.images.shape[1:])]
+
+    def shape_of(self, row: int) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    @property
+    def masks(self) -> torch.Tensor:
+        """The evaluation masks ``[N, T, H, W]`` at :attr:`acceleration` (a broadcast view of one set with
+        ``mask_mode='fixed'`` or uniform masks), drawn once."""
+        if self._evaluation_masks is None:
+            shape, drawer = tuple(self.images.shape[1:]), self.drawer
+            shared = drawer._shared(shape, self.acceleration)
+            if shared is not None:
+                self._evaluation_masks = torch.from_numpy(shared).to(self.device).expand(len(self), -1, -1, -1)
+            else:
+                self._evaluation_masks = torch.stack([torch.from_numpy(drawer.evaluation(shape, int(i),
+                                                                                          self.acceleration))
+                                                      for i in self.indices]).to(self.device)
+        return self._evaluation_masks
+
+    def at(self, acceleration: float) -> "CineDataset":
+        """The same cines with the evaluation masks of ``acceleration`` (one of the run's)."""
+        other = copy.copy(self)
+        other.acceleration, other._evaluation_masks = float(acceleration), None
+        return other
 
     def __len__(self) -> int:
         return len(self.images)
@@ -417,21 +474,25 @@ class CineDataset(torch.utils.data.Dataset):
     def batch(self, rows) -> dict[str, torch.Tensor]:
         rows = torch.as_tensor(rows, device=self.images.device)
         target = self.images[rows]  # [B, T, H, W]
-        if self.draw_fresh:
-            mask = self.sampler(target.shape[0] * target.shape[1], self.generator).view(target.shape)
+        if self.train and self.sampling["mask_mode"] == "random":
+            mask = self.drawer.training(tuple(target.shape[1:]), len(rows), self.generator)  # [B, T, H, W]
         else:
             mask = self.masks[rows]  # [B, T, H, W]
         if self.coils is None:
-            aliased, kspace = undersample(target, mask)  # [B, T, H, W] complex each
-            batch = {"aliased": aliased, "target": target, "mask": mask, "kspace": kspace}
-        else:
-            maps = self.coils["sensitivities"][rows]  # [B, C, H, W]
-            kspace = self.coils["kspace"][rows] * mask[:, None]  # [B, C, T, H, W]: every coil, the frame's mask
-            batch = {"aliased": sense_adjoint(kspace, maps, mask), "target": target, "mask": mask, "kspace": kspace,
-                     "sensitivities": maps}
+            batch = undersampled(target, mask)
+        else:  # [B, C, T, H, W] coil k-space, [B, C, H, W] maps
+            batch = undersampled(target, mask, self.coils["kspace"][rows], self.coils["sensitivities"][rows])
         if self.boxes is not None:
             batch["box"] = torch.as_tensor(self.boxes, device=target.device)[rows]  # [B, 4]
         return batch
+
+    def chunks(self, rows, batch_size: int, acceleration: float | None = None):
+        """``(chunk rows, batch)`` of the cines ``rows`` in batches of ``batch_size``, with the evaluation
+        masks of ``acceleration`` (default: :attr:`acceleration`)."""
+        dataset = self if acceleration is None or acceleration == self.acceleration else self.at(acceleration)
+        rows = np.asarray(rows)
+        for start in range(0, len(rows), batch_size):
+            yield rows[start:start + batch_size], dataset.batch(rows[start:start + batch_size])
 
     def __getitem__(self, row: int) -> dict[str, torch.Tensor]:
         return {name: value[0] for name, value in self.batch([row]).items()}
@@ -452,6 +513,22 @@ class SizeGroups:
         self.groups = groups
         self.generator = groups[0].generator
         self.offsets = np.cumsum([0] + [len(group) for group in groups])  # [G + 1] first row of each group
+        self.waited = 0.0  # held in memory: no batch ever waits for data (see StreamedCines)
+
+    @property
+    def counts(self) -> list[int]:
+        """Cines per group."""
+        return [len(group) for group in self.groups]
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Each group's cine shape ``[T, H, W]``."""
+        return [group.shapes[0] for group in self.groups]
+
+    def batches(self, order: list[torch.Tensor], start: int = 0):
+        """The training batches ``order[start:]``."""
+        for rows in order[start:]:
+            yield self.batch(rows)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -476,6 +553,929 @@ class SizeGroups:
         if int(local.max()) >= len(self.groups[group]):
             raise ValueError(f"rows {rows.tolist()} span two size groups")
         return self.groups[group].batch(local)
+
+
+
+# ----------------------------------------------------------------------------- raw k-space: trees, subjects, maps
+FULLY_SAMPLED = "FullSample"  # CMRxRecon's folder of fully sampled files; its AccFactorRR siblings hold masks
+RAW_SUFFIXES = (".mat", ".h5", ".mrd", ".npz")
+MAX_TREE_ENTRIES = 200_000  # folders and files looked at when scanning --data folders (a bound on the work)
+CACHE_FORMAT = 1  # the coil-map cache's entry format: a new value invalidates every entry
+
+
+@dataclass(frozen=True)
+class RawCine:
+    """One cine of raw k-space: slice ``slice`` of a file, the subject it belongs to and the masks
+    shipped beside it (CMRxRecon ``AccFactorRR/.../NAME_mask.mat``, keyed by the acceleration R)."""
+    volume: "RawVolume"  # formats.RawVolume: the file, its k-space variable and [N, C, T, H, W]
+    slice: int
+    subject: str
+    shipped: dict = field(default_factory=dict, hash=False, compare=False)  # {R: Path of the mask file}
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self.volume.shape[1:]  # [C, T, H, W]
+
+
+def is_raw_kspace(path) -> bool:
+    """Whether a ``--data`` entry is raw k-space (a folder, a ``.mat``, an MRD ``.h5`` or an ``.npz``
+    holding ``kspace``) rather than image cines (an ``.npz``/``.npy`` of ``dataset``)."""
+    path = Path(path)
+    try:
+        if path.is_dir() or path.name.lower().endswith((".mat", ".h5", ".mrd")):
+            return True
+        if path.name.lower().endswith(".npz") and path.is_file() and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return "kspace.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):  # a path too long to look at...: the cine reader says so in one line
+        return False
+    return False
+
+
+def scan_raw(paths: list[str], notes: list[str]) -> list[RawCine]:
+    """Every cine (slice) of the raw k-space that ``paths`` name, from headers alone, in a fixed order
+    (by subject, file, slice): a folder holding a CMRxRecon tree (every ``FullSample/.../*.mat`` but
+    masks; subject = the folder that holds the file, relative to ``FullSample``; masks from the
+    ``AccFactorRR`` siblings), any other folder (every raw file in it, each file a subject), or files
+    (a ``.mat``'s subject is its folder, any other file's the file). A file named twice is refused."""
+    from formats import inspect_kspace, read_mask_file
+
+    found: dict[Path, tuple[str, dict]] = {}  # resolved file -> (subject, shipped masks)
+    for entry in paths:
+        root = check_readable(entry, missing="no such file or folder", expected="raw k-space (a folder or file)",
+                              folder_ok=True, error=DataError)
+        listed = _tree_files(root) if root.is_dir() else [(root, _subject_of(root, root.parent), {})]
+        if not listed:
+            raise DataError(f"{root}: no raw k-space file in it (.mat, .h5, .npz holding 'kspace')")
+        for file, subject, shipped in listed:
+            resolved = file.resolve()
+            if resolved in found:
+                raise DataError(f"{file}: named twice in --data (directly or inside a folder): its cines would be "
+                                f"counted twice and could land in two splits")
+            found[resolved] = (subject, shipped)
+    cines = []
+    for file, (subject, shipped) in sorted(found.items(), key=lambda item: (item[1][0], str(item[0]))):
+        volume = inspect_kspace(file)
+        for factor, mask in shipped.items():  # a mask that does not fit is refused now, not after training
+            read_mask_file(mask, (1, *volume.shape[2:]), f"kspace_sub{factor:02d}")
+        cines += [RawCine(volume, index, subject, shipped) for index in range(volume.shape[0])]
+    subjects = len({cine.subject for cine in cines})
+    notes.append(f"raw k-space: {len(cines)} cine(s) (slices) in {len(found)} file(s) of {subjects} subject(s)")
+    return cines
+
+
+def _tree_files(root: Path) -> list[tuple[Path, str, dict]]:
+    """The raw files of a folder: ``(file, subject, shipped masks)`` (see :func:`scan_raw`)."""
+    fully, others, seen = [], [], 0
+    for folder, subfolders, files in os.walk(root):  # symbolic links to folders are not followed
+        seen += len(subfolders) + len(files)
+        if seen > MAX_TREE_ENTRIES:
+            raise DataError(f"{root}: more than {MAX_TREE_ENTRIES} files and folders; name the data's folders instead")
+        subfolders.sort()
+        folder = Path(folder)
+        inside = FULLY_SAMPLED in folder.relative_to(root).parts[:-1]  # a folder within a FullSample folder
+        if inside and not subfolders and not any(name.lower().endswith(".mat") for name in files):
+            raise DataError(f"{folder}: a subject folder of {FULLY_SAMPLED} with no k-space file (.mat) in it")
+        for name in sorted(files):
+            file = folder / name
+            if not name.lower().endswith(RAW_SUFFIXES) or name.lower().endswith("_mask.mat") or not file.is_file():
+                continue
+            parts = file.relative_to(root).parts
+            if FULLY_SAMPLED in parts[:-1]:
+                fully.append(file)
+            elif name.lower().endswith(".npz") and not is_raw_kspace(file):
+                continue
+            else:
+                others.append(file)
+    if not fully:
+        return [(file, _subject_of(file, root), {}) for file in others]
+    listed = []
+    for file in fully:
+        parts = file.relative_to(root).parts
+        base = root.joinpath(*parts[:parts.index(FULLY_SAMPLED)])  # the folder holding FullSample and AccFactorRR
+        inside = Path(*parts[parts.index(FULLY_SAMPLED) + 1:])  # P001/cine_sax.mat
+        shipped = {}
+        for accelerated in sorted(base.glob("AccFactor*")):
+            factor = accelerated.name[len("AccFactor"):]
+            mask = accelerated / inside.parent / f"{file.stem}_mask.mat"
+            if factor.isdigit() and mask.is_file():
+                shipped[int(factor)] = mask
+        subject = str(base.relative_to(root) / inside.parent) if inside.parent != Path(".") else str(file)
+        listed.append((file, subject, shipped))
+    return listed
+
+
+def _subject_of(file: Path, root: Path) -> str:
+    """A raw file's subject outside CMRxRecon's FullSample layout: a ``.mat`` file's folder (a patient's
+    cine_sax.mat and cine_lax.mat are one subject), any other file itself."""
+    return str(file.parent.resolve()) if file.name.lower().endswith(".mat") else str(file.resolve())
+
+
+def file_digest(path: Path, cache: Path | None = None) -> str:
+    """SHA-256 of a file's content, remembered under ``cache/files`` for the file's (path, size, time
+    of last change, inode), so a file is hashed once until it changes."""
+    stat = path.stat()
+    identity = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino])
+    memo = None if cache is None else cache / "files" / f"{hashlib.sha256(identity.encode()).hexdigest()}.txt"
+    if memo is not None and memo.is_file():
+        remembered = memo.read_text().strip()
+        if len(remembered) == 64:
+            return remembered
+    with open(path, "rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    if memo is not None:
+        _write_cached(memo, digest.encode())
+    return digest
+
+
+def _write_cached(path: Path, content: bytes) -> None:
+    """A cache entry written through a temporary file and a rename: a reader sees the whole entry or
+    none, and two runs writing the same entry at once both leave it whole (renames are atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        temporary.write_bytes(content)
+        os.replace(temporary, path)
+    finally:
+        with suppress(OSError):
+            temporary.unlink()
+
+
+class MapCache:
+    """Coil maps and normalisation of raw cines, computed once and kept on disk under ``folder``.
+
+    Each cine's entry (``maps/KEY.npz``: ``sensitivities`` ``[C, H, W]`` complex64, absent for one
+    coil, and ``scale``, the divisor that gives its fully sampled image peak 1) is keyed by the file's
+    content (:func:`file_digest`), the slice, the grid it was computed on and the settings of the
+    estimation (ESPIRiT's parameters, sigpy's version, the calibration lines): changing any of them makes
+    a new entry; a half-written entry never exists (:func:`_write_cached`). ``estimated`` counts the
+    ESPIRiT calls this cache made (none when every entry was there)."""
+
+    def __init__(self, folder, center_lines: int):
+        from importlib.metadata import version
+
+        self.folder, self.center_lines, self.estimated = Path(folder), center_lines, 0
+        self.settings = {"format": CACHE_FORMAT, "center_lines": center_lines, "sigpy": version("sigpy"),
+                         **ESPIRIT_SETTINGS}
+
+    def key(self, cine: RawCine, grid: tuple[int, int]) -> str:
+        described = {**self.settings, "file": file_digest(cine.volume.path, self.folder),
+                     "variable": cine.volume.variable, "slice": cine.slice, "grid": list(grid)}
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.folder / "maps" / f"{key}.npz"
+
+    def prepare(self, cine: RawCine, grid: tuple[int, int]) -> str:
+        """The key of ``cine``'s entry on ``grid`` (H, W), computing the entry if it is not cached: the
+        slice is read (it must be fully sampled), zero-padded in k-space to ``grid``, its maps estimated
+        by ESPIRiT from the ``center_lines`` central rows (more than one coil) and its scale taken."""
+        key = self.key(cine, grid)
+        if self.path(key).is_file():
+            return key
+        kspace = fully_sampled_slice(cine, grid)  # [C, T, H, W]
+        maps = None
+        if kspace.shape[0] > 1:
+            centre = np.zeros((1, grid[0], 1), np.float32)  # [T, H, W] broadcast: the rows every mask samples
+            centre[:, center_rows(grid[0], self.center_lines)] = 1
+            maps = estimate_sensitivities(kspace[None], centre)[0]  # [C, H, W]
+            self.estimated += 1
+        scale = np.float32(1 / np.abs(coil_image(kspace, maps)).max())
+        buffer = io.BytesIO()
+        np.savez(buffer, scale=scale, **({} if maps is None else {"sensitivities": maps}))
+        _write_cached(self.path(key), buffer.getvalue())
+        return key
+
+    def load(self, key: str) -> tuple[np.ndarray | None, np.float32]:
+        """``(sensitivities [C, H, W] or None, scale)`` of an entry :func:`prepare` made."""
+        with np.load(self.path(key), allow_pickle=False) as entry:
+            maps = entry["sensitivities"] if "sensitivities" in entry.files else None
+            return maps, entry["scale"].astype(np.float32)
+
+
+ESPIRIT_SETTINGS = {"kernel_width": 6, "threshold": 0.02, "crop": 0.0, "resolution": 64}  # estimate_sensitivities'
+
+
+def fully_sampled_slice(cine: RawCine, grid: tuple[int, int] | None = None) -> np.ndarray:
+    """The k-space ``[C, T, H, W]`` of ``cine``, read alone (and zero-padded, centred, to ``grid``); a
+    slice that is not fully sampled is refused (training and scoring need the whole of k-space)."""
+    from formats import crop_or_pad, read_kspace_slice
+
+    kspace, measured = read_kspace_slice(cine.volume, cine.slice)  # [C, T, H, W], [T, H, W]
+    if not measured.all():
+        raise DataError(f"{cine.volume.path}: slice {cine.slice} is not fully sampled ({measured.mean():.0%} of "
+                        f"its k-space holds data): training needs fully sampled k-space (reconstruct undersampled "
+                        f"files with python reconstruct.py --kspace)")
+    return kspace if grid is None else crop_or_pad(kspace, grid)
+
+
+def coil_image(kspace: np.ndarray, maps: np.ndarray | None) -> np.ndarray:
+    """The image of fully sampled k-space ``[C, T, H, W]``: ``F^-1 y`` for one coil, ``S^H F^-1 y`` with
+    ``maps`` ``[C, H, W]``; ``[T, H, W]`` complex64, computed as the coil phantom's
+    (``engine.render_coil_phantom``), in torch."""
+    images = ifft2c(torch.from_numpy(kspace))  # [C, T, H, W]
+    return (images[0] if maps is None else coil_combine(images, torch.from_numpy(maps))).numpy()
+
+
+# ----------------------------------------------------------------------------- streamed raw cines
+def accelerations(config: dict) -> list[float]:
+    """The run's accelerations: ``acceleration`` is one number or a list of them (``--acceleration=4,8,10``:
+    every training batch draws one, and every evaluation is scored at each)."""
+    value = config["acceleration"]
+    return [float(a) for a in value] if isinstance(value, (list, tuple)) else [float(value)]
+
+
+class MaskDrawer:
+    """The masks of a run's sampling (``acceleration`` one number or several, ``center_lines``,
+    ``density``, ``mask_type``, ``mask_mode``, ``seed``) for cines of any shape ``[T, H, W]``, on ``device``:
+    the same masks as :class:`CineDataset` draws (fresh per training example, seeded per cine for
+    evaluation, one set with ``mask_mode='fixed'``, CMRxRecon's equispaced ones with ``mask_type='uniform'``)."""
+
+    def __init__(self, sampling: dict, device: torch.device):
+        self.sampling, self.device = sampling, device
+        self.accelerations = accelerations(sampling)
+        self.samplers: dict[tuple, MaskSampler] = {}
+
+    def _shared(self, shape, acceleration: float) -> np.ndarray | None:
+        """The one mask set ``[T, H, W]`` of every cine (uniform masks, ``mask_mode='fixed'``), else None."""
+        s = self.sampling
+        if s["mask_type"] == "uniform":
+            return uniform_mask(shape, round(acceleration), s["center_lines"])
+        if s["mask_mode"] == "fixed":
+            return variable_density_mask(shape, acceleration, s["center_lines"], s["seed"], s["density"])
+        return None
+
+    def training(self, shape, count: int, generator: torch.Generator) -> torch.Tensor:
+        """Masks ``[count, T, H, W]`` for a training batch: with several accelerations the batch draws one."""
+        acceleration = self.accelerations[0]
+        if len(self.accelerations) > 1:
+            acceleration = self.accelerations[int(torch.randint(len(self.accelerations), (), generator=generator,
+                                                                device=generator.device))]
+        shared = self._shared(shape, acceleration)
+        if shared is not None:
+            return torch.from_numpy(shared).to(self.device).expand(count, -1, -1, -1)
+        frames, height, width = shape
+        key = (height, width, acceleration)
+        if key not in self.samplers:
+            self.samplers[key] = MaskSampler(height, width, acceleration, self.sampling["center_lines"],
+                                             self.sampling["density"], device=self.device)
+        return self.samplers[key](count * frames, generator).view(count, *shape)
+
+    def evaluation(self, shape, index: int, acceleration: float, shipped: Path | None = None) -> np.ndarray:
+        """The evaluation mask ``[T, H, W]`` of cine ``index``: the mask shipped with it for this
+        acceleration if any, else the run's (seeded by ``(seed, index)``, as :class:`CineDataset`)."""
+        if shipped is not None:
+            from formats import read_mask_file
+            return read_mask_file(shipped, (1, *shape), f"kspace_sub{round(acceleration):02d}")[0]
+        shared = self._shared(shape, acceleration)
+        if shared is not None:
+            return shared
+        s = self.sampling
+        return variable_density_mask(shape, acceleration, s["center_lines"], mask_seed(s["seed"], index),
+                                     s["density"])
+
+
+def undersampled(target: torch.Tensor, mask: torch.Tensor, kspace: torch.Tensor | None = None,
+                 maps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A batch as the networks take it from fully sampled cines ``target`` ``[B, T, H, W]`` and masks
+    ``[B, T, H, W]``: single coil (``maps`` None) ``aliased`` ``F^-1 U F x`` and ``kspace`` ``U F x``; with
+    coil k-space ``[B, C, T, H, W]`` and ``maps`` ``[B, C, H, W]``, ``kspace`` ``U y`` (the frame's mask on
+    every coil), ``aliased`` ``A^H U y`` and ``sensitivities``."""
+    if maps is None:
+        aliased, measured = undersample(target, mask)  # [B, T, H, W] complex each
+        return {"aliased": aliased, "target": target, "mask": mask, "kspace": measured}
+    measured = kspace * mask[:, None]  # [B, C, T, H, W]
+    return {"aliased": sense_adjoint(measured, maps, mask), "target": target, "mask": mask, "kspace": measured,
+            "sensitivities": maps}
+
+
+class RawCineReader(torch.utils.data.Dataset):
+    """What a worker reads of raw cine ``i``: its fully sampled k-space on the network grid and its
+    image, both divided by the cine's scale (peak 1), its maps, and the root sum of squares of its coil
+    images on the file's own grid (the reference of the CMRxRecon protocol), as numpy arrays (the
+    cache's entries must exist: :meth:`MapCache.prepare`)."""
+
+    def __init__(self, cines: list[RawCine], keys: list[str], grids: list[tuple[int, int]], cache: MapCache):
+        self.cines, self.keys, self.grids, self.cache = cines, keys, grids, cache
+
+    def __len__(self) -> int:
+        return len(self.cines)
+
+    def __getitem__(self, i: int) -> dict:
+        from formats import crop_or_pad
+
+        own = fully_sampled_slice(self.cines[i])  # [C, T, H0, W0]
+        maps, scale = self.cache.load(self.keys[i])
+        kspace = crop_or_pad(own, self.grids[i])  # [C, T, H, W]
+        image = coil_image(kspace, maps)  # [T, H, W]
+        rss = np.sqrt((np.abs(ifft2c(own)) ** 2).sum(0)) * scale  # [T, H0, W0]
+        return {"row": i, "kspace": kspace * scale, "target": image * scale, "sensitivities": maps, "rss": rss}
+
+
+def stack_cines(items: list[dict]) -> dict:
+    """Collate :class:`RawCineReader` items of one shape into ``[B, ...]`` tensors (no maps for one coil)."""
+    batch = {"rows": torch.tensor([item["row"] for item in items])}
+    for key in ("kspace", "target", "sensitivities", "rss"):
+        if items[0][key] is not None:
+            batch[key] = torch.from_numpy(np.stack([item[key] for item in items]))
+    return batch
+
+
+class _Plan:
+    """A ``DataLoader``'s batch sampler whose batches are set before each pass (``batches``)."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _quiet_worker(_: int) -> None:
+    """A reading worker uses one thread: the cores belong to training."""
+    torch.set_num_threads(1)
+
+
+class StreamedCines:
+    """Raw cines read from disk when a batch needs them, never held together: training, validation or
+    test cines ``rows`` (numbers into ``cines``: they seed the evaluation masks) of any shapes.
+
+    Cines are grouped by shape ``[C, T, H, W]`` (on the network grid: ``grid(H, W)``), group by group,
+    so a batch never mixes shapes; ``counts``/``shapes`` describe the groups (``engine.size_batches``
+    numbers rows across them). ``batches(order, start)`` streams the training batches of an epoch
+    through a ``DataLoader`` whose ``workers`` read ahead (``waited``: the seconds the epoch waited for
+    them); ``chunks(rows, batch_size, acceleration)`` the evaluation batches; ``batch(rows)`` reads one
+    batch in this process. Batches are the dicts of :func:`undersampled` on ``device``, the masks drawn
+    there by :class:`MaskDrawer` (training: from ``generator``, which ``engine.seed_epoch`` seeds)."""
+
+    def __init__(self, cines: list[RawCine], rows, cache: MapCache, grid, sampling: dict, device: torch.device,
+                 *, workers: int = 0, generator: torch.Generator | None = None):
+        rows = np.asarray(rows)
+        own = [cines[r].shape for r in rows]  # [C, T, H0, W0]: the file's grid
+        order = sorted(range(len(rows)), key=lambda i: (own[i], i))  # group by shape, keep the order inside
+        self.indices = rows[order]
+        self.cines = [cines[r] for r in self.indices]
+        self.groups = [own[i] for i in order]  # each cine's group: its shape [C, T, H0, W0]
+        self.grids = [grid(*shape[2:]) for shape in self.groups]  # (H, W) of the network grid
+        kinds = sorted(set(self.groups))
+        self.counts = [self.groups.count(kind) for kind in kinds]
+        self.shapes = [(kind[1], *grid(*kind[2:])) for kind in kinds]  # [T, H, W] on the network grid, per group
+        self.reader = RawCineReader(self.cines, [cache.prepare(cine, g) for cine, g in zip(self.cines, self.grids)],
+                                    self.grids, cache)
+        self.masks, self.device, self.workers = MaskDrawer(sampling, device), device, workers
+        self.generator, self.boxes, self.waited = generator, None, 0.0
+        self.raw = True  # scored by the CMRxRecon protocol too (engine.evaluate)
+        self._plan, self._loader = _Plan(), None
+
+    def __len__(self) -> int:
+        return len(self.cines)
+
+    def shape_of(self, row: int) -> tuple[int, int, int]:
+        """``[T, H, W]`` of cine ``row`` on the network grid."""
+        return (self.groups[row][1], *self.grids[row])
+
+    def _read(self, batches: list[list[int]]):
+        """The batches ``batches`` (lists of rows) as :func:`stack_cines` dicts, read by the workers, which
+        outlive an epoch (``persistent_workers``: no start-up cost per epoch) and read ahead."""
+        self._plan.batches = batches
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(
+                self.reader, batch_sampler=self._plan, num_workers=self.workers, collate_fn=stack_cines,
+                worker_init_fn=_quiet_worker, persistent_workers=self.workers > 0,
+                pin_memory=self.device.type == "cuda", generator=torch.Generator())  # never the global generator
+        return iter(self._loader)
+
+    def _on_device(self, read: dict, masks: torch.Tensor) -> dict:
+        """The batch of :func:`undersampled` from what the workers read, plus ``rss`` ``[B, T, H0, W0]``."""
+        to = {key: value.to(self.device, non_blocking=True) for key, value in read.items() if key != "rows"}
+        return {**undersampled(to["target"], masks, to.get("kspace"), to.get("sensitivities")), "rss": to["rss"]}
+
+    def chunks(self, rows, batch_size: int, acceleration: float | None = None):
+        """``(chunk rows, batch)`` of the cines ``rows`` in batches of ``batch_size``, with the evaluation
+        masks of ``acceleration`` (default: :attr:`acceleration`)."""
+        dataset = self if acceleration is None or acceleration == self.acceleration else self.at(acceleration)
+        rows = np.asarray(rows)
+        for start in range(0, len(rows), batch_size):
+            yield rows[start:start + batch_size], dataset.batch(rows[start:start + batch_size])
+
+    def __getitem__(self, row: int) -> dict[str, torch.Tensor]:
+        return {name: value[0] for name, value in self.batch([row]).items()}
+
+
+class SizeGroups:
+    """Training cines as groups of one image size each: one ``CineDataset`` per size, all drawing
+    their masks from one generator. Rows are numbered across the groups (group 0 first), and a
+    batch must come from one group (as ``engine.size_batches`` makes them).
+
+    ``batch(rows)`` returns the dict of ``[B, T, H_g, W_g]`` tensors of that group's
+    ``CineDataset.batch``; ``fill(cines, boxes, coils)`` replaces every group's cines (and heart boxes,
+    and with coils their coil k-space and maps, see ``CineDataset``) by new ones of the same shapes
+    (fresh phantom cines).
+    """
+
+    def __init__(self, groups: list[CineDataset]):
+        self.groups = groups
+        self.generator = groups[0].generator
+        self.offsets = np.cumsum([0] + [len(group) for group in groups])  # [G + 1] first row of each group
+        self.waited = 0.0  # held in memory: no batch ever waits for data (see StreamedCines)
+
+    @property
+    def counts(self) -> list[int]:
+        """Cines per group."""
+        return [len(group) for group in self.groups]
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Each group's cine shape ``[T, H, W]``."""
+        return [group.shapes[0] for group in self.groups]
+
+    def batches(self, order: list[torch.Tensor], start: int = 0):
+        """The training batches ``order[start:]``."""
+        for rows in order[start:]:
+            yield self.batch(rows)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.groups[0].images.device
+
+    def fill(self, cines: list[torch.Tensor], boxes: list[np.ndarray] | None = None,
+             coils: list[dict | None] | None = None) -> None:
+        for i, (group, images) in enumerate(zip(self.groups, cines, strict=True)):
+            if images.shape != group.images.shape:
+                raise ValueError(f"new cines {tuple(images.shape)} for a group of {tuple(group.images.shape)}")
+            group.images = images
+            group.boxes = None if boxes is None else np.asarray(boxes[i])  # [N_g, 4]
+            group.coils = None if coils is None else coils[i]
+
+    def batch(self, rows) -> dict[str, torch.Tensor]:
+        rows = torch.as_tensor(rows)
+        group = int(np.searchsorted(self.offsets, int(rows.min()), side="right")) - 1
+        local = rows - int(self.offsets[group])
+        if int(local.max()) >= len(self.groups[group]):
+            raise ValueError(f"rows {rows.tolist()} span two size groups")
+        return self.groups[group].batch(local)
+
+
+
+# ----------------------------------------------------------------------------- raw k-space: trees, subjects, maps
+FULLY_SAMPLED = "FullSample"  # CMRxRecon's folder of fully sampled files; its AccFactorRR siblings hold masks
+RAW_SUFFIXES = (".mat", ".h5", ".mrd", ".npz")
+MAX_TREE_ENTRIES = 200_000  # folders and files looked at when scanning --data folders (a bound on the work)
+CACHE_FORMAT = 1  # the coil-map cache's entry format: a new value invalidates every entry
+
+
+@dataclass(frozen=True)
+class RawCine:
+    """One cine of raw k-space: slice ``slice`` of a file, the subject it belongs to and the masks
+    shipped beside it (CMRxRecon ``AccFactorRR/.../NAME_mask.mat``, keyed by the acceleration R)."""
+    volume: "RawVolume"  # formats.RawVolume: the file, its k-space variable and [N, C, T, H, W]
+    slice: int
+    subject: str
+    shipped: dict = field(default_factory=dict, hash=False, compare=False)  # {R: Path of the mask file}
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self.volume.shape[1:]  # [C, T, H, W]
+
+
+def is_raw_kspace(path) -> bool:
+    """Whether a ``--data`` entry is raw k-space (a folder, a ``.mat``, an MRD ``.h5`` or an ``.npz``
+    holding ``kspace``) rather than image cines (an ``.npz``/``.npy`` of ``dataset``)."""
+    path = Path(path)
+    try:
+        if path.is_dir() or path.name.lower().endswith((".mat", ".h5", ".mrd")):
+            return True
+        if path.name.lower().endswith(".npz") and path.is_file() and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return "kspace.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):  # a path too long to look at...: the cine reader says so in one line
+        return False
+    return False
+
+
+def scan_raw(paths: list[str], notes: list[str]) -> list[RawCine]:
+    """Every cine (slice) of the raw k-space that ``paths`` name, from headers alone, in a fixed order
+    (by subject, file, slice): a folder holding a CMRxRecon tree (every ``FullSample/.../*.mat`` but
+    masks; subject = the folder that holds the file, relative to ``FullSample``; masks from the
+    ``AccFactorRR`` siblings), any other folder (every raw file in it, each file a subject), or files
+    (a ``.mat``'s subject is its folder, any other file's the file). A file named twice is refused."""
+    from formats import inspect_kspace, read_mask_file
+
+    found: dict[Path, tuple[str, dict]] = {}  # resolved file -> (subject, shipped masks)
+    for entry in paths:
+        root = check_readable(entry, missing="no such file or folder", expected="raw k-space (a folder or file)",
+                              folder_ok=True, error=DataError)
+        listed = _tree_files(root) if root.is_dir() else [(root, _subject_of(root, root.parent), {})]
+        if not listed:
+            raise DataError(f"{root}: no raw k-space file in it (.mat, .h5, .npz holding 'kspace')")
+        for file, subject, shipped in listed:
+            resolved = file.resolve()
+            if resolved in found:
+                raise DataError(f"{file}: named twice in --data (directly or inside a folder): its cines would be "
+                                f"counted twice and could land in two splits")
+            found[resolved] = (subject, shipped)
+    cines = []
+    for file, (subject, shipped) in sorted(found.items(), key=lambda item: (item[1][0], str(item[0]))):
+        volume = inspect_kspace(file)
+        for factor, mask in shipped.items():  # a mask that does not fit is refused now, not after training
+            read_mask_file(mask, (1, *volume.shape[2:]), f"kspace_sub{factor:02d}")
+        cines += [RawCine(volume, index, subject, shipped) for index in range(volume.shape[0])]
+    subjects = len({cine.subject for cine in cines})
+    notes.append(f"raw k-space: {len(cines)} cine(s) (slices) in {len(found)} file(s) of {subjects} subject(s)")
+    return cines
+
+
+def _tree_files(root: Path) -> list[tuple[Path, str, dict]]:
+    """The raw files of a folder: ``(file, subject, shipped masks)`` (see :func:`scan_raw`)."""
+    fully, others, seen = [], [], 0
+    for folder, subfolders, files in os.walk(root):  # symbolic links to folders are not followed
+        seen += len(subfolders) + len(files)
+        if seen > MAX_TREE_ENTRIES:
+            raise DataError(f"{root}: more than {MAX_TREE_ENTRIES} files and folders; name the data's folders instead")
+        subfolders.sort()
+        folder = Path(folder)
+        inside = FULLY_SAMPLED in folder.relative_to(root).parts[:-1]  # a folder within a FullSample folder
+        if inside and not subfolders and not any(name.lower().endswith(".mat") for name in files):
+            raise DataError(f"{folder}: a subject folder of {FULLY_SAMPLED} with no k-space file (.mat) in it")
+        for name in sorted(files):
+            file = folder / name
+            if not name.lower().endswith(RAW_SUFFIXES) or name.lower().endswith("_mask.mat") or not file.is_file():
+                continue
+            parts = file.relative_to(root).parts
+            if FULLY_SAMPLED in parts[:-1]:
+                fully.append(file)
+            elif name.lower().endswith(".npz") and not is_raw_kspace(file):
+                continue
+            else:
+                others.append(file)
+    if not fully:
+        return [(file, _subject_of(file, root), {}) for file in others]
+    listed = []
+    for file in fully:
+        parts = file.relative_to(root).parts
+        base = root.joinpath(*parts[:parts.index(FULLY_SAMPLED)])  # the folder holding FullSample and AccFactorRR
+        inside = Path(*parts[parts.index(FULLY_SAMPLED) + 1:])  # P001/cine_sax.mat
+        shipped = {}
+        for accelerated in sorted(base.glob("AccFactor*")):
+            factor = accelerated.name[len("AccFactor"):]
+            mask = accelerated / inside.parent / f"{file.stem}_mask.mat"
+            if factor.isdigit() and mask.is_file():
+                shipped[int(factor)] = mask
+        subject = str(base.relative_to(root) / inside.parent) if inside.parent != Path(".") else str(file)
+        listed.append((file, subject, shipped))
+    return listed
+
+
+def _subject_of(file: Path, root: Path) -> str:
+    """A raw file's subject outside CMRxRecon's FullSample layout: a ``.mat`` file's folder (a patient's
+    cine_sax.mat and cine_lax.mat are one subject), any other file itself."""
+    return str(file.parent.resolve()) if file.name.lower().endswith(".mat") else str(file.resolve())
+
+
+def file_digest(path: Path, cache: Path | None = None) -> str:
+    """SHA-256 of a file's content, remembered under ``cache/files`` for the file's (path, size, time
+    of last change, inode), so a file is hashed once until it changes."""
+    stat = path.stat()
+    identity = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino])
+    memo = None if cache is None else cache / "files" / f"{hashlib.sha256(identity.encode()).hexdigest()}.txt"
+    if memo is not None and memo.is_file():
+        remembered = memo.read_text().strip()
+        if len(remembered) == 64:
+            return remembered
+    with open(path, "rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    if memo is not None:
+        _write_cached(memo, digest.encode())
+    return digest
+
+
+def _write_cached(path: Path, content: bytes) -> None:
+    """A cache entry written through a temporary file and a rename: a reader sees the whole entry or
+    none, and two runs writing the same entry at once both leave it whole (renames are atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        temporary.write_bytes(content)
+        os.replace(temporary, path)
+    finally:
+        with suppress(OSError):
+            temporary.unlink()
+
+
+class MapCache:
+    """Coil maps and normalisation of raw cines, computed once and kept on disk under ``folder``.
+
+    Each cine's entry (``maps/KEY.npz``: ``sensitivities`` ``[C, H, W]`` complex64, absent for one
+    coil, and ``scale``, the divisor that gives its fully sampled image peak 1) is keyed by the file's
+    content (:func:`file_digest`), the slice, the grid it was computed on and the settings of the
+    estimation (ESPIRiT's parameters, sigpy's version, the calibration lines): changing any of them makes
+    a new entry; a half-written entry never exists (:func:`_write_cached`). ``estimated`` counts the
+    ESPIRiT calls this cache made (none when every entry was there)."""
+
+    def __init__(self, folder, center_lines: int):
+        from importlib.metadata import version
+
+        self.folder, self.center_lines, self.estimated = Path(folder), center_lines, 0
+        self.settings = {"format": CACHE_FORMAT, "center_lines": center_lines, "sigpy": version("sigpy"),
+                         **ESPIRIT_SETTINGS}
+
+    def key(self, cine: RawCine, grid: tuple[int, int]) -> str:
+        described = {**self.settings, "file": file_digest(cine.volume.path, self.folder),
+                     "variable": cine.volume.variable, "slice": cine.slice, "grid": list(grid)}
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.folder / "maps" / f"{key}.npz"
+
+    def prepare(self, cine: RawCine, grid: tuple[int, int]) -> str:
+        """The key of ``cine``'s entry on ``grid`` (H, W), computing the entry if it is not cached: the
+        slice is read (it must be fully sampled), zero-padded in k-space to ``grid``, its maps estimated
+        by ESPIRiT from the ``center_lines`` central rows (more than one coil) and its scale taken."""
+        key = self.key(cine, grid)
+        if self.path(key).is_file():
+            return key
+        kspace = fully_sampled_slice(cine, grid)  # [C, T, H, W]
+        maps = None
+        if kspace.shape[0] > 1:
+            centre = np.zeros((1, grid[0], 1), np.float32)  # [T, H, W] broadcast: the rows every mask samples
+            centre[:, center_rows(grid[0], self.center_lines)] = 1
+            maps = estimate_sensitivities(kspace[None], centre)[0]  # [C, H, W]
+            self.estimated += 1
+        scale = np.float32(1 / np.abs(coil_image(kspace, maps)).max())
+        buffer = io.BytesIO()
+        np.savez(buffer, scale=scale, **({} if maps is None else {"sensitivities": maps}))
+        _write_cached(self.path(key), buffer.getvalue())
+        return key
+
+    def load(self, key: str) -> tuple[np.ndarray | None, np.float32]:
+        """``(sensitivities [C, H, W] or None, scale)`` of an entry :func:`prepare` made."""
+        with np.load(self.path(key), allow_pickle=False) as entry:
+            maps = entry["sensitivities"] if "sensitivities" in entry.files else None
+            return maps, entry["scale"].astype(np.float32)
+
+
+ESPIRIT_SETTINGS = {"kernel_width": 6, "threshold": 0.02, "crop": 0.0, "resolution": 64}  # estimate_sensitivities'
+
+
+def fully_sampled_slice(cine: RawCine, grid: tuple[int, int] | None = None) -> np.ndarray:
+    """The k-space ``[C, T, H, W]`` of ``cine``, read alone (and zero-padded, centred, to ``grid``); a
+    slice that is not fully sampled is refused (training and scoring need the whole of k-space)."""
+    from formats import crop_or_pad, read_kspace_slice
+
+    kspace, measured = read_kspace_slice(cine.volume, cine.slice)  # [C, T, H, W], [T, H, W]
+    if not measured.all():
+        raise DataError(f"{cine.volume.path}: slice {cine.slice} is not fully sampled ({measured.mean():.0%} of "
+                        f"its k-space holds data): training needs fully sampled k-space (reconstruct undersampled "
+                        f"files with python reconstruct.py --kspace)")
+    return kspace if grid is None else crop_or_pad(kspace, grid)
+
+
+def coil_image(kspace: np.ndarray, maps: np.ndarray | None) -> np.ndarray:
+    """The image of fully sampled k-space ``[C, T, H, W]``: ``F^-1 y`` for one coil, ``S^H F^-1 y`` with
+    ``maps`` ``[C, H, W]``; ``[T, H, W]`` complex64, computed as the coil phantom's
+    (``engine.render_coil_phantom``), in torch."""
+    images = ifft2c(torch.from_numpy(kspace))  # [C, T, H, W]
+    return (images[0] if maps is None else coil_combine(images, torch.from_numpy(maps))).numpy()
+
+
+# ----------------------------------------------------------------------------- streamed raw cines
+def accelerations(config: dict) -> list[float]:
+    """The run's accelerations: ``acceleration`` is one number or a list of them (``--acceleration=4,8,10``:
+    every training batch draws one, and every evaluation is scored at each)."""
+    value = config["acceleration"]
+    return [float(a) for a in value] if isinstance(value, (list, tuple)) else [float(value)]
+
+
+class MaskDrawer:
+    """The masks of a run's sampling (``acceleration`` one number or several, ``center_lines``,
+    ``density``, ``mask_type``, ``mask_mode``, ``seed``) for cines of any shape ``[T, H, W]``, on ``device``:
+    the same masks as :class:`CineDataset` draws (fresh per training example, seeded per cine for
+    evaluation, one set with ``mask_mode='fixed'``, CMRxRecon's equispaced ones with ``mask_type='uniform'``)."""
+
+    def __init__(self, sampling: dict, device: torch.device):
+        self.sampling, self.device = sampling, device
+        self.accelerations = accelerations(sampling)
+        self.samplers: dict[tuple, MaskSampler] = {}
+
+    def _shared(self, shape, acceleration: float) -> np.ndarray | None:
+        """The one mask set ``[T, H, W]`` of every cine (uniform masks, ``mask_mode='fixed'``), else None."""
+        s = self.sampling
+        if s["mask_type"] == "uniform":
+            return uniform_mask(shape, round(acceleration), s["center_lines"])
+        if s["mask_mode"] == "fixed":
+            return variable_density_mask(shape, acceleration, s["center_lines"], s["seed"], s["density"])
+        return None
+
+    def training(self, shape, count: int, generator: torch.Generator) -> torch.Tensor:
+        """Masks ``[count, T, H, W]`` for a training batch: with several accelerations the batch draws one."""
+        acceleration = self.accelerations[0]
+        if len(self.accelerations) > 1:
+            acceleration = self.accelerations[int(torch.randint(len(self.accelerations), (), generator=generator,
+                                                                device=generator.device))]
+        shared = self._shared(shape, acceleration)
+        if shared is not None:
+            return torch.from_numpy(shared).to(self.device).expand(count, -1, -1, -1)
+        frames, height, width = shape
+        key = (height, width, acceleration)
+        if key not in self.samplers:
+            self.samplers[key] = MaskSampler(height, width, acceleration, self.sampling["center_lines"],
+                                             self.sampling["density"], device=self.device)
+        return self.samplers[key](count * frames, generator).view(count, *shape)
+
+    def evaluation(self, shape, index: int, acceleration: float, shipped: Path | None = None) -> np.ndarray:
+        """The evaluation mask ``[T, H, W]`` of cine ``index``: the mask shipped with it for this
+        acceleration if any, else the run's (seeded by ``(seed, index)``, as :class:`CineDataset`)."""
+        if shipped is not None:
+            from formats import read_mask_file
+            return read_mask_file(shipped, (1, *shape), f"kspace_sub{round(acceleration):02d}")[0]
+        shared = self._shared(shape, acceleration)
+        if shared is not None:
+            return shared
+        s = self.sampling
+        return variable_density_mask(shape, acceleration, s["center_lines"], mask_seed(s["seed"], index),
+                                     s["density"])
+
+
+def undersampled(target: torch.Tensor, mask: torch.Tensor, kspace: torch.Tensor | None = None,
+                 maps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A batch as the networks take it from fully sampled cines ``target`` ``[B, T, H, W]`` and masks
+    ``[B, T, H, W]``: single coil (``maps`` None) ``aliased`` ``F^-1 U F x`` and ``kspace`` ``U F x``; with
+    coil k-space ``[B, C, T, H, W]`` and ``maps`` ``[B, C, H, W]``, ``kspace`` ``U y`` (the frame's mask on
+    every coil), ``aliased`` ``A^H U y`` and ``sensitivities``."""
+    if maps is None:
+        aliased, measured = undersample(target, mask)  # [B, T, H, W] complex each
+        return {"aliased": aliased, "target": target, "mask": mask, "kspace": measured}
+    measured = kspace * mask[:, None]  # [B, C, T, H, W]
+    return {"aliased": sense_adjoint(measured, maps, mask), "target": target, "mask": mask, "kspace": measured,
+            "sensitivities": maps}
+
+
+class RawCineReader(torch.utils.data.Dataset):
+    """What a worker reads of raw cine ``i``: its fully sampled k-space on the network grid and its
+    image, both divided by the cine's scale (peak 1), its maps, and the root sum of squares of its coil
+    images on the file's own grid (the reference of the CMRxRecon protocol), as numpy arrays (the
+    cache's entries must exist: :meth:`MapCache.prepare`)."""
+
+    def __init__(self, cines: list[RawCine], keys: list[str], grids: list[tuple[int, int]], cache: MapCache):
+        self.cines, self.keys, self.grids, self.cache = cines, keys, grids, cache
+
+    def __len__(self) -> int:
+        return len(self.cines)
+
+    def __getitem__(self, i: int) -> dict:
+        from formats import crop_or_pad
+
+        own = fully_sampled_slice(self.cines[i])  # [C, T, H0, W0]
+        maps, scale = self.cache.load(self.keys[i])
+        kspace = crop_or_pad(own, self.grids[i])  # [C, T, H, W]
+        image = coil_image(kspace, maps)  # [T, H, W]
+        rss = np.sqrt((np.abs(ifft2c(own)) ** 2).sum(0)) * scale  # [T, H0, W0]
+        return {"row": i, "kspace": kspace * scale, "target": image * scale, "sensitivities": maps, "rss": rss}
+
+
+def stack_cines(items: list[dict]) -> dict:
+    """Collate :class:`RawCineReader` items of one shape into ``[B, ...]`` tensors (no maps for one coil)."""
+    batch = {"rows": torch.tensor([item["row"] for item in items])}
+    for key in ("kspace", "target", "sensitivities", "rss"):
+        if items[0][key] is not None:
+            batch[key] = torch.from_numpy(np.stack([item[key] for item in items]))
+    return batch
+
+
+class _Plan:
+    """A ``DataLoader``'s batch sampler whose batches are set before each pass (``batches``)."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _quiet_worker(_: int) -> None:
+    """A reading worker uses one thread: the cores belong to training."""
+    torch.set_num_threads(1)
+
+
+class StreamedCines:
+    """Raw cines read from disk when a batch needs them, never held together: training, validation or
+    test cines ``rows`` (numbers into ``cines``: they seed the evaluation masks) of any shapes.
+
+    Cines are grouped by shape ``[C, T, H, W]`` (on the network grid: ``grid(H, W)``), group by group,
+    so a batch never mixes shapes; ``counts``/``shapes`` describe the groups (``engine.size_batches``
+    numbers rows across them). ``batches(order, start)`` streams the training batches of an epoch
+    through a ``DataLoader`` whose ``workers`` read ahead (``waited``: the seconds the epoch waited for
+    them); ``chunks(rows, batch_size, acceleration)`` the evaluation batches; ``batch(rows)`` reads one
+    batch in this process. Batches are the dicts of :func:`undersampled` on ``device``, the masks drawn
+    there by :class:`MaskDrawer` (training: from ``generator``, which ``engine.seed_epoch`` seeds)."""
+
+    def __init__(self, cines: list[RawCine], rows, cache: MapCache, grid, sampling: dict, device: torch.device,
+                 *, workers: int = 0, generator: torch.Generator | None = None):
+        rows = np.asarray(rows)
+        own = [cines[r].shape for r in rows]  # [C, T, H0, W0]: the file's grid
+        order = sorted(range(len(rows)), key=lambda i: (own[i], i))  # group by shape, keep the order inside
+        self.indices = rows[order]
+        self.cines = [cines[r] for r in self.indices]
+        self.groups = [own[i] for i in order]  # each cine's group: its shape [C, T, H0, W0]
+        self.grids = [grid(*shape[2:]) for shape in self.groups]  # (H, W) of the network grid
+        kinds = sorted(set(self.groups))
+        self.counts = [self.groups.count(kind) for kind in kinds]
+        self.shapes = [(kind[1], *grid(*kind[2:])) for kind in kinds]  # [T, H, W] on the network grid, per group
+        self.reader = RawCineReader(self.cines, [cache.prepare(cine, g) for cine, g in zip(self.cines, self.grids)],
+                                    self.grids, cache)
+        self.masks, self.device, self.workers = MaskDrawer(sampling, device), device, workers
+        self.generator, self.boxes, self.waited = generator, None, 0.0
+        self.raw = True  # scored by the CMRxRecon protocol too (engine.evaluate)
+        self._plan, self._loader = _Plan(), None
+
+    def __len__(self) -> int:
+        return len(self.cines)
+
+    def shape_of(self, row: int) -> tuple[int, int, int]:
+        """``[T, H, W]`` of cine ``row`` on the network grid."""
+        return (self.groups[row][1], *self.grids[row])
+
+    def _read(self, batches: list[list[int]]):
+        """The batches ``batches`` (lists of rows) as :func:`stack_cines` dicts, read by the workers, which
+        outlive an epoch (``persistent_workers``: no start-up cost per epoch) and read ahead."""
+        self._plan.batches = batches
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(
+                self.reader, batch_sampler=self._plan, num_workers=self.workers, collate_fn=stack_cines,
+                worker_init_fn=_quiet_worker, persistent_workers=self.workers > 0,
+                pin_memory=self.device.type == "cuda", generator=torch.Generator())  # never the global generator
+        return iter(self._loader)
+
+    def _on_device(self, read: dict, masks: torch.Tensor) -> dict:
+        """The batch of :func:`undersampled` from what the workers read, plus ``rss`` ``[B, T, H0, W0]``."""
+        to = {key: value.to(self.device, non_blocking=True) for key, value in read.items() if key != "rows"}
+        return {**undersampled(to["target"], masks, to.get("kspace"), to.get("sensitivities")), "rss": to["rss"]}
+
+    def _padded(self, masks: np.ndarray, row: int) -> np.ndarray:
+        """A mask drawn on cine ``row``'s own rows, zero-padded to its grid (padded rows are never measured)."""
+        from formats import crop_or_pad
+        return crop_or_pad(masks, self.shape_of(row)[1:])
+
+    def batches(self, order: list[torch.Tensor], start: int = 0):
+        """The training batches ``order[start:]`` (rows of each batch: one shape), read ahead by the workers."""
+        self.waited = 0.0
+        waited = time.perf_counter()
+        for read in self._read([batch.tolist() for batch in order[start:]]):
+            self.waited += time.perf_counter() - waited
+            row = int(read["rows"][0])
+            frames, height, width = self.cines[row].shape[1:]
+            masks = self.masks.training((frames, height, width), len(read["rows"]), self.generator)  # own rows
+            yield self._on_device(read, self._pad_masks(masks, row))
+            waited = time.perf_counter()
+
+    def _pad_masks(self, masks: torch.Tensor, row: int) -> torch.Tensor:
+        height, width = self.shape_of(row)[1:]
+        if masks.shape[-2:] == (height, width):
+            return masks
+        top, left = height // 2 - masks.shape[-2] // 2, width // 2 - masks.shape[-1] // 2
+        padded = masks.new_zeros((*masks.shape[:-2], height, width))
+        padded[..., top:top + masks.shape[-2], left:left + masks.shape[-1]] = masks
+        return padded
+
+    def evaluation_mask(self, row: int, acceleration: float) -> torch.Tensor:
+        """The evaluation mask ``[T, H, W]`` of cine ``row`` at ``acceleration`` on its grid."""
+        cine = self.cines[row]
+        shipped = cine.shipped.get(round(acceleration)) if acceleration == round(acceleration) else None
+        mask = self.masks.evaluation(cine.shape[1:], int(self.indices[row]), acceleration, shipped)
+        return self._pad_masks(torch.from_numpy(np.ascontiguousarray(mask)).to(self.device), row)
+
+    def chunks(self, rows, batch_size: int, acceleration: float):
+        """``(chunk rows, batch)`` of the cines ``rows`` at ``acceleration``, in batches of one shape, read
+        ahead by the workers."""
+        rows = np.asarray(rows)
+        groups = [[r for r in rows if self.groups[r] == kind] for kind in sorted(set(self.groups))]
+        plan = [group[i:i + batch_size] for group in groups for i in range(0, len(group), batch_size)]
+        for read in self._read([list(map(int, chunk)) for chunk in plan]):
+            chunk = read["rows"].numpy()
+            masks = torch.stack([self.evaluation_mask(int(r), acceleration) for r in chunk])
+            yield chunk, self._on_device(read, masks)
+
+    def batch(self, rows, acceleration: float | None = None) -> dict:
+        """Cines ``rows`` (one shape) read here, with their evaluation masks at ``acceleration`` (default:
+        the first of the run's)."""
+        rows = [int(r) for r in rows]
+        if len({self.groups[r] for r in rows}) > 1:
+            raise ValueError(f"rows {rows} hold cines of several shapes")
+        acceleration = self.masks.accelerations[0] if acceleration is None else acceleration
+        masks = torch.stack([self.evaluation_mask(r, acceleration) for r in rows])
+        return self._on_device(stack_cines([self.reader[r] for r in rows]), masks)
+
+    def __getitem__(self, row: int) -> dict:
+        return {name: value[0] for name, value in self.batch([row]).items()}
 
 
 if __name__ == "__main__":

@@ -33,14 +33,17 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
 from cli import UserError, atomic_write, make_run_dirs
-from data import (CineDataset, SizeGroups, array_header, available_memory, check_disjoint_splits, check_memory,
-                  cine_file, load_boxes, load_cine, load_subjects, split_by_subject, split_indices)
-from metrics import SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim, box_pixels
+from data import (SPLIT_NAMES, CineDataset, MapCache, SizeGroups, StreamedCines, accelerations, array_header,
+                  available_memory, check_disjoint_splits, check_memory, cine_file, file_digest, is_raw_kspace,
+                  load_boxes, load_cine, load_subjects, scan_raw, split_by_subject, split_indices)
+from metrics import (SSIM_RADIUS, format_summary, summarize, batch_nmse, batch_psnr, batch_ssim, box_pixels, cmrxrecon_scores,
+                     cmrxrecon_slices)
 from models import build_model, count_parameters, fixed_frame_count, size_multiple
-from sampling import (REFERENCE_HEIGHT, center_rows, check_sampling, coil_combine, estimate_sensitivities, ifft2c,
-                      scaled_center_lines)
+from sampling import (REFERENCE_HEIGHT, center_rows, check_sampling, coil_combine, estimate_sensitivities, fft2c,
+                      ifft2c, scaled_center_lines)
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of hardware bf16 arithmetic
 CPUINFO = Path("/proc/cpuinfo")
@@ -170,6 +173,14 @@ def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.n
         if coils is not None:
             source = (f"embedded phantom (seed {config['seed']}, {config['coils']} coils, maps estimated by ESPIRiT "
                       f"from {config['center_lines']} centre lines)")
+    elif raw_entries(config["data"]):
+        cines = scan_raw(raw_entries(config["data"]), notes)
+        check_raw_sampling(config, cines)
+        splits = raw_splits(cines, config["seed"], notes)
+        shapes = sorted({"x".join(map(str, cine.shape)) for cine in cines})
+        return cines, (f"raw k-space {config['data']}: {len(cines)} cines of {len(shapes)} shape(s) [C, T, H, W] "
+                       f"{', '.join(shapes[:6])}{', ...' if len(shapes) > 6 else ''}"), \
+            {"raw": True, "splits": splits, "boxes": None, "coils": None}
     else:
         images, meta, source = load_data_files(config["data"], config["seed"], notes)
         check_disjoint_splits(images, meta["splits"] or split_indices(len(images), seed=config["seed"]), source)
@@ -227,6 +238,45 @@ def load_data_files(data: str, seed: int, notes: list[str]) -> tuple[np.ndarray,
         notes.append("heart boxes ('heart_box') are missing in some of the three files: no heart-box metrics")
     boxes = None if any(box is None for box in boxes) else np.concatenate(boxes)
     return np.concatenate(parts), {"splits": splits, "boxes": boxes}, " + ".join(paths)
+
+
+def raw_entries(data) -> list[str] | None:
+    """The entries of ``--data`` when they name raw k-space (folders, ``.mat``, MRD ``.h5``, ``.npz`` of
+    ``kspace``: :func:`data.is_raw_kspace`), else None (image cines); a mix of both is refused."""
+    if data is None:
+        return None
+    entries = [part.strip() for part in str(data).split(",") if part.strip()]
+    raw = [is_raw_kspace(entry) for entry in entries]
+    if any(raw) and not all(raw):
+        image = entries[raw.index(False)]
+        raise UserError(f"--data={data}: {image} holds image cines but the others raw k-space; give one kind")
+    return entries if raw and all(raw) else None
+
+
+def raw_splits(cines: list, seed: int, notes: list[str]) -> tuple:
+    """Train/val/test cine numbers of raw cines, split by subject (:func:`data.split_by_subject`), or by
+    cine (with a note) when they come from fewer than 3 subjects."""
+    subjects = [cine.subject for cine in cines]
+    if len(set(subjects)) >= 3:
+        splits = split_by_subject(subjects, seed=seed)
+        notes.append(f"split by subject ({len(set(subjects))} subjects, seed {seed}): "
+                     + "; ".join(f"{name} {len({subjects[i] for i in part})} subject(s), {len(part)} cine(s)"
+                                 for name, part in zip(SPLIT_NAMES, splits)))
+        return splits
+    notes.append(f"only {len(set(subjects))} subject(s): split by cine, so slices of one subject can be in two "
+                 f"splits")
+    return split_indices(len(cines), seed=seed)
+
+
+def check_raw_sampling(config: dict, cines: list) -> None:
+    """Refuse a sampling impossible for some raw cine's rows (too many centre lines, a uniform mask's
+    acceleration that is not an integer, fewer centre lines than the coil maps need)."""
+    for height in sorted({cine.shape[2] for cine in cines}):
+        for acceleration in accelerations(config):
+            check_lines({**config, "acceleration": acceleration}, height, [], False)
+    if any(cine.shape[0] > 1 for cine in cines) and config["center_lines"] < MIN_CALIBRATION_LINES:
+        raise UserError(f"--center_lines={config['center_lines']}: the coil maps of the raw data are estimated "
+                        f"(ESPIRiT) from the fully sampled centre lines, at least {MIN_CALIBRATION_LINES}")
 
 
 def subject_splits(path: str, count: int, seed: int, notes: list[str]) -> tuple | None:
@@ -410,8 +460,8 @@ def pad_to_multiple(images: np.ndarray, multiple: int, notes: list[str], source:
     return images, boxes
 
 
-def make_datasets(images: np.ndarray, config: dict, device: torch.device, meta: dict | None = None
-                  ) -> tuple[SizeGroups, CineDataset, CineDataset]:
+def make_datasets(images, config: dict, device: torch.device, meta: dict | None = None, notes: list | None = None
+                  ) -> tuple[SizeGroups | StreamedCines, CineDataset | StreamedCines, CineDataset | StreamedCines]:
     """Train/val/test sets resident on ``device``; training masks are drawn there too, from a
     generator that :func:`seed_epoch` seeds. ``meta``: from :func:`load_images` (heart boxes, a
     fixed split), if known. The training set holds one group per training size: the training split
@@ -419,6 +469,8 @@ def make_datasets(images: np.ndarray, config: dict, device: torch.device, meta: 
     size with centre lines that keep the share of k-space of ``center_lines`` at ``image_size``.
     ``meta["coils"]`` (coil k-space and maps ``[N, ...]``, see :class:`data.CineDataset`) is split too."""
     meta = meta or {}
+    if meta.get("raw"):  # images: the raw cines (data.RawCine) of load_images
+        return raw_datasets(images, config, device, meta["splits"], [] if notes is None else notes)
     boxes, coils = meta.get("boxes"), meta.get("coils")
 
     def coils_of(idx):  # the coil k-space and maps of the cines idx, on the device
@@ -448,6 +500,31 @@ def make_datasets(images: np.ndarray, config: dict, device: torch.device, meta: 
                               **{**sampling, "center_lines": max(1, round(config["center_lines"] * side / size))})
                   for side, count in zip(sizes, size_counts(len(train_idx), size, sizes))]
     return SizeGroups(groups), val_set, test_set
+
+
+def raw_datasets(cines: list, config: dict, device: torch.device, splits: tuple, notes: list[str]
+                 ) -> tuple[StreamedCines, StreamedCines, StreamedCines]:
+    """Train/val/test sets of raw cines streamed from disk (:class:`data.StreamedCines`), their coil maps
+    and scales taken from (or first computed into) the cache ``config["cache_dir"]``
+    (:class:`data.MapCache`), each cine zero-padded in k-space to the network's size multiple."""
+    cache = MapCache(config["cache_dir"], config["center_lines"])
+    multiple = size_multiple(config)
+
+    def grid(height: int, width: int) -> tuple[int, int]:
+        return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+    with tqdm(cines, desc="coil maps", unit="cine", dynamic_ncols=True, leave=False, disable=None) as bar:  # a terminal's
+        for cine in bar:
+            cache.prepare(cine, grid(*cine.shape[2:]))
+    sampling = dict(acceleration=config["acceleration"], center_lines=config["center_lines"],
+                    density=config["density"], mask_type=config.get("mask_type", "variable_density"),
+                    mask_mode=config["mask_mode"], seed=config["seed"])
+    generator = torch.Generator(device=device)
+    train, val, test = (StreamedCines(cines, rows, cache, grid, sampling, device, workers=config["workers"],
+                                      generator=generator if i == 0 else None) for i, rows in enumerate(splits))
+    notes.append(f"coil maps and scales of the {len(cines)} raw cines: {cache.estimated} estimated (ESPIRiT) and "
+                 f"{len(cines) - cache.estimated} taken from the cache {cache.folder}/")
+    return train, val, test
 
 
 def check_batching(config: dict, train_cines: int, world: int, device: torch.device) -> None:
@@ -535,27 +612,28 @@ def seed_epoch(train_set: CineDataset | SizeGroups, seed: int, rank: int, epoch:
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model, dataset: CineDataset, *, batch_size: int, amp_dtype=None, loss_type: str = "L2",
-             with_ssim: bool = True, rows=None, keep=()) -> dict:
-    """Reconstruct ``dataset`` (``rows`` of it, default all) and score every cine.
+def evaluate(model, dataset, *, batch_size: int, amp_dtype=None, loss_type: str = "L2", with_ssim: bool = True,
+             rows=None, keep=(), acceleration: float | None = None, protocol: bool = False) -> dict:
+    """Reconstruct ``dataset`` (a :class:`data.CineDataset` or :class:`data.StreamedCines`; ``rows`` of
+    it, default all) with the evaluation masks of ``acceleration`` (default: the dataset's first) and
+    score every cine.
 
-    Returns numpy arrays keyed ``index`` (dataset index), ``loss``, ``psnr``, ``nmse``,
-    ``frame_psnr`` ``[N, T]`` and, with ``with_ssim``, ``ssim``; with heart boxes in the dataset also
-    ``psnr_roi``, ``nmse_roi`` (and ``ssim_roi``); each metric also for the zero-filled input
-    (``..._zero_filled``); plus ``examples``: ``{index: {target, aliased, recon}}`` for rows in
-    ``keep``. Magnitude metrics with peak 1 (see metrics.py).
+    Returns numpy arrays in the order of ``rows`` keyed ``index`` (dataset index), ``loss``, ``psnr``,
+    ``nmse``, ``frame_psnr`` ``[N, T]`` (NaN past a cine's last frame when the frame counts differ) and,
+    with ``with_ssim``, ``ssim``; with heart boxes in the dataset also ``psnr_roi``, ``nmse_roi`` (and
+    ``ssim_roi``); each metric also for the zero-filled input (``..._zero_filled``); with ``protocol``
+    (raw cines) ``psnr_cmrx``, ``ssim_cmrx``, ``nmse_cmrx`` by the CMRxRecon ranking protocol
+    (:func:`cmrxrecon_metrics`; NaN for the slices it does not score); plus ``examples``:
+    ``{index: {target, aliased, recon}}`` for rows in ``keep``. Magnitude metrics with peak 1 (metrics.py).
     """
     model.eval()
     rows = np.arange(len(dataset)) if rows is None else np.asarray(rows)
-    device = dataset.images.device
     metrics = ["psnr", "ssim", "nmse"] + (["psnr_roi", "ssim_roi", "nmse_roi"] if dataset.boxes is not None else [])
     out = {key: [] for key in ["loss", "frame_psnr", "frame_psnr_zero_filled", *metrics,
                                *(metric + "_zero_filled" for metric in metrics)]}
-    examples = {}
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        batch = dataset.batch(chunk)
-        with autocast(device, amp_dtype):
+    done, examples = [], {}
+    for chunk, batch in dataset.chunks(rows, batch_size, acceleration):
+        with autocast(dataset.device, amp_dtype):
             recon = run_model(model, batch)  # [B, T, H, W] complex
         target, aliased = batch["target"], batch["aliased"]
         out["loss"].append(reconstruction_loss(recon, target, loss_type, per_cine=True))
@@ -572,14 +650,51 @@ def evaluate(model, dataset: CineDataset, *, batch_size: int, amp_dtype=None, lo
                 out["nmse_roi" + suffix].append(batch_nmse(image, target, box=box))
                 if with_ssim:
                     out["ssim_roi" + suffix].append(batch_ssim(image, target, box=box))
+        if protocol:
+            for key, values in cmrxrecon_metrics(dataset, chunk, recon, batch["rss"]).items():
+                out.setdefault(key, []).append(values)
+        done.append(chunk)
         for j, row in enumerate(chunk):
             if row in keep:
                 examples[int(dataset.indices[row])] = {key: value[j].cpu().numpy() for key, value in
                                                        (("target", target), ("aliased", aliased), ("recon", recon))}
-    result = {key: torch.cat(values).cpu().numpy() for key, values in out.items() if values}
+    order = np.argsort(np.concatenate(done), kind="stable")
+    order = order[np.searchsorted(np.sort(np.concatenate(done)), rows)]  # back to the order of rows
+    result = {key: _stacked(values)[order] for key, values in out.items() if values}
     result["index"] = dataset.indices[rows]
     result["examples"] = examples
     return result
+
+
+def _stacked(values: list) -> np.ndarray:
+    """Per-chunk values ``[B]`` or ``[B, T]`` (tensors or arrays) as one array, ``[B, T]`` ones padded with
+    NaN to the longest ``T``."""
+    arrays = [value.cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value) for value in values]
+    if arrays[0].ndim == 1:
+        return np.concatenate(arrays)
+    longest = max(array.shape[1] for array in arrays)
+    return np.concatenate([np.pad(array.astype(np.float64), ((0, 0), (0, longest - array.shape[1])),
+                                  constant_values=np.nan) for array in arrays])
+
+
+def cmrxrecon_metrics(dataset, chunk, recon: torch.Tensor, rss: torch.Tensor) -> dict[str, np.ndarray]:
+    """``psnr_cmrx``, ``ssim_cmrx``, ``nmse_cmrx`` ``[B]`` of the raw cines ``chunk`` of ``dataset`` by the
+    CMRxRecon protocol (``metrics.cmrxrecon_scores``), NaN for a slice the protocol does not score (not
+    one of its file's central two: ``metrics.cmrxrecon_slices``): the reconstruction ``[B, T, H, W]`` is
+    taken back to the file's grid (its k-space cropped) and compared with the root sum of squares of the
+    fully sampled coil images ``rss`` ``[B, T, H0, W0]``."""
+    from formats import crop_or_pad
+
+    scores = np.full((3, len(chunk)), np.nan)
+    own = tuple(rss.shape[-2:])
+    image = recon.detach().to(torch.complex64).cpu()
+    if tuple(image.shape[-2:]) != own:
+        image = ifft2c(torch.from_numpy(crop_or_pad(fft2c(image).numpy(), own)))
+    for j, row in enumerate(chunk):
+        cine = dataset.cines[row]
+        if cine.slice in cmrxrecon_slices(cine.volume.shape[0]):
+            scores[:, j] = cmrxrecon_scores(image[j].numpy(), rss[j].cpu().numpy())
+    return dict(zip(("psnr_cmrx", "ssim_cmrx", "nmse_cmrx"), scores))
 
 
 @torch.no_grad()
@@ -609,10 +724,55 @@ def evaluate_distributed(model, dataset, world: int, rank: int, **kwargs) -> dic
     parts = [None] * world
     dist.all_gather_object(parts, result)
     order = np.argsort(np.concatenate([part["index"] for part in parts]), kind="stable")
-    merged = {key: np.concatenate([part[key] for part in parts])[order]
-              for key in result if key != "examples"}
+    merged = {key: _stacked([part[key] for part in parts])[order] for key in result if key != "examples"}
     merged["examples"] = {k: v for part in parts for k, v in part["examples"].items()}
     return merged
+
+
+def evaluate_all(model, dataset, world: int, rank: int, rates: list[float], **kwargs) -> dict:
+    """:func:`evaluate_distributed` at each acceleration of ``rates`` (the run's
+    :func:`data.accelerations`), the results concatenated (cine by cine, acceleration after
+    acceleration) with ``acceleration`` ``[N A]`` added; ``examples`` of the first acceleration."""
+    parts = [evaluate_distributed(model, dataset, world, rank, acceleration=rate, **kwargs) for rate in rates]
+    merged = parts[0] if len(parts) == 1 else {key: _stacked([part[key] for part in parts])
+                                               for key in parts[0] if key != "examples"}
+    merged["acceleration"] = np.repeat(np.asarray(rates, float), [len(part["index"]) for part in parts])
+    merged["examples"] = parts[0]["examples"]
+    return merged
+
+
+SUMMARY_LINES = (("zero-filled PSNR", "psnr_zero_filled", 4), ("zero-filled SSIM", "ssim_zero_filled", 4),
+                 ("PSNR", "psnr", 4), ("SSIM", "ssim", 4), ("zero-filled NMSE", "nmse_zero_filled", 6),
+                 ("NMSE", "nmse", 6), ("heart-box zero-filled PSNR", "psnr_roi_zero_filled", 4),
+                 ("heart-box PSNR", "psnr_roi", 4), ("heart-box zero-filled SSIM", "ssim_roi_zero_filled", 4),
+                 ("heart-box SSIM", "ssim_roi", 4), ("heart-box NMSE", "nmse_roi", 6),
+                 ("CMRxRecon protocol PSNR", "psnr_cmrx", 4), ("CMRxRecon protocol SSIM", "ssim_cmrx", 4),
+                 ("CMRxRecon protocol NMSE", "nmse_cmrx", 6))
+
+
+def test_summary(test: dict) -> tuple[dict, list[str]]:
+    """The summary of :func:`evaluate_all`'s results (every score's mean and std over the cines that
+    have it; with several accelerations also per acceleration, keyed ``psnr@8x``) and the report's lines
+    (the CMRxRecon protocol's over the slices it scores, with their count)."""
+    rates = np.unique(test["acceleration"])
+    scores = [key for key in test if key not in ("index", "examples", "acceleration") and not key.startswith("frame_")]
+    summary, lines = {}, []
+    for rate in ([None] if len(rates) == 1 else [None, *rates]):
+        chosen = np.ones(len(test["index"]), bool) if rate is None else test["acceleration"] == rate
+        suffix = "" if rate is None else f"@{rate:g}x"
+        found = {key: test[key][chosen][np.isfinite(test[key][chosen])] for key in scores}
+        summary.update({key + suffix: dict(zip(("mean", "std"), summarize(values)))
+                        for key, values in found.items() if len(values)})
+        if rate is not None:
+            lines.append(f"at acceleration {rate:g} ({int(chosen.sum())} cines):")
+        lines += [format_summary(label, found[key], digits) + f" over {len(found[key])} cines" * key.endswith("_cmrx")
+                  for label, key, digits in SUMMARY_LINES if key in found and len(found[key])]
+    return summary, lines
+
+
+def jsonable(values: np.ndarray) -> list:
+    """An array as a list for JSON, NaN as null (a frame past a cine's last, a slice a protocol skips)."""
+    return np.where(np.isnan(values), None, values).tolist() if values.dtype.kind == "f" else values.tolist()
 
 
 # ----------------------------------------------------------------------------- network size and data checks
@@ -686,6 +846,11 @@ def data_fingerprint(config: dict) -> dict:
     :func:`check_data_shape`, before anything is loaded; for the embedded phantom its
     :func:`phantom_version` (its parameters are in the config) and with ``coils`` > 1 their number
     and the version of sigpy, which estimates their maps."""
+    entries = raw_entries(config["data"])
+    if entries:
+        cache = Path(config["cache_dir"])
+        return {f"{cine.volume.path} sha256": file_digest(cine.volume.path, cache)
+                for cine in scan_raw(entries, []) if cine.slice == 0}
     if config["data"] is None:
         if config.get("coils", 1) == 1:
             return {"phantom": phantom_version()}

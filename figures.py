@@ -394,14 +394,15 @@ def plot_curves(history: list[dict], path, sampling: str = "") -> None:
 
 def plot_frame_psnr(zero_filled: np.ndarray, recon: np.ndarray, path, sampling: str = "") -> None:
     """Per-frame PSNR ``[N, T]`` of N test cines, zero-filled and reconstructed: the mean over cines
-    of every frame with a band of +-1 standard deviation over cines."""
+    of every frame with a band of +-1 standard deviation over cines (the cines that have the frame:
+    NaN marks the frames past a shorter cine's last)."""
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.subplots()
     for name, values, color in (("zero-filled", zero_filled, "C0"), ("reconstruction", recon, "C1")):
-        values = np.asarray(values, dtype=np.float64)  # [N, T]
-        mean, std = values.mean(0), values.std(0)
+        values = np.asarray(values, dtype=np.float64)  # [N, T], NaN past a shorter cine's last frame
+        mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
         frames = np.arange(values.shape[1])
-        ax.plot(frames, mean, color=color, label=f"{name}, mean {values.mean():.2f} dB", **_markers(len(frames)))
+        ax.plot(frames, mean, color=color, label=f"{name}, mean {np.nanmean(values):.2f} dB", **_markers(len(frames)))
         ax.fill_between(frames, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
     ax.set(xlabel="frame", ylabel="PSNR (dB)")
     ax.set_title(_with_sampling(f"Per-frame PSNR over {np.shape(recon)[0]} test cines", sampling)

@@ -28,6 +28,7 @@ ISMRMRD/MRD ``.h5`` raw data (h5py and the ismrmrd package) and our k-space ``.n
 from __future__ import annotations
 
 import importlib
+import io
 import math
 import sys
 import zipfile
@@ -39,8 +40,8 @@ import numpy as np
 
 from cli import (UserError, atomic_write, check_name_length, check_readable, cli_errors, positive,
                  remove_stale_temporaries, run_command)
-from data import (DataError, check_boxes, check_cines, check_declared, check_memory, header_number, loading_bytes,
-                  normalize, read_array)
+from data import (DataError, array_header, check_boxes, check_cines, check_declared, check_memory, header_number,
+                  loading_bytes, normalize, read_array, read_array_item)
 
 EXTRAS_HINT = "pip install -r requirements-extras.txt"
 CINE_AXES = "ntxy"
@@ -552,9 +553,9 @@ def _read_kspace_npz(path: Path, mask) -> KSpace:
 def read_cmrxrecon(path: Path, mask=None, key: str | None = None) -> KSpace:
     """A CMRxRecon cine file (MATLAB v7.3): variable ``key`` or the first of :data:`CMRXRECON_KSPACE`,
     MATLAB ``(kx, ky, coils, slices, frames)`` (h5py sees ``(frames, slices, coils, ky, kx)``),
-    single-coil ``(kx, ky, slices, frames)`` or one frame of one coil ``(kx, ky)``, complex. The mask comes from the ``*_mask.mat`` the user
-    names (``mask``), else it is the ky lines holding data (prospective undersampling; a fully
-    sampled file gets a mask of ones)."""
+    single-coil ``(kx, ky, slices, frames)`` or one frame of one coil ``(kx, ky)``, complex. The mask
+    comes from the ``*_mask.mat`` the user names (``mask``), else it is the ky lines holding data
+    (prospective undersampling; a fully sampled file gets a mask of ones)."""
     array, description = read_mat(path, key or CMRXRECON_KSPACE)
     variable = description.split("'")[1]
     if array.ndim == 2:
@@ -757,6 +758,175 @@ def read_kspace(path, mask: str | None = None, key: str | None = None) -> KSpace
         return read_mrd(path)
     raise DataError(f"{path}: unsupported k-space file; expected a CMRxRecon .mat, an ISMRMRD/MRD .h5 or a k-space "
                     f".npz (python formats.py convert ... --kspace)")
+
+
+# ----------------------------------------------------------------------------- raw k-space, a slice at a time
+@dataclass(frozen=True)
+class RawVolume:
+    """A raw k-space file whose slices are read one at a time (:func:`read_kspace_slice`), as
+    :func:`inspect_kspace` describes it from its headers alone."""
+    path: Path
+    kind: str  # 'cmrxrecon' (MATLAB v7.3) | 'mrd' (ISMRMRD/MRD .h5) | 'npz' (our k-space layout)
+    variable: str  # the k-space variable of a .mat file, 'kspace' of an .npz, 'dataset/data' of an MRD file
+    shape: tuple[int, int, int, int, int]  # [N, C, T, H, W]: slices, coils, frames, ky rows, kx columns
+
+    def describe(self) -> str:
+        count, coils, frames, height, width = self.shape
+        return (f"{self.path} ({self.kind} {self.variable!r}): {count} slice(s), {coils} coil(s), {frames} frames "
+                f"of {height} ky x {width} kx")
+
+
+def inspect_kspace(path, key: str | None = None) -> RawVolume:
+    """The slices of a raw k-space file, from its headers alone (nothing is read but headers): a
+    CMRxRecon ``.mat`` (v7.3; ``key`` or the first of :data:`CMRXRECON_KSPACE`), an ISMRMRD/MRD ``.h5``
+    or our k-space ``.npz`` (array ``kspace``); the layouts of :func:`read_kspace`."""
+    path = check_readable(path, expected="a k-space file (.mat, .h5, .npz)", error=DataError)
+    name = path.name.lower()
+    if name.endswith(".npz"):
+        _, shape, _ = array_header(path, "kspace")
+        one_coil = {3: (1, 1, *shape), 4: (shape[0], 1, *shape[1:]), 5: tuple(shape)}
+        if len(shape) not in one_coil:
+            raise DataError(f"{path}: 'kspace' of shape {tuple(shape)}; expected [N, C, T, H, W]")
+        return RawVolume(path, "npz", "kspace", one_coil[len(shape)])
+    if name.endswith(".mat"):
+        if not _is_hdf5(path):
+            raise DataError(f"{path}: a MATLAB v5 file cannot be read a slice at a time; convert it: python formats.py "
+                            f"convert {path} --kspace --out NEW.npz")
+        variable, shape = _with_mat73_kspace(path, key, lambda item: item.shape)
+        return RawVolume(path, "cmrxrecon", variable, _cmrxrecon_shape(shape, path, variable))
+    if name.endswith((".h5", ".mrd")):
+        return RawVolume(path, "mrd", "dataset/data", _with_mrd_heads(path, _mrd_shape))
+    raise DataError(f"{path}: unsupported k-space file; expected a CMRxRecon .mat, an ISMRMRD/MRD .h5 or a k-space "
+                    f".npz")
+
+
+def read_kspace_slice(volume: RawVolume, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slice ``index`` of ``volume``, read alone: its k-space ``[C, T, H, W]`` complex64 (centred, as
+    :func:`read_kspace` places it) and the mask of the samples it holds ``[T, H, W]`` float32."""
+    if volume.kind == "npz":
+        kspace = read_array_item(volume.path, "kspace", index).reshape(volume.shape[1:])
+    elif volume.kind == "cmrxrecon":
+        def read(item):
+            check_memory(str(volume.path), 4 * math.prod(volume.shape[1:]) * 8, f"slice {index} {volume.shape[1:]}")
+            part = item[(slice(None), index) if item.ndim >= 4 else ()]  # (T, C, ky, kx), (T, ky, kx) or (ky, kx)
+            return part["real"] + 1j * part["imag"] if part.dtype.names else part
+        _, part = _with_mat73_kspace(volume.path, volume.variable, read)
+        kspace = part.reshape(-1, *part.shape[-2:])[None] if part.ndim < 4 else part.transpose(1, 0, 2, 3)
+    else:
+        data = _with_mrd_heads(volume.path, lambda path, encoding, heads, item: _mrd_slice(path, encoding, heads, item,
+                                                                                           index))
+        kspace = data.kspace[0]
+    kspace = check_kspace(kspace.reshape(volume.shape[1:])[None], f"{volume.path} slice {index}")[0]
+    return kspace, measured_lines(kspace[None])[0]
+
+
+def _with_mat73_kspace(path: Path, key, use):
+    """``(variable, use(item))`` for the k-space dataset of a MATLAB v7.3 file (``key``, or the first of
+    :data:`CMRXRECON_KSPACE`), reached through the hardened HDF5 path of :func:`_read_mat73`."""
+    h5py = _optional("h5py", path, "MATLAB v7.3 .mat files")
+    try:
+        with h5py.File(path, "r") as file:
+            steps = HDF5Steps(path)
+            items = {}
+            for name in file:
+                steps.take(name)
+                items[name] = _hdf5_object(file, name, h5py, path, name, steps=steps)
+            numeric = {name: item.shape[::-1] for name, item in items.items() if _is_numeric_hdf5(item, h5py)}
+            name = _pick(numeric, key or CMRXRECON_KSPACE, path)
+            item = items[name]
+            _check_own_storage(item, path, name)
+            if not item.dtype.names:
+                raise DataError(f"{path}: variable {name!r} is real: k-space must be complex")
+            check_declared(str(path), item.size * item.dtype.itemsize, path.stat().st_size,
+                           f"variable {name!r} {item.shape[::-1]} of {item.dtype}")
+            return name, use(item)
+    except OSError as error:
+        raise DataError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({error})") from None
+
+
+def _cmrxrecon_shape(stored: tuple[int, ...], path: Path, variable: str) -> tuple[int, int, int, int, int]:
+    """``[N, C, T, H, W]`` of a CMRxRecon variable stored (HDF5 order) as ``(frames, slices, coils, ky,
+    kx)``, single-coil ``(frames, slices, ky, kx)`` or one frame ``(ky, kx)``."""
+    if len(stored) == 5:
+        frames, slices, coils, height, width = stored
+        return slices, coils, frames, height, width
+    if len(stored) == 4:
+        frames, slices, height, width = stored
+        return slices, 1, frames, height, width
+    if len(stored) == 2:
+        return 1, 1, 1, *stored
+    raise DataError(f"{path}: variable {variable!r} {stored[::-1]}: expected MATLAB (kx, ky, coils, slices, frames), "
+                    f"single-coil (kx, ky, slices, frames) or one frame (kx, ky)")
+
+
+def _with_mrd_heads(path: Path, use):
+    """``use(path, encoding, image heads, data item)`` on an MRD file opened through the hardened HDF5
+    path of :func:`read_mrd`, with its image acquisitions' headers (nothing else is read)."""
+    h5py = _optional("h5py", path, "ISMRMRD/MRD raw data")
+    ismrmrd = _optional("ismrmrd", path, "ISMRMRD/MRD raw data")
+    try:
+        with h5py.File(path, "r") as file:
+            xml_item, data_item = _mrd_items(file, h5py, path)
+            encoding = _mrd_header(xml_item, ismrmrd, path)
+            heads = _mrd_heads(data_item, ismrmrd, path)
+            skipped = np.uint64(sum(1 << (getattr(ismrmrd, flag) - 1) for flag in MRD_SKIPPED))
+            image = np.flatnonzero((heads["flags"] & skipped) == 0)
+            if not image.size:
+                raise DataError(f"{path}: no image acquisitions (only noise or calibration scans)")
+            return use(path, encoding, heads[image], (data_item, image))
+    except OSError as error:
+        raise DataError(f"{path}: not a readable ISMRMRD/MRD (HDF5) file ({error})") from None
+
+
+def _mrd_shape(path: Path, encoding, heads: np.ndarray, _) -> tuple[int, int, int, int, int]:
+    """``[N, C, T, H, W]`` of an MRD file's image acquisitions as :func:`read_mrd` places them (the
+    readout cropped to the reconstructed field of view where it is oversampled)."""
+    idx = heads["idx"]
+    frame_counter = "phase" if idx["phase"].any() or not idx["repetition"].any() else "repetition"
+    height, width, _, fov_x, recon, _ = _mrd_geometry(path, encoding)
+    columns = min(width, int(round(width * recon / fov_x)))
+    return (len(np.unique(idx["slice"])), int(heads["active_channels"].max()), int(idx[frame_counter].max()) + 1,
+            height, columns)
+
+
+def _mrd_slice(path: Path, encoding, heads: np.ndarray, item, index: int) -> KSpace:
+    """Slice ``index`` (the ``index``-th of the file's slice counters, in order) of an MRD file: its image
+    readouts alone are read and placed by :func:`_place_readouts`."""
+    data_item, rows = item
+    counters = np.unique(heads["idx"]["slice"])
+    chosen = np.flatnonzero(heads["idx"]["slice"] == counters[index])
+    mine = heads[chosen].copy()
+    mine["idx"]["slice"] = 0
+    counts = mine["number_of_samples"].astype(np.int64) * mine["active_channels"]
+    check_declared(str(path), int(counts.sum()) * 8, path.stat().st_size, f"slice {index}'s image acquisitions")
+    samples = data_item.fields("data")[rows[chosen]]
+    return _place_readouts(path, encoding, mine, samples)
+
+
+def write_mat73(path: Path, variables: dict[str, np.ndarray]) -> None:
+    """A MATLAB v7.3 file as MATLAB writes it (HDF5 after a 512-byte header, every array with its axes
+    reversed, complex as a ``(real, imag)`` compound, of singles for complex64, a ``MATLAB_class``
+    attribute), built in memory and written by :func:`cli.atomic_write` (never half a file, never over
+    an existing file). ``variables``: arrays in MATLAB's axis order."""
+    h5py = _optional("h5py", path, "MATLAB v7.3 .mat files")
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w", userblock_size=MAT73_HEADER) as mat:
+        for name, value in variables.items():
+            stored, kind = np.ascontiguousarray(value.T), MAT73_CLASSES.get(value.dtype, "double")
+            if np.iscomplexobj(value):
+                part = np.float32 if value.dtype == np.complex64 else np.float64
+                compound = np.empty(stored.shape, [("real", part), ("imag", part)])
+                compound["real"], compound["imag"] = stored.real, stored.imag
+                stored = compound
+            mat.create_dataset(name, data=stored).attrs["MATLAB_class"] = np.bytes_(kind)
+    content = bytearray(buffer.getvalue())
+    content[:MAT73_HEADER] = b"MATLAB 7.3 MAT-file, written by cinerecon (formats.py), HDF5 schema 1.00 .".ljust(
+        MAT73_HEADER, b" ")
+    atomic_write(path, bytes(content), new=True)
+
+
+MAT73_HEADER = 512  # bytes of MATLAB's text header before the HDF5 data of a v7.3 file
+MAT73_CLASSES = {np.dtype(np.complex64): "single", np.dtype(np.float32): "single", np.dtype(np.uint8): "uint8"}
 
 
 # ----------------------------------------------------------------------------- conforming

@@ -165,6 +165,55 @@ def format_summary(label: str, values, digits: int = 4) -> str:
     return f"{label}: mean = {mean:.{digits}f}, std = {std:.{digits}f}"
 
 
+# ----------------------------------------------------------------------------- the CMRxRecon ranking protocol
+CMRXRECON_FRAMES = 3  # the first frames of a cine that CMRxRecon scores
+
+
+def _matlab_round(value: float) -> int:
+    """MATLAB's ``round``: halves away from zero (Python's rounds them to even)."""
+    return int(np.floor(value + 0.5))
+
+
+def cmrxrecon_slices(count: int) -> list[int]:
+    """The slices of a file of ``count`` slices that CMRxRecon scores: the central two,
+    ``round(count / 2) - 1 : round(count / 2)`` in MATLAB's 1-based indices, or all when fewer than 3."""
+    if count < 3:
+        return list(range(count))
+    middle = _matlab_round(count / 2)
+    return [middle - 2, middle - 1]
+
+
+def cmrxrecon_crop(images: np.ndarray) -> np.ndarray:
+    """The centre ``round(H / 2) x round(W / 3)`` of images ``[..., H, W]`` (H ky rows, W kx readout
+    columns: CMRxRecon's ``round(sy / 2) x round(sx / 3)`` of MATLAB ``(sx, sy)`` = (readout, phase
+    encoding)), cut about the centre pixel ``(H // 2, W // 2)`` as ``formats.crop_or_pad`` cuts."""
+    height, width = images.shape[-2:]
+    rows, columns = _matlab_round(height / 2), _matlab_round(width / 3)
+    top, left = height // 2 - rows // 2, width // 2 - columns // 2
+    return images[..., top:top + rows, left:left + columns]
+
+
+def cmrxrecon_scores(recon: np.ndarray, reference: np.ndarray) -> tuple[float, float, float]:
+    """PSNR, SSIM and NMSE of one cine by the CMRxRecon ranking protocol (its challenge code, cited in
+    docs/training.md): magnitudes ``[T, H, W]`` (the reference: root sum of squares of the fully
+    sampled coil images), cropped by :func:`cmrxrecon_crop`, the first ``CMRXRECON_FRAMES`` frames;
+    every frame of each image divided by its own maximum, then scikit-image's PSNR (data range 1),
+    SSIM (its default 7x7 uniform window, data range 1; a crop smaller than 7 pixels a side, as tiny
+    test images give, takes the largest odd window it holds) and ``||x - y||^2 / ||y||^2``, averaged
+    over the frames."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    scores = []
+    for mine, theirs in zip(cmrxrecon_crop(np.abs(recon))[:CMRXRECON_FRAMES],
+                            cmrxrecon_crop(np.abs(reference))[:CMRXRECON_FRAMES]):
+        mine, theirs = (frame.astype(np.float64) / frame.max() for frame in (mine, theirs))
+        window = min(7, min(theirs.shape) - (1 - min(theirs.shape) % 2))  # 7, or the largest odd side of a tiny crop
+        scores.append((peak_signal_noise_ratio(theirs, mine, data_range=1.0),
+                       structural_similarity(theirs, mine, data_range=1.0, win_size=window) if window >= 3 else np.nan,
+                       float(np.sum((theirs - mine) ** 2) / np.sum(theirs ** 2))))
+    return tuple(float(value) for value in np.mean(scores, axis=0))
+
+
 if __name__ == "__main__":
     from cli import not_a_command
 

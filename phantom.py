@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -1015,6 +1016,63 @@ def _render_each(n: int, render) -> None:
         list(pool.map(render, range(n)))
 
 
+# ----------------------------------------------------------------------------- a CMRxRecon-style tree
+CMRXRECON_CINES = Path("MultiCoil") / "Cine" / "TrainingSet"  # where CMRxRecon 2023 keeps its cine folders
+TREE_SLICE_POSITIONS = (0.3, 0.7)  # the span of slice positions (0 base, 1 apex) of a subject's slices
+
+
+def subject_cines(subject: int, slices: int, *, frames: int, size, coils: int, seed: int) -> dict:
+    """The ``slices`` cines of one phantom subject through ``coils`` coils, stacked as
+    :func:`make_coil_dataset` stacks them (``kspace`` ``[slices, C, T, H, W]``, ...). One slice is cine
+    ``subject`` of :func:`make_coil_dataset` with the same ``seed``, bit for bit; several are the same
+    subject (its anatomy and heartbeat) at slice positions spread over ``TREE_SLICE_POSITIONS``, each
+    with its own noise."""
+    positions = np.linspace(*TREE_SLICE_POSITIONS, slices)
+    cines = []
+    for j in range(slices):
+        rng = _cine_rng(seed, subject)
+        anatomy = sample_anatomy(rng, frames, **({} if slices == 1 else {"slice_position": positions[j]}))
+        noise = rng if j == 0 else np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(subject, j)))
+        cines.append(render_coil_cine(anatomy, size, noise, coils))
+    return {key: np.stack([cine[key] for cine in cines]) for key in cines[0]}
+
+
+def write_cmrxrecon_tree(folder: Path, *, subjects: int, slices: int, frames: int, sizes: list, coils: int,
+                         accelerations: list[int], center_lines: int, seed: int, log=print) -> None:
+    """Phantom subjects written as CMRxRecon 2023 ships its cine data (docs/formats.md), so the raw-data
+    path (``train.py --data=FOLDER``) can be tried without a download: under
+    ``FOLDER/MultiCoil/Cine/TrainingSet/``, ``FullSample/Pnnn/cine_sax.mat`` holds ``kspace_full``
+    (MATLAB ``(kx, ky, coils, slices, frames)``, complex single, v7.3) of :func:`subject_cines` (subject
+    ``n - 1``, matrix ``sizes[(n - 1) % len(sizes)]`` as (ky rows, kx columns)), and for each ``R`` of
+    ``accelerations`` ``AccFactorRR/Pnnn/cine_sax.mat`` holds ``kspace_subRR`` (the same k-space times
+    the mask) and ``cine_sax_mask.mat`` ``maskRR`` (MATLAB ``(kx, ky)``: CMRxRecon's equispaced mask,
+    every R-th line and ``center_lines`` central lines, ``sampling.uniform_mask``). The tree is written
+    in a temporary folder beside ``folder`` and renamed to it when complete."""
+    from cli import make_folder, remove_stale_temporaries, temporary_name
+    from formats import write_mat73
+    from sampling import uniform_mask
+
+    work = temporary_name(folder)
+    remove_stale_temporaries(folder)  # trees of commands killed while writing
+    try:
+        for subject in range(subjects):
+            size = sizes[subject % len(sizes)]
+            name = f"P{subject + 1:03d}"
+            kspace = subject_cines(subject, slices, frames=frames, size=size, coils=coils, seed=seed)["kspace"]
+            matlab = kspace.transpose(4, 3, 1, 0, 2)  # [N, C, T, ky, kx] -> (kx, ky, coils, slices, frames)
+            write_mat73(make_folder(work / CMRXRECON_CINES / "FullSample" / name) / "cine_sax.mat",
+                        {"kspace_full": matlab})
+            for factor in accelerations:
+                mask = uniform_mask((frames, *size), factor, center_lines)[0].T  # (kx, ky)
+                acc = make_folder(work / CMRXRECON_CINES / f"AccFactor{factor:02d}" / name)
+                write_mat73(acc / "cine_sax.mat", {f"kspace_sub{factor:02d}": matlab * mask[:, :, None, None, None]})
+                write_mat73(acc / "cine_sax_mask.mat", {f"mask{factor:02d}": mask.astype(np.uint8)})
+            log(f"{name}: {slices} slice(s), {coils} coils, {frames} frames of {size[0]} ky x {size[1]} kx")
+        work.rename(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------- figure
 FIGURE_SIZES = (64, 128, 192, (192, 256))
 
@@ -1097,7 +1155,7 @@ def phantom_bytes(count: int, frames: int, size: int, kept: int, copies: int) ->
     return (copies * count * (1 + kept) + threads * (PHANTOM_RENDER + COIL_RENDER * kept)) * cine
 
 
-def check_figure_options(path: Path, seed: int, frames: int, count: int, size: int, coils: int) -> None:
+def check_figure_options(path: Path, frames: int, count: int, size: int, coils: int) -> None:
     """Refuse :func:`phantom_figure`'s options before anything is rendered or written: each in its
     range, an existing .npz, and the product of the sizes (cines, frames, pixels, coils) against the
     memory available (:func:`phantom_bytes`, ``data.check_memory``), not each size alone."""
@@ -1105,8 +1163,6 @@ def check_figure_options(path: Path, seed: int, frames: int, count: int, size: i
     from data import check_memory
 
     check_name_length(path)
-    if not 0 <= seed < 2 ** 63:
-        raise UserError(f"--seed={seed}: must be an integer from 0 to 2^63 - 1")
     if path.suffix.lower() != ".npz":
         if not 1 <= frames <= 200:
             raise UserError(f"--frames={frames}: must be from 1 to 200")
@@ -1120,23 +1176,43 @@ def check_figure_options(path: Path, seed: int, frames: int, count: int, size: i
                  f"the data set of {count} cine(s) of {frames}x{size}x{size}" + f" through {coils} coils" * bool(coils))
 
 
-def phantom_figure(path: str = "docs/phantom.png",  # the PNG to write, or an .npz to save cines in
+def phantom_figure(path: str = "docs/phantom.png",  # the PNG to write, an .npz to save cines in, or a tree's folder
                    *, seed: int = 0,  # data-set seed of the cines
-                   frames: int = 20,  # frames per cine
+                   frames: int | None = None,  # frames per cine; None: 20 (12 with --layout=cmrxrecon, as CMRxRecon)
                    count: int = 1,  # .npz only: number of cines
                    size: int = 192,  # .npz only: image size H = W
                    complex_phase: bool = True,  # .npz only: complex cines | False: magnitude
-                   coils: int = 0) -> None:  # .npz only: 0 = images | 1..64: fully sampled coil k-space
+                   coils: int = 0,  # .npz: 0 = images | 1..64: fully sampled coil k-space; tree: 1..64 (0: 4)
+                   layout: str = "auto",  # 'auto': by PATH (.png figure, .npz) | 'cmrxrecon': PATH is a new folder
+                   subjects: int = 8,  # cmrxrecon only: subjects (patient folders P001, ...), 1..1000
+                   slices: int = 2,  # cmrxrecon only: slices per file (of one subject), 1..32
+                   sizes: str = "64x80,80x96,96x112",  # cmrxrecon only: matrices HxW (ky x kx), subject n the (n-1)-th
+                   accelerations: str = "4,8,10",  # cmrxrecon only: AccFactor folders (equispaced masks); '' = none
+                   center_lines: int = 10) -> None:  # cmrxrecon only: fully sampled central ky lines of their masks
     """Draw the phantom figure to PATH (.png): one subject at 64, 128, 192 and 192x256 px (magnitude at
     end-diastole and end-systole, phase, x-t and y-t profiles through the heart) and six more subjects;
     or, for an .npz PATH, save COUNT cines of SIZE px as 'dataset' [COUNT, FRAMES, SIZE, SIZE] with
     their heart boxes as 'heart_box' [COUNT, 4] (a fully sampled input for reconstruct.py --input);
     with --coils=C, as a scanner would record them instead: the fully sampled, noisy coil k-space
     'kspace' [COUNT, C, FRAMES, SIZE, SIZE] (make_coil_dataset), 'mask' (all ones) and 'heart_box', the
-    layout of formats.read_kspace (an input for reconstruct.py --kspace ... --acceleration=R; no maps)."""
-    from cli import atomic_write, make_folder
+    layout of formats.read_kspace (an input for reconstruct.py --kspace ... --acceleration=R; no maps).
+    With --layout=cmrxrecon, PATH is a new folder that receives a CMRxRecon-style tree of SUBJECTS
+    subjects (write_cmrxrecon_tree): fully sampled coil k-space, several matrix sizes, AccFactor
+    folders with their masks; train.py --data=PATH trains on it."""
+    from cli import UserError, atomic_write, make_folder
 
-    check_figure_options(Path(path), seed, frames, count, size, coils)
+    if not 0 <= seed < 2 ** 63:
+        raise UserError(f"--seed={seed}: must be an integer from 0 to 2^63 - 1")
+    if layout not in ("auto", "cmrxrecon"):
+        raise UserError(f"--layout={layout}: choose auto or cmrxrecon")
+    if layout == "cmrxrecon":
+        tree = tree_options(Path(path), frames=frames or 12, subjects=subjects, slices=slices, sizes=sizes,
+                            coils=coils or 4, accelerations=accelerations, center_lines=center_lines)
+        write_cmrxrecon_tree(Path(path), **tree, seed=seed)
+        print(f"wrote {path}: {subjects} subjects of a CMRxRecon-style tree ({CMRXRECON_CINES})")
+        return
+    frames = frames or 20
+    check_figure_options(Path(path), frames, count, size, coils)
     make_folder(Path(path).parent)
     if Path(path).suffix.lower() == ".npz":
         if coils:
@@ -1151,6 +1227,54 @@ def phantom_figure(path: str = "docs/phantom.png",  # the PNG to write, or an .n
     else:
         plot_phantom(path, frames=frames, seed=seed)
     print(f"wrote {path}")
+
+
+def tree_options(folder: Path, *, frames: int, subjects: int, slices: int, sizes: str, coils: int,
+                 accelerations: str, center_lines: int) -> dict:
+    """The keywords of :func:`write_cmrxrecon_tree` from the command's options, each checked (one
+    ``UserError`` naming the option), and the tree's memory and disk checked before anything is rendered."""
+    from cli import UserError, check_name_length
+    from data import check_memory, format_bytes
+    from sampling import check_sampling
+
+    check_name_length(folder)
+    if folder.exists():
+        raise UserError(f"{folder}: already exists; choose a new folder for the tree")
+    if not folder.parent.is_dir():
+        raise UserError(f"{folder.parent}: no such folder")
+    for name, value, low, high in (("frames", frames, 1, 200), ("subjects", subjects, 1, 1000),
+                                   ("slices", slices, 1, 32), ("coils", coils, 1, 64)):
+        if not low <= value <= high:
+            raise UserError(f"--{name}={value}: must be {low}..{high}")
+    try:
+        shapes = [tuple(int(side) for side in part.lower().split("x")) for part in sizes.split(",")]
+        factors = [int(part) for part in accelerations.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--sizes={sizes} --accelerations={accelerations}: expected sizes HxW,HxW,... and "
+                        f"integer accelerations R,R,...") from None
+    if not shapes or any(len(shape) != 2 or not 16 <= min(shape) <= max(shape) <= 512 for shape in shapes):
+        raise UserError(f"--sizes={sizes}: expected matrices HxW (ky x kx) of 16..512, comma-separated")
+    if any(not 1 <= factor <= 99 for factor in factors):
+        raise UserError(f"--accelerations={accelerations}: integers 1..99 (equispaced masks, AccFactorRR folders)")
+    for height, _ in shapes:
+        try:
+            check_sampling(height, 1.0, center_lines)
+        except ValueError as error:
+            raise UserError(f"--center_lines={center_lines} at {height} rows: {error}") from None
+    largest = max(math.prod(shape) for shape in shapes)
+    per_subject = slices * coils * frames * largest * 8  # complex64 coil k-space of one subject's file
+    check_memory(f"--slices={slices} --coils={coils} --frames={frames} --sizes={sizes}",
+                 (COIL_RENDER_COPIES + 2 * len(factors)) * per_subject, "rendering and writing one subject")
+    total = subjects * per_subject * (1 + len(factors))
+    free = shutil.disk_usage(folder.parent).free
+    if total > free:
+        raise UserError(f"{folder}: the tree would take about {format_bytes(total)} on disk, more than the "
+                        f"{format_bytes(free)} free")
+    return dict(frames=frames, subjects=subjects, slices=slices, sizes=shapes, coils=coils, accelerations=factors,
+                center_lines=center_lines)
+
+
+COIL_RENDER_COPIES = 8  # memory of rendering one coil cine, in coil cines (oversampled grid, coil images, k-space)
 
 
 def main(argv=None) -> None:

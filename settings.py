@@ -22,27 +22,28 @@ from sampling import DENSITIES, MASK_TYPES
 # on the command line: a run that finishes in minutes on 2 CPU cores (12 epochs: under 10 minutes in
 # float32 on a Zen 3 EPYC without AVX-512 or bf16, the slowest CPU measured; docs/speed.md).
 CPU_SCALE = dict(image_size=64, num_samples=100, init_features=16, resnet_features=8, resnet_blocks=1, cascades=3,
-                 num_epochs=12, batch_size=4, checkpointing=False)
+                 num_epochs=12, batch_size=4, checkpointing=False, workers=1)
 # The allowed values of the options that take one of a few words.
 CHOICES = dict(arch=ARCHS, prior=PRIORS, attention=ATTENTION, dc=DC_MODES, output=OUTPUTS, mask_mode=MASK_MODES,
                density=DENSITIES, mask_type=MASK_TYPES, loss_tpe=("L1", "L2"), lr_schedule=("warmup_cosine", "constant"),
                amp=("auto", *AMP_DTYPES), scale=("auto", "cpu", "full"))
 PARSERS = dict(heart_weight=lambda text: None if text.lower() == "none" else float(text),  # default None
-               prior=lambda text: None if text.lower() == "none" else text)
+               prior=lambda text: None if text.lower() == "none" else text,
+               acceleration=lambda text: parse_accelerations(text))
 POSITIVE = ("num_samples", "image_size", "in_channels", "init_features", "resnet_features", "num_epochs", "levels",
             "batch_size", "checkpoint_every", "iterations")
-NON_NEGATIVE = ("cascades", "resnet_blocks", "eval_batch_size", "sparse_features")
+NON_NEGATIVE = ("cascades", "resnet_blocks", "eval_batch_size", "sparse_features", "workers")
 NUMBER_RULES = (("dropout", lambda value: 0 <= value < 1, "in [0, 1)"),
                 ("initial_lr", lambda value: value > 0, "a finite number > 0"),
                 ("weight_decay", lambda value: value >= 0, "a finite number >= 0"),
                 ("grad_clip", lambda value: value >= 0, "a finite number >= 0"),
                 ("warmup", lambda value: 0 <= value < 1, "in [0, 1)"),
-                ("acceleration", lambda value: value >= 1, "a finite number >= 1"),
                 ("lambda_l", lambda value: 0 < value < 1, "in (0, 1): a threshold relative to the data"),
                 ("lambda_s", lambda value: 0 < value < 1, "in (0, 1): a threshold relative to the data"))
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train.py")
 PHANTOM_COPIES = 3  # phantom cines held at once: as rendered, split into datasets, the next epoch's fresh ones
 MAX_COILS = 64  # receive coils of the simulated array (--coils)
+MAX_ACCELERATIONS = 8  # accelerations one run may train and evaluate at (--acceleration=4,8,10)
 
 
 def train_options() -> list[Option]:
@@ -124,6 +125,8 @@ def validate_network(config: dict, copies: int = 1) -> None:
     for key, allowed, rule in NUMBER_RULES:
         if key in config:
             check_number(config, key, allowed, rule)
+    if "acceleration" in config:
+        check_accelerations(config)
     if config["arch"] == "dccnn" and config["cascades"] < 1:
         raise UserError("--arch=dccnn needs --cascades >= 1 (DC-CNN is a cascade with data consistency)")
     if config.get("output") == "sigmoid" and config["arch"] == "cine_unet":
@@ -131,6 +134,24 @@ def validate_network(config: dict, copies: int = 1) -> None:
     if config.get("output") == "sigmoid" and config["cascades"] > 0:
         raise UserError("--output=sigmoid is for magnitude targets with cascades=0 only")
     check_network_size(config, copies)
+
+
+def parse_accelerations(text: str) -> float | list[float]:
+    """``--acceleration``: one number (``5``), or several (``4,8,10``) as a list."""
+    values = [float(part) for part in text.split(",")]
+    return values[0] if len(values) == 1 else values
+
+
+def check_accelerations(config: dict) -> None:
+    """``acceleration``: a finite number >= 1, or a list of 2 to ``MAX_ACCELERATIONS`` different ones."""
+    value = config["acceleration"]
+    values = value if isinstance(value, list) else [value]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 1
+                  for v in values)
+    if not (numbers and 1 <= len(values) <= MAX_ACCELERATIONS and len(set(values)) == len(values)):
+        shown = ",".join(map(str, values)) if isinstance(value, list) else repr(value)
+        raise UserError(f"--acceleration={shown}: must be a finite number >= 1, or up to {MAX_ACCELERATIONS} "
+                        f"different ones separated by commas (each training batch draws one)")
 
 
 def check_number(config: dict, key: str, allowed, rule: str) -> None:

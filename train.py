@@ -31,10 +31,12 @@ from tqdm import tqdm
 from checkpoint import (CHECKPOINT_FORMAT, check_resumable, finished_summary, load_checkpoint, restore, restore_rng,
                         save_checkpoint, snapshot)
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors
+from data import accelerations
 from engine import (FreshPhantom, Report, check_batching, choose_autocast, create_run_dirs, data_fingerprint, describe_device,
-                    evaluate_distributed, init_distributed, load_images, lr_factor, make_datasets, resolve_device,
-                    seed_epoch, size_batches, stop_everywhere, stop_on_signal, train_step, training_flops, unet_branches)
-from metrics import format_summary, summarize
+                    evaluate_all, init_distributed, jsonable, load_images, lr_factor, make_datasets, resolve_device,
+                    seed_epoch, size_batches, stop_everywhere, stop_on_signal, test_summary, train_step, training_flops,
+                    unet_branches)
+from metrics import format_summary
 from models import build_model, describe_parameters, parameter_groups, use_channels_last
 from settings import resolve_config, train_options
 
@@ -75,9 +77,9 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
         if finished is not None:  # nothing to do: leave the finished run as it is
             log(f"{out_dir}: this run already finished ({config['num_epochs']} epochs, tested); nothing was changed")
             return finished
-    train_set, val_set, test_set = make_datasets(images, config, device, meta)
+    train_set, val_set, test_set = make_datasets(images, config, device, meta, notes)
     del images
-    counts = [len(group) for group in train_set.groups]  # training cines per size
+    counts = train_set.counts  # training cines per shape (size)
     if config["train_sizes"]:
         notes.append("training sizes: " + ", ".join(f"{group.images.shape[-1]} px x {len(group)} cines "
                                                     f"({group.sampling['center_lines']} centre lines)"
@@ -89,8 +91,8 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
     # ---- model
     torch.manual_seed(config["seed"])
     flops = {shape: training_flops(config, shape)  # per cine, forward + backward, once per image shape
-             for shape in {tuple(part.images.shape[1:]) for part in (val_set, *train_set.groups)}}
-    epoch_flops = sum(flops[tuple(group.images.shape[1:])] * len(group) for group in train_set.groups)
+             for shape in {*val_set.shapes, *train_set.shapes}}
+    epoch_flops = sum(flops[shape] * count for shape, count in zip(train_set.shapes, counts))
     model = build_model(config).to(device)
     if config["channels_last"]:
         use_channels_last(model)
@@ -122,7 +124,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
               f"precision: {precision} ({amp_reason})",
               *notes, f"data: {source}; split {len(train_set)}/{len(val_set)}/{len(test_set)} (train/val/test)",
               f"model: {describe_parameters(core)}; "
-              f"{flops[tuple(val_set.images.shape[1:])] / 1e9:.1f} GFLOP per cine per training step",
+              f"{flops[val_set.shapes[0]] / 1e9:.1f} GFLOP per cine per training step",
               "config: " + json.dumps(config, sort_keys=True)]
     for line in header:
         log(line)
@@ -141,7 +143,8 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
                 save_checkpoint({"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch, "val_psnr": val_psnr,
                                  "model": core.state_dict()}, best_path)
 
-    validate = partial(evaluate_distributed, core, val_set, world, rank, batch_size=config["eval_batch_size"]
+    validate = partial(evaluate_all, core, val_set, world, rank, accelerations(config),
+                       batch_size=config["eval_batch_size"]
                        or local_batch, amp_dtype=amp_dtype, loss_type=config["loss_tpe"], with_ssim=False)
 
     if state["best"] is None:  # the untrained network is a candidate: training cannot end below its start
@@ -173,7 +176,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
                    "val_psnr": float(val["psnr"].mean()), "lr": optimizer.param_groups[0]["lr"],
                    "seconds": round(seconds, 2), "cines_per_s": round(len(train_set) / seconds, 2),
                    "tflops": round(epoch_flops / seconds / 1e12, 3),
-                   "data_wait_s": round(fresh.waited, 3) if fresh else 0.0,
+                   "data_wait_s": round(fresh.waited if fresh else train_set.waited, 3),
                    "data_render_s": round(fresh.rendered, 3) if fresh else 0.0}
             state.update(epoch=epoch + 1, batch=0, loss_sum=0.0, seen=0)
             state["history"].append(row)
@@ -213,8 +216,7 @@ def train_epoch(model, optimizer, scheduler, scaler, dataset, order, config, amp
     bar = tqdm(total=len(order), initial=state["batch"], desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                disable=rank != 0, dynamic_ncols=True)
     last_sync = time.monotonic()
-    for b in range(state["batch"], len(order)):
-        batch = dataset.batch(order[b])  # [B, T, H, W] tensors, H = W one of the training sizes
+    for b, batch in enumerate(dataset.batches(order, state["batch"]), state["batch"]):  # [B, T, H, W] tensors
         try:
             loss = train_step(model, optimizer, scheduler, scaler, batch, params, config, amp_dtype)
         except torch.linalg.LinAlgError:  # an SVD of non-finite values: an earlier batch broke the weights
@@ -253,31 +255,20 @@ def test_and_report(name, model, test_set, config, state, report, amp_dtype, wor
     """Test the best-validation weights; write output.txt, metrics.json and the figures."""
     if world > 1:
         dist.barrier()
-    best = load_checkpoint(best_path, map_location=test_set.images.device)
+    best = load_checkpoint(best_path, map_location=test_set.device)
     model.load_state_dict(best["model"])
     keep = {0}  # the first test cine's images, for the figures
-    test = evaluate_distributed(model, test_set, world, rank, batch_size=config["eval_batch_size"] or batch_size,
-                                amp_dtype=amp_dtype, loss_type=config["loss_tpe"], keep=keep)
+    test = evaluate_all(model, test_set, world, rank, accelerations(config), keep=keep, protocol=test_set.raw,
+                        batch_size=config["eval_batch_size"] or batch_size, amp_dtype=amp_dtype,
+                        loss_type=config["loss_tpe"])
     if rank != 0:
         return None
-    lines = [f"test: {len(test['index'])} cines, weights of epoch {best['epoch']} (best validation PSNR "
-             f"{best['val_psnr']:.3f} dB)",
-             format_summary("zero-filled PSNR", test["psnr_zero_filled"]),
-             format_summary("zero-filled SSIM", test["ssim_zero_filled"]),
-             format_summary("PSNR", test["psnr"]), format_summary("SSIM", test["ssim"]),
-             format_summary("zero-filled NMSE", test["nmse_zero_filled"], digits=6),
-             format_summary("NMSE", test["nmse"], digits=6)]
-    if "psnr_roi" in test:  # the heart box of every test cine
-        lines += [format_summary(f"heart-box {label}", test[key], digits=6 if "nmse" in key else 4)
-                  for label, key in (("zero-filled PSNR", "psnr_roi_zero_filled"), ("PSNR", "psnr_roi"),
-                                     ("zero-filled SSIM", "ssim_roi_zero_filled"), ("SSIM", "ssim_roi"),
-                                     ("NMSE", "nmse_roi"))]
-    lines.append(format_summary(f"test loss ({config['loss_tpe']})", test["loss"], digits=6))
+    summary, lines = test_summary(test)
+    lines = [f"test: {len(set(test['index']))} cines, weights of epoch {best['epoch']} (best validation PSNR "
+             f"{best['val_psnr']:.3f} dB)", *lines, format_summary(f"test loss ({config['loss_tpe']})", test["loss"], 6)]
     report.write(state["history"], lines)
-    summary = {key: dict(zip(("mean", "std"), summarize(test[key])))
-               for key in test if key not in ("index", "examples") and not key.startswith("frame_")}
     metrics = {"name": name, "config": config, "best_epoch": best["epoch"], "history": state["history"],
-               "summary": summary, "test": {key: test[key].tolist() for key in test if key != "examples"}}
+               "summary": summary, "test": {key: jsonable(test[key]) for key in test if key != "examples"}}
     atomic_write(report.path.parent / "metrics.json", json.dumps(metrics, indent=1))
     if config["figures"]:
         write_figures(model, test_set, test, state["history"], img_dir, amp_dtype, config)
@@ -293,7 +284,7 @@ def write_figures(model, test_set, test, history, img_dir: Path, amp_dtype, conf
     """The run's figures under ``images/NAME/`` (see figures.py), every title with the sampling."""
     import figures
 
-    sampling = figures.sampling_label(config["acceleration"], config["center_lines"])
+    sampling = figures.sampling_label(accelerations(config)[0], config["center_lines"])  # the first acceleration's
     first = test_set[0]
     figures.plot_mask(first["mask"], img_dir / "mask.png")
     figures.plot_aliasing(first["target"], first["aliased"], first["mask"], img_dir / "aliasing.png")
@@ -333,15 +324,16 @@ if __name__ == "__main__":
         run_name, options_given = parse_command_line(sys.argv[1:])
         train(run_name, options_given,
               # data
-              data=None,                 # None: the embedded phantom | a cine.npz / .npy [nsamples, nt, nx, ny]
+              data=None,                 # None: the embedded phantom | a cine.npz / .npy [nsamples, nt, nx, ny] | raw k-space: a CMRxRecon tree, folders or files (.mat, MRD .h5, k-space .npz)
               num_samples=200,           # phantom only: number of cines (>= 7 for the 4:1:2 split)
               image_size=192,            # phantom only: H = W, a multiple of 16
               phantom_phase=True,        # phantom only: complex cines (smooth, tissue and flow phase) | False: magnitude
               fresh_data=True,           # phantom only: new training cines every epoch | False: the fixed training split
               coils=1,                   # phantom only: 1 (single coil) | 2 to 64 receive coils: coil k-space, maps estimated by ESPIRiT from the centre lines (docs/coils.md)
               train_sizes=None,          # phantom with fresh_data only: None (image_size) | training sizes, e.g. '64,96,128': each batch one size, each size the same pixels per epoch
+              cache_dir="cache",         # raw k-space --data only: folder where coil maps (ESPIRiT) and scales are computed once and kept for every later run, compare.py and reconstruct.py
               # sampling
-              acceleration=5.0,          # >= 1: round(H / acceleration) ky lines per frame
+              acceleration=5.0,          # >= 1: round(H / acceleration) ky lines per frame | several, e.g. '4,8,10': each training batch draws one, evaluation scores each
               center_lines=11,           # >= 0 fully sampled central ky lines (scaled with H on the CPU scale-down)
               density="gaussian",        # 'gaussian' (kt-FOCUSS style) | 'polynomial'
               mask_type="variable_density",  # 'variable_density' (the density above) | 'uniform': CMRxRecon's every R-th line plus the centre lines, R an integer
@@ -385,6 +377,7 @@ if __name__ == "__main__":
               checkpointing=True,        # recompute each cascade's activations in backward (saves memory)
               sync_bn=False,             # SyncBatchNorm across processes under torchrun (CUDA only)
               eval_batch_size=0,         # >= 0: cines per evaluation batch, 0: the training batch
+              workers=2,                 # >= 0: processes reading raw k-space ahead of the training (0: read by the training process)
               # run control
               scale="auto",              # 'auto' (CPU scale-down without CUDA) | 'cpu' | 'full' (the call as written)
               resume=False,              # continue output/NAME from its last checkpoint

@@ -642,7 +642,8 @@ def test_a_dicom_frame_with_an_empty_trigger_time_is_one_line(tmp_path):
 @pytest.mark.parametrize("values, message", [
     ({"dropout": "abc"}, r"option --dropout=abc: could not convert string to float"),
     ({"initial_lr": None}, r"option --initial_lr=none: could not convert string to float"),
-    ({"warmup": [1, 2]}, r"option --warmup=\[1, 2\]: expected a number, true/false, text or null"),
+    ({"warmup": [1, 2]}, r"option --warmup=1,2: could not convert string to float"),  # numbers: as --key=1,2
+    ({"warmup": ["a"]}, r"option --warmup=\[\"a\"\]: expected a number, true/false, text or null"),
     ({"device": None}, r"--device='none': choose one of|--device=none: use auto"),
     ({"num_epochs": 1.5}, r"option --num_epochs=1.5: invalid literal for int"),
     ({"figures": "maybe"}, r"option --figures=maybe: expected true or false"),
@@ -713,7 +714,9 @@ def checkpoint_with(path, config):
     ("amp", r"its config lacks the setting 'amp'"),
     ("acceleration", r"its config lacks the setting 'acceleration'"),
     ("seed", r"its config lacks the setting 'seed'"),
-], ids=["cascades", "levels", "amp", "density", "seed", "acceleration", "no amp", "no acceleration", "no seed"])
+    ("mask_mode", r"its config lacks the setting 'mask_mode'"),
+], ids=["cascades", "levels", "amp", "density", "seed", "acceleration", "no amp", "no acceleration", "no seed",
+        "no mask_mode"])
 def test_a_checkpoint_config_is_checked_before_its_network_is_built(tmp_path, alarm, memory_16_gib, change, message):
     config = tiny_config()
     config = {k: v for k, v in config.items() if k != change} if isinstance(change, str) else {**config, **change}
@@ -1109,6 +1112,8 @@ def test_paths_longer_than_the_file_system_allows_are_one_line(tmp_path, capsys)
                     [tmp_path / "r.npz"])
     refused(capsys, reconstruct.main, [f"--input={tmp_path / 'x.npy'}", f"--out={tmp_path / deep / 'r.npz'}"],
             r"\.\.\.: a path of \d+ bytes, too long for the file system \(less than 4096\)")
+    refused(capsys, lambda argv: train.train("x", overrides(tmp_path, data=str(tmp_path / deep)), **train_defaults()),
+            [], r"\.\.\.: a path of \d+ bytes, or a name in it, too long", [tmp_path / "output"])
 
 
 def test_reconstruct_refuses_a_checkpoint_that_compare_refuses(tmp_path, capsys, memory_16_gib):
@@ -1176,3 +1181,21 @@ def test_a_probe_left_by_a_kill_never_counts_as_an_earlier_run(tmp_path):
     run.mkdir(parents=True)
     (run / f".write-test.tmp{int(ended.stdout)}").write_text("")  # killed between the write test's write and unlink
     assert make_run_dirs([tmp_path / "output", tmp_path / "images"], "x")[0] == run
+
+
+def test_outputs_written_together_get_their_names_all_or_none(tmp_path):
+    from cli import atomic_write, make_folder, written_together
+
+    with written_together():
+        atomic_write(tmp_path / "a.npz", b"a", new=True)
+        atomic_write(tmp_path / "b.txt", "b")
+        assert all(name.startswith(".") for name in os.listdir(tmp_path))  # temporaries only, until the end
+    assert sorted(os.listdir(tmp_path)) == ["a.npz", "b.txt"]
+    (tmp_path / "d.txt").write_text("another command's")
+    with pytest.raises(UserError, match=r"d.txt: appeared while this command ran"):
+        with written_together():
+            atomic_write(tmp_path / "c.npz", b"c", new=True)
+            atomic_write(make_folder(tmp_path / "f" / "g") / "x.png", b"x")
+            atomic_write(tmp_path / "d.txt", b"d", new=True)
+    assert sorted(os.listdir(tmp_path)) == ["a.npz", "b.txt", "d.txt"]  # c.npz, f/g/x.png and f/g/ taken back
+    assert (tmp_path / "d.txt").read_text() == "another command's"
