@@ -460,7 +460,8 @@ def pad_to_multiple(images: np.ndarray, multiple: int, notes: list[str], source:
     return images, boxes
 
 
-def make_datasets(images, config: dict, device: torch.device, meta: dict | None = None, notes: list | None = None
+def make_datasets(images, config: dict, device: torch.device, meta: dict | None = None, notes: list | None = None,
+                  multiple: int | None = None
                   ) -> tuple[SizeGroups | StreamedCines, CineDataset | StreamedCines, CineDataset | StreamedCines]:
     """Train/val/test sets resident on ``device``; training masks are drawn there too, from a
     generator that :func:`seed_epoch` seeds. ``meta``: from :func:`load_images` (heart boxes, a
@@ -470,7 +471,8 @@ def make_datasets(images, config: dict, device: torch.device, meta: dict | None 
     ``meta["coils"]`` (coil k-space and maps ``[N, ...]``, see :class:`data.CineDataset`) is split too."""
     meta = meta or {}
     if meta.get("raw"):  # images: the raw cines (data.RawCine) of load_images
-        return raw_datasets(images, config, device, meta["splits"], [] if notes is None else notes)
+        return raw_datasets(images, config, device, meta["splits"], [] if notes is None else notes,
+                            multiple or size_multiple(config))
     boxes, coils = meta.get("boxes"), meta.get("coils")
 
     def coils_of(idx):  # the coil k-space and maps of the cines idx, on the device
@@ -502,13 +504,13 @@ def make_datasets(images, config: dict, device: torch.device, meta: dict | None 
     return SizeGroups(groups), val_set, test_set
 
 
-def raw_datasets(cines: list, config: dict, device: torch.device, splits: tuple, notes: list[str]
+def raw_datasets(cines: list, config: dict, device: torch.device, splits: tuple, notes: list[str], multiple: int
                  ) -> tuple[StreamedCines, StreamedCines, StreamedCines]:
     """Train/val/test sets of raw cines streamed from disk (:class:`data.StreamedCines`), their coil maps
     and scales taken from (or first computed into) the cache ``config["cache_dir"]``
-    (:class:`data.MapCache`), each cine zero-padded in k-space to the network's size multiple."""
+    (:class:`data.MapCache`), each cine zero-padded in k-space to a multiple of ``multiple`` rows and
+    columns (the networks' size multiple)."""
     cache = MapCache(config["cache_dir"], config["center_lines"])
-    multiple = size_multiple(config)
 
     def grid(height: int, width: int) -> tuple[int, int]:
         return -(-height // multiple) * multiple, -(-width // multiple) * multiple
