@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import data
+import reconstruct
 import train
 from cli import cli_errors
 from data import DataError, MapCache, StreamedCines, read_array_item, scan_raw, split_by_subject, split_indices
@@ -129,7 +130,7 @@ def test_coil_tree_trains_to_the_same_test_metrics_as_coil_phantom(tmp_path):
     assert "7 estimated (ESPIRiT) and 0 taken from the cache" in report and "CMRxRecon protocol PSNR" in report
 
 
-def test_several_accelerations_are_scored_one_by_one(tree, tmp_path):
+def test_several_accelerations_are_scored_one_by_one(tree, tmp_path, capsys):
     result = run_tool("train.py", ["multi", f"--data={tree}", *LSNET, "--num_epochs=1", "--center_lines=4",
                                    "--mask_type=uniform", "--acceleration=2,4", "--in_channels=4", "--out_channels=4"],
                       tmp_path)
@@ -139,6 +140,12 @@ def test_several_accelerations_are_scored_one_by_one(tree, tmp_path):
     assert metrics["test"]["acceleration"] == [2.0, 2.0, 4.0, 4.0]  # the test subject's two slices at each
     assert metrics["summary"]["psnr_zero_filled@2x"]["mean"] > metrics["summary"]["psnr_zero_filled@4x"]["mean"]
     assert "at acceleration 4 (2 cines):" in (tmp_path / "output" / "multi" / "output.txt").read_text()
+    # reconstruct.py reuses the maps the run cached: the same file, calibration lines and grid
+    file = next((tree / "MultiCoil" / "Cine" / "TrainingSet" / "FullSample" / "P003").glob("*.mat"))
+    reconstruct.main(["--checkpoint", str(tmp_path / "output" / "multi" / "best.pt"), "--kspace", str(file),
+                      "--acceleration=4", "--cache_dir", str(tmp_path / "cache"), "--out", str(tmp_path / "r.npz"),
+                      "--device=cpu"])
+    assert f"sensitivities from the cache {tmp_path / 'cache'}/ (0 of 2 slice(s) estimated now" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("damage, message", [
