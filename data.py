@@ -904,6 +904,7 @@ class StreamedCines:
         order = sorted(range(len(rows)), key=lambda i: (own[i], i))  # group by shape, keep the order inside
         self.indices = rows[order]
         self.cines = [cines[r] for r in self.indices]
+        self.subjects = np.array([cine.subject for cine in self.cines])  # [N]: torchrun deals whole subjects
         self.groups = [own[i] for i in order]  # each cine's group: its shape [C, T, H0, W0]
         self.grids = [grid(*shape[2:]) for shape in self.groups]  # (H, W) of the network grid
         kinds = sorted(set(self.groups))

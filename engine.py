@@ -396,6 +396,40 @@ def size_batches(counts: list[int], batch: int, seed: int, epoch: int, rank: int
     return batches
 
 
+def epoch_batches(train_set, batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+    """This process's training batches of ``epoch``: :func:`size_batches`, or under torchrun for raw cines
+    (``train_set.subjects``) :func:`subject_batches`, so that each process reads whole subjects."""
+    subjects = getattr(train_set, "subjects", None)
+    if world == 1 or subjects is None:
+        return size_batches(train_set.counts, batch, seed, epoch, rank, world)
+    return subject_batches(subjects, train_set.counts, batch, seed, epoch, rank, world)
+
+
+def subject_batches(subjects, counts: list[int], batch: int, seed: int, epoch: int, rank: int, world: int
+                    ) -> list[torch.Tensor]:
+    """This process's training batches of ``epoch`` when the cines (rows numbered across size groups of
+    ``counts``, as in :func:`size_batches`) are dealt to the ``world`` processes by subject
+    (``subjects`` ``[N]``): in each group the subjects are shuffled (the same order on every process) and
+    dealt in turn, every process's cines shuffled and repeated up to the most any process got, so
+    that all processes run the same number of batches; the batches are then shuffled as
+    :func:`size_batches` shuffles them."""
+    subjects = np.asarray(subjects)
+    batches, offset = [], 0
+    for group, count in enumerate(counts):
+        rows = np.arange(offset, offset + count)
+        offset += count
+        names = np.unique(subjects[rows])
+        order = np.random.default_rng([seed, 5, epoch, group]).permutation(len(names))
+        dealt = [np.flatnonzero(np.isin(subjects[rows], names[order[r::world]])) for r in range(world)]
+        mine = rows[dealt[rank]] if len(dealt[rank]) else rows  # more processes than subjects: any cine
+        mine = np.random.default_rng([seed, 6, epoch, group, rank]).permutation(mine)
+        batches += list(torch.from_numpy(np.resize(mine, max(map(len, dealt)))).split(batch))
+    if len(counts) > 1:
+        shuffle = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist()]
+    return batches
+
+
 class FreshPhantom:
     """New phantom training cines every epoch, rendered one epoch ahead in a background thread.
 

@@ -229,3 +229,23 @@ def test_a_real_scanner_mrd_file_reads_a_slice_at_a_time_as_whole():
     kspace, measured = read_kspace_slice(volume, 0)
     assert np.array_equal(kspace, whole.kspace[0]) and np.array_equal(measured, whole.mask[0])
     assert measured[0, :, 0].sum() == 68  # every third line and a calibration block
+
+
+def test_torchrun_deals_whole_subjects_to_each_process_in_equal_batch_counts():
+    from engine import size_batches, subject_batches
+    subjects = np.array(["a", "a", "b", "c", "c", "c", "d", "e", "e", "f"])  # rows 0-5: group 0, rows 6-9: group 1
+    counts = [6, 4]
+    ranks = [subject_batches(subjects, counts, 2, seed=1, epoch=3, rank=r, world=2) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1])
+    seen = [set(subjects[torch.cat(batches).numpy()]) for batches in ranks]
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(subjects)
+    for batches in ranks:
+        assert all((batch < 6).all() or (batch >= 6).all() for batch in batches), "a batch never mixes groups"
+    again = subject_batches(subjects, counts, 2, seed=1, epoch=3, rank=0, world=2)
+    assert all(torch.equal(a, b) for a, b in zip(again, ranks[0]))
+    moved = subject_batches(subjects, counts, 2, seed=1, epoch=4, rank=0, world=2)
+    assert not all(torch.equal(a, b) for a, b in zip(moved, ranks[0])), "a new deal every epoch"
+    streamed = type("Train", (), {"subjects": subjects, "counts": counts})()
+    from engine import epoch_batches
+    one = epoch_batches(streamed, 2, seed=1, epoch=3)
+    assert all(torch.equal(a, b) for a, b in zip(one, size_batches(counts, 2, 1, 3)))
