@@ -549,9 +549,7 @@ def raw_datasets(cines: list, config: dict, device: torch.device, splits: tuple,
     def grid(height: int, width: int) -> tuple[int, int]:
         return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
-    with tqdm(cines, desc="coil maps", unit="cine", dynamic_ncols=True, leave=False, disable=None) as bar:  # a terminal's
-        for cine in bar:
-            cache.prepare(cine, grid(*cine.shape[2:]))
+    prepare_maps(cache, cines, grid)
     sampling = dict(acceleration=config["acceleration"], center_lines=config["center_lines"],
                     density=config["density"], mask_type=config.get("mask_type", "variable_density"),
                     mask_mode=config["mask_mode"], seed=config["seed"])
@@ -561,6 +559,27 @@ def raw_datasets(cines: list, config: dict, device: torch.device, splits: tuple,
     notes.append(f"coil maps and scales of the {len(cines)} raw cines: {cache.estimated} estimated (ESPIRiT) and "
                  f"{len(cines) - cache.estimated} taken from the cache {cache.folder}/")
     return train, val, test
+
+
+def prepare_maps(cache: MapCache, cines: list, grid) -> None:
+    """Read every raw cine once and cache its maps (:meth:`data.MapCache.prepare`), a progress bar on a
+    terminal; under torchrun each process takes its share and they wait for each other, and a bad
+    slice found by any process stops every process with its one line."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    failure = None
+    try:
+        with tqdm(cines[rank::world], desc="coil maps", unit="cine", dynamic_ncols=True, leave=False,
+                  disable=None) as bar:
+            for cine in bar:
+                cache.prepare(cine, grid(*cine.shape[2:]))
+    except UserError as error:
+        failure = str(error)
+    if world > 1:
+        failures = [None] * world
+        dist.all_gather_object(failures, failure)
+        failure = next((message for message in failures if message), None)
+    if failure:
+        raise UserError(failure)
 
 
 def check_batching(config: dict, train_cines: int, world: int, device: torch.device) -> None:
