@@ -249,3 +249,30 @@ def test_torchrun_deals_whole_subjects_to_each_process_in_equal_batch_counts():
     from engine import epoch_batches
     one = epoch_batches(streamed, 2, seed=1, epoch=3)
     assert all(torch.equal(a, b) for a, b in zip(one, size_batches(counts, 2, 1, 3)))
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--sizes=8x8"], "--sizes=8x8: expected matrices HxW (ky x kx) of 16..512"),
+    (["--center_lines=40"], "--center_lines=40 at 16 rows"),
+    (["--accelerations=4,x"], "expected sizes HxW,HxW,... and integer accelerations"),
+    (["--slices=32", "--coils=64", "--frames=200", "--sizes=512x512"], "would need about"),
+    (["--subjects=0"], "--subjects=0: must be 1..1000"),
+])
+def test_phantom_tree_options_are_checked_before_anything_is_rendered(tmp_path, capsys, options, message):
+    import phantom
+    with pytest.raises(SystemExit) as stop:
+        phantom.main([str(tmp_path / "tree"), "--layout=cmrxrecon", "--sizes=16x16", *options])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.iterdir()), "nothing written"
+
+
+def test_phantom_tree_command_writes_a_tree_and_never_over_one(tmp_path, capsys):
+    import phantom
+    tiny = ["--layout=cmrxrecon", "--subjects=1", "--slices=1", "--sizes=16x16", "--frames=2", "--coils=2",
+            "--accelerations=2", "--center_lines=4"]
+    phantom.main([str(tmp_path / "tree"), *tiny])
+    assert (tmp_path / "tree" / "MultiCoil" / "Cine" / "TrainingSet" / "AccFactor02" / "P001" / "cine_sax_mask.mat").is_file()
+    with pytest.raises(SystemExit) as stop:
+        phantom.main([str(tmp_path / "tree"), *tiny])
+    assert stop.value.code == 2 and "already exists" in capsys.readouterr().err
