@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from cli import UserError, atomic_write, make_run_dirs
-from data import (SPLIT_NAMES, CineDataset, MapCache, SizeGroups, StreamedCines, accelerations, array_header,
+from data import (SPLIT_NAMES, CineDataset, DataError, MapCache, SizeGroups, StreamedCines, accelerations, array_header,
                   available_memory, check_disjoint_splits, check_memory, cine_file, file_digest, is_raw_kspace,
                   load_boxes, load_cine, load_subjects, scan_raw, split_by_subject, split_indices)
 from metrics import (SSIM_RADIUS, format_summary, summarize, batch_nmse, batch_psnr, batch_ssim, box_pixels, cmrxrecon_scores,
@@ -545,6 +545,7 @@ def raw_datasets(cines: list, config: dict, device: torch.device, splits: tuple,
     (:class:`data.MapCache`), each cine zero-padded in k-space to a multiple of ``multiple`` rows and
     columns (the networks' size multiple)."""
     cache = MapCache(config["cache_dir"], config["center_lines"])
+    check_distinct_files(cines, cache.folder)
 
     def grid(height: int, width: int) -> tuple[int, int]:
         return -(-height // multiple) * multiple, -(-width // multiple) * multiple
@@ -559,6 +560,17 @@ def raw_datasets(cines: list, config: dict, device: torch.device, splits: tuple,
     notes.append(f"coil maps and scales of the {len(cines)} raw cines: {cache.estimated} estimated (ESPIRiT) and "
                  f"{len(cines) - cache.estimated} taken from the cache {cache.folder}/")
     return train, val, test
+
+
+def check_distinct_files(cines: list, cache: Path) -> None:
+    """Refuse two raw files with the same content (a file copied into two subjects' folders): its
+    cines could land in two splits. Contents are compared by SHA-256 (:func:`data.file_digest`)."""
+    seen = {}
+    for path in dict.fromkeys(cine.volume.path for cine in cines):
+        earlier = seen.setdefault(file_digest(path, cache), path)
+        if earlier != path:
+            raise DataError(f"{path}: the same k-space as {earlier} (a copy): its cines could be trained on and "
+                            f"scored as another subject's; remove one")
 
 
 def prepare_maps(cache: MapCache, cines: list, grid) -> None:

@@ -184,10 +184,15 @@ def test_bad_trees_are_one_line_naming_the_file_and_write_nothing(tmp_path, dama
     assert not (tmp_path / "output" / "bad").exists() and not (tmp_path / "images" / "bad").exists()
 
 
-def test_a_file_named_twice_is_refused(tree):
+def test_a_file_named_twice_or_copied_is_refused(tree, tmp_path):
     file = next((tree / "MultiCoil" / "Cine" / "TrainingSet" / "FullSample" / "P001").glob("*.mat"))
     with pytest.raises(DataError, match="named twice"):
         scan_raw([str(tree), str(file)], [])
+    import shutil
+    from engine import check_distinct_files
+    shutil.copy(file, tmp_path / "copy.mat")
+    with pytest.raises(DataError, match="the same k-space as"):
+        check_distinct_files(scan_raw([str(tree), str(tmp_path / "copy.mat")], []), tmp_path / "cache")
 
 
 def test_cmrxrecon_protocol_scores_the_central_slices_first_frames_and_centre(tmp_path):
