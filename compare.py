@@ -69,9 +69,9 @@ from baselines import tune as tune_weights
 from checkpoint import load_trained_model
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors, make_run_dirs, \
     check_name_length, options_from_signature, remove_stale_temporaries_in, run_in_progress, written_together
-from data import CineDataset, load_boxes, load_cine, split_indices
+from data import CineDataset, accelerations, load_boxes, load_cine, split_indices
 from engine import autocast, choose_autocast, describe_device, evaluate, load_images, make_datasets, pad_to_multiple, \
-    resolve_device, run_model
+    raw_entries, resolve_device, run_model
 from metrics import summarize
 from models import count_parameters, fixed_frame_count, size_multiple
 from reconstruct import adapted_reconstruction, check_adaptation
@@ -113,6 +113,8 @@ def compare(name: str, *,
             adapt: int = 0,                       # > 0: add each network adapted to every test cine (at most N steps)
             adapt_lr: float = 2e-5,               # learning rate of the adaptation
             adapt_crop: int = 64,                 # columns adapted on (a multiple of the size multiples); 0 = all
+            cache_dir: str = "cache",             # raw k-space --data: the coil-map cache train.py filled (reused)
+            workers: int = 1,                     # raw k-space --data: processes reading cines ahead (>= 0)
             verbose: bool = True,                 # print the CS solvers' time per call
             out_dir: str = "output",              # folder of the runs and of compare_NAME/
             images_dir: str = "images",           # folder of the figures (images_dir/compare_NAME/)
@@ -159,12 +161,15 @@ def compare(name: str, *,
     else:
         data_config, scale_lines = data_settings(options, networks, set(given))
         images, source, meta = load_images(data_config, notes, scale_lines)
-        _, val_set, test_set = make_datasets(images, {**data_config, "mask_mode": mask_mode}, torch_device, meta)
+        multiple = math.lcm(1, *(size_multiple(net["config"]) for net in networks.values()))
+        _, val_set, test_set = make_datasets(images, {**data_config, "mask_mode": mask_mode, "cache_dir": cache_dir,
+                                                      "workers": workers}, torch_device, meta, notes, multiple)
         test_set = val_set if split == "val" else test_set  # choosing between networks: never the test cines
         del images
+    rate = evaluated_acceleration(data_config, options["acceleration"], set(given), notes)
     if adapt:
         for net in networks.values():
-            check_adaptation(adapt, adapt_lr, adapt_crop, size_multiple(net["config"]), test_set.images.shape[-1])
+            check_adaptation(adapt, adapt_lr, adapt_crop, size_multiple(net["config"]), test_set.shape_of(0)[-1])
     rows = np.arange(len(test_set))[:max_cines or None]
     val_rows = np.arange(len(val_set) if val_set is not None else 0)[:tune_cines or None]
     validation = val_set.indices[val_rows].tolist() if val_set is not None else []
@@ -173,7 +178,7 @@ def compare(name: str, *,
     tuning = {}
     solvers = {}
     for method in methods["baselines"]:
-        params, table = choose_parameters(method, val_set, val_rows, tune, batch_size, verbose)
+        params, table = choose_parameters(method, val_set, val_rows, tune, batch_size, verbose, rate)
         tuning[method] = {"params": params, "grid": {k: list(v) for k, v in GRIDS[method].items()} if tune else None,
                           "val_psnr": table}
         solvers[BASELINE_LABELS[method]] = (Solver(METHODS[method], params, verbose), None)
@@ -189,7 +194,7 @@ def compare(name: str, *,
     results, examples = {}, {}
     for label, (model, dtype) in entries.items():
         print(f"{label}: reconstructing {len(rows)} test cine(s)", flush=True)
-        scores, seconds = run_method(model, test_set, rows, batch_size, dtype, warm=label in networks)
+        scores, seconds = run_method(model, test_set, rows, batch_size, dtype, warm=label in networks, acceleration=rate)
         example = next(iter(scores["examples"].values()))
         examples[label], reference = example["recon"], example["target"]
         net = networks.get(network_of.get(label))
@@ -306,6 +311,8 @@ def data_settings(options: dict, networks: dict, given: set) -> tuple[dict, bool
                                 f"{reference['path']} ({first}) has {key}={settings[key]!r}: every checkpoint "
                                 f"must share the data settings ({', '.join(DATA_KEYS)})")
     for key in sorted(given & set(data_keys(settings))):
+        if key == "acceleration" and isinstance(settings[key], list) and options[key] in settings[key]:
+            continue  # one of the accelerations the checkpoints were trained at (evaluated_acceleration)
         if options[key] != settings[key]:
             raise UserError(f"--{key}={options[key]!r} contradicts the checkpoints' {key}={settings[key]!r}: "
                             f"with checkpoints the data settings come from them")
@@ -337,6 +344,9 @@ def external_cines(config: dict, networks: dict, mask_mode: str, device: torch.d
     description."""
     if config["data"] is None:
         raise UserError("--split=all evaluates every cine of a data file: give --data=FILE")
+    if raw_entries(config["data"]):
+        raise UserError(f"--split=all evaluates image cines; raw k-space ({config['data']}) is compared on its test "
+                        f"split (or reconstructed as measured with python reconstruct.py --kspace)")
     fixed = sorted(given & set(FILE_SHAPE_KEYS))
     if fixed:
         raise UserError(f"--{fixed[0]}: with --split=all the cines of {config['data']} keep their own size and frames")
@@ -458,33 +468,60 @@ class Timed(torch.nn.Module):
         return recon
 
 
-def run_method(model, test_set, rows, batch_size: int, amp_dtype, warm: bool) -> tuple[dict, float]:
+def run_method(model, test_set, rows, batch_size: int, amp_dtype, warm: bool, acceleration: float | None = None
+               ) -> tuple[dict, float]:
     """``engine.evaluate`` of one method on the test cines ``rows`` (the first kept as an example)
     and its reconstruction time per cine; ``warm``: one untimed call first (networks), so one-off
     costs such as kernel selection are not counted."""
     timed = Timed(model)
     if warm:
-        with torch.no_grad(), autocast(test_set.images.device, amp_dtype):
+        with torch.no_grad(), autocast(test_set.device, amp_dtype):
             run_model(model.eval(), test_set.batch(rows[:1]))
-    scores = evaluate(timed, test_set, batch_size=batch_size, amp_dtype=amp_dtype, rows=rows,
-                            keep={int(rows[0])})
+    scores = evaluate(timed, test_set, batch_size=batch_size, amp_dtype=amp_dtype, rows=rows, keep={int(rows[0])},
+                      acceleration=acceleration)
     return scores, timed.seconds / max(timed.cines, 1)
 
 
-def choose_parameters(method: str, val_set, val_rows, tuned: bool, batch_size: int, verbose: bool):
-    """The CS weights: tuned on the validation cines ``val_rows`` (grid ``GRIDS[method]``) or the
+def choose_parameters(method: str, val_set, val_rows, tuned: bool, batch_size: int, verbose: bool,
+                      acceleration: float | None = None):
+    """The CS weights: tuned on the validation cines ``val_rows`` (grid ``GRIDS[method]``; cines of
+    several shapes are tuned shape by shape and their PSNRs averaged, each cine counting once) or the
     solver's defaults. Returns (params, [{"params", "psnr"}] per grid point)."""
     if not tuned:
         return {}, []
     print(f"{BASELINE_LABELS[method]}: tuning on {len(val_rows)} validation cine(s)", flush=True)
-    batch = val_set.batch(val_rows)
-    params, table = tune_weights(method, batch["kspace"], batch["mask"], batch["target"], GRIDS[method],
-                                 batch_size=batch_size, verbose=verbose, sensitivities=batch.get("sensitivities"))
+    tables = []  # (cines, rows of baselines.tune) per shape
+    for chunk, batch in val_set.chunks(val_rows, max(len(val_rows), 1), acceleration):
+        _, rows = tune_weights(method, batch["kspace"], batch["mask"], batch["target"], GRIDS[method],
+                               batch_size=batch_size, verbose=verbose, sensitivities=batch.get("sensitivities"))
+        tables.append((len(chunk), rows))
+    table = [{"params": row["params"], "psnr": sum(count * rows[i]["psnr"] for count, rows in tables)
+              / sum(count for count, _ in tables)} for i, row in enumerate(tables[0][1])]
+    params = dict(max(table, key=lambda row: row["psnr"])["params"])
     edges = grid_edges(params, GRIDS[method])
     if edges:
         print(f"note: {BASELINE_LABELS[method]} tuned at the edge of its grid ({', '.join(edges)}): the best "
               f"weight may lie beyond it (baselines.GRIDS)", flush=True)
     return params, table
+
+
+def evaluated_acceleration(config: dict, given_value, given: set, notes: list[str]) -> float:
+    """The one acceleration compared: the data's (the checkpoints'), or with several (a run trained at
+    ``--acceleration=4,8,10``) the one given with ``--acceleration`` (one of them), else the first."""
+    rates = accelerations(config)
+    if len(rates) == 1:
+        return rates[0]
+    if "acceleration" in given:
+        if isinstance(given_value, list) or float(given_value) not in rates:
+            raise UserError(f"--acceleration={given_value}: compare.py compares one acceleration, one of the "
+                            f"checkpoints' {', '.join(f'{r:g}' for r in rates)}")
+        chosen = float(given_value)
+    else:
+        chosen = rates[0]
+    notes.append(f"acceleration {chosen:g} of the checkpoints' {', '.join(f'{r:g}' for r in rates)} "
+                 f"(--acceleration=R compares another)")
+    config["acceleration"] = chosen
+    return chosen
 
 
 # ----------------------------------------------------------------------------- reports

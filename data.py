@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import UserError, check_readable
+from cli import UserError, atomic_write, check_readable, make_folder
 from sampling import (MASK_TYPES, MaskSampler, center_rows, coil_combine, estimate_sensitivities, ifft2c, sense_adjoint,
                       undersample, uniform_mask, variable_density_mask)
 
@@ -689,71 +689,83 @@ def file_digest(path: Path, cache: Path | None = None) -> str:
 
 
 def _write_cached(path: Path, content: bytes) -> None:
-    """A cache entry written through a temporary file and a rename: a reader sees the whole entry or
-    none, and two runs writing the same entry at once both leave it whole (renames are atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """A cache entry written through a temporary file and a rename (:func:`cli.atomic_write`): a reader
+    sees the whole entry or none, two runs writing the same entry at once both leave it whole (renames
+    are atomic), and a cache folder that cannot be written (a file in the way, a full disk) is one line."""
+    atomic_write(make_folder(path.parent) / path.name, content)
+
+
+def _cached_maps(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The maps of the cache entry ``path`` if it holds complex64 ``shape`` ``[C, H, W]``; None if it is
+    missing, damaged or of another shape (someone else's file): the maps are then estimated again."""
     try:
-        temporary.write_bytes(content)
-        os.replace(temporary, path)
-    finally:
-        with suppress(OSError):
-            temporary.unlink()
+        maps = np.load(path, mmap_mode="r", allow_pickle=False)  # the header first: nothing is read yet
+    except (OSError, ValueError, EOFError):
+        return None
+    if not isinstance(maps, np.ndarray) or maps.dtype != np.complex64 or maps.shape != tuple(shape):
+        return None
+    return np.array(maps)
 
 
 class MapCache:
-    """Coil maps and normalisation of raw cines, computed once and kept on disk under ``folder``.
+    """Coil maps of raw cines, estimated once by ESPIRiT and kept on disk under ``folder/maps``.
 
-    Each cine's entry (``maps/KEY.npz``: ``sensitivities`` ``[C, H, W]`` complex64, absent for one
-    coil, and ``scale``, the divisor that gives its fully sampled image peak 1) is keyed by the file's
-    content (:func:`file_digest`), the slice, the grid it was computed on and the settings of the
-    estimation (ESPIRiT's parameters, sigpy's version, the calibration lines): changing any of them makes
-    a new entry; a half-written entry never exists (:func:`_write_cached`). ``estimated`` counts the
-    ESPIRiT calls this cache made (none when every entry was there)."""
+    An entry (``KEY.npy``: the maps ``[C, H, W]`` complex64 of one slice) is keyed by the file's content
+    (:func:`file_digest`), the variable and slice, the grid the maps are computed on and the settings of
+    the estimation (ESPIRiT's parameters, sigpy's version, the ``calibration`` lines): changing any of
+    them makes a new entry; a half-written entry never exists (:func:`_write_cached`). ``estimated``
+    counts the ESPIRiT calls this cache made (none when every entry was there). Training estimates from
+    the fully sampled ``center_lines`` (every mask samples them), reconstruct.py from the calibration
+    lines of the measured mask; the same lines of the same data give the same entry."""
 
-    def __init__(self, folder, center_lines: int):
+    def __init__(self, folder, calibration: int):
         from importlib.metadata import version
 
-        self.folder, self.center_lines, self.estimated = Path(folder), center_lines, 0
-        self.settings = {"format": CACHE_FORMAT, "center_lines": center_lines, "sigpy": version("sigpy"),
+        self.folder, self.calibration, self.estimated = Path(folder), calibration, 0
+        self.settings = {"format": CACHE_FORMAT, "calibration_lines": calibration, "sigpy": version("sigpy"),
                          **ESPIRIT_SETTINGS}
 
-    def key(self, cine: RawCine, grid: tuple[int, int]) -> str:
+    def path(self, cine: RawCine, grid: tuple[int, int]) -> Path:
         described = {**self.settings, "file": file_digest(cine.volume.path, self.folder),
                      "variable": cine.volume.variable, "slice": cine.slice, "grid": list(grid)}
-        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+        return self.folder / "maps" / f"{hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()}.npy"
 
-    def path(self, key: str) -> Path:
-        return self.folder / "maps" / f"{key}.npz"
-
-    def prepare(self, cine: RawCine, grid: tuple[int, int]) -> str:
-        """The key of ``cine``'s entry on ``grid`` (H, W), computing the entry if it is not cached: the
-        slice is read (it must be fully sampled), zero-padded in k-space to ``grid``, its maps estimated
-        by ESPIRiT from the ``center_lines`` central rows (more than one coil) and its scale taken."""
-        key = self.key(cine, grid)
-        if self.path(key).is_file():
-            return key
-        kspace = fully_sampled_slice(cine, grid)  # [C, T, H, W]
-        maps = None
-        if kspace.shape[0] > 1:
-            centre = np.zeros((1, grid[0], 1), np.float32)  # [T, H, W] broadcast: the rows every mask samples
-            centre[:, center_rows(grid[0], self.center_lines)] = 1
-            maps = estimate_sensitivities(kspace[None], centre)[0]  # [C, H, W]
-            self.estimated += 1
-        scale = np.float32(1 / np.abs(coil_image(kspace, maps)).max())
+    def maps(self, cine: RawCine, grid: tuple[int, int], read=None) -> np.ndarray:
+        """The maps ``[C, H, W]`` of ``cine`` on ``grid`` (H, W): the cached entry, else estimated by ESPIRiT
+        (``sampling.estimate_sensitivities``) from ``read()`` = (coil k-space ``[C, T, H, W]`` on the grid,
+        a mask ``[T, H, W]`` whose ``calibration`` central rows every frame samples) and kept."""
+        path = self.path(cine, grid)
+        cached = _cached_maps(path, (cine.shape[0], *grid))
+        if cached is not None:
+            return cached
+        if read is None:
+            raise DataError(f"{cine.volume.path}: slice {cine.slice}: its coil maps are not in the cache {self.folder}")
+        kspace, mask = read()
+        maps = estimate_sensitivities(kspace[None], mask)[0].astype(np.complex64)  # [C, H, W]
+        self.estimated += 1
         buffer = io.BytesIO()
-        np.savez(buffer, scale=scale, **({} if maps is None else {"sensitivities": maps}))
-        _write_cached(self.path(key), buffer.getvalue())
-        return key
+        np.save(buffer, maps)
+        _write_cached(path, buffer.getvalue())
+        return maps
 
-    def load(self, key: str) -> tuple[np.ndarray | None, np.float32]:
-        """``(sensitivities [C, H, W] or None, scale)`` of an entry :func:`prepare` made."""
-        with np.load(self.path(key), allow_pickle=False) as entry:
-            maps = entry["sensitivities"] if "sensitivities" in entry.files else None
-            return maps, entry["scale"].astype(np.float32)
+    def prepare(self, cine: RawCine, grid: tuple[int, int]) -> None:
+        """Read ``cine`` once (it must be fully sampled and finite) and, with more than one coil, make sure
+        its maps on ``grid`` are cached (estimated from the central ``calibration`` rows)."""
+        if cine.shape[0] > 1:
+            self.maps(cine, grid, lambda: (fully_sampled_slice(cine, grid), centre_mask(grid[0], self.calibration)))
+        elif not self.path(cine, grid).with_suffix(".checked").is_file():  # one coil: nothing to estimate
+            fully_sampled_slice(cine)
+            _write_cached(self.path(cine, grid).with_suffix(".checked"), b"")
 
 
 ESPIRIT_SETTINGS = {"kernel_width": 6, "threshold": 0.02, "crop": 0.0, "resolution": 64}  # estimate_sensitivities'
+
+
+def centre_mask(height: int, lines: int) -> np.ndarray:
+    """``[1, H, 1]`` (broadcast over frames and columns): 1 on the ``lines`` central k-space rows."""
+    centre = np.zeros((1, height, 1), np.float32)
+    centre[:, center_rows(height, lines)] = 1
+    return centre
 
 
 def fully_sampled_slice(cine: RawCine, grid: tuple[int, int] | None = None) -> np.ndarray:
@@ -851,12 +863,12 @@ def undersampled(target: torch.Tensor, mask: torch.Tensor, kspace: torch.Tensor 
 
 class RawCineReader(torch.utils.data.Dataset):
     """What a worker reads of raw cine ``i``: its fully sampled k-space on the network grid and its
-    image, both divided by the cine's scale (peak 1), its maps, and the root sum of squares of its coil
-    images on the file's own grid (the reference of the CMRxRecon protocol), as numpy arrays (the
-    cache's entries must exist: :meth:`MapCache.prepare`)."""
+    image, both divided by the image's peak magnitude, its maps, and the root sum of squares of its
+    coil images on the file's own grid (the reference of the CMRxRecon protocol), as numpy arrays (the
+    cache's maps must exist: :meth:`MapCache.prepare`)."""
 
-    def __init__(self, cines: list[RawCine], keys: list[str], grids: list[tuple[int, int]], cache: MapCache):
-        self.cines, self.keys, self.grids, self.cache = cines, keys, grids, cache
+    def __init__(self, cines: list[RawCine], grids: list[tuple[int, int]], cache: MapCache):
+        self.cines, self.grids, self.cache = cines, grids, cache
 
     def __len__(self) -> int:
         return len(self.cines)
@@ -865,9 +877,10 @@ class RawCineReader(torch.utils.data.Dataset):
         from formats import crop_or_pad
 
         own = fully_sampled_slice(self.cines[i])  # [C, T, H0, W0]
-        maps, scale = self.cache.load(self.keys[i])
         kspace = crop_or_pad(own, self.grids[i])  # [C, T, H, W]
+        maps = self.cache.maps(self.cines[i], self.grids[i]) if len(own) > 1 else None  # [C, H, W]
         image = coil_image(kspace, maps)  # [T, H, W]
+        scale = (1 / np.abs(image).max()).astype(np.float32)  # peak 1, as the coil phantom (engine.render_coil_phantom)
         rss = np.sqrt((np.abs(ifft2c(own)) ** 2).sum(0)) * scale  # [T, H0, W0]
         return {"row": i, "kspace": kspace * scale, "target": image * scale, "sensitivities": maps, "rss": rss}
 
@@ -918,13 +931,15 @@ class StreamedCines:
         order = sorted(range(len(rows)), key=lambda i: (own[i], i))  # group by shape, keep the order inside
         self.indices = rows[order]
         self.cines = [cines[r] for r in self.indices]
+        self.subjects = np.array([cine.subject for cine in self.cines])  # [N]: torchrun deals whole subjects
         self.groups = [own[i] for i in order]  # each cine's group: its shape [C, T, H0, W0]
         self.grids = [grid(*shape[2:]) for shape in self.groups]  # (H, W) of the network grid
         kinds = sorted(set(self.groups))
         self.counts = [self.groups.count(kind) for kind in kinds]
         self.shapes = [(kind[1], *grid(*kind[2:])) for kind in kinds]  # [T, H, W] on the network grid, per group
-        self.reader = RawCineReader(self.cines, [cache.prepare(cine, g) for cine, g in zip(self.cines, self.grids)],
-                                    self.grids, cache)
+        for cine, cine_grid in zip(self.cines, self.grids):
+            cache.prepare(cine, cine_grid)  # read once: fully sampled and finite; maps cached
+        self.reader = RawCineReader(self.cines, self.grids, cache)
         self.masks, self.device, self.workers = MaskDrawer(sampling, device), device, workers
         self.generator, self.boxes, self.waited = generator, None, 0.0
         self.raw = True  # scored by the CMRxRecon protocol too (engine.evaluate)
@@ -946,484 +961,19 @@ class StreamedCines:
                 self.reader, batch_sampler=self._plan, num_workers=self.workers, collate_fn=stack_cines,
                 worker_init_fn=_quiet_worker, persistent_workers=self.workers > 0,
                 pin_memory=self.device.type == "cuda", generator=torch.Generator())  # never the global generator
-        return iter(self._loader)
+        reading = iter(self._loader)
+        while True:
+            try:
+                yield next(reading)
+            except StopIteration:
+                return
+            except DataError as error:  # raised in a worker: torch adds its traceback; keep the one line
+                raise DataError(str(error).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
 
     def _on_device(self, read: dict, masks: torch.Tensor) -> dict:
         """The batch of :func:`undersampled` from what the workers read, plus ``rss`` ``[B, T, H0, W0]``."""
         to = {key: value.to(self.device, non_blocking=True) for key, value in read.items() if key != "rows"}
         return {**undersampled(to["target"], masks, to.get("kspace"), to.get("sensitivities")), "rss": to["rss"]}
-
-    def chunks(self, rows, batch_size: int, acceleration: float | None = None):
-        """``(chunk rows, batch)`` of the cines ``rows`` in batches of ``batch_size``, with the evaluation
-        masks of ``acceleration`` (default: :attr:`acceleration`)."""
-        dataset = self if acceleration is None or acceleration == self.acceleration else self.at(acceleration)
-        rows = np.asarray(rows)
-        for start in range(0, len(rows), batch_size):
-            yield rows[start:start + batch_size], dataset.batch(rows[start:start + batch_size])
-
-    def __getitem__(self, row: int) -> dict[str, torch.Tensor]:
-        return {name: value[0] for name, value in self.batch([row]).items()}
-
-
-class SizeGroups:
-    """Training cines as groups of one image size each: one ``CineDataset`` per size, all drawing
-    their masks from one generator. Rows are numbered across the groups (group 0 first), and a
-    batch must come from one group (as ``engine.size_batches`` makes them).
-
-    ``batch(rows)`` returns the dict of ``[B, T, H_g, W_g]`` tensors of that group's
-    ``CineDataset.batch``; ``fill(cines, boxes, coils)`` replaces every group's cines (and heart boxes,
-    and with coils their coil k-space and maps, see ``CineDataset``) by new ones of the same shapes
-    (fresh phantom cines).
-    """
-
-    def __init__(self, groups: list[CineDataset]):
-        self.groups = groups
-        self.generator = groups[0].generator
-        self.offsets = np.cumsum([0] + [len(group) for group in groups])  # [G + 1] first row of each group
-        self.waited = 0.0  # held in memory: no batch ever waits for data (see StreamedCines)
-
-    @property
-    def counts(self) -> list[int]:
-        """Cines per group."""
-        return [len(group) for group in self.groups]
-
-    @property
-    def shapes(self) -> list[tuple[int, ...]]:
-        """Each group's cine shape ``[T, H, W]``."""
-        return [group.shapes[0] for group in self.groups]
-
-    def batches(self, order: list[torch.Tensor], start: int = 0):
-        """The training batches ``order[start:]``."""
-        for rows in order[start:]:
-            yield self.batch(rows)
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    @property
-    def device(self) -> torch.device:
-        return self.groups[0].images.device
-
-    def fill(self, cines: list[torch.Tensor], boxes: list[np.ndarray] | None = None,
-             coils: list[dict | None] | None = None) -> None:
-        for i, (group, images) in enumerate(zip(self.groups, cines, strict=True)):
-            if images.shape != group.images.shape:
-                raise ValueError(f"new cines {tuple(images.shape)} for a group of {tuple(group.images.shape)}")
-            group.images = images
-            group.boxes = None if boxes is None else np.asarray(boxes[i])  # [N_g, 4]
-            group.coils = None if coils is None else coils[i]
-
-    def batch(self, rows) -> dict[str, torch.Tensor]:
-        rows = torch.as_tensor(rows)
-        group = int(np.searchsorted(self.offsets, int(rows.min()), side="right")) - 1
-        local = rows - int(self.offsets[group])
-        if int(local.max()) >= len(self.groups[group]):
-            raise ValueError(f"rows {rows.tolist()} span two size groups")
-        return self.groups[group].batch(local)
-
-
-
-# ----------------------------------------------------------------------------- raw k-space: trees, subjects, maps
-FULLY_SAMPLED = "FullSample"  # CMRxRecon's folder of fully sampled files; its AccFactorRR siblings hold masks
-RAW_SUFFIXES = (".mat", ".h5", ".mrd", ".npz")
-MAX_TREE_ENTRIES = 200_000  # folders and files looked at when scanning --data folders (a bound on the work)
-CACHE_FORMAT = 1  # the coil-map cache's entry format: a new value invalidates every entry
-
-
-@dataclass(frozen=True)
-class RawCine:
-    """One cine of raw k-space: slice ``slice`` of a file, the subject it belongs to and the masks
-    shipped beside it (CMRxRecon ``AccFactorRR/.../NAME_mask.mat``, keyed by the acceleration R)."""
-    volume: "RawVolume"  # formats.RawVolume: the file, its k-space variable and [N, C, T, H, W]
-    slice: int
-    subject: str
-    shipped: dict = field(default_factory=dict, hash=False, compare=False)  # {R: Path of the mask file}
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return self.volume.shape[1:]  # [C, T, H, W]
-
-
-def is_raw_kspace(path) -> bool:
-    """Whether a ``--data`` entry is raw k-space (a folder, a ``.mat``, an MRD ``.h5`` or an ``.npz``
-    holding ``kspace``) rather than image cines (an ``.npz``/``.npy`` of ``dataset``)."""
-    path = Path(path)
-    try:
-        if path.is_dir() or path.name.lower().endswith((".mat", ".h5", ".mrd")):
-            return True
-        if path.name.lower().endswith(".npz") and path.is_file() and zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                return "kspace.npy" in archive.namelist()
-    except (OSError, zipfile.BadZipFile):  # a path too long to look at...: the cine reader says so in one line
-        return False
-    return False
-
-
-def scan_raw(paths: list[str], notes: list[str]) -> list[RawCine]:
-    """Every cine (slice) of the raw k-space that ``paths`` name, from headers alone, in a fixed order
-    (by subject, file, slice): a folder holding a CMRxRecon tree (every ``FullSample/.../*.mat`` but
-    masks; subject = the folder that holds the file, relative to ``FullSample``; masks from the
-    ``AccFactorRR`` siblings), any other folder (every raw file in it, each file a subject), or files
-    (a ``.mat``'s subject is its folder, any other file's the file). A file named twice is refused."""
-    from formats import inspect_kspace, read_mask_file
-
-    found: dict[Path, tuple[str, dict]] = {}  # resolved file -> (subject, shipped masks)
-    for entry in paths:
-        root = check_readable(entry, missing="no such file or folder", expected="raw k-space (a folder or file)",
-                              folder_ok=True, error=DataError)
-        listed = _tree_files(root) if root.is_dir() else [(root, _subject_of(root, root.parent), {})]
-        if not listed:
-            raise DataError(f"{root}: no raw k-space file in it (.mat, .h5, .npz holding 'kspace')")
-        for file, subject, shipped in listed:
-            resolved = file.resolve()
-            if resolved in found:
-                raise DataError(f"{file}: named twice in --data (directly or inside a folder): its cines would be "
-                                f"counted twice and could land in two splits")
-            found[resolved] = (subject, shipped)
-    cines = []
-    for file, (subject, shipped) in sorted(found.items(), key=lambda item: (item[1][0], str(item[0]))):
-        volume = inspect_kspace(file)
-        for factor, mask in shipped.items():  # a mask that does not fit is refused now, not after training
-            read_mask_file(mask, (1, *volume.shape[2:]), f"kspace_sub{factor:02d}")
-        cines += [RawCine(volume, index, subject, shipped) for index in range(volume.shape[0])]
-    subjects = len({cine.subject for cine in cines})
-    notes.append(f"raw k-space: {len(cines)} cine(s) (slices) in {len(found)} file(s) of {subjects} subject(s)")
-    return cines
-
-
-def _tree_files(root: Path) -> list[tuple[Path, str, dict]]:
-    """The raw files of a folder: ``(file, subject, shipped masks)`` (see :func:`scan_raw`)."""
-    fully, others, seen = [], [], 0
-    for folder, subfolders, files in os.walk(root):  # symbolic links to folders are not followed
-        seen += len(subfolders) + len(files)
-        if seen > MAX_TREE_ENTRIES:
-            raise DataError(f"{root}: more than {MAX_TREE_ENTRIES} files and folders; name the data's folders instead")
-        subfolders.sort()
-        folder = Path(folder)
-        inside = FULLY_SAMPLED in folder.relative_to(root).parts[:-1]  # a folder within a FullSample folder
-        if inside and not subfolders and not any(name.lower().endswith(".mat") for name in files):
-            raise DataError(f"{folder}: a subject folder of {FULLY_SAMPLED} with no k-space file (.mat) in it")
-        for name in sorted(files):
-            file = folder / name
-            if not name.lower().endswith(RAW_SUFFIXES) or name.lower().endswith("_mask.mat") or not file.is_file():
-                continue
-            parts = file.relative_to(root).parts
-            if FULLY_SAMPLED in parts[:-1]:
-                fully.append(file)
-            elif name.lower().endswith(".npz") and not is_raw_kspace(file):
-                continue
-            else:
-                others.append(file)
-    if not fully:
-        return [(file, _subject_of(file, root), {}) for file in others]
-    listed = []
-    for file in fully:
-        parts = file.relative_to(root).parts
-        base = root.joinpath(*parts[:parts.index(FULLY_SAMPLED)])  # the folder holding FullSample and AccFactorRR
-        inside = Path(*parts[parts.index(FULLY_SAMPLED) + 1:])  # P001/cine_sax.mat
-        shipped = {}
-        for accelerated in sorted(base.glob("AccFactor*")):
-            factor = accelerated.name[len("AccFactor"):]
-            mask = accelerated / inside.parent / f"{file.stem}_mask.mat"
-            if factor.isdigit() and mask.is_file():
-                shipped[int(factor)] = mask
-        subject = str(base.relative_to(root) / inside.parent) if inside.parent != Path(".") else str(file)
-        listed.append((file, subject, shipped))
-    return listed
-
-
-def _subject_of(file: Path, root: Path) -> str:
-    """A raw file's subject outside CMRxRecon's FullSample layout: a ``.mat`` file's folder (a patient's
-    cine_sax.mat and cine_lax.mat are one subject), any other file itself."""
-    return str(file.parent.resolve()) if file.name.lower().endswith(".mat") else str(file.resolve())
-
-
-def file_digest(path: Path, cache: Path | None = None) -> str:
-    """SHA-256 of a file's content, remembered under ``cache/files`` for the file's (path, size, time
-    of last change, inode), so a file is hashed once until it changes."""
-    stat = path.stat()
-    identity = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino])
-    memo = None if cache is None else cache / "files" / f"{hashlib.sha256(identity.encode()).hexdigest()}.txt"
-    if memo is not None and memo.is_file():
-        remembered = memo.read_text().strip()
-        if len(remembered) == 64:
-            return remembered
-    with open(path, "rb") as file:
-        digest = hashlib.file_digest(file, "sha256").hexdigest()
-    if memo is not None:
-        _write_cached(memo, digest.encode())
-    return digest
-
-
-def _write_cached(path: Path, content: bytes) -> None:
-    """A cache entry written through a temporary file and a rename: a reader sees the whole entry or
-    none, and two runs writing the same entry at once both leave it whole (renames are atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        temporary.write_bytes(content)
-        os.replace(temporary, path)
-    finally:
-        with suppress(OSError):
-            temporary.unlink()
-
-
-class MapCache:
-    """Coil maps and normalisation of raw cines, computed once and kept on disk under ``folder``.
-
-    Each cine's entry (``maps/KEY.npz``: ``sensitivities`` ``[C, H, W]`` complex64, absent for one
-    coil, and ``scale``, the divisor that gives its fully sampled image peak 1) is keyed by the file's
-    content (:func:`file_digest`), the slice, the grid it was computed on and the settings of the
-    estimation (ESPIRiT's parameters, sigpy's version, the calibration lines): changing any of them makes
-    a new entry; a half-written entry never exists (:func:`_write_cached`). ``estimated`` counts the
-    ESPIRiT calls this cache made (none when every entry was there)."""
-
-    def __init__(self, folder, center_lines: int):
-        from importlib.metadata import version
-
-        self.folder, self.center_lines, self.estimated = Path(folder), center_lines, 0
-        self.settings = {"format": CACHE_FORMAT, "center_lines": center_lines, "sigpy": version("sigpy"),
-                         **ESPIRIT_SETTINGS}
-
-    def key(self, cine: RawCine, grid: tuple[int, int]) -> str:
-        described = {**self.settings, "file": file_digest(cine.volume.path, self.folder),
-                     "variable": cine.volume.variable, "slice": cine.slice, "grid": list(grid)}
-        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
-
-    def path(self, key: str) -> Path:
-        return self.folder / "maps" / f"{key}.npz"
-
-    def prepare(self, cine: RawCine, grid: tuple[int, int]) -> str:
-        """The key of ``cine``'s entry on ``grid`` (H, W), computing the entry if it is not cached: the
-        slice is read (it must be fully sampled), zero-padded in k-space to ``grid``, its maps estimated
-        by ESPIRiT from the ``center_lines`` central rows (more than one coil) and its scale taken."""
-        key = self.key(cine, grid)
-        if self.path(key).is_file():
-            return key
-        kspace = fully_sampled_slice(cine, grid)  # [C, T, H, W]
-        maps = None
-        if kspace.shape[0] > 1:
-            centre = np.zeros((1, grid[0], 1), np.float32)  # [T, H, W] broadcast: the rows every mask samples
-            centre[:, center_rows(grid[0], self.center_lines)] = 1
-            maps = estimate_sensitivities(kspace[None], centre)[0]  # [C, H, W]
-            self.estimated += 1
-        scale = np.float32(1 / np.abs(coil_image(kspace, maps)).max())
-        buffer = io.BytesIO()
-        np.savez(buffer, scale=scale, **({} if maps is None else {"sensitivities": maps}))
-        _write_cached(self.path(key), buffer.getvalue())
-        return key
-
-    def load(self, key: str) -> tuple[np.ndarray | None, np.float32]:
-        """``(sensitivities [C, H, W] or None, scale)`` of an entry :func:`prepare` made."""
-        with np.load(self.path(key), allow_pickle=False) as entry:
-            maps = entry["sensitivities"] if "sensitivities" in entry.files else None
-            return maps, entry["scale"].astype(np.float32)
-
-
-ESPIRIT_SETTINGS = {"kernel_width": 6, "threshold": 0.02, "crop": 0.0, "resolution": 64}  # estimate_sensitivities'
-
-
-def fully_sampled_slice(cine: RawCine, grid: tuple[int, int] | None = None) -> np.ndarray:
-    """The k-space ``[C, T, H, W]`` of ``cine``, read alone (and zero-padded, centred, to ``grid``); a
-    slice that is not fully sampled is refused (training and scoring need the whole of k-space)."""
-    from formats import crop_or_pad, read_kspace_slice
-
-    kspace, measured = read_kspace_slice(cine.volume, cine.slice)  # [C, T, H, W], [T, H, W]
-    if not measured.all():
-        raise DataError(f"{cine.volume.path}: slice {cine.slice} is not fully sampled ({measured.mean():.0%} of "
-                        f"its k-space holds data): training needs fully sampled k-space (reconstruct undersampled "
-                        f"files with python reconstruct.py --kspace)")
-    return kspace if grid is None else crop_or_pad(kspace, grid)
-
-
-def coil_image(kspace: np.ndarray, maps: np.ndarray | None) -> np.ndarray:
-    """The image of fully sampled k-space ``[C, T, H, W]``: ``F^-1 y`` for one coil, ``S^H F^-1 y`` with
-    ``maps`` ``[C, H, W]``; ``[T, H, W]`` complex64, computed as the coil phantom's
-    (``engine.render_coil_phantom``), in torch."""
-    images = ifft2c(torch.from_numpy(kspace))  # [C, T, H, W]
-    return (images[0] if maps is None else coil_combine(images, torch.from_numpy(maps))).numpy()
-
-
-# ----------------------------------------------------------------------------- streamed raw cines
-def accelerations(config: dict) -> list[float]:
-    """The run's accelerations: ``acceleration`` is one number or a list of them (``--acceleration=4,8,10``:
-    every training batch draws one, and every evaluation is scored at each)."""
-    value = config["acceleration"]
-    return [float(a) for a in value] if isinstance(value, (list, tuple)) else [float(value)]
-
-
-class MaskDrawer:
-    """The masks of a run's sampling (``acceleration`` one number or several, ``center_lines``,
-    ``density``, ``mask_type``, ``mask_mode``, ``seed``) for cines of any shape ``[T, H, W]``, on ``device``:
-    the same masks as :class:`CineDataset` draws (fresh per training example, seeded per cine for
-    evaluation, one set with ``mask_mode='fixed'``, CMRxRecon's equispaced ones with ``mask_type='uniform'``)."""
-
-    def __init__(self, sampling: dict, device: torch.device):
-        self.sampling, self.device = sampling, device
-        self.accelerations = accelerations(sampling)
-        self.samplers: dict[tuple, MaskSampler] = {}
-
-    def _shared(self, shape, acceleration: float) -> np.ndarray | None:
-        """The one mask set ``[T, H, W]`` of every cine (uniform masks, ``mask_mode='fixed'``), else None."""
-        s = self.sampling
-        if s["mask_type"] == "uniform":
-            return uniform_mask(shape, round(acceleration), s["center_lines"])
-        if s["mask_mode"] == "fixed":
-            return variable_density_mask(shape, acceleration, s["center_lines"], s["seed"], s["density"])
-        return None
-
-    def training(self, shape, count: int, generator: torch.Generator) -> torch.Tensor:
-        """Masks ``[count, T, H, W]`` for a training batch: with several accelerations the batch draws one."""
-        acceleration = self.accelerations[0]
-        if len(self.accelerations) > 1:
-            acceleration = self.accelerations[int(torch.randint(len(self.accelerations), (), generator=generator,
-                                                                device=generator.device))]
-        shared = self._shared(shape, acceleration)
-        if shared is not None:
-            return torch.from_numpy(shared).to(self.device).expand(count, -1, -1, -1)
-        frames, height, width = shape
-        key = (height, width, acceleration)
-        if key not in self.samplers:
-            self.samplers[key] = MaskSampler(height, width, acceleration, self.sampling["center_lines"],
-                                             self.sampling["density"], device=self.device)
-        return self.samplers[key](count * frames, generator).view(count, *shape)
-
-    def evaluation(self, shape, index: int, acceleration: float, shipped: Path | None = None) -> np.ndarray:
-        """The evaluation mask ``[T, H, W]`` of cine ``index``: the mask shipped with it for this
-        acceleration if any, else the run's (seeded by ``(seed, index)``, as :class:`CineDataset`)."""
-        if shipped is not None:
-            from formats import read_mask_file
-            return read_mask_file(shipped, (1, *shape), f"kspace_sub{round(acceleration):02d}")[0]
-        shared = self._shared(shape, acceleration)
-        if shared is not None:
-            return shared
-        s = self.sampling
-        return variable_density_mask(shape, acceleration, s["center_lines"], mask_seed(s["seed"], index),
-                                     s["density"])
-
-
-def undersampled(target: torch.Tensor, mask: torch.Tensor, kspace: torch.Tensor | None = None,
-                 maps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """A batch as the networks take it from fully sampled cines ``target`` ``[B, T, H, W]`` and masks
-    ``[B, T, H, W]``: single coil (``maps`` None) ``aliased`` ``F^-1 U F x`` and ``kspace`` ``U F x``; with
-    coil k-space ``[B, C, T, H, W]`` and ``maps`` ``[B, C, H, W]``, ``kspace`` ``U y`` (the frame's mask on
-    every coil), ``aliased`` ``A^H U y`` and ``sensitivities``."""
-    if maps is None:
-        aliased, measured = undersample(target, mask)  # [B, T, H, W] complex each
-        return {"aliased": aliased, "target": target, "mask": mask, "kspace": measured}
-    measured = kspace * mask[:, None]  # [B, C, T, H, W]
-    return {"aliased": sense_adjoint(measured, maps, mask), "target": target, "mask": mask, "kspace": measured,
-            "sensitivities": maps}
-
-
-class RawCineReader(torch.utils.data.Dataset):
-    """What a worker reads of raw cine ``i``: its fully sampled k-space on the network grid and its
-    image, both divided by the cine's scale (peak 1), its maps, and the root sum of squares of its coil
-    images on the file's own grid (the reference of the CMRxRecon protocol), as numpy arrays (the
-    cache's entries must exist: :meth:`MapCache.prepare`)."""
-
-    def __init__(self, cines: list[RawCine], keys: list[str], grids: list[tuple[int, int]], cache: MapCache):
-        self.cines, self.keys, self.grids, self.cache = cines, keys, grids, cache
-
-    def __len__(self) -> int:
-        return len(self.cines)
-
-    def __getitem__(self, i: int) -> dict:
-        from formats import crop_or_pad
-
-        own = fully_sampled_slice(self.cines[i])  # [C, T, H0, W0]
-        maps, scale = self.cache.load(self.keys[i])
-        kspace = crop_or_pad(own, self.grids[i])  # [C, T, H, W]
-        image = coil_image(kspace, maps)  # [T, H, W]
-        rss = np.sqrt((np.abs(ifft2c(own)) ** 2).sum(0)) * scale  # [T, H0, W0]
-        return {"row": i, "kspace": kspace * scale, "target": image * scale, "sensitivities": maps, "rss": rss}
-
-
-def stack_cines(items: list[dict]) -> dict:
-    """Collate :class:`RawCineReader` items of one shape into ``[B, ...]`` tensors (no maps for one coil)."""
-    batch = {"rows": torch.tensor([item["row"] for item in items])}
-    for key in ("kspace", "target", "sensitivities", "rss"):
-        if items[0][key] is not None:
-            batch[key] = torch.from_numpy(np.stack([item[key] for item in items]))
-    return batch
-
-
-class _Plan:
-    """A ``DataLoader``'s batch sampler whose batches are set before each pass (``batches``)."""
-
-    def __init__(self):
-        self.batches: list[list[int]] = []
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def _quiet_worker(_: int) -> None:
-    """A reading worker uses one thread: the cores belong to training."""
-    torch.set_num_threads(1)
-
-
-class StreamedCines:
-    """Raw cines read from disk when a batch needs them, never held together: training, validation or
-    test cines ``rows`` (numbers into ``cines``: they seed the evaluation masks) of any shapes.
-
-    Cines are grouped by shape ``[C, T, H, W]`` (on the network grid: ``grid(H, W)``), group by group,
-    so a batch never mixes shapes; ``counts``/``shapes`` describe the groups (``engine.size_batches``
-    numbers rows across them). ``batches(order, start)`` streams the training batches of an epoch
-    through a ``DataLoader`` whose ``workers`` read ahead (``waited``: the seconds the epoch waited for
-    them); ``chunks(rows, batch_size, acceleration)`` the evaluation batches; ``batch(rows)`` reads one
-    batch in this process. Batches are the dicts of :func:`undersampled` on ``device``, the masks drawn
-    there by :class:`MaskDrawer` (training: from ``generator``, which ``engine.seed_epoch`` seeds)."""
-
-    def __init__(self, cines: list[RawCine], rows, cache: MapCache, grid, sampling: dict, device: torch.device,
-                 *, workers: int = 0, generator: torch.Generator | None = None):
-        rows = np.asarray(rows)
-        own = [cines[r].shape for r in rows]  # [C, T, H0, W0]: the file's grid
-        order = sorted(range(len(rows)), key=lambda i: (own[i], i))  # group by shape, keep the order inside
-        self.indices = rows[order]
-        self.cines = [cines[r] for r in self.indices]
-        self.groups = [own[i] for i in order]  # each cine's group: its shape [C, T, H0, W0]
-        self.grids = [grid(*shape[2:]) for shape in self.groups]  # (H, W) of the network grid
-        kinds = sorted(set(self.groups))
-        self.counts = [self.groups.count(kind) for kind in kinds]
-        self.shapes = [(kind[1], *grid(*kind[2:])) for kind in kinds]  # [T, H, W] on the network grid, per group
-        self.reader = RawCineReader(self.cines, [cache.prepare(cine, g) for cine, g in zip(self.cines, self.grids)],
-                                    self.grids, cache)
-        self.masks, self.device, self.workers = MaskDrawer(sampling, device), device, workers
-        self.generator, self.boxes, self.waited = generator, None, 0.0
-        self.raw = True  # scored by the CMRxRecon protocol too (engine.evaluate)
-        self._plan, self._loader = _Plan(), None
-
-    def __len__(self) -> int:
-        return len(self.cines)
-
-    def shape_of(self, row: int) -> tuple[int, int, int]:
-        """``[T, H, W]`` of cine ``row`` on the network grid."""
-        return (self.groups[row][1], *self.grids[row])
-
-    def _read(self, batches: list[list[int]]):
-        """The batches ``batches`` (lists of rows) as :func:`stack_cines` dicts, read by the workers, which
-        outlive an epoch (``persistent_workers``: no start-up cost per epoch) and read ahead."""
-        self._plan.batches = batches
-        if self._loader is None:
-            self._loader = torch.utils.data.DataLoader(
-                self.reader, batch_sampler=self._plan, num_workers=self.workers, collate_fn=stack_cines,
-                worker_init_fn=_quiet_worker, persistent_workers=self.workers > 0,
-                pin_memory=self.device.type == "cuda", generator=torch.Generator())  # never the global generator
-        return iter(self._loader)
-
-    def _on_device(self, read: dict, masks: torch.Tensor) -> dict:
-        """The batch of :func:`undersampled` from what the workers read, plus ``rss`` ``[B, T, H0, W0]``."""
-        to = {key: value.to(self.device, non_blocking=True) for key, value in read.items() if key != "rows"}
-        return {**undersampled(to["target"], masks, to.get("kspace"), to.get("sensitivities")), "rss": to["rss"]}
-
-    def _padded(self, masks: np.ndarray, row: int) -> np.ndarray:
-        """A mask drawn on cine ``row``'s own rows, zero-padded to its grid (padded rows are never measured)."""
-        from formats import crop_or_pad
-        return crop_or_pad(masks, self.shape_of(row)[1:])
 
     def batches(self, order: list[torch.Tensor], start: int = 0):
         """The training batches ``order[start:]`` (rows of each batch: one shape), read ahead by the workers."""
@@ -1438,6 +988,8 @@ class StreamedCines:
             waited = time.perf_counter()
 
     def _pad_masks(self, masks: torch.Tensor, row: int) -> torch.Tensor:
+        """Masks ``[..., H0, W0]`` drawn on cine ``row``'s own rows, zero-padded (centred) to its grid: the
+        padded rows are never measured, the padded columns measured zeros (as the k-space holds there)."""
         height, width = self.shape_of(row)[1:]
         if masks.shape[-2:] == (height, width):
             return masks
@@ -1453,9 +1005,10 @@ class StreamedCines:
         mask = self.masks.evaluation(cine.shape[1:], int(self.indices[row]), acceleration, shipped)
         return self._pad_masks(torch.from_numpy(np.ascontiguousarray(mask)).to(self.device), row)
 
-    def chunks(self, rows, batch_size: int, acceleration: float):
-        """``(chunk rows, batch)`` of the cines ``rows`` at ``acceleration``, in batches of one shape, read
-        ahead by the workers."""
+    def chunks(self, rows, batch_size: int, acceleration: float | None = None):
+        """``(chunk rows, batch)`` of the cines ``rows`` at ``acceleration`` (default: the run's first), in
+        batches of one shape, read ahead by the workers."""
+        acceleration = self.masks.accelerations[0] if acceleration is None else acceleration
         rows = np.asarray(rows)
         groups = [[r for r in rows if self.groups[r] == kind] for kind in sorted(set(self.groups))]
         plan = [group[i:i + batch_size] for group in groups for i in range(0, len(group), batch_size)]

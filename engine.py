@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from cli import UserError, atomic_write, make_run_dirs
-from data import (SPLIT_NAMES, CineDataset, MapCache, SizeGroups, StreamedCines, accelerations, array_header,
+from data import (SPLIT_NAMES, CineDataset, DataError, MapCache, SizeGroups, StreamedCines, accelerations, array_header,
                   available_memory, check_disjoint_splits, check_memory, cine_file, file_digest, is_raw_kspace,
                   load_boxes, load_cine, load_subjects, scan_raw, split_by_subject, split_indices)
 from metrics import (SSIM_RADIUS, format_summary, summarize, batch_nmse, batch_psnr, batch_ssim, box_pixels, cmrxrecon_scores,
@@ -396,6 +396,40 @@ def size_batches(counts: list[int], batch: int, seed: int, epoch: int, rank: int
     return batches
 
 
+def epoch_batches(train_set, batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+    """This process's training batches of ``epoch``: :func:`size_batches`, or under torchrun for raw cines
+    (``train_set.subjects``) :func:`subject_batches`, so that each process reads whole subjects."""
+    subjects = getattr(train_set, "subjects", None)
+    if world == 1 or subjects is None:
+        return size_batches(train_set.counts, batch, seed, epoch, rank, world)
+    return subject_batches(subjects, train_set.counts, batch, seed, epoch, rank, world)
+
+
+def subject_batches(subjects, counts: list[int], batch: int, seed: int, epoch: int, rank: int, world: int
+                    ) -> list[torch.Tensor]:
+    """This process's training batches of ``epoch`` when the cines (rows numbered across size groups of
+    ``counts``, as in :func:`size_batches`) are dealt to the ``world`` processes by subject
+    (``subjects`` ``[N]``): in each group the subjects are shuffled (the same order on every process) and
+    dealt in turn, every process's cines shuffled and repeated up to the most any process got, so
+    that all processes run the same number of batches; the batches are then shuffled as
+    :func:`size_batches` shuffles them."""
+    subjects = np.asarray(subjects)
+    batches, offset = [], 0
+    for group, count in enumerate(counts):
+        rows = np.arange(offset, offset + count)
+        offset += count
+        names = np.unique(subjects[rows])
+        order = np.random.default_rng([seed, 5, epoch, group]).permutation(len(names))
+        dealt = [np.flatnonzero(np.isin(subjects[rows], names[order[r::world]])) for r in range(world)]
+        mine = rows[dealt[rank]] if len(dealt[rank]) else rows  # more processes than subjects: any cine
+        mine = np.random.default_rng([seed, 6, epoch, group, rank]).permutation(mine)
+        batches += list(torch.from_numpy(np.resize(mine, max(map(len, dealt)))).split(batch))
+    if len(counts) > 1:
+        shuffle = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist()]
+    return batches
+
+
 class FreshPhantom:
     """New phantom training cines every epoch, rendered one epoch ahead in a background thread.
 
@@ -460,7 +494,8 @@ def pad_to_multiple(images: np.ndarray, multiple: int, notes: list[str], source:
     return images, boxes
 
 
-def make_datasets(images, config: dict, device: torch.device, meta: dict | None = None, notes: list | None = None
+def make_datasets(images, config: dict, device: torch.device, meta: dict | None = None, notes: list | None = None,
+                  multiple: int | None = None
                   ) -> tuple[SizeGroups | StreamedCines, CineDataset | StreamedCines, CineDataset | StreamedCines]:
     """Train/val/test sets resident on ``device``; training masks are drawn there too, from a
     generator that :func:`seed_epoch` seeds. ``meta``: from :func:`load_images` (heart boxes, a
@@ -470,7 +505,8 @@ def make_datasets(images, config: dict, device: torch.device, meta: dict | None 
     ``meta["coils"]`` (coil k-space and maps ``[N, ...]``, see :class:`data.CineDataset`) is split too."""
     meta = meta or {}
     if meta.get("raw"):  # images: the raw cines (data.RawCine) of load_images
-        return raw_datasets(images, config, device, meta["splits"], [] if notes is None else notes)
+        return raw_datasets(images, config, device, meta["splits"], [] if notes is None else notes,
+                            multiple or size_multiple(config))
     boxes, coils = meta.get("boxes"), meta.get("coils")
 
     def coils_of(idx):  # the coil k-space and maps of the cines idx, on the device
@@ -502,20 +538,19 @@ def make_datasets(images, config: dict, device: torch.device, meta: dict | None 
     return SizeGroups(groups), val_set, test_set
 
 
-def raw_datasets(cines: list, config: dict, device: torch.device, splits: tuple, notes: list[str]
+def raw_datasets(cines: list, config: dict, device: torch.device, splits: tuple, notes: list[str], multiple: int
                  ) -> tuple[StreamedCines, StreamedCines, StreamedCines]:
     """Train/val/test sets of raw cines streamed from disk (:class:`data.StreamedCines`), their coil maps
     and scales taken from (or first computed into) the cache ``config["cache_dir"]``
-    (:class:`data.MapCache`), each cine zero-padded in k-space to the network's size multiple."""
+    (:class:`data.MapCache`), each cine zero-padded in k-space to a multiple of ``multiple`` rows and
+    columns (the networks' size multiple)."""
     cache = MapCache(config["cache_dir"], config["center_lines"])
-    multiple = size_multiple(config)
+    check_distinct_files(cines, cache.folder)
 
     def grid(height: int, width: int) -> tuple[int, int]:
         return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
-    with tqdm(cines, desc="coil maps", unit="cine", dynamic_ncols=True, leave=False, disable=None) as bar:  # a terminal's
-        for cine in bar:
-            cache.prepare(cine, grid(*cine.shape[2:]))
+    prepare_maps(cache, cines, grid)
     sampling = dict(acceleration=config["acceleration"], center_lines=config["center_lines"],
                     density=config["density"], mask_type=config.get("mask_type", "variable_density"),
                     mask_mode=config["mask_mode"], seed=config["seed"])
@@ -525,6 +560,38 @@ def raw_datasets(cines: list, config: dict, device: torch.device, splits: tuple,
     notes.append(f"coil maps and scales of the {len(cines)} raw cines: {cache.estimated} estimated (ESPIRiT) and "
                  f"{len(cines) - cache.estimated} taken from the cache {cache.folder}/")
     return train, val, test
+
+
+def check_distinct_files(cines: list, cache: Path) -> None:
+    """Refuse two raw files with the same content (a file copied into two subjects' folders): its
+    cines could land in two splits. Contents are compared by SHA-256 (:func:`data.file_digest`)."""
+    seen = {}
+    for path in dict.fromkeys(cine.volume.path for cine in cines):
+        earlier = seen.setdefault(file_digest(path, cache), path)
+        if earlier != path:
+            raise DataError(f"{path}: the same k-space as {earlier} (a copy): its cines could be trained on and "
+                            f"scored as another subject's; remove one")
+
+
+def prepare_maps(cache: MapCache, cines: list, grid) -> None:
+    """Read every raw cine once and cache its maps (:meth:`data.MapCache.prepare`), a progress bar on a
+    terminal; under torchrun each process takes its share and they wait for each other, and a bad
+    slice found by any process stops every process with its one line."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    failure = None
+    try:
+        with tqdm(cines[rank::world], desc="coil maps", unit="cine", dynamic_ncols=True, leave=False,
+                  disable=None) as bar:
+            for cine in bar:
+                cache.prepare(cine, grid(*cine.shape[2:]))
+    except UserError as error:
+        failure = str(error)
+    if world > 1:
+        failures = [None] * world
+        dist.all_gather_object(failures, failure)
+        failure = next((message for message in failures if message), None)
+    if failure:
+        raise UserError(failure)
 
 
 def check_batching(config: dict, train_cines: int, world: int, device: torch.device) -> None:

@@ -81,13 +81,14 @@ from adapt import adapt as adapt_to_scan
 from checkpoint import load_trained_model
 from cli import UserError, atomic_write, check_name_length, cli_errors, make_folder, positive, run_command, \
     written_together
-from data import DataError, check_cines, mask_seed, normalize
+from data import DataError, MapCache, RawCine, check_cines, mask_seed, normalize
 from engine import autocast, choose_autocast, resolve_device
-from formats import KSpace, check_mask, check_output, crop_or_pad, npz_arrays, read_cines, read_kspace, save_npz
+from formats import (KSpace, check_mask, check_output, crop_or_pad, inspect_kspace, npz_arrays, read_cines, read_kspace,
+                     save_npz)
 from metrics import batch_psnr, batch_ssim, format_summary
 from models import fixed_frame_count, size_multiple
-from sampling import (check_sampling, data_consistency, estimate_sensitivities, fft2c, gradient_dc, ifft2c,
-                      interpolate_maps, sense_adjoint, undersample, variable_density_mask)
+from sampling import (calibration_lines, check_sampling, data_consistency, estimate_sensitivities, fft2c, gradient_dc,
+                      ifft2c, interpolate_maps, sense_adjoint, undersample, variable_density_mask)
 
 
 @dataclass
@@ -207,26 +208,40 @@ def simulated_masks(config: dict, data: KSpace, acceleration: float | None, sour
     return masks, f"simulated with the checkpoint's sampling: {sampling}"
 
 
-def coil_maps(data: KSpace, measured: np.ndarray, masks: np.ndarray, padded: bool, source) -> tuple[np.ndarray, str]:
+def coil_maps(data: KSpace, measured: np.ndarray, masks: np.ndarray, padded: bool, source,
+              cache: tuple | None = None) -> tuple[np.ndarray, str]:
     """Sensitivities ``[N, C, Hn, Wn]`` for coil k-space ``measured`` ``[N, C, T, Hn, Wn]``: the file's,
     resampled to the network's grid when it is finer (``padded``), else estimated by ESPIRiT from the
-    data's own calibration lines (``sampling.estimate_sensitivities``)."""
+    data's own calibration lines (``sampling.estimate_sensitivities``); with ``cache`` (the folder and
+    the file's :class:`formats.RawVolume`) each slice's maps are taken from, or kept in, that
+    :class:`data.MapCache` (the cache train.py fills: the same data, lines and grid give the same maps)."""
     if data.sensitivities is not None:
         if not padded:
             return data.sensitivities, "sensitivities from the file"
         maps = np.stack([interpolate_maps(cine, measured.shape[-2:]) for cine in data.sensitivities])
         return maps.astype(np.complex64), "sensitivities from the file, interpolated to the network's finer grid"
     try:
-        maps = estimate_sensitivities(measured, masks)
+        if cache is None:
+            maps = estimate_sensitivities(measured, masks)
+        else:
+            folder, volume = cache
+            caches = [MapCache(folder, calibration_lines(mask)) for mask in masks]
+            maps = np.stack([store.maps(RawCine(volume, n, ""), measured.shape[-2:], lambda n=n: (measured[n], masks[n]))
+                             for n, store in enumerate(caches)])
+            estimated = sum(store.estimated for store in caches)
+            return maps, (f"sensitivities from the cache {folder}/ ({estimated} of {len(maps)} slice(s) estimated now "
+                          f"by ESPIRiT from the data's calibration lines)")
     except ValueError as error:
         raise DataError(f"{source}: the file holds no sensitivities and they cannot be estimated: {error}") from None
     return maps, "sensitivities estimated (ESPIRiT, sampling.estimate_sensitivities) from the data's calibration lines"
 
 
-def kspace_problem(data: KSpace, config: dict, source, acceleration: float | None = None) -> Problem:
+def kspace_problem(data: KSpace, config: dict, source, acceleration: float | None = None,
+                   cache: tuple | None = None) -> Problem:
     """Measured k-space (:func:`formats.read_kspace`): mask as measured (or simulated with
     ``acceleration``), k-space padded with unmeasured lines, each cine divided by the peak of its
-    zero-filled (coil-combined) image. One coil is the single-coil problem (no sensitivities)."""
+    zero-filled (coil-combined) image. One coil is the single-coil problem (no sensitivities);
+    ``cache``: see :func:`coil_maps`."""
     count, coils, frames, height, width = data.kspace.shape
     check_frames(config, frames, source, "measured k-space cannot be resampled in time")
     mask, origin = simulated_masks(config, data, acceleration, source)
@@ -242,7 +257,7 @@ def kspace_problem(data: KSpace, config: dict, source, acceleration: float | Non
     if coils == 1:
         zero_filled = ifft2c(measured[:, 0]).astype(np.complex64)
     else:
-        maps, how = coil_maps(data, measured, masks, size != (height, width), source)
+        maps, how = coil_maps(data, measured, masks, size != (height, width), source, cache)
         notes.append(f"{coils} coils: {how}")
         zero_filled = sense_adjoint(measured, maps, masks).astype(np.complex64)
     reference = None if acceleration is None else fully_sampled_image(data, maps, size)  # [N, T, H, W]
@@ -465,6 +480,7 @@ def reconstruct(*,
                 mask: str | None = None,  # 0/1 .npy/.npz [T,H,W]|[N,T,H,W] or CMRxRecon *_mask.mat; None: see docs
                 acceleration: float | None = None,  # undersample fully sampled --kspace data so; None: as measured
                 nifti: str | None = None,  # also write the magnitude cines to this .nii/.nii.gz; None: no NIfTI
+                cache_dir: str | None = None,  # measured k-space: keep/reuse coil maps in this folder (train.py's --cache_dir); None: estimate
                 figures: str | None = None,  # a folder for a PNG and a GIF per cine; None: no figures
                 device: str = "auto",  # 'auto' (CUDA if present) | 'cpu' | 'cuda' | 'cuda:N'
                 batch_size: int = 8,  # cines per batch (>= 1)
@@ -485,6 +501,10 @@ def reconstruct(*,
                         "undersampled with the checkpoint's sampling")
     out, figures_dir = check_output(out), check_figures(figures)
     nifti_path = None if nifti is None else check_output(nifti, (".nii", ".nii.gz"))
+    if figures_dir is not None and figures_dir.resolve() in (out.resolve(), nifti_path and nifti_path.resolve()):
+        raise UserError(f"--figures={figures}: the folder of the figures cannot be --out or --nifti")
+    if cache_dir is not None and any(part.is_file() for part in (Path(cache_dir), *Path(cache_dir).parents)):
+        raise UserError(f"--cache_dir={cache_dir}: a file is in the way of this folder")
     torch_device = resolve_device(device)
     model, config = load_trained_model(checkpoint, torch_device)
     amp_dtype, amp_reason = inference_autocast(config, torch_device)
@@ -492,7 +512,8 @@ def reconstruct(*,
     data = None
     if kspace is not None or "kspace" in npz_arrays(path):
         data = read_kspace(path, mask, key)
-        problem = kspace_problem(data, config, path, acceleration)
+        cache = None if cache_dir is None else (Path(cache_dir), inspect_kspace(path, key))
+        problem = kspace_problem(data, config, path, acceleration, cache)
     else:
         problem = fully_sampled_problem(path, config, key, mask)
     print(f"checkpoint {checkpoint}: {network_summary(config)}; device {torch_device}, autocast {amp_dtype or 'off'} "

@@ -34,7 +34,7 @@ from cli import Command, Positional, UserError, atomic_write, check_run_name, cl
 from data import accelerations
 from engine import (FreshPhantom, Report, check_batching, choose_autocast, create_run_dirs, data_fingerprint, describe_device,
                     evaluate_all, init_distributed, jsonable, load_images, lr_factor, make_datasets, resolve_device,
-                    seed_epoch, size_batches, stop_everywhere, stop_on_signal, test_summary, train_step, training_flops,
+                    seed_epoch, epoch_batches, stop_everywhere, stop_on_signal, test_summary, train_step, training_flops,
                     unet_branches)
 from metrics import format_summary
 from models import build_model, describe_parameters, parameter_groups, use_channels_last
@@ -162,7 +162,7 @@ def run(name: str, config: dict, notes: list[str], scale_lines: bool, rank: int,
             seed_epoch(train_set, config["seed"], rank, epoch)
             if state["batch"]:  # resuming mid-epoch: continue the random streams where they stopped
                 restore_rng(checkpoint["rng"], train_set)
-            order = size_batches(counts, local_batch, config["seed"], epoch, rank, world)  # this rank's batches
+            order = epoch_batches(train_set, local_batch, config["seed"], epoch, rank, world)  # this rank's batches
             mean_loss = train_epoch(model, optimizer, scheduler, scaler, train_set, order, config, amp_dtype,
                                     state, stop, epoch, rank, world)
             if mean_loss is None:  # stopped by a signal mid-epoch (single process)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import data
+import reconstruct
 import train
 from cli import cli_errors
 from data import DataError, MapCache, StreamedCines, read_array_item, scan_raw, split_by_subject, split_indices
@@ -85,17 +86,24 @@ def test_streamed_batches_hold_one_shape_and_draw_fresh_masks(tree, tmp_path):
     assert sorted(rows) == list(range(6))
 
 
+def first_read(cine):
+    """What MapCache.prepare reads for ``cine``: its k-space and the centre rows that calibrate."""
+    return lambda: (data.fully_sampled_slice(cine), data.centre_mask(cine.shape[2], 4))
+
+
 def test_coil_maps_are_estimated_once_then_read_from_the_cache(tree, tmp_path, monkeypatch):
     calls = []
     estimate = data.estimate_sensitivities
     monkeypatch.setattr(data, "estimate_sensitivities", lambda *a, **k: calls.append(1) or estimate(*a, **k))
     cines = scan_raw([str(tree)], [])
     first = MapCache(tmp_path / "cache", 4)
-    keys = [first.prepare(cine, cine.shape[2:]) for cine in cines]
+    maps = [first.maps(cine, cine.shape[2:], first_read(cine)) for cine in cines]
     assert len(calls) == len(cines) == first.estimated
     again = MapCache(tmp_path / "cache", 4)  # a later run
-    assert [again.prepare(cine, cine.shape[2:]) for cine in cines] == keys and len(calls) == len(cines)
-    assert again.estimated == 0
+    for cine, earlier in zip(cines, maps):
+        again.prepare(cine, cine.shape[2:])
+        assert np.array_equal(again.maps(cine, cine.shape[2:]), earlier)
+    assert len(calls) == len(cines) and again.estimated == 0
     other = MapCache(tmp_path / "cache", 6)  # other calibration lines: other maps
     other.prepare(cines[0], cines[0].shape[2:])
     assert len(calls) == len(cines) + 1
@@ -122,7 +130,7 @@ def test_coil_tree_trains_to_the_same_test_metrics_as_coil_phantom(tmp_path):
     assert "7 estimated (ESPIRiT) and 0 taken from the cache" in report and "CMRxRecon protocol PSNR" in report
 
 
-def test_several_accelerations_are_scored_one_by_one(tree, tmp_path):
+def test_several_accelerations_are_scored_one_by_one(tree, tmp_path, capsys):
     result = run_tool("train.py", ["multi", f"--data={tree}", *LSNET, "--num_epochs=1", "--center_lines=4",
                                    "--mask_type=uniform", "--acceleration=2,4", "--in_channels=4", "--out_channels=4"],
                       tmp_path)
@@ -132,6 +140,12 @@ def test_several_accelerations_are_scored_one_by_one(tree, tmp_path):
     assert metrics["test"]["acceleration"] == [2.0, 2.0, 4.0, 4.0]  # the test subject's two slices at each
     assert metrics["summary"]["psnr_zero_filled@2x"]["mean"] > metrics["summary"]["psnr_zero_filled@4x"]["mean"]
     assert "at acceleration 4 (2 cines):" in (tmp_path / "output" / "multi" / "output.txt").read_text()
+    # reconstruct.py reuses the maps the run cached: the same file, calibration lines and grid
+    file = next((tree / "MultiCoil" / "Cine" / "TrainingSet" / "FullSample" / "P003").glob("*.mat"))
+    reconstruct.main(["--checkpoint", str(tmp_path / "output" / "multi" / "best.pt"), "--kspace", str(file),
+                      "--acceleration=4", "--cache_dir", str(tmp_path / "cache"), "--out", str(tmp_path / "r.npz"),
+                      "--device=cpu"])
+    assert f"sensitivities from the cache {tmp_path / 'cache'}/ (0 of 2 slice(s) estimated now" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -170,10 +184,15 @@ def test_bad_trees_are_one_line_naming_the_file_and_write_nothing(tmp_path, dama
     assert not (tmp_path / "output" / "bad").exists() and not (tmp_path / "images" / "bad").exists()
 
 
-def test_a_file_named_twice_is_refused(tree):
+def test_a_file_named_twice_or_copied_is_refused(tree, tmp_path):
     file = next((tree / "MultiCoil" / "Cine" / "TrainingSet" / "FullSample" / "P001").glob("*.mat"))
     with pytest.raises(DataError, match="named twice"):
         scan_raw([str(tree), str(file)], [])
+    import shutil
+    from engine import check_distinct_files
+    shutil.copy(file, tmp_path / "copy.mat")
+    with pytest.raises(DataError, match="the same k-space as"):
+        check_distinct_files(scan_raw([str(tree), str(tmp_path / "copy.mat")], []), tmp_path / "cache")
 
 
 def test_cmrxrecon_protocol_scores_the_central_slices_first_frames_and_centre(tmp_path):
@@ -215,3 +234,50 @@ def test_a_real_scanner_mrd_file_reads_a_slice_at_a_time_as_whole():
     kspace, measured = read_kspace_slice(volume, 0)
     assert np.array_equal(kspace, whole.kspace[0]) and np.array_equal(measured, whole.mask[0])
     assert measured[0, :, 0].sum() == 68  # every third line and a calibration block
+
+
+def test_torchrun_deals_whole_subjects_to_each_process_in_equal_batch_counts():
+    from engine import size_batches, subject_batches
+    subjects = np.array(["a", "a", "b", "c", "c", "c", "d", "e", "e", "f"])  # rows 0-5: group 0, rows 6-9: group 1
+    counts = [6, 4]
+    ranks = [subject_batches(subjects, counts, 2, seed=1, epoch=3, rank=r, world=2) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1])
+    seen = [set(subjects[torch.cat(batches).numpy()]) for batches in ranks]
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(subjects)
+    for batches in ranks:
+        assert all((batch < 6).all() or (batch >= 6).all() for batch in batches), "a batch never mixes groups"
+    again = subject_batches(subjects, counts, 2, seed=1, epoch=3, rank=0, world=2)
+    assert all(torch.equal(a, b) for a, b in zip(again, ranks[0]))
+    moved = subject_batches(subjects, counts, 2, seed=1, epoch=4, rank=0, world=2)
+    assert not all(torch.equal(a, b) for a, b in zip(moved, ranks[0])), "a new deal every epoch"
+    streamed = type("Train", (), {"subjects": subjects, "counts": counts})()
+    from engine import epoch_batches
+    one = epoch_batches(streamed, 2, seed=1, epoch=3)
+    assert all(torch.equal(a, b) for a, b in zip(one, size_batches(counts, 2, 1, 3)))
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--sizes=8x8"], "--sizes=8x8: expected matrices HxW (ky x kx) of 16..512"),
+    (["--center_lines=40"], "--center_lines=40 at 16 rows"),
+    (["--accelerations=4,x"], "expected sizes HxW,HxW,... and integer accelerations"),
+    (["--slices=32", "--coils=64", "--frames=200", "--sizes=512x512"], "would need about"),
+    (["--subjects=0"], "--subjects=0: must be 1..1000"),
+])
+def test_phantom_tree_options_are_checked_before_anything_is_rendered(tmp_path, capsys, options, message):
+    import phantom
+    with pytest.raises(SystemExit) as stop:
+        phantom.main([str(tmp_path / "tree"), "--layout=cmrxrecon", "--sizes=16x16", *options])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.iterdir()), "nothing written"
+
+
+def test_phantom_tree_command_writes_a_tree_and_never_over_one(tmp_path, capsys):
+    import phantom
+    tiny = ["--layout=cmrxrecon", "--subjects=1", "--slices=1", "--sizes=16x16", "--frames=2", "--coils=2",
+            "--accelerations=2", "--center_lines=4"]
+    phantom.main([str(tmp_path / "tree"), *tiny])
+    assert (tmp_path / "tree" / "MultiCoil" / "Cine" / "TrainingSet" / "AccFactor02" / "P001" / "cine_sax_mask.mat").is_file()
+    with pytest.raises(SystemExit) as stop:
+        phantom.main([str(tmp_path / "tree"), *tiny])
+    assert stop.value.code == 2 and "already exists" in capsys.readouterr().err
