@@ -539,6 +539,8 @@ def _read_kspace_npz(path: Path, mask) -> KSpace:
             raise DataError(f"{path}: 'sensitivities' {maps.dtype} {tuple(maps.shape)}; expected complex [N, C, H, W] "
                             f"= {(len(kspace), kspace.shape[1], *kspace.shape[3:])}")
         maps = maps.astype(np.complex64)
+        if not np.isfinite(maps).all():
+            raise DataError(f"{path}: 'sensitivities' hold {int(maps.size - np.isfinite(maps).sum())} NaN/Inf values")
     size = read_array(path, "pixel_size") if "pixel_size" in names else None
     if size is not None:
         if size.shape != (2,) or size.dtype.kind not in "iuf":

@@ -68,6 +68,7 @@ Mixed precision follows the checkpoint's ``amp`` under
 from __future__ import annotations
 
 import gzip
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,8 +335,8 @@ def check_adaptation(steps: int, lr: float, crop: int, multiple: int, width: int
     the columns of its grid)."""
     if steps < 0:
         raise UserError(f"--adapt={steps}: adaptation steps must be >= 0 (0 = off)")
-    if not lr > 0:
-        raise UserError(f"--adapt_lr={lr}: must be > 0")
+    if not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"--adapt_lr={lr}: must be a finite number > 0")
     if crop < 0 or (0 < crop < width and crop % multiple):
         raise UserError(f"--adapt_crop={crop}: give 0 (all {width} columns) or a multiple of {multiple}, "
                         f"the network's size multiple")
@@ -496,6 +497,8 @@ def reconstruct(*,
     cine's own measurements (self-supervised, no reference needed). Writes --out in the input's units."""
     if (input is None) == (kspace is None):
         raise UserError("give one input: --input=CINES (or a k-space .npz) or --kspace=RAW_KSPACE")
+    if acceleration is not None and not (math.isfinite(acceleration) and acceleration >= 1):
+        raise UserError(f"--acceleration={acceleration}: must be a finite number >= 1")
     if acceleration is not None and kspace is None:
         raise UserError("--acceleration simulates undersampling of --kspace data; cines given with --input are "
                         "undersampled with the checkpoint's sampling")

@@ -1199,3 +1199,18 @@ def test_outputs_written_together_get_their_names_all_or_none(tmp_path):
             atomic_write(tmp_path / "d.txt", b"d", new=True)
     assert sorted(os.listdir(tmp_path)) == ["a.npz", "b.txt", "d.txt"]  # c.npz, f/g/x.png and f/g/ taken back
     assert (tmp_path / "d.txt").read_text() == "another command's"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0.5"])
+def test_reconstruct_names_an_impossible_acceleration_itself(tmp_path, capsys, value):
+    refused(capsys, reconstruct.main, ["--kspace=k.npz", f"--acceleration={value}", f"--out={tmp_path / 'r.npz'}"],
+            rf"^error: --acceleration={value}: must be a finite number >= 1$", [tmp_path / "r.npz"])
+
+
+def test_kspace_npz_sensitivities_that_are_not_finite_are_one_line(tmp_path, capsys):
+    maps = np.ones((1, 2, 4, 4), np.complex64)
+    maps[0, 1, 2, 3] = np.nan
+    np.savez(tmp_path / "k.npz", kspace=np.ones((1, 2, 1, 4, 4), np.complex64), mask=np.ones((1, 4, 4), np.float32),
+             sensitivities=maps)
+    refused(capsys, convert_kspace(tmp_path / "k.npz"), [f"--out={tmp_path / 'c.npz'}"],
+            r"k.npz: 'sensitivities' hold 1 NaN/Inf values", [tmp_path / "c.npz"])

@@ -220,7 +220,8 @@ def test_adapted_kspace_reconstruction_never_reads_unmeasured_kspace(cine_unet, 
 
 @pytest.mark.parametrize("extra, message", [
     (["--adapt_crop", "10"], "--adapt_crop=10: give 0 .* or a multiple of 4"),
-    (["--adapt_lr", "0"], "--adapt_lr=0.0: must be > 0"),
+    (["--adapt_lr", "0"], "--adapt_lr=0.0: must be a finite number > 0"),
+    (["--adapt_lr", "inf"], "--adapt_lr=inf: must be a finite number > 0"),
     (["--mask", "checker.npy"], "Cartesian mask of whole ky lines"),
 ])
 def test_bad_adaptation_options_are_refused(cine_unet, tmp_path, extra, message):
