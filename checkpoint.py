@@ -179,7 +179,7 @@ def finished_summary(checkpoint: dict, config: dict, out_dir: Path) -> dict | No
         return None
     try:
         return json.loads((Path(out_dir) / "metrics.json").read_text())["summary"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # damaged: tested (and written) again
         return None
 
 
