@@ -18,11 +18,15 @@ import zlib
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from cli import UserError, atomic_write, check_readable, make_folder
+
+if TYPE_CHECKING:
+    from formats import RawVolume
 from sampling import (MASK_TYPES, MaskSampler, center_rows, coil_combine, estimate_sensitivities, ifft2c, sense_adjoint,
                       undersample, uniform_mask, variable_density_mask)
 
@@ -728,7 +732,8 @@ class MapCache:
     def path(self, cine: RawCine, grid: tuple[int, int]) -> Path:
         described = {**self.settings, "file": file_digest(cine.volume.path, self.folder),
                      "variable": cine.volume.variable, "slice": cine.slice, "grid": list(grid)}
-        return self.folder / "maps" / f"{hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()}.npy"
+        key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+        return self.folder / "maps" / f"{key}.npy"
 
     def maps(self, cine: RawCine, grid: tuple[int, int], read=None) -> np.ndarray:
         """The maps ``[C, H, W]`` of ``cine`` on ``grid`` (H, W): the cached entry, else estimated by ESPIRiT

@@ -39,8 +39,8 @@ from cli import UserError, atomic_write, make_run_dirs
 from data import (SPLIT_NAMES, CineDataset, DataError, MapCache, SizeGroups, StreamedCines, accelerations, array_header,
                   available_memory, check_disjoint_splits, check_memory, cine_file, file_digest, is_raw_kspace,
                   load_boxes, load_cine, load_subjects, scan_raw, split_by_subject, split_indices)
-from metrics import (SSIM_RADIUS, format_summary, summarize, batch_nmse, batch_psnr, batch_ssim, box_pixels, cmrxrecon_scores,
-                     cmrxrecon_slices)
+from metrics import (SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim, box_pixels, cmrxrecon_scores, cmrxrecon_slices,
+                     format_summary, summarize)
 from models import build_model, count_parameters, fixed_frame_count, size_multiple
 from sampling import (REFERENCE_HEIGHT, center_rows, check_sampling, coil_combine, estimate_sensitivities, fft2c,
                       ifft2c, scaled_center_lines)

@@ -227,8 +227,8 @@ def coil_maps(data: KSpace, measured: np.ndarray, masks: np.ndarray, padded: boo
         else:
             folder, volume = cache
             caches = [MapCache(folder, calibration_lines(mask)) for mask in masks]
-            maps = np.stack([store.maps(RawCine(volume, n, ""), measured.shape[-2:], lambda n=n: (measured[n], masks[n]))
-                             for n, store in enumerate(caches)])
+            maps = np.stack([store.maps(RawCine(volume, n, ""), measured.shape[-2:],
+                                        lambda n=n: (measured[n], masks[n])) for n, store in enumerate(caches)])
             estimated = sum(store.estimated for store in caches)
             return maps, (f"sensitivities from the cache {folder}/ ({estimated} of {len(maps)} slice(s) estimated now "
                           f"by ESPIRiT from the data's calibration lines)")

@@ -32,10 +32,10 @@ from checkpoint import (CHECKPOINT_FORMAT, check_resumable, finished_summary, lo
                         save_checkpoint, snapshot)
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors
 from data import accelerations
-from engine import (FreshPhantom, Report, check_batching, choose_autocast, create_run_dirs, data_fingerprint, describe_device,
-                    evaluate_all, init_distributed, jsonable, load_images, lr_factor, make_datasets, resolve_device,
-                    seed_epoch, epoch_batches, stop_everywhere, stop_on_signal, test_summary, train_step, training_flops,
-                    unet_branches)
+from engine import (FreshPhantom, Report, check_batching, choose_autocast, create_run_dirs, data_fingerprint,
+                    describe_device, epoch_batches, evaluate_all, init_distributed, jsonable, load_images, lr_factor,
+                    make_datasets, resolve_device, seed_epoch, stop_everywhere, stop_on_signal, test_summary, train_step,
+                    training_flops, unet_branches)
 from metrics import format_summary
 from models import build_model, describe_parameters, parameter_groups, use_channels_last
 from settings import resolve_config, train_options
@@ -265,7 +265,8 @@ def test_and_report(name, model, test_set, config, state, report, amp_dtype, wor
         return None
     summary, lines = test_summary(test)
     lines = [f"test: {len(set(test['index']))} cines, weights of epoch {best['epoch']} (best validation PSNR "
-             f"{best['val_psnr']:.3f} dB)", *lines, format_summary(f"test loss ({config['loss_tpe']})", test["loss"], 6)]
+             f"{best['val_psnr']:.3f} dB)", *lines,
+             format_summary(f"test loss ({config['loss_tpe']})", test["loss"], 6)]
     report.write(state["history"], lines)
     metrics = {"name": name, "config": config, "best_epoch": best["epoch"], "history": state["history"],
                "summary": summary, "test": {key: jsonable(test[key]) for key in test if key != "examples"}}

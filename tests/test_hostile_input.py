@@ -642,8 +642,8 @@ def test_a_dicom_frame_with_an_empty_trigger_time_is_one_line(tmp_path):
 @pytest.mark.parametrize("values, message", [
     ({"dropout": "abc"}, r"option --dropout=abc: could not convert string to float"),
     ({"initial_lr": None}, r"option --initial_lr=none: could not convert string to float"),
-    ({"warmup": [1, 2]}, r"option --warmup=1,2: could not convert string to float"),  # numbers: as --key=1,2
-    ({"warmup": ["a"]}, r"option --warmup=\[\"a\"\]: expected a number, true/false, text or null"),
+    ({"warmup": [1, 2]}, r"option --warmup=1,2: could not convert string to float"),  # a list: its text 1,2
+    ({"warmup": [1, "a"]}, r"option --warmup=\[1, \"a\"\]: expected a number, true/false, text or null"),
     ({"device": None}, r"--device='none': choose one of|--device=none: use auto"),
     ({"num_epochs": 1.5}, r"option --num_epochs=1.5: invalid literal for int"),
     ({"figures": "maybe"}, r"option --figures=maybe: expected true or false"),

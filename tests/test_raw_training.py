@@ -1,7 +1,6 @@
 """Training on raw multi-coil k-space streamed from disk (issue 25): CMRxRecon-style phantom trees
 written by phantom.py, read a slice at a time, split by subject, coil maps cached, scored by our
 metrics and by the CMRxRecon protocol."""
-import json
 from pathlib import Path
 
 import numpy as np
