@@ -943,8 +943,8 @@ MRD_HEADERS = {  # header values -> the field the one line names
 def test_mrd_header_numbers_are_checked_where_they_are_parsed(tmp_path, capsys, header):
     values, message = MRD_HEADERS[header]
     path = mrd_file(tmp_path / "scan.h5", **values)
-    refused(capsys, convert_kspace(path), [f"--out={tmp_path / 'k.npz'}"], rf"^error: {path}: (the header's )?{message}",
-            [tmp_path / "k.npz"])
+    refused(capsys, convert_kspace(path), [f"--out={tmp_path / 'k.npz'}"],
+            rf"^error: {path}: (the header's )?{message}", [tmp_path / "k.npz"])
 
 
 def test_a_pixel_size_of_0_leaves_no_output_of_reconstruct(tmp_path, capsys):
@@ -1039,9 +1039,9 @@ def test_a_mask_file_of_another_frame_count_is_refused_by_the_mask_check(tmp_pat
     write_mat73(tmp_path / "cine_sax.mat", {"kspace_sub04": np.ones((4, 4, 1, 1, 3), np.complex64)}, "<f4")
     write_mat73(tmp_path / "cine_sax_mask.mat", {"mask04": np.ones((4, 4, 5))})
     refused(capsys, convert_kspace(tmp_path / "cine_sax.mat", f"--mask={tmp_path / 'cine_sax_mask.mat'}"),
-            [f"--out={tmp_path / 'k.npz'}"], r"--mask .*cine_sax_mask.mat \(MATLAB v7.3 variable 'mask04' 4x4x5\): mask "
-                                             r"of shape \(5, 4, 4\); expected \[T, H, W\] = \(3, 4, 4\)",
-            [tmp_path / "k.npz"])
+            [f"--out={tmp_path / 'k.npz'}"],
+            r"--mask .*cine_sax_mask.mat \(MATLAB v7.3 variable 'mask04' 4x4x5\): mask of shape \(5, 4, 4\); "
+            r"expected \[T, H, W\] = \(3, 4, 4\)", [tmp_path / "k.npz"])
 
 
 def test_a_2d_cmrxrecon_kspace_is_one_frame_of_one_coil(tmp_path):
