@@ -109,3 +109,22 @@ def test_train_py_trains_the_dual_unet_on_cines_of_another_frame_count(tmp_path)
     metrics = read_metrics(tmp_path / "output" / "nine")
     assert metrics["config"]["in_channels"] == 4 and len(metrics["test"]["psnr"]) == 4
     assert np.isfinite(metrics["test"]["psnr"]).all() and np.isfinite(metrics["history"][0]["val_psnr"])
+
+
+def test_the_frame_count_benchmark_tables_windows_scores_and_times(tmp_path):
+    from benchmarks.frame_counts import frame_counts
+    from checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from models import build_model
+
+    config = train_defaults(prior=None, in_channels=WINDOW, out_channels=WINDOW, init_features=2, resnet_features=4,
+                            resnet_blocks=1, cascades=1, image_size=32, center_lines=2, amp="none")
+    (tmp_path / "run").mkdir()
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "config": config, "model": build_model(config).state_dict()},
+                    tmp_path / "run" / "best.pt")
+    table = frame_counts(checkpoint=str(tmp_path / "run" / "best.pt"), frames="3,4,6", count=1, repeats=1,
+                         device="cpu", results=str(tmp_path))
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [(row[0], row[1]) for row in rows] == [("| 3", "1 of 4, stride 3"), ("| 4", "1 of 4, stride 4"),
+                                                  ("| 6", "2 of 4, stride 3")]
+    assert [row[3] == row[4].split(" ")[0] for row in rows] == [True] * 3, "untrained: the view-shared start"
+    assert rows[1][-1] == "1.00x |" and (tmp_path / "frame_counts_run.md").read_text() == table
