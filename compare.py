@@ -26,7 +26,7 @@ weights would be tuned on the cines they are scored on).
 
 ``--split=all`` evaluates every cine of ``--data`` as a test cine (no split, so one cine is enough;
 an external benchmark such as PINCAT): the networks are used as they are (their own data settings
-play no part; a dual UNet needs the file's frame count), the sampling options are used exactly as
+play no part; every network takes the file's frame count), the sampling options are used exactly as
 given (``--center_lines`` is not scaled with the image height), the images are zero-padded to the
 networks' size multiples, and the CS weights are tuned on the validation cines of the embedded
 phantom (``--num_samples``, ``--seed``; complex where the file's cines are, unless
@@ -73,7 +73,7 @@ from data import CineDataset, accelerations, load_boxes, load_cine, split_indice
 from engine import autocast, choose_autocast, describe_device, evaluate, load_images, make_datasets, pad_to_multiple, \
     raw_entries, resolve_device, run_model
 from metrics import summarize
-from models import count_parameters, fixed_frame_count, size_multiple
+from models import count_parameters, size_multiple
 from reconstruct import adapted_reconstruction, check_adaptation
 from sampling import check_sampling
 from settings import CHOICES, train_defaults, train_options, validate_config
@@ -340,8 +340,7 @@ def external_cines(config: dict, networks: dict, mask_mode: str, device: torch.d
     zero-padded to the networks' size multiples, sampled with the centre lines exactly as given.
     Records the cines' frames and (H, W) in ``config`` (``in_channels``, ``image_size``) and, unless
     given, their kind (``phantom_phase``: the tuning phantom is complex where they are). Networks are
-    used as they are: one that needs another frame count is refused. Returns the test set and a
-    description."""
+    used as they are (a dual UNet through its cyclic windows). Returns the test set and a description."""
     if config["data"] is None:
         raise UserError("--split=all evaluates every cine of a data file: give --data=FILE")
     if raw_entries(config["data"]):
@@ -352,13 +351,6 @@ def external_cines(config: dict, networks: dict, mask_mode: str, device: torch.d
         raise UserError(f"--{fixed[0]}: with --split=all the cines of {config['data']} keep their own size and frames")
     source = str(config["data"])
     images = load_cine(source)  # [N, T, H, W], peak magnitude 1 each
-    frames = images.shape[1]
-    for label, net in networks.items():
-        needed = fixed_frame_count(net["config"])
-        if needed not in (None, frames):
-            raise UserError(f"{net['path']} ({label}): its {net['config']['arch']} network reconstructs exactly "
-                            f"{needed} frames but the cines of {source} have {frames}; networks are used as they are "
-                            f"(resample the file: python formats.py convert {source} --frames {needed} --out NEW.npz)")
     multiple = math.lcm(1, *(size_multiple(net["config"]) for net in networks.values()))
     images, boxes = pad_to_multiple(images, multiple, notes, source, load_boxes(source, len(images), images.shape[2:]))
     count, frames, height, width = images.shape

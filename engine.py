@@ -41,7 +41,7 @@ from data import (SPLIT_NAMES, CineDataset, DataError, MapCache, SizeGroups, Str
                   load_boxes, load_cine, load_subjects, scan_raw, split_by_subject, split_indices)
 from metrics import (SSIM_RADIUS, batch_nmse, batch_psnr, batch_ssim, box_pixels, cmrxrecon_scores, cmrxrecon_slices,
                      format_summary, summarize)
-from models import build_model, count_parameters, fixed_frame_count, size_multiple
+from models import build_model, count_parameters, size_multiple
 from sampling import (REFERENCE_HEIGHT, center_rows, check_sampling, coil_combine, estimate_sensitivities, fft2c,
                       ifft2c, scaled_center_lines)
 
@@ -163,7 +163,6 @@ def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.n
     maps with ``coils`` > 1, see :func:`render_coil_phantom`; else None). With ``scale_lines`` the
     centre lines are scaled to the image height (recorded in config and notes). The sampling is
     checked against the image height here, before anything is rendered or written."""
-    frames = config["in_channels"]
     if config["data"] is None:
         check_lines(config, config["image_size"], notes, scale_lines)
         images, boxes, coils = phantom_data(config, config["num_samples"], config["seed"])
@@ -184,9 +183,6 @@ def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.n
     else:
         images, meta, source = load_data_files(config["data"], config["seed"], notes)
         check_disjoint_splits(images, meta["splits"] or split_indices(len(images), seed=config["seed"]), source)
-        if fixed_frame_count(config) not in (None, images.shape[1]):
-            raise UserError(f"{source}: cines have {images.shape[1]} frames but in_channels={frames}; "
-                            f"set --in_channels={images.shape[1]} --out_channels={images.shape[1]}")
         images, meta["boxes"] = pad_to_multiple(images, size_multiple(config), notes, source, meta["boxes"])
         check_lines(config, images.shape[2], notes, scale_lines)
     kind = "complex" if np.iscomplexobj(images) else "magnitude"
@@ -892,14 +888,10 @@ def smallest_side(config: dict) -> int:
 
 def check_data_shape(config: dict, shape: tuple[int, ...], source: str) -> None:
     """Refuse, from a data file's header, cines the run would refuse once loaded: not ``[N, T, H, W]``,
-    another frame count than the network takes, or images too small for it (after padding)."""
+    or images too small for the network (after padding). Every network takes any frame count."""
     if len(shape) != 4:
         raise UserError(f"{source}: expected 4 dimensions [nsamples, nt, nx, ny], got {len(shape)} with shape "
                         f"{tuple(shape)}" + ("; for a single cine save x[None]" if len(shape) == 3 else ""))
-    frames = fixed_frame_count(config)
-    if frames not in (None, shape[1]):
-        raise UserError(f"{source}: cines have {shape[1]} frames but in_channels={frames}; "
-                        f"set --in_channels={shape[1]} --out_channels={shape[1]}")
     multiple, smallest = size_multiple(config), smallest_side(config)
     padded = [-(-side // multiple) * multiple for side in shape[2:]]
     if min(padded) < smallest:

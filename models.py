@@ -6,7 +6,8 @@
 - :class:`TemporalResNet3D`: residual 3D convolutions over (t, y, x) with real/imaginary parts as
   channels; its 3x3x3 kernels mix neighbouring frames.
 - :class:`DualUNetDenoiser`: one UNet for the real part and one for the imaginary part of a cine,
-  then the temporal ResNet: the study's network.
+  then the temporal ResNet: the study's network. The UNets see a window of ``frames`` frames as
+  channels; a cine of another frame count is cut into cyclic windows (:func:`cyclic_windows`).
 - :class:`DCCNNDenoiser`: the 5-layer 3D CNN of DC-CNN (Schlemper et al. 2017), a learned anchor.
 - :class:`DataConsistency`: keeps the measured k-space lines (hard replacement or soft weight); with
   coil sensitivities, the SENSE data consistency by conjugate gradients.
@@ -181,10 +182,49 @@ def channels_to_complex(x: torch.Tensor) -> torch.Tensor:
     return torch.complex(x[:, 0], x[:, 1])
 
 
+def window_stride(frames: int, window: int) -> int:
+    """The stride of the cyclic windows of ``window`` frames over a cine of ``frames`` frames: the
+    largest divisor of ``frames`` that is at most ``window``. A cine no longer than the window gets one
+    window (stride ``frames``: the cine repeated cyclically inside it; at ``frames == window`` exactly
+    the cine). A longer one gets ``frames / stride`` windows, the fewest that cover every frame while
+    the stride divides the frame count, so the set of windows is the same after a roll by the stride
+    (the output rolls with the input). It is ``ceil(frames / window)`` windows when a divisor lies
+    near the window (30 frames, window 20: stride 15, 2 windows) and ``frames`` windows when
+    ``frames`` is a prime above the window (23 frames: stride 1)."""
+    return max(d for d in range(1, min(frames, window) + 1) if frames % d == 0)
+
+
+def cyclic_windows(frames: int, window: int) -> torch.Tensor:
+    """The frames each cyclic window holds, ``[n, window]`` int64: window ``k`` holds frames
+    ``(k s + j) mod frames`` for ``j = 0 .. window - 1``, ``s`` the :func:`window_stride`. A cine is
+    one periodic heartbeat, so a window that runs past the last frame continues at the first."""
+    starts = torch.arange(0, frames, window_stride(frames, window))  # [n]
+    return (starts[:, None] + torch.arange(window)) % frames  # [n, window]
+
+
+def windowed(unet: nn.Module, x: torch.Tensor, window: int) -> torch.Tensor:
+    """A frames-as-channels ``unet`` (``[B, window, H, W]`` -> same) applied to a cine ``x``
+    ``[B, T, H, W]`` of any T: the cine's :func:`cyclic_windows` go through the UNet as one batch
+    ``[B n, window, H, W]`` (one UNet pass per window), and each output frame is the mean of what the
+    windows give at every place that holds it. ``T == window`` is the plain ``unet(x)``."""
+    frames = x.shape[1]
+    if frames == window:
+        return unet(x)
+    index = cyclic_windows(frames, window).to(x.device)  # [n, window]
+    out = unet(x[:, index].flatten(0, 1))  # [B n, window, H, W]
+    out = out.unflatten(0, (len(x), len(index))).flatten(1, 2)  # [B, n window, H, W]
+    places = index.flatten()  # [n window]: the frame at each place
+    counts = out.new_zeros(frames).index_add(0, places, out.new_ones(len(places)))  # [T] places per frame
+    total = out.new_zeros((len(x), frames, *out.shape[2:])).index_add(1, places, out)  # [B, T, H, W]
+    return total / counts[:, None, None]
+
+
 class DualUNetDenoiser(nn.Module):
     """The study's network: real and imaginary UNets, then the 3D temporal ResNet.
 
-    ``[B, T, H, W]`` complex -> ``[B, T, H, W]`` complex. With ``output="linear"`` every stage is
+    ``[B, T, H, W]`` complex -> ``[B, T, H, W]`` complex, any T: the UNets take ``frames`` frames as
+    channels, a cine of another frame count through its cyclic windows (:func:`windowed`); the
+    temporal ResNet (circular in time) then sees the whole cine. With ``output="linear"`` every stage is
     residual (it predicts a correction to its input) and the output convolutions start at zero,
     so the untrained denoiser is the identity (a cascade starts at the zero-filled image); with ``output="sigmoid"`` (magnitude
     targets in [0, 1] only, the study's choice) the stages are plain and the real part of the
@@ -198,6 +238,7 @@ class DualUNetDenoiser(nn.Module):
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         self.residual = output == "linear"
+        self.window = frames  # the frames the UNets take as channels
         self.unet_real = UNet2D(frames, frames, init_features, dropout, attention)
         self.unet_imag = UNet2D(frames, frames, init_features, dropout, attention)
         self.temporal = TemporalResNet3D(resnet_features, resnet_blocks)
@@ -208,8 +249,8 @@ class DualUNetDenoiser(nn.Module):
 
     def forward(self, image):  # [B, T, H, W] complex
         x = complex_to_channels(image)  # [B, 2, T, H, W]
-        real = self.unet_real(x[:, 0])  # [B, T, H, W]
-        imag = self.unet_imag(x[:, 1])  # [B, T, H, W]
+        real = windowed(self.unet_real, x[:, 0], self.window)  # [B, T, H, W]
+        imag = windowed(self.unet_imag, x[:, 1], self.window)  # [B, T, H, W]
         y = torch.stack([real, imag], 1)  # [B, 2, T, H, W]
         if self.residual:
             y = y + x
@@ -590,7 +631,8 @@ def describe_parameters(model: CineReconNet | LSNet) -> str:
 
 
 def build_model(config: dict) -> CineReconNet | LSNet:
-    """The network a run's config describes (``in_channels`` is the number of frames): ``arch='lsnet'``
+    """The network a run's config describes (``in_channels``: the dual UNet's window of frames; every
+    network takes cines of any frame count): ``arch='lsnet'``
     is the learned L+S alone; the other archs are cascades, started by a learned L+S when
     ``prior='lsnet'``."""
     if config["arch"] == "lsnet":
@@ -623,11 +665,6 @@ def size_multiple(config: dict) -> int:
     if config["arch"] == "cine_unet":
         return 2 ** config.get("levels", 3)
     return 1
-
-
-def fixed_frame_count(config: dict) -> int | None:
-    """The number of frames the network of ``config`` needs (frames as channels), or None: any."""
-    return config["in_channels"] if config["arch"] == "dual_unet" else None
 
 
 def acts_locally(model: nn.Module) -> bool:

@@ -37,9 +37,8 @@ Measured k-space is zero-padded in k-space (unmeasured outer lines, mask 0): the
 same field of view on a finer grid, and cropping its k-space back keeps every measured sample, so
 hard data consistency still returns the measurements exactly. Sensitivities from a file are
 interpolated to that finer grid (``sampling.interpolate_maps``); estimated ones are estimated on it.
-Frames: the dual UNet stacks frames as channels and reconstructs exactly the ``in_channels`` frames
-it was trained with (resample cines first with ``python formats.py convert FILE --frames N``);
-cine_unet and DC-CNN take any number (``models.fixed_frame_count``).
+Frames: every network reconstructs cines of any frame count. The dual UNet takes windows of its
+``in_channels`` frames, slid cyclically over a cine of another frame count (``models.windowed``).
 
 Adaptation (``--adapt=STEPS``, docs/adapt.md): before reconstructing, a copy of the network is
 fine-tuned on each cine's own measurements in turn (``adapt.adapt``: self-supervised, no reference,
@@ -87,7 +86,7 @@ from engine import autocast, choose_autocast, resolve_device
 from formats import (KSpace, check_mask, check_output, crop_or_pad, inspect_kspace, npz_arrays, read_cines, read_kspace,
                      save_npz)
 from metrics import batch_psnr, batch_ssim, format_summary
-from models import fixed_frame_count, size_multiple
+from models import size_multiple
 from sampling import (calibration_lines, check_sampling, data_consistency, estimate_sensitivities, fft2c, gradient_dc,
                       ifft2c, interpolate_maps, sense_adjoint, undersample, variable_density_mask)
 
@@ -135,13 +134,6 @@ def network_size(config: dict, height: int, width: int) -> tuple[int, int]:
     return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
-def check_frames(config: dict, frames: int, source, remedy: str) -> None:
-    """The dual UNet stacks frames as channels: it takes exactly ``in_channels`` frames; the others any."""
-    if fixed_frame_count(config) not in (None, frames):
-        raise UserError(f"{source}: {frames} frames, but the checkpoint's dual UNet reconstructs exactly "
-                        f"{config['in_channels']} (in_channels); {remedy}")
-
-
 def read_mask(path, shape: tuple[int, ...], source: str, hint: str = "") -> np.ndarray:
     """A 0/1 mask for cines of ``shape`` ``[N, T, H, W]``: ``[N, T, H, W]``, or ``[T, H, W]`` for all."""
     path = Path(path)
@@ -174,8 +166,6 @@ def fully_sampled_problem(path: Path, config: dict, key: str | None, mask_path) 
     scale = np.abs(cines).reshape(len(cines), -1).max(1)
     reference = normalize(cines)  # [N, T, H, W] peak 1
     count, frames, height, width = reference.shape
-    check_frames(config, frames, path, f"resample first: python formats.py convert {path} --frames "
-                                       f"{config['in_channels']} --out NEW.npz")
     size = network_size(config, height, width)
     notes = [f"input {path}: {description}: {count} fully sampled cine(s), each divided by its peak magnitude"]
     if size != (height, width):
@@ -243,8 +233,7 @@ def kspace_problem(data: KSpace, config: dict, source, acceleration: float | Non
     ``acceleration``), k-space padded with unmeasured lines, each cine divided by the peak of its
     zero-filled (coil-combined) image. One coil is the single-coil problem (no sensitivities);
     ``cache``: see :func:`coil_maps`."""
-    count, coils, frames, height, width = data.kspace.shape
-    check_frames(config, frames, source, "measured k-space cannot be resampled in time")
+    count, coils, _, height, width = data.kspace.shape
     mask, origin = simulated_masks(config, data, acceleration, source)
     size = network_size(config, height, width)
     notes = [f"input {source}: {data.description}", f"mask: {origin}"]
@@ -583,8 +572,8 @@ def network_summary(config: dict) -> str:
     if config["arch"] == "lsnet":
         return f"learned L+S (lsnet), {config['iterations']} iterations, any frame count and size"
     prior = ", started by a learned L+S" if config.get("prior") == "lsnet" else ""
-    return (f"{config['arch']} network, {config['cascades']} cascade(s){prior}, trained on "
-            f"{config['in_channels']}-frame cines")
+    window = f", windows of {config['in_channels']} frames" if config["arch"] == "dual_unet" else ""
+    return f"{config['arch']} network, {config['cascades']} cascade(s){prior}{window}, any frame count"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -87,7 +87,7 @@ def validate_config(config: dict) -> None:
     check_device(config["device"])
     if config["out_channels"] != config["in_channels"]:
         raise UserError(f"--out_channels={config['out_channels']}: must equal in_channels="
-                        f"{config['in_channels']} (one output per frame)")
+                        f"{config['in_channels']} (one output per frame of the dual UNet's window)")
     if config["heart_weight"] is not None:
         check_number(config, "heart_weight", lambda value: value >= 0, "None or a finite number >= 0")
     if config["output"] == "sigmoid" and config["phantom_phase"]:

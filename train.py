@@ -340,10 +340,10 @@ if __name__ == "__main__":
               mask_type="variable_density",  # 'variable_density' (the density above) | 'uniform': CMRxRecon's every R-th line plus the centre lines, R an integer
               mask_mode="random",        # 'random': fresh masks per training example | 'fixed': one set (the study)
               # model
-              in_channels=20,            # frames per cine (>= 1; the UNets stack frames as channels)
-              out_channels=20,           # must equal in_channels
+              in_channels=20,            # >= 1: frames of the phantom's cines, and the dual UNet's window: its UNets take this many frames as channels, slid cyclically over a cine of any frame count
+              out_channels=20,           # must equal in_channels (one output per frame of the window)
               init_features=32,          # >= 1: UNet width f (levels f, 2f, 4f, 8f, bottleneck 16f); DC-CNN width
-              arch="dual_unet",          # 'cine_unet' (any frame count) | 'dual_unet' (the study's network) | 'dccnn' (Schlemper et al. 2017) | 'lsnet' (learned L+S alone; cascades unused)
+              arch="dual_unet",          # 'cine_unet' (space-time UNets) | 'dual_unet' (the study's network) | 'dccnn' (Schlemper et al. 2017) | 'lsnet' (learned L+S alone; cascades unused)
               levels=3,                  # >= 1: cine_unet pooling levels (image sizes: multiples of 2^levels)
               share_weights=False,       # one denoiser for every cascade (weights shared) | False: one per cascade
               cascades=5,                # >= 0: N x (denoiser -> data consistency) | 0: plain denoiser (the study)

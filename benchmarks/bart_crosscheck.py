@@ -47,7 +47,7 @@ from checkpoint import load_trained_model  # noqa: E402
 from cli import UserError, cli_errors, non_negative, positive, run_command  # noqa: E402
 from data import check_memory  # noqa: E402
 from metrics import psnr  # noqa: E402
-from models import fixed_frame_count, size_multiple  # noqa: E402
+from models import size_multiple  # noqa: E402
 from phantom import make_coil_dataset, phantom_bytes  # noqa: E402
 from sampling import (calibration_lines, center_rows, estimate_sensitivities, scaled_center_lines,  # noqa: E402
                       sense_adjoint, uniform_mask, variable_density_mask)
@@ -145,10 +145,10 @@ def network_row(checkpoint: str, kspace, mask, maps) -> dict:
     of :func:`our_rows`: each cine is divided by the peak of its zero-filled ``A^H y`` (as
     reconstruct.py normalises) and the result multiplied back."""
     model, config = load_trained_model(checkpoint)
-    frames, size = kspace.shape[-3], kspace.shape[-1]
-    if fixed_frame_count(config) not in (None, frames) or size % size_multiple(config):
-        raise UserError(f"{checkpoint}: the network takes {fixed_frame_count(config) or 'any number of'} frames "
-                        f"and sizes that are multiples of {size_multiple(config)}; this run has {frames} and {size}")
+    size = kspace.shape[-1]
+    if size % size_multiple(config):
+        raise UserError(f"{checkpoint}: the network takes sizes that are multiples of {size_multiple(config)}; "
+                        f"this run has {size}")
 
     def solve(i: int) -> np.ndarray:
         y, u, s = (torch.from_numpy(np.ascontiguousarray(a[i:i + 1])) for a in (kspace, mask, maps))

@@ -32,7 +32,7 @@ from checkpoint import load_trained_model  # noqa: E402
 from cli import UserError, atomic_write, cli_errors, make_folder, non_negative, run_command  # noqa: E402
 from engine import autocast, choose_autocast, describe_device, resolve_device  # noqa: E402
 from metrics import psnr  # noqa: E402
-from models import build_model, count_parameters, fixed_frame_count, size_multiple, use_channels_last  # noqa: E402
+from models import build_model, count_parameters, size_multiple, use_channels_last  # noqa: E402
 from phantom import make_phantom_dataset  # noqa: E402
 from sampling import undersample, variable_density_mask  # noqa: E402
 from settings import train_defaults  # noqa: E402
@@ -56,11 +56,10 @@ def networks(config: dict, checkpoint: str, device: torch.device) -> dict:
     """name -> eval-mode model on ``device``: the checkpoint's, or the call's network with 0 and 3 cascades."""
     if checkpoint:
         model, saved = load_trained_model(checkpoint, device)
-        frames, size = config["in_channels"], config["image_size"]
-        if fixed_frame_count(saved) not in (None, frames) or size % size_multiple(saved):
-            raise UserError(f"{checkpoint}: its {saved['arch']} network cannot take the benchmark's {frames}x{size}x"
-                            f"{size} cine (it takes {fixed_frame_count(saved) or 'any number of'} frames and sizes "
-                            f"that are multiples of {size_multiple(saved)})")
+        size = config["image_size"]
+        if size % size_multiple(saved):
+            raise UserError(f"{checkpoint}: its {saved['arch']} network cannot take the benchmark's {size}x{size} "
+                            f"images (it takes sizes that are multiples of {size_multiple(saved)})")
         return {f"checkpoint {Path(checkpoint).parent.name} (cascades {saved['cascades']})": model}
     return {f"dual UNet f{config['init_features']}, cascades {cascades}":
             build_model({**config, "cascades": cascades}).to(device).eval() for cascades in (0, 3)}

@@ -235,13 +235,13 @@ def test_a_small_npy_claiming_36_tib_is_refused_from_its_header(tmp_path):
         formats.convert(str(path), out=str(tmp_path / "out.npz"), log=lambda line: None)
 
 
-def test_an_npz_of_25x20x1024x1024_is_refused_by_its_frame_count_before_decompressing(tmp_path, monkeypatch):
-    small_npz_claiming(tmp_path / "big.npz", (25, 20, 1024, 1024))
+def test_an_npz_of_25x20x1024x8_is_refused_by_its_image_size_before_decompressing(tmp_path, monkeypatch):
+    small_npz_claiming(tmp_path / "big.npz", (25, 20, 1024, 8))
     assert (tmp_path / "big.npz").stat().st_size < 10_000
-    monkeypatch.setattr(data, "available_memory", lambda: 2 ** 40)  # the frame count decides, on any machine
+    monkeypatch.setattr(data, "available_memory", lambda: 2 ** 40)  # the image size decides, on any machine
     monkeypatch.setattr(data, "READ_ALLOWANCE", 2 ** 40)  # and not the read budget
     monkeypatch.setattr(np, "load", forbidden)
-    with pytest.raises(UserError, match="big.npz: cines have 20 frames but in_channels=6"):
+    with pytest.raises(UserError, match=r"big.npz: images of 1024x8 \(padded to 1024x16\) are too small"):
         train.train("x", overrides(tmp_path, data=str(tmp_path / "big.npz")), **train_defaults())
     assert not (tmp_path / "output").exists() and not (tmp_path / "images").exists()
 

@@ -33,7 +33,6 @@ def workdir(tmp_path_factory):
     good = np.random.default_rng(0).random(SHAPE).astype(np.float32)
     np.save(cwd / "good.npy", good)
     np.save(cwd / "three_d.npy", good[0])
-    np.save(cwd / "four_frames.npy", good[:, :4])
     nan = good.copy()
     nan[3, 2, 1, 1] = np.nan
     np.save(cwd / "nan.npy", nan)
@@ -63,7 +62,6 @@ BAD_INPUTS = [
     ("corrupt npz", ["--data=garbage.npz"], "garbage.npz: not a .npy/.npz file"),
     ("missing key", ["--data=two_arrays.npz"], "two_arrays.npz: no array named 'dataset'"),
     ("wrong dimensions", ["--data=three_d.npy"], "three_d.npy: expected 4 dimensions"),
-    ("too few frames", ["--data=four_frames.npy"], "four_frames.npy: cines have 4 frames but in_channels=6"),
     ("NaN", ["--data=nan.npy"], "nan.npy: 1 NaN/Inf values \\(first in cine 3\\)"),
     ("all-zero cine", ["--data=zero.npy"], "zero.npy: cine 5 is all zeros"),
     ("bool dtype", ["--data=bool.npy"], "bool.npy: dtype bool is not numeric"),
