@@ -3,7 +3,7 @@
 A checkpoint is a dict saved by ``torch.save``: ``format`` (:data:`CHECKPOINT_FORMAT`), ``config``
 (the resolved run settings, enough to build the network), ``model`` (its state dict) and, in a run's
 ``last.pt``, the training state (:data:`RESUME_KEYS`) and the ``data`` fingerprint it was trained on
-(``engine.data_fingerprint``). Loading never runs code (``weights_only=True``); every file or
+(``data.data_fingerprint``). Loading never runs code (``weights_only=True``); every file or
 content that cannot be used is one ``UserError`` naming the file.
 
 - writing: :func:`save_checkpoint` (atomic), :func:`snapshot` (everything ``last.pt`` holds);

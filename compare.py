@@ -69,9 +69,9 @@ from baselines import tune as tune_weights
 from checkpoint import load_trained_model
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors, make_run_dirs, \
     check_name_length, options_from_signature, remove_stale_temporaries_in, run_in_progress, written_together
-from data import CineDataset, accelerations, load_boxes, load_cine, split_indices
-from engine import autocast, choose_autocast, describe_device, evaluate, load_images, make_datasets, pad_to_multiple, \
-    raw_entries, resolve_device, run_model
+from data import CineDataset, accelerations, load_images, make_datasets, pad_to_multiple, raw_entries, split_indices
+from engine import autocast, choose_autocast, describe_device, evaluate, resolve_device, run_model
+from formats import load_boxes, load_cine
 from metrics import summarize
 from models import count_parameters, size_multiple
 from reconstruct import adapted_reconstruction, check_adaptation
@@ -194,7 +194,8 @@ def compare(name: str, *,
     results, examples = {}, {}
     for label, (model, dtype) in entries.items():
         print(f"{label}: reconstructing {len(rows)} test cine(s)", flush=True)
-        scores, seconds = run_method(model, test_set, rows, batch_size, dtype, warm=label in networks, acceleration=rate)
+        scores, seconds = run_method(model, test_set, rows, batch_size, dtype, warm=label in networks,
+                                     acceleration=rate)
         example = next(iter(scores["examples"].values()))
         examples[label], reference = example["recon"], example["target"]
         net = networks.get(network_of.get(label))

@@ -1,286 +1,54 @@
-"""Cine datasets: loading ``cine.npz`` safely, the 4:1:2 split, and the undersampled examples.
+"""Everything a run reads: cine datasets and their undersampled batches, the embedded phantom's
+streams, splits, raw k-space trees streamed from disk with their coil-map cache, and what a run
+records of its data (the file readers are formats.py's).
+
+- loading: :func:`load_images` (a data file, raw k-space or the embedded phantom), :func:`make_datasets`;
+- the phantom: :func:`render_phantom`, :func:`render_coil_phantom`, :class:`FreshPhantom` (new training
+  cines every epoch), :func:`training_sizes` (training over several image sizes);
+- splits and batches: :func:`split_indices`, :func:`split_by_subject`, :func:`size_batches`,
+  :func:`subject_batches` (torchrun over raw cines), :func:`epoch_batches`;
+- datasets: :class:`CineDataset` (cines held as one tensor), :class:`SizeGroups`, :class:`StreamedCines`
+  (raw cines read from disk when needed), :class:`MaskDrawer` (the masks of a run's sampling);
+- raw k-space: :func:`scan_raw` (trees, subjects, shipped masks), :class:`MapCache` (coil maps
+  computed once);
+- what a run is trained on: :func:`data_fingerprint`, :func:`check_data_shape`, :func:`phantom_version`.
 
 A dataset is an array ``[nsamples, nt, nx, ny]`` (real magnitude or complex), every cine
 normalised so that its largest magnitude is 1 (PSNR with peak 1 is then meaningful).
 """
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 import io
 import json
-import math
 import os
 import time
-import tokenize
 import zipfile
-import zlib
-from contextlib import suppress
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
 
 from cli import UserError, atomic_write, check_readable, make_folder
-
-if TYPE_CHECKING:
-    from formats import RawVolume
-from sampling import (MASK_TYPES, MaskSampler, center_rows, coil_combine, estimate_sensitivities, ifft2c, sense_adjoint,
-                      undersample, uniform_mask, variable_density_mask)
+from formats import (DataError, RawVolume, array_header, cine_file, crop_or_pad, inspect_kspace,
+                     load_boxes, load_cine, load_subjects, read_kspace_slice, read_mask_file)
+from metrics import SSIM_RADIUS
+from models import size_multiple, smallest_side
+from sampling import (MASK_TYPES, REFERENCE_HEIGHT, MaskSampler, center_rows, check_sampling, coil_combine,
+                      estimate_sensitivities, ifft2c, scaled_center_lines, sense_adjoint, undersample, uniform_mask,
+                      variable_density_mask)
 
 MASK_MODES = ("fixed", "random")
-# The memory budget of reading one file: the data it declares (arrays as stored, decompressed bytes,
-# DICOM elements) may take at most READ_EXPANSION times the file's size on disk plus READ_ALLOWANCE,
-# and are checked against it before anything is allocated or decompressed. Real cines compress 2-4
-# times; an array of zeros a thousand times. Loading must also fit in the memory available.
-READ_EXPANSION, READ_ALLOWANCE = 64, 64 * 2 ** 20
-MEMINFO = Path("/proc/meminfo")
-CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: memory.max and memory.current
 
 
 # ----------------------------------------------------------------------------- loading
-class DataError(UserError):
-    """A data file that cannot be used; the message names the file and the problem."""
-
-
-def available_memory() -> int:
-    """Bytes of memory this process can still use: the system's ``MemAvailable``, or what a cgroup
-    limit leaves if that is less."""
-    found = []
-    with suppress(OSError, ValueError, IndexError):
-        found += [int(line.split()[1]) * 1024 for line in MEMINFO.read_text().splitlines()
-                  if line.startswith("MemAvailable:")]
-    with suppress(OSError, ValueError):
-        limit = (CGROUP / "memory.max").read_text().strip()
-        if limit != "max":
-            found.append(int(limit) - int((CGROUP / "memory.current").read_text()))
-    return min(found) if found else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def format_bytes(count: float) -> str:
-    """``38654705664000`` -> ``'35.2 TiB'``."""
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
-        count /= 1024
-
-
-def check_memory(source: str, needed: int, what: str) -> None:
-    """Refuse, before allocating, work that needs more than the memory available (``what`` says
-    what needs ``needed`` bytes)."""
-    available = available_memory()
-    if needed > available:
-        raise DataError(f"{source}: {what} would need about {format_bytes(needed)} of memory, more than the "
-                        f"{format_bytes(available)} available")
-
-
-def read_budget(stored: int) -> int:
-    """Bytes of data that reading a file of ``stored`` bytes may produce (see ``READ_EXPANSION``)."""
-    return READ_EXPANSION * stored + READ_ALLOWANCE
-
-
-def check_declared(source: str, declared: int, stored: int, what: str) -> None:
-    """Refuse a file of ``stored`` bytes whose ``what`` declares ``declared`` bytes of data, more than
-    its read budget (:func:`read_budget`): a small file never takes gigabytes."""
-    budget = read_budget(stored)
-    if declared > budget:
-        raise DataError(f"{source}: {what} declares {format_bytes(declared)} of data in a file of "
-                        f"{format_bytes(stored)}, more than the read budget of {format_bytes(budget)} "
-                        f"({READ_EXPANSION} times the file's size plus {format_bytes(READ_ALLOWANCE)})")
-
-
-def header_number(source: str, what: str, value, low: float, high: float, integer: bool = False):
-    """``value``, a number read from a file's header (``what`` names the field), if it is a finite
-    number (an integer with ``integer``) from ``low`` to ``high``; else a one-line ``DataError``.
-    Every number of a header that sizes, scales or places data goes through this before it is used."""
-    kind = "an integer" if integer else "a number"
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        number = math.nan
-    if integer and math.isfinite(number) and number != int(number):
-        number = math.nan
-    if not (math.isfinite(number) and low <= number <= high):
-        shown = "missing" if value is None else (repr(value) if isinstance(value, str) else str(value))[:40]
-        raise DataError(f"{source}: {what} is {shown}: expected {kind} from {low:g} to {high:g}")
-    return int(number) if integer else number
-
-
-def loading_bytes(shape, dtype) -> int:
-    """Memory that loading an array needs: as stored, converted to float32/complex64, normalised."""
-    dtype = np.dtype(dtype)
-    return math.prod(shape) * (dtype.itemsize + 2 * (8 if dtype.kind == "c" else 4))
-
-
-def _npy_header(file, source: str) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from the ``.npy`` header at the start of ``file`` (nothing else is read)."""
-    try:
-        version = np.lib.format.read_magic(file)
-        if version not in ((1, 0), (2, 0)):
-            raise ValueError(f"format version {version[0]}.{version[1]}, not 1.0 or 2.0")
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(file)
-    except (ValueError, TypeError, SyntaxError, EOFError, tokenize.TokenError) as error:
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise DataError(f"{source}: not a readable .npy/.npz file (malformed .npy header: {reason})") from None
-    return tuple(shape), dtype
-
-
-def _check_size(source: str, shape, dtype, stored: int, on_disk: int) -> None:
-    """Refuse a header that promises more data than ``stored`` bytes, more than the read budget of a
-    file of ``on_disk`` bytes, or more than memory holds."""
-    if dtype.hasobject:
-        raise DataError(f"{source}: holds pickled Python objects, which are refused for safety; "
-                        f"save a plain numeric array")
-    claimed = math.prod(shape) * dtype.itemsize
-    if stored < claimed:
-        raise DataError(f"{source}: truncated or damaged: its header describes an array {tuple(shape)} of {dtype} "
-                        f"({format_bytes(claimed)}) but it holds {format_bytes(stored)} of data")
-    check_declared(source, claimed, on_disk, f"the array {tuple(shape)} of {dtype}")
-    check_memory(source, loading_bytes(shape, dtype), f"loading the array {tuple(shape)} of {dtype}")
-
-
-def _choose_key(path: Path, names: list[str], key: str | None) -> str:
-    """The array to read from an ``.npz`` holding ``names``: ``key``, else 'dataset', else the only one."""
-    if key is None:
-        if "dataset" in names:
-            return "dataset"
-        if len(names) == 1:
-            return names[0]
-        raise DataError(f"{path}: no array named 'dataset' and {len(names)} arrays to choose from "
-                        f"({', '.join(names) or 'none'}); name one with key=...")
-    if key not in names:
-        raise DataError(f"{path}: no array named {key!r} (found: {', '.join(names) or 'none'})")
-    return key
-
-
-def array_header(path, key: str | None = None) -> tuple[str | None, tuple[int, ...], np.dtype]:
-    """``(array name in an .npz or None, shape, dtype)`` of a .npy/.npz file, read from its headers
-    alone (numpy's format header; for an .npz that of the zip member). Only regular files are read;
-    a header that promises more data than the file holds, or more than memory holds, is refused
-    before anything is allocated."""
-    path = check_readable(path, expected="a .npz or .npy file", error=DataError)
-    with open(path, "rb") as file:
-        magic = file.read(6)
-        if magic == b"\x93NUMPY":
-            file.seek(0)
-            shape, dtype = _npy_header(file, str(path))
-            size = path.stat().st_size
-            _check_size(str(path), shape, dtype, size - file.tell(), size)
-            return None, shape, dtype
-    if magic[:4] != b"PK\x03\x04":
-        raise DataError(f"{path}: not a .npy/.npz file (its content is neither a numpy array nor a zip archive)")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = {name[:-4] if name.endswith(".npy") else name: name for name in archive.namelist()}
-            key = _choose_key(path, list(members), key)
-            info = archive.getinfo(members[key])
-            with archive.open(info) as member:
-                shape, dtype = _npy_header(member, f"{path}: array {key!r}")
-                offset = member.tell()
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as error:
-        raise DataError(f"{path}: not a readable .npy/.npz file ({error})") from None
-    _check_size(f"{path}: array {key!r}", shape, dtype, info.file_size - offset, path.stat().st_size)
-    return key, shape, dtype
-
-
-def read_array(path: Path, key: str | None) -> np.ndarray:
-    """Read an array from a .npy or .npz file (``key``: its name in an .npz) without ever unpickling,
-    after checking its header (:func:`array_header`)."""
-    key, _, _ = array_header(path, key)
-    source = str(path) if key is None else f"{path}: array {key!r}"
-    try:
-        if key is None:
-            return np.load(path, allow_pickle=False)
-        with np.load(path, allow_pickle=False) as loaded:
-            return loaded[key]
-    except ValueError as error:
-        if "allow_pickle" in str(error):
-            raise DataError(f"{source}: holds pickled Python objects, which are refused for safety; "
-                            f"save a plain numeric array") from None
-        raise DataError(f"{source}: cannot be read ({error})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise DataError(f"{source}: cannot be read ({error})") from None
-
-
-def read_array_item(path: Path, key: str, index: int) -> np.ndarray:
-    """Item ``index`` of the first axis of the array ``key`` of an ``.npz`` (``array[index]``), read alone:
-    the zip member is streamed up to that item (a compressed member is decompressed on the way, never
-    held), so memory holds one item whatever the array's size. The header is checked first
-    (:func:`array_header`); a Fortran-ordered array is refused (its items are not contiguous)."""
-    key, shape, dtype = array_header(path, key)
-    source = f"{path}: array {key!r}"
-    if not 0 <= index < shape[0]:
-        raise DataError(f"{source}: item {index} of {shape[0]}")
-    size = math.prod(shape[1:]) * dtype.itemsize
-    try:
-        with zipfile.ZipFile(path) as archive:
-            with archive.open(f"{key}.npy" if f"{key}.npy" in archive.namelist() else key) as member:
-                version = np.lib.format.read_magic(member)
-                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0)
-                _, fortran, _ = read(member)
-                if fortran:
-                    raise DataError(f"{source}: stored in Fortran order; save it in C order (np.ascontiguousarray)")
-                member.seek(member.tell() + index * size)
-                raw = member.read(size)
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise DataError(f"{source}: cannot be read ({error})") from None
-    if len(raw) != size:
-        raise DataError(f"{source}: truncated at item {index}")
-    return np.frombuffer(raw, dtype).reshape(shape[1:]).copy()
-
-
-def check_cines(array: np.ndarray, source: str) -> np.ndarray:
-    """Validate a ``[nsamples, nt, nx, ny]`` array and return it as float32 or complex64.
-
-    Integer images (as DICOM/NIfTI often hold) become float32; booleans, strings and objects,
-    empty arrays, other ranks, NaN/Inf and all-zero cines raise ``DataError`` naming ``source``.
-    """
-    if array.dtype == bool or not (np.issubdtype(array.dtype, np.number)):
-        raise DataError(f"{source}: dtype {array.dtype} is not numeric image data "
-                        f"(expected float, complex or integer values)")
-    if array.ndim != 4:
-        hint = "; for a single cine save x[None]" if array.ndim == 3 else ""
-        raise DataError(f"{source}: expected 4 dimensions [nsamples, nt, nx, ny], "
-                        f"got {array.ndim} with shape {tuple(array.shape)}{hint}")
-    if array.size == 0:
-        raise DataError(f"{source}: the array is empty (shape {tuple(array.shape)})")
-    array = array.astype(np.complex64 if np.iscomplexobj(array) else np.float32, copy=False)
-    finite = np.isfinite(array)
-    if not finite.all():
-        bad = int(array.size - finite.sum())
-        first = int(np.argwhere(~finite.reshape(array.shape[0], -1).all(1))[0, 0])
-        raise DataError(f"{source}: {bad} NaN/Inf values (first in cine {first})")
-    peaks = np.abs(array).reshape(array.shape[0], -1).max(1)
-    if (peaks == 0).any():
-        raise DataError(f"{source}: cine {int(np.argmin(peaks))} is all zeros and cannot be normalised")
-    return array
-
-
-def normalize(cines: np.ndarray) -> np.ndarray:
-    """Scale every cine ``[N, T, H, W]`` so that its largest magnitude is 1."""
-    peaks = np.abs(cines).reshape(cines.shape[0], -1).max(1)
-    return (cines / peaks[:, None, None, None]).astype(cines.dtype, copy=False)
-
-
-def load_cine(path, key: str | None = None) -> np.ndarray:
-    """Load ``[nsamples, nt, nx, ny]`` cines from ``.npz`` (array ``dataset``, ``key``, or the only
-    array) or ``.npy``; real or complex. Returns float32/complex64, each cine with peak magnitude 1.
-    Raises ``DataError`` (one line naming the file) for anything unusable.
-    """
-    return normalize(check_cines(read_array(cine_file(path), key), str(path)))
-
-
-def cine_file(path) -> Path:
-    """``path`` if it is a regular ``.npz``/``.npy`` file, else a one-line ``DataError``."""
-    path = check_readable(path, expected="a .npz or .npy file", error=DataError)
-    if path.suffix.lower() not in (".npz", ".npy"):
-        raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'}; expected .npz or .npy "
-                        f"(convert other formats with: python formats.py convert ...)")
-    return path
 
 
 # ----------------------------------------------------------------------------- split
@@ -337,52 +105,6 @@ def split_by_subject(subjects, ratios=(4, 1, 2), seed: int = 0) -> tuple[np.ndar
     cuts = np.clip(cuts, np.arange(1, len(ratios)), len(names) - np.arange(len(ratios) - 1, 0, -1))
     groups = np.split(order, cuts)  # subject ids of train, val, test
     return tuple(np.flatnonzero(np.isin(which, group)) for group in groups)
-
-
-def optional_array(path, name: str) -> np.ndarray | None:
-    """The array ``name`` of an .npz beside its 'dataset', or None if the file has none."""
-    path = Path(path)
-    if path.suffix.lower() != ".npz":
-        return None
-    with np.load(path, allow_pickle=False) as loaded:
-        if name not in loaded.files:
-            return None
-    return read_array(path, name)
-
-
-def load_subjects(path) -> np.ndarray | None:
-    """The ``subject`` array ``[N]`` of an .npz written by ``python formats.py convert`` (the file,
-    patient or series each cine came from), or None if the file has none."""
-    subjects = optional_array(path, "subject")
-    if subjects is not None and subjects.ndim != 1:
-        raise DataError(f"{path}: array 'subject' of shape {list(subjects.shape)}: expected one name per cine [N]")
-    return subjects
-
-
-def check_boxes(boxes: np.ndarray, count: int, shape: tuple[int, int], source: str) -> np.ndarray:
-    """Heart boxes as int64 ``[count, 4]`` ``(row0, row1, col0, col1)``, half-open, in pixels of
-    ``shape`` (H, W) images: given per cine ``[count, 4]`` or one ``[4]`` for every cine."""
-    boxes = np.asarray(boxes)
-    if boxes.shape == (4,):
-        boxes = np.tile(boxes, (count, 1))
-    if boxes.shape != (count, 4) or not np.issubdtype(boxes.dtype, np.integer):
-        raise DataError(f"{source}: heart boxes must be integers [{count}, 4] or [4] (row0, row1, col0, col1), "
-                        f"got {boxes.dtype} {list(boxes.shape)}")
-    height, width = shape
-    bad = ((boxes[:, 0] < 0) | (boxes[:, 1] > height) | (boxes[:, 0] >= boxes[:, 1])
-           | (boxes[:, 2] < 0) | (boxes[:, 3] > width) | (boxes[:, 2] >= boxes[:, 3]))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{source}: heart box {boxes[i].tolist()} of cine {i} is not inside its {height}x{width} "
-                        f"images (0 <= row0 < row1 <= {height}, 0 <= col0 < col1 <= {width})")
-    return boxes.astype(np.int64)
-
-
-def load_boxes(path, count: int, shape: tuple[int, int]) -> np.ndarray | None:
-    """The ``heart_box`` array of an .npz (written by ``formats.py convert --heart_box`` or
-    ``phantom.py``) checked by :func:`check_boxes`, or None if the file has none."""
-    boxes = optional_array(path, "heart_box")
-    return None if boxes is None else check_boxes(boxes, count, shape, f"{path}: array 'heart_box'")
 
 
 # ----------------------------------------------------------------------------- examples
@@ -505,7 +227,7 @@ class CineDataset(torch.utils.data.Dataset):
 class SizeGroups:
     """Training cines as groups of one image size each: one ``CineDataset`` per size, all drawing
     their masks from one generator. Rows are numbered across the groups (group 0 first), and a
-    batch must come from one group (as ``engine.size_batches`` makes them).
+    batch must come from one group (as ``size_batches`` makes them).
 
     ``batch(rows)`` returns the dict of ``[B, T, H_g, W_g]`` tensors of that group's
     ``CineDataset.batch``; ``fill(cines, boxes, coils)`` replaces every group's cines (and heart boxes,
@@ -559,7 +281,6 @@ class SizeGroups:
         return self.groups[group].batch(local)
 
 
-
 # ----------------------------------------------------------------------------- raw k-space: trees, subjects, maps
 FULLY_SAMPLED = "FullSample"  # CMRxRecon's folder of fully sampled files; its AccFactorRR siblings hold masks
 RAW_SUFFIXES = (".mat", ".h5", ".mrd", ".npz")
@@ -602,8 +323,6 @@ def scan_raw(paths: list[str], notes: list[str]) -> list[RawCine]:
     masks; subject = the folder that holds the file, relative to ``FullSample``; masks from the
     ``AccFactorRR`` siblings), any other folder (every raw file in it, each file a subject), or files
     (a ``.mat``'s subject is its folder, any other file's the file). A file named twice is refused."""
-    from formats import inspect_kspace, read_mask_file
-
     found: dict[Path, tuple[str, dict]] = {}  # resolved file -> (subject, shipped masks)
     for entry in paths:
         root = check_readable(entry, missing="no such file or folder", expected="raw k-space (a folder or file)",
@@ -776,8 +495,6 @@ def centre_mask(height: int, lines: int) -> np.ndarray:
 def fully_sampled_slice(cine: RawCine, grid: tuple[int, int] | None = None) -> np.ndarray:
     """The k-space ``[C, T, H, W]`` of ``cine``, read alone (and zero-padded, centred, to ``grid``); a
     slice that is not fully sampled is refused (training and scoring need the whole of k-space)."""
-    from formats import crop_or_pad, read_kspace_slice
-
     kspace, measured = read_kspace_slice(cine.volume, cine.slice)  # [C, T, H, W], [T, H, W]
     if not measured.all():
         raise DataError(f"{cine.volume.path}: slice {cine.slice} is not fully sampled ({measured.mean():.0%} of "
@@ -789,7 +506,7 @@ def fully_sampled_slice(cine: RawCine, grid: tuple[int, int] | None = None) -> n
 def coil_image(kspace: np.ndarray, maps: np.ndarray | None) -> np.ndarray:
     """The image of fully sampled k-space ``[C, T, H, W]``: ``F^-1 y`` for one coil, ``S^H F^-1 y`` with
     ``maps`` ``[C, H, W]``; ``[T, H, W]`` complex64, computed as the coil phantom's
-    (``engine.render_coil_phantom``), in torch."""
+    (``render_coil_phantom``), in torch."""
     images = ifft2c(torch.from_numpy(kspace))  # [C, T, H, W]
     return (images[0] if maps is None else coil_combine(images, torch.from_numpy(maps))).numpy()
 
@@ -842,7 +559,6 @@ class MaskDrawer:
         """The evaluation mask ``[T, H, W]`` of cine ``index``: the mask shipped with it for this
         acceleration if any, else the run's (seeded by ``(seed, index)``, as :class:`CineDataset`)."""
         if shipped is not None:
-            from formats import read_mask_file
             return read_mask_file(shipped, (1, *shape), f"kspace_sub{round(acceleration):02d}")[0]
         shared = self._shared(shape, acceleration)
         if shared is not None:
@@ -879,13 +595,11 @@ class RawCineReader(torch.utils.data.Dataset):
         return len(self.cines)
 
     def __getitem__(self, i: int) -> dict:
-        from formats import crop_or_pad
-
         own = fully_sampled_slice(self.cines[i])  # [C, T, H0, W0]
         kspace = crop_or_pad(own, self.grids[i])  # [C, T, H, W]
         maps = self.cache.maps(self.cines[i], self.grids[i]) if len(own) > 1 else None  # [C, H, W]
         image = coil_image(kspace, maps)  # [T, H, W]
-        scale = (1 / np.abs(image).max()).astype(np.float32)  # peak 1, as the coil phantom (engine.render_coil_phantom)
+        scale = (1 / np.abs(image).max()).astype(np.float32)  # peak 1, as the coil phantom (render_coil_phantom)
         rss = np.sqrt((np.abs(ifft2c(own)) ** 2).sum(0)) * scale  # [T, H0, W0]
         return {"row": i, "kspace": kspace * scale, "target": image * scale, "sensitivities": maps, "rss": rss}
 
@@ -922,7 +636,7 @@ class StreamedCines:
     test cines ``rows`` (numbers into ``cines``: they seed the evaluation masks) of any shapes.
 
     Cines are grouped by shape ``[C, T, H, W]`` (on the network grid: ``grid(H, W)``), group by group,
-    so a batch never mixes shapes; ``counts``/``shapes`` describe the groups (``engine.size_batches``
+    so a batch never mixes shapes; ``counts``/``shapes`` describe the groups (``size_batches``
     numbers rows across them). ``batches(order, start)`` streams the training batches of an epoch
     through a ``DataLoader`` whose ``workers`` read ahead (``waited``: the seconds the epoch waited for
     them); ``chunks(rows, batch_size, acceleration)`` the evaluation batches; ``batch(rows)`` reads one
@@ -1035,6 +749,500 @@ class StreamedCines:
     def __getitem__(self, row: int) -> dict:
         return {name: value[0] for name, value in self.batch([row]).items()}
 
+
+# ----------------------------------------------------------------------------- a run's data (train.py, compare.py)
+PHANTOM_SOURCE = Path(__file__).resolve().with_name("phantom.py")
+
+
+MIN_CALIBRATION_LINES = 4  # the fewest fully sampled centre lines sampling.estimate_sensitivities takes
+
+
+def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.ndarray, str, dict]:
+    """The cines ``[N, T, H, W]`` (peak magnitude 1 each), a one-line description, and what is known
+    about them: ``boxes`` ``[N, 4]`` (heart boxes row0, row1, col0, col1: the phantom's geometry, or
+    a data file's ``heart_box`` array), ``splits`` (train/val/test indices when the data fix
+    them: three files given as ``--data=TRAIN,VAL,TEST``, or an .npz whose ``subject`` array names
+    each cine's patient, split by subject) and ``coils`` (the phantom's coil k-space and estimated
+    maps with ``coils`` > 1, see :func:`render_coil_phantom`; else None). With ``scale_lines`` the
+    centre lines are scaled to the image height (recorded in config and notes). The sampling is
+    checked against the image height here, before anything is rendered or written."""
+    if config["data"] is None:
+        check_lines(config, config["image_size"], notes, scale_lines)
+        images, boxes, coils = phantom_data(config, config["num_samples"], config["seed"])
+        meta = {"boxes": boxes, "splits": None, "coils": coils}
+        kind = "complex" if config["phantom_phase"] else "magnitude"
+        source = f"embedded phantom (seed {config['seed']}, {kind})"
+        if coils is not None:
+            source = (f"embedded phantom (seed {config['seed']}, {config['coils']} coils, maps estimated by ESPIRiT "
+                      f"from {config['center_lines']} centre lines)")
+    elif raw_entries(config["data"]):
+        cines = scan_raw(raw_entries(config["data"]), notes)
+        check_raw_sampling(config, cines)
+        splits = raw_splits(cines, config["seed"], notes)
+        shapes = sorted({"x".join(map(str, cine.shape)) for cine in cines})
+        return cines, (f"raw k-space {config['data']}: {len(cines)} cines of {len(shapes)} shape(s) [C, T, H, W] "
+                       f"{', '.join(shapes[:6])}{', ...' if len(shapes) > 6 else ''}"), \
+            {"raw": True, "splits": splits, "boxes": None, "coils": None}
+    else:
+        images, meta, source = load_data_files(config["data"], config["seed"], notes)
+        check_disjoint_splits(images, meta["splits"] or split_indices(len(images), seed=config["seed"]), source)
+        images, meta["boxes"] = pad_to_multiple(images, size_multiple(config), notes, source, meta["boxes"])
+        check_lines(config, images.shape[2], notes, scale_lines)
+    kind = "complex" if np.iscomplexobj(images) else "magnitude"
+    return images, f"{source}: {images.shape[0]} {kind} cines of {'x'.join(map(str, images.shape[1:]))}", meta
+
+
+def check_lines(config: dict, height: int, notes: list[str], scale_lines: bool) -> None:
+    """With ``scale_lines`` scale the centre lines to images of ``height`` rows (recorded in config
+    and notes); then refuse a sampling impossible at that height: too many lines, a uniform mask's
+    acceleration that is not an integer, too few centre lines to estimate coil maps from."""
+    if scale_lines and height != REFERENCE_HEIGHT:
+        lines = scaled_center_lines(height, config["center_lines"])
+        notes.append(f"center_lines {config['center_lines']} -> {lines}: {height} rows keep the share of "
+                     f"k-space that {config['center_lines']} central lines cover at {REFERENCE_HEIGHT} rows")
+        config["center_lines"] = lines
+    try:
+        check_sampling(height, config["acceleration"], config["center_lines"])
+    except ValueError as error:
+        raise UserError(f"sampling of {height}-row images: {error}") from None
+    if config.get("mask_type") == "uniform" and config["acceleration"] != round(config["acceleration"]):
+        raise UserError(f"--acceleration={config['acceleration']:g}: --mask_type=uniform samples every R-th line, "
+                        f"R an integer")
+    if config.get("coils", 1) > 1 and config["center_lines"] < MIN_CALIBRATION_LINES:
+        raise UserError(f"--coils={config['coils']}: the coil maps are estimated (ESPIRiT) from the fully sampled "
+                        f"centre lines, at least {MIN_CALIBRATION_LINES}; center_lines is {config['center_lines']} "
+                        f"at {height} rows")
+
+
+def load_data_files(data: str, seed: int, notes: list[str]) -> tuple[np.ndarray, dict, str]:
+    """One data file (split 4:1:2 later, or by subject here when it names them) or three
+    comma-separated files TRAIN,VAL,TEST: ``(cines [N, T, H, W], {"splits": indices or None,
+    "boxes": heart boxes [N, 4] or None}, description)``."""
+    paths = [part.strip() for part in str(data).split(",")]
+    if len(paths) == 1:
+        images = load_cine(paths[0])
+        return images, {"splits": subject_splits(paths[0], len(images), seed, notes),
+                        "boxes": load_boxes(paths[0], len(images), images.shape[2:])}, paths[0]
+    if len(paths) != 3 or not all(paths):
+        raise UserError(f"--data={data}: give one file, or three comma-separated files TRAIN,VAL,TEST")
+    parts = [load_cine(path) for path in paths]
+    shapes = {path: part.shape[1:] for path, part in zip(paths, parts)}
+    if len(set(shapes.values())) > 1:
+        raise UserError(f"--data: the train, validation and test files differ in frames or size ({shapes})")
+    bounds = np.cumsum([0] + [len(part) for part in parts])
+    splits = tuple(np.arange(low, high) for low, high in zip(bounds[:-1], bounds[1:]))
+    notes.append(f"explicit split: train {paths[0]}, validation {paths[1]}, test {paths[2]}")
+    boxes = [load_boxes(path, len(part), part.shape[2:]) for path, part in zip(paths, parts)]
+    if any(box is None for box in boxes) and not all(box is None for box in boxes):
+        notes.append("heart boxes ('heart_box') are missing in some of the three files: no heart-box metrics")
+    boxes = None if any(box is None for box in boxes) else np.concatenate(boxes)
+    return np.concatenate(parts), {"splits": splits, "boxes": boxes}, " + ".join(paths)
+
+
+def raw_entries(data) -> list[str] | None:
+    """The entries of ``--data`` when they name raw k-space (folders, ``.mat``, MRD ``.h5``, ``.npz`` of
+    ``kspace``: :func:`data.is_raw_kspace`), else None (image cines); a mix of both is refused."""
+    if data is None:
+        return None
+    entries = [part.strip() for part in str(data).split(",") if part.strip()]
+    raw = [is_raw_kspace(entry) for entry in entries]
+    if any(raw) and not all(raw):
+        image = entries[raw.index(False)]
+        raise UserError(f"--data={data}: {image} holds image cines but the others raw k-space; give one kind")
+    return entries if raw and all(raw) else None
+
+
+def raw_splits(cines: list, seed: int, notes: list[str]) -> tuple:
+    """Train/val/test cine numbers of raw cines, split by subject (:func:`data.split_by_subject`), or by
+    cine (with a note) when they come from fewer than 3 subjects."""
+    subjects = [cine.subject for cine in cines]
+    if len(set(subjects)) >= 3:
+        splits = split_by_subject(subjects, seed=seed)
+        notes.append(f"split by subject ({len(set(subjects))} subjects, seed {seed}): "
+                     + "; ".join(f"{name} {len({subjects[i] for i in part})} subject(s), {len(part)} cine(s)"
+                                 for name, part in zip(SPLIT_NAMES, splits)))
+        return splits
+    notes.append(f"only {len(set(subjects))} subject(s): split by cine, so slices of one subject can be in two "
+                 f"splits")
+    return split_indices(len(cines), seed=seed)
+
+
+def check_raw_sampling(config: dict, cines: list) -> None:
+    """Refuse a sampling impossible for some raw cine's rows (too many centre lines, a uniform mask's
+    acceleration that is not an integer, fewer centre lines than the coil maps need)."""
+    for height in sorted({cine.shape[2] for cine in cines}):
+        for acceleration in accelerations(config):
+            check_lines({**config, "acceleration": acceleration}, height, [], False)
+    if any(cine.shape[0] > 1 for cine in cines) and config["center_lines"] < MIN_CALIBRATION_LINES:
+        raise UserError(f"--center_lines={config['center_lines']}: the coil maps of the raw data are estimated "
+                        f"(ESPIRiT) from the fully sampled centre lines, at least {MIN_CALIBRATION_LINES}")
+
+
+def subject_splits(path: str, count: int, seed: int, notes: list[str]) -> tuple | None:
+    """Train/val/test indices by the file's ``subject`` array (no subject in two splits), or None
+    (split by cine) when it names fewer than 3 subjects or none."""
+    subjects = load_subjects(path)
+    if subjects is None or len(np.unique(subjects)) < 3:
+        if subjects is not None:
+            notes.append(f"{path}: only {len(np.unique(subjects))} subject(s): split by cine, so slices of "
+                         f"one subject can be in two splits")
+        return None
+    if len(subjects) != count:
+        raise UserError(f"{path}: 'subject' names {len(subjects)} cines but 'dataset' holds {count}")
+    notes.append(f"{path}: split by subject ({len(np.unique(subjects))} subjects): no subject is in two splits")
+    return split_by_subject(subjects, seed=seed)
+
+
+def render_phantom(config: dict, count: int, seed: int, **options) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` phantom cines ``[N, T, H, W]`` of the run's size and kind, and their heart boxes
+    ``[N, 4]``, each grown to at least the SSIM window (11 x 11 pixels) where the image allows;
+    ``options``: of ``phantom.make_phantom_dataset`` (``snr=None``: noise-free)."""
+    from phantom import make_phantom_dataset
+
+    images, boxes = make_phantom_dataset(count, frames=config["in_channels"], size=config["image_size"], seed=seed,
+                                         complex_phase=config["phantom_phase"], return_boxes=True, **options)
+    return images, grow_boxes(boxes, 2 * SSIM_RADIUS + 1, images.shape[2:])
+
+
+def phantom_data(config: dict, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """``count`` phantom cines of the run: :func:`render_phantom` plus None (no coils) with
+    ``coils = 1``, else :func:`render_coil_phantom`."""
+    if config.get("coils", 1) == 1:
+        return *render_phantom(config, count, seed), None
+    return render_coil_phantom(config, count, seed)
+
+
+def render_coil_phantom(config: dict, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``count`` complex phantom cines seen through ``config["coils"]`` receive coils
+    (``phantom.make_coil_dataset``, with its correlated coil noise) as a user of real data has them:
+    fully sampled coil k-space ``y`` and coil maps ``S`` estimated by ESPIRiT
+    (``sampling.estimate_sensitivities``) from the cine's own ``center_lines`` central k-space rows.
+    Every mask samples those rows in every frame (training masks are redrawn every epoch, never
+    those rows), so the maps are estimated once per cine, from the fully sampled centre, and are
+    the maps of every mask drawn. The images are ``S^H F^-1 y``: the magnitude of the phantom's
+    ``reference`` (its coils combined with the true maps) up to the maps' estimation error, in the
+    phase of the estimated maps, the one the SENSE model ``A = U F S`` reaches (ESPIRiT removes
+    coil 0's phase). Each cine and its coil k-space are scaled so that the image has peak 1.
+
+    Returns the images ``[N, T, H, W]`` complex64, heart boxes ``[N, 4]`` (as :func:`render_phantom`)
+    and ``{"kspace": [N, C, T, H, W], "sensitivities": [N, C, H, W]}`` complex64."""
+    from phantom import make_coil_dataset
+
+    size = config["image_size"]
+    data = make_coil_dataset(count, frames=config["in_channels"], size=size, seed=seed, coils=config["coils"])
+    centre = np.zeros((1, size, 1), np.float32)  # [T, H, W] broadcast: the rows every mask samples
+    centre[:, center_rows(size, config["center_lines"])] = 1
+    maps = estimate_sensitivities(data["kspace"], centre)  # [N, C, H, W]
+    images = np.stack([coil_combine(ifft2c(torch.from_numpy(kspace)), torch.from_numpy(cine_maps)).numpy()
+                       for kspace, cine_maps in zip(data["kspace"], maps)])  # [N, T, H, W]
+    scale = (1 / np.abs(images).reshape(count, -1).max(1)).astype(np.float32)  # [N]
+    coils = {"kspace": data["kspace"] * scale[:, None, None, None, None], "sensitivities": maps}
+    return images * scale[:, None, None, None], grow_boxes(data["heart_box"], 2 * SSIM_RADIUS + 1, (size, size)), coils
+
+
+def grow_boxes(boxes: np.ndarray, minimum: int, shape: tuple[int, int]) -> np.ndarray:
+    """Boxes ``[N, 4]`` (row0, row1, col0, col1) grown symmetrically to at least ``minimum`` pixels
+    per side, kept inside an image of ``shape`` (H, W)."""
+    boxes = np.array(boxes)
+    for axis, limit in enumerate(shape):
+        low, high = boxes[:, 2 * axis], boxes[:, 2 * axis + 1]
+        grow = np.maximum(min(minimum, limit) - (high - low), 0)
+        low = np.clip(low - grow // 2, 0, None)
+        high = np.maximum(high + grow - grow // 2, low + min(minimum, limit))
+        shift = np.maximum(high - limit, 0)
+        boxes[:, 2 * axis], boxes[:, 2 * axis + 1] = low - shift, high - shift
+    return boxes
+
+
+def epoch_seed(seed: int, epoch: int, size: int | None = None) -> int:
+    """Seed of the fresh phantom training cines of ``epoch`` (disjoint from the fixed cines' seed);
+    ``size``: of the cines of that size when the run trains on several (``train_sizes``)."""
+    return int(np.random.SeedSequence([seed, 4, epoch] + ([] if size is None else [size])).generate_state(1)[0])
+
+
+def training_sizes(config: dict) -> list[int]:
+    """Image sizes (H = W) of the training cines: ``train_sizes`` ('64,96,128'), or ``image_size``."""
+    text = config.get("train_sizes")
+    if text is None or str(text).strip() == "":
+        return [config["image_size"]]
+    try:
+        return sorted({int(part) for part in str(text).split(",")})
+    except ValueError:
+        raise UserError(f"--train_sizes={text}: expected comma-separated image sizes, e.g. 64,96,128") from None
+
+
+def size_counts(count: int, image_size: int, sizes: list[int]) -> list[int]:
+    """Training cines per size: ``count`` cines' worth of ``image_size`` pixels (so about the same
+    time per epoch), shared equally by the sizes (64 px: 19, 96 px: 8 and 128 px: 5 for 57 at 64)."""
+    return [max(1, round(count * (image_size / size) ** 2 / len(sizes))) for size in sizes]
+
+
+def size_batches(counts: list[int], batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1
+                 ) -> list[torch.Tensor]:
+    """This process's training batches of ``epoch``: rows numbered across size groups of
+    ``counts`` cines (:class:`data.SizeGroups`), every batch from one group. Each group is shuffled
+    and sharded as ``DistributedSampler`` does; with several groups the batches are then shuffled
+    (the same order on every process). One group gives exactly ``DistributedSampler``'s batches."""
+    batches, offset = [], 0
+    for group, count in enumerate(counts):
+        sampler = DistributedSampler(range(count), num_replicas=world, rank=rank, shuffle=True, seed=seed + group)
+        sampler.set_epoch(epoch)
+        batches += list((torch.tensor(list(sampler)) + offset).split(batch))
+        offset += count
+    if len(counts) > 1:
+        shuffle = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist()]
+    return batches
+
+
+def epoch_batches(train_set, batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+    """This process's training batches of ``epoch``: :func:`size_batches`, or under torchrun for raw cines
+    (``train_set.subjects``) :func:`subject_batches`, so that each process reads whole subjects."""
+    subjects = getattr(train_set, "subjects", None)
+    if world == 1 or subjects is None:
+        return size_batches(train_set.counts, batch, seed, epoch, rank, world)
+    return subject_batches(subjects, train_set.counts, batch, seed, epoch, rank, world)
+
+
+def subject_batches(subjects, counts: list[int], batch: int, seed: int, epoch: int, rank: int, world: int
+                    ) -> list[torch.Tensor]:
+    """This process's training batches of ``epoch`` when the cines (rows numbered across size groups of
+    ``counts``, as in :func:`size_batches`) are dealt to the ``world`` processes by subject
+    (``subjects`` ``[N]``): in each group the subjects are shuffled (the same order on every process) and
+    dealt in turn, every process's cines shuffled and repeated up to the most any process got, so
+    that all processes run the same number of batches; the batches are then shuffled as
+    :func:`size_batches` shuffles them."""
+    subjects = np.asarray(subjects)
+    batches, offset = [], 0
+    for group, count in enumerate(counts):
+        rows = np.arange(offset, offset + count)
+        offset += count
+        names = np.unique(subjects[rows])
+        order = np.random.default_rng([seed, 5, epoch, group]).permutation(len(names))
+        dealt = [np.flatnonzero(np.isin(subjects[rows], names[order[r::world]])) for r in range(world)]
+        mine = rows[dealt[rank]] if len(dealt[rank]) else rows  # more processes than subjects: any cine
+        mine = np.random.default_rng([seed, 6, epoch, group, rank]).permutation(mine)
+        batches += list(torch.from_numpy(np.resize(mine, max(map(len, dealt)))).split(batch))
+    if len(counts) > 1:
+        shuffle = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist()]
+    return batches
+
+
+class FreshPhantom:
+    """New phantom training cines every epoch, rendered one epoch ahead in a background thread.
+
+    ``cines(epoch)`` returns the cines of ``epoch`` on ``device``, a ``[N_g, T, S_g, S_g]`` tensor
+    for each training size ``S_g`` (:func:`training_sizes`) with ``counts[g]`` cines (the same for
+    the same seed and epoch, so a resumed run trains on the same data), and starts rendering the
+    next epoch's. ``waited`` is the time the last call spent waiting for its cines (0 when the
+    render finished during the previous epoch), ``rendered`` the time that render took, ``boxes``
+    the heart boxes ``[N_g, 4]`` of the cines last returned and ``coils`` their coil k-space and
+    estimated maps (on ``device``; None each without coils, see :func:`phantom_data`).
+    """
+
+    def __init__(self, config: dict, counts: list[int], device: torch.device):
+        self.config, self.counts, self.device = config, counts, device
+        self.sizes = training_sizes(config)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="phantom")
+        self.pending: dict[int, Future] = {}
+        self.waited = self.rendered = 0.0
+        self.boxes: list[np.ndarray] = []
+        self.coils: list[dict | None] = []
+
+    def _render(self, epoch: int) -> tuple[list[tuple[np.ndarray, np.ndarray, dict | None]], float]:
+        started = time.perf_counter()
+        seed = self.config["seed"]
+        if self.sizes == [self.config["image_size"]]:
+            groups = [phantom_data(self.config, self.counts[0], epoch_seed(seed, epoch))]
+        else:
+            groups = [phantom_data({**self.config, "image_size": size}, count, epoch_seed(seed, epoch, size))
+                      for size, count in zip(self.sizes, self.counts)]
+        return groups, time.perf_counter() - started
+
+    def cines(self, epoch: int) -> list[torch.Tensor]:
+        started = time.perf_counter()
+        future = self.pending.pop(epoch, None) or self.pool.submit(self._render, epoch)
+        groups, self.rendered = future.result()
+        self.waited = time.perf_counter() - started
+        if epoch + 1 < self.config["num_epochs"]:
+            self.pending[epoch + 1] = self.pool.submit(self._render, epoch + 1)
+        self.boxes = [boxes for _, boxes, _ in groups]
+        self.coils = [coils and {key: torch.from_numpy(value).to(self.device) for key, value in coils.items()}
+                      for _, _, coils in groups]
+        return [torch.from_numpy(images).to(self.device) for images, _, _ in groups]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def pad_to_multiple(images: np.ndarray, multiple: int, notes: list[str], source: str,
+                    boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Zero-pad H and W of ``[N, T, H, W]`` symmetrically to multiples of ``multiple`` (the UNet's
+    pooling factor); heart ``boxes`` ``[N, 4]`` (or None) move with the images and grow to at least
+    the SSIM window."""
+    height, width = images.shape[2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h or pad_w:
+        notes.append(f"{source}: images zero-padded from {height}x{width} to {height + pad_h}x{width + pad_w} "
+                     f"(the UNet needs multiples of {multiple})")
+        images = np.pad(images, ((0, 0), (0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)))
+    if boxes is not None:
+        shifted = np.asarray(boxes) + np.array([pad_h // 2, pad_h // 2, pad_w // 2, pad_w // 2])
+        boxes = grow_boxes(shifted, 2 * SSIM_RADIUS + 1, images.shape[2:])
+    return images, boxes
+
+
+def make_datasets(images, config: dict, device: torch.device, meta: dict | None = None, notes: list | None = None,
+                  multiple: int | None = None
+                  ) -> tuple[SizeGroups | StreamedCines, CineDataset | StreamedCines, CineDataset | StreamedCines]:
+    """Train/val/test sets resident on ``device``; training masks are drawn there too, from a
+    generator that :func:`seed_epoch` seeds. ``meta``: from :func:`load_images` (heart boxes, a
+    fixed split), if known. The training set holds one group per training size: the training split
+    itself, or (``train_sizes``) empty cines of every size for :class:`FreshPhantom` to fill, each
+    size with centre lines that keep the share of k-space of ``center_lines`` at ``image_size``.
+    ``meta["coils"]`` (coil k-space and maps ``[N, ...]``, see :class:`data.CineDataset`) is split too."""
+    meta = meta or {}
+    if meta.get("raw"):  # images: the raw cines (data.RawCine) of load_images
+        return raw_datasets(images, config, device, meta["splits"], [] if notes is None else notes,
+                            multiple or size_multiple(config))
+    boxes, coils = meta.get("boxes"), meta.get("coils")
+
+    def coils_of(idx):  # the coil k-space and maps of the cines idx, on the device
+        return coils and {key: torch.from_numpy(value[idx]).to(device) for key, value in coils.items()}
+
+    if config.get("heart_weight") and boxes is None:
+        raise UserError(f"--heart_weight={config['heart_weight']}: needs heart boxes, the phantom's or a data file's "
+                        f"'heart_box' array (python formats.py convert --heart_box)")
+    splits = meta.get("splits") or split_indices(len(images), seed=config["seed"])
+    sampling = dict(mask_mode=config["mask_mode"], acceleration=config["acceleration"],
+                    center_lines=config["center_lines"], density=config["density"],
+                    mask_type=config.get("mask_type", "variable_density"), seed=config["seed"])
+    generator = torch.Generator(device=device)
+    val_set, test_set = (CineDataset(torch.from_numpy(images[idx]).to(device), idx,
+                                     boxes=None if boxes is None else boxes[idx], coils=coils_of(idx), **sampling)
+                         for idx in splits[1:])
+    train_idx, size = splits[0], config["image_size"]
+    sizes = training_sizes(config)
+    if sizes == [size] or config["data"] is not None:
+        groups = [CineDataset(torch.from_numpy(images[train_idx]).to(device), train_idx, train=True,
+                              generator=generator, boxes=None if boxes is None else boxes[train_idx],
+                              coils=coils_of(train_idx), **sampling)]
+    else:
+        frames = images.shape[1]
+        groups = [CineDataset(torch.zeros((count, frames, side, side), dtype=torch.from_numpy(images[:1]).dtype,
+                                          device=device), np.arange(count), train=True, generator=generator,
+                              **{**sampling, "center_lines": max(1, round(config["center_lines"] * side / size))})
+                  for side, count in zip(sizes, size_counts(len(train_idx), size, sizes))]
+    return SizeGroups(groups), val_set, test_set
+
+
+def raw_datasets(cines: list, config: dict, device: torch.device, splits: tuple, notes: list[str], multiple: int
+                 ) -> tuple[StreamedCines, StreamedCines, StreamedCines]:
+    """Train/val/test sets of raw cines streamed from disk (:class:`data.StreamedCines`), their coil maps
+    and scales taken from (or first computed into) the cache ``config["cache_dir"]``
+    (:class:`data.MapCache`), each cine zero-padded in k-space to a multiple of ``multiple`` rows and
+    columns (the networks' size multiple)."""
+    cache = MapCache(config["cache_dir"], config["center_lines"])
+    check_distinct_files(cines, cache.folder)
+
+    def grid(height: int, width: int) -> tuple[int, int]:
+        return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+    prepare_maps(cache, cines, grid)
+    sampling = dict(acceleration=config["acceleration"], center_lines=config["center_lines"],
+                    density=config["density"], mask_type=config.get("mask_type", "variable_density"),
+                    mask_mode=config["mask_mode"], seed=config["seed"])
+    generator = torch.Generator(device=device)
+    train, val, test = (StreamedCines(cines, rows, cache, grid, sampling, device, workers=config["workers"],
+                                      generator=generator if i == 0 else None) for i, rows in enumerate(splits))
+    notes.append(f"coil maps and scales of the {len(cines)} raw cines: {cache.estimated} estimated (ESPIRiT) and "
+                 f"{len(cines) - cache.estimated} taken from the cache {cache.folder}/")
+    return train, val, test
+
+
+def check_distinct_files(cines: list, cache: Path) -> None:
+    """Refuse two raw files with the same content (a file copied into two subjects' folders): its
+    cines could land in two splits. Contents are compared by SHA-256 (:func:`data.file_digest`)."""
+    seen = {}
+    for path in dict.fromkeys(cine.volume.path for cine in cines):
+        earlier = seen.setdefault(file_digest(path, cache), path)
+        if earlier != path:
+            raise DataError(f"{path}: the same k-space as {earlier} (a copy): its cines could be trained on and "
+                            f"scored as another subject's; remove one")
+
+
+def prepare_maps(cache: MapCache, cines: list, grid) -> None:
+    """Read every raw cine once and cache its maps (:meth:`data.MapCache.prepare`), a progress bar on a
+    terminal; under torchrun each process takes its share and they wait for each other, and a bad
+    slice found by any process stops every process with its one line."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    failure = None
+    try:
+        with tqdm(cines[rank::world], desc="coil maps", unit="cine", dynamic_ncols=True, leave=False,
+                  disable=None) as bar:
+            for cine in bar:
+                cache.prepare(cine, grid(*cine.shape[2:]))
+    except UserError as error:
+        failure = str(error)
+    if world > 1:
+        failures = [None] * world
+        dist.all_gather_object(failures, failure)
+        failure = next((message for message in failures if message), None)
+    if failure:
+        raise UserError(failure)
+
+
+def phantom_version() -> str:
+    """The embedded phantom's version: a digest of phantom.py's syntax tree without docstrings (edits
+    of comments, docstrings or layout keep it; any change of code gives a new one)."""
+    tree = ast.parse(PHANTOM_SOURCE.read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            del body[0]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
+
+
+def check_data_shape(config: dict, shape: tuple[int, ...], source: str) -> None:
+    """Refuse, from a data file's header, cines the run would refuse once loaded: not ``[N, T, H, W]``,
+    or images too small for the network (after padding). Every network takes any frame count."""
+    if len(shape) != 4:
+        raise UserError(f"{source}: expected 4 dimensions [nsamples, nt, nx, ny], got {len(shape)} with shape "
+                        f"{tuple(shape)}" + ("; for a single cine save x[None]" if len(shape) == 3 else ""))
+    multiple, smallest = size_multiple(config), smallest_side(config)
+    padded = [-(-side // multiple) * multiple for side in shape[2:]]
+    if min(padded) < smallest:
+        raise UserError(f"{source}: images of {shape[2]}x{shape[3]} (padded to {padded[0]}x{padded[1]}) are too "
+                        f"small for the {config['arch']} network, which needs at least {smallest}x{smallest}")
+
+
+def data_fingerprint(config: dict) -> dict:
+    """What resuming a run must find unchanged, stored in its ``last.pt``: for each data file (one,
+    or TRAIN,VAL,TEST) its size, shape, dtype and SHA-256, its header checked first by
+    :func:`check_data_shape`, before anything is loaded; for the embedded phantom its
+    :func:`phantom_version` (its parameters are in the config) and with ``coils`` > 1 their number
+    and the version of sigpy, which estimates their maps."""
+    entries = raw_entries(config["data"])
+    if entries:
+        cache = Path(config["cache_dir"])
+        return {f"{cine.volume.path} sha256": file_digest(cine.volume.path, cache)
+                for cine in scan_raw(entries, []) if cine.slice == 0}
+    if config["data"] is None:
+        if config.get("coils", 1) == 1:
+            return {"phantom": phantom_version()}
+        from importlib.metadata import version
+        return {"phantom": phantom_version(), "coils": config["coils"], "sigpy": version("sigpy")}
+    fingerprint = {}
+    for path in (cine_file(part.strip()) for part in str(config["data"]).split(",")):
+        _, shape, dtype = array_header(path)
+        check_data_shape(config, shape, str(path))
+        with open(path, "rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+        fingerprint.update({f"{path} bytes": path.stat().st_size, f"{path} shape": list(shape),
+                            f"{path} dtype": str(dtype), f"{path} sha256": digest})
+    return fingerprint
 
 if __name__ == "__main__":
     from cli import not_a_command

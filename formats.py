@@ -30,9 +30,12 @@ from __future__ import annotations
 import importlib
 import io
 import math
+import os
 import sys
+import tokenize
 import zipfile
 import zlib
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +43,308 @@ import numpy as np
 
 from cli import (UserError, atomic_write, check_name_length, check_readable, cli_errors, positive,
                  remove_stale_temporaries, run_command)
-from data import (DataError, array_header, check_boxes, check_cines, check_declared, check_memory, header_number,
-                  loading_bytes, normalize, read_array, read_array_item)
+
+# ----------------------------------------------------------------------------- reading safely
+# The memory budget of reading one file: the data it declares (arrays as stored, decompressed bytes,
+# DICOM elements) may take at most READ_EXPANSION times the file's size on disk plus READ_ALLOWANCE,
+# and are checked against it before anything is allocated or decompressed. Real cines compress 2-4
+# times; an array of zeros a thousand times. Loading must also fit in the memory available.
+READ_EXPANSION, READ_ALLOWANCE = 64, 64 * 2 ** 20
+
+
+MEMINFO = Path("/proc/meminfo")
+
+
+CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: memory.max and memory.current
+
+
+class DataError(UserError):
+    """A data file that cannot be used; the message names the file and the problem."""
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still use: the system's ``MemAvailable``, or what a cgroup
+    limit leaves if that is less."""
+    found = []
+    with suppress(OSError, ValueError, IndexError):
+        found += [int(line.split()[1]) * 1024 for line in MEMINFO.read_text().splitlines()
+                  if line.startswith("MemAvailable:")]
+    with suppress(OSError, ValueError):
+        limit = (CGROUP / "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int((CGROUP / "memory.current").read_text()))
+    return min(found) if found else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def format_bytes(count: float) -> str:
+    """``38654705664000`` -> ``'35.2 TiB'``."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+
+
+def check_memory(source: str, needed: int, what: str) -> None:
+    """Refuse, before allocating, work that needs more than the memory available (``what`` says
+    what needs ``needed`` bytes)."""
+    available = available_memory()
+    if needed > available:
+        raise DataError(f"{source}: {what} would need about {format_bytes(needed)} of memory, more than the "
+                        f"{format_bytes(available)} available")
+
+
+def read_budget(stored: int) -> int:
+    """Bytes of data that reading a file of ``stored`` bytes may produce (see ``READ_EXPANSION``)."""
+    return READ_EXPANSION * stored + READ_ALLOWANCE
+
+
+def check_declared(source: str, declared: int, stored: int, what: str) -> None:
+    """Refuse a file of ``stored`` bytes whose ``what`` declares ``declared`` bytes of data, more than
+    its read budget (:func:`read_budget`): a small file never takes gigabytes."""
+    budget = read_budget(stored)
+    if declared > budget:
+        raise DataError(f"{source}: {what} declares {format_bytes(declared)} of data in a file of "
+                        f"{format_bytes(stored)}, more than the read budget of {format_bytes(budget)} "
+                        f"({READ_EXPANSION} times the file's size plus {format_bytes(READ_ALLOWANCE)})")
+
+
+def header_number(source: str, what: str, value, low: float, high: float, integer: bool = False):
+    """``value``, a number read from a file's header (``what`` names the field), if it is a finite
+    number (an integer with ``integer``) from ``low`` to ``high``; else a one-line ``DataError``.
+    Every number of a header that sizes, scales or places data goes through this before it is used."""
+    kind = "an integer" if integer else "a number"
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if integer and math.isfinite(number) and number != int(number):
+        number = math.nan
+    if not (math.isfinite(number) and low <= number <= high):
+        shown = "missing" if value is None else (repr(value) if isinstance(value, str) else str(value))[:40]
+        raise DataError(f"{source}: {what} is {shown}: expected {kind} from {low:g} to {high:g}")
+    return int(number) if integer else number
+
+
+def loading_bytes(shape, dtype) -> int:
+    """Memory that loading an array needs: as stored, converted to float32/complex64, normalised."""
+    dtype = np.dtype(dtype)
+    return math.prod(shape) * (dtype.itemsize + 2 * (8 if dtype.kind == "c" else 4))
+
+
+def _npy_header(file, source: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the ``.npy`` header at the start of ``file`` (nothing else is read)."""
+    try:
+        version = np.lib.format.read_magic(file)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"format version {version[0]}.{version[1]}, not 1.0 or 2.0")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(file)
+    except (ValueError, TypeError, SyntaxError, EOFError, tokenize.TokenError) as error:
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise DataError(f"{source}: not a readable .npy/.npz file (malformed .npy header: {reason})") from None
+    return tuple(shape), dtype
+
+
+def _check_size(source: str, shape, dtype, stored: int, on_disk: int) -> None:
+    """Refuse a header that promises more data than ``stored`` bytes, more than the read budget of a
+    file of ``on_disk`` bytes, or more than memory holds."""
+    if dtype.hasobject:
+        raise DataError(f"{source}: holds pickled Python objects, which are refused for safety; "
+                        f"save a plain numeric array")
+    claimed = math.prod(shape) * dtype.itemsize
+    if stored < claimed:
+        raise DataError(f"{source}: truncated or damaged: its header describes an array {tuple(shape)} of {dtype} "
+                        f"({format_bytes(claimed)}) but it holds {format_bytes(stored)} of data")
+    check_declared(source, claimed, on_disk, f"the array {tuple(shape)} of {dtype}")
+    check_memory(source, loading_bytes(shape, dtype), f"loading the array {tuple(shape)} of {dtype}")
+
+
+def _choose_key(path: Path, names: list[str], key: str | None) -> str:
+    """The array to read from an ``.npz`` holding ``names``: ``key``, else 'dataset', else the only one."""
+    if key is None:
+        if "dataset" in names:
+            return "dataset"
+        if len(names) == 1:
+            return names[0]
+        raise DataError(f"{path}: no array named 'dataset' and {len(names)} arrays to choose from "
+                        f"({', '.join(names) or 'none'}); name one with key=...")
+    if key not in names:
+        raise DataError(f"{path}: no array named {key!r} (found: {', '.join(names) or 'none'})")
+    return key
+
+
+def array_header(path, key: str | None = None) -> tuple[str | None, tuple[int, ...], np.dtype]:
+    """``(array name in an .npz or None, shape, dtype)`` of a .npy/.npz file, read from its headers
+    alone (numpy's format header; for an .npz that of the zip member). Only regular files are read;
+    a header that promises more data than the file holds, or more than memory holds, is refused
+    before anything is allocated."""
+    path = check_readable(path, expected="a .npz or .npy file", error=DataError)
+    with open(path, "rb") as file:
+        magic = file.read(6)
+        if magic == b"\x93NUMPY":
+            file.seek(0)
+            shape, dtype = _npy_header(file, str(path))
+            size = path.stat().st_size
+            _check_size(str(path), shape, dtype, size - file.tell(), size)
+            return None, shape, dtype
+    if magic[:4] != b"PK\x03\x04":
+        raise DataError(f"{path}: not a .npy/.npz file (its content is neither a numpy array nor a zip archive)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {name[:-4] if name.endswith(".npy") else name: name for name in archive.namelist()}
+            key = _choose_key(path, list(members), key)
+            info = archive.getinfo(members[key])
+            with archive.open(info) as member:
+                shape, dtype = _npy_header(member, f"{path}: array {key!r}")
+                offset = member.tell()
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as error:
+        raise DataError(f"{path}: not a readable .npy/.npz file ({error})") from None
+    _check_size(f"{path}: array {key!r}", shape, dtype, info.file_size - offset, path.stat().st_size)
+    return key, shape, dtype
+
+
+def read_array(path: Path, key: str | None) -> np.ndarray:
+    """Read an array from a .npy or .npz file (``key``: its name in an .npz) without ever unpickling,
+    after checking its header (:func:`array_header`)."""
+    key, _, _ = array_header(path, key)
+    source = str(path) if key is None else f"{path}: array {key!r}"
+    try:
+        if key is None:
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as loaded:
+            return loaded[key]
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise DataError(f"{source}: holds pickled Python objects, which are refused for safety; "
+                            f"save a plain numeric array") from None
+        raise DataError(f"{source}: cannot be read ({error})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{source}: cannot be read ({error})") from None
+
+
+def read_array_item(path: Path, key: str, index: int) -> np.ndarray:
+    """Item ``index`` of the first axis of the array ``key`` of an ``.npz`` (``array[index]``), read alone:
+    the zip member is streamed up to that item (a compressed member is decompressed on the way, never
+    held), so memory holds one item whatever the array's size. The header is checked first
+    (:func:`array_header`); a Fortran-ordered array is refused (its items are not contiguous)."""
+    key, shape, dtype = array_header(path, key)
+    source = f"{path}: array {key!r}"
+    if not 0 <= index < shape[0]:
+        raise DataError(f"{source}: item {index} of {shape[0]}")
+    size = math.prod(shape[1:]) * dtype.itemsize
+    try:
+        with zipfile.ZipFile(path) as archive:
+            with archive.open(f"{key}.npy" if f"{key}.npy" in archive.namelist() else key) as member:
+                version = np.lib.format.read_magic(member)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                _, fortran, _ = read(member)
+                if fortran:
+                    raise DataError(f"{source}: stored in Fortran order; save it in C order (np.ascontiguousarray)")
+                member.seek(member.tell() + index * size)
+                raw = member.read(size)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{source}: cannot be read ({error})") from None
+    if len(raw) != size:
+        raise DataError(f"{source}: truncated at item {index}")
+    return np.frombuffer(raw, dtype).reshape(shape[1:]).copy()
+
+
+def check_cines(array: np.ndarray, source: str) -> np.ndarray:
+    """Validate a ``[nsamples, nt, nx, ny]`` array and return it as float32 or complex64.
+
+    Integer images (as DICOM/NIfTI often hold) become float32; booleans, strings and objects,
+    empty arrays, other ranks, NaN/Inf and all-zero cines raise ``DataError`` naming ``source``.
+    """
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.number)):
+        raise DataError(f"{source}: dtype {array.dtype} is not numeric image data "
+                        f"(expected float, complex or integer values)")
+    if array.ndim != 4:
+        hint = "; for a single cine save x[None]" if array.ndim == 3 else ""
+        raise DataError(f"{source}: expected 4 dimensions [nsamples, nt, nx, ny], "
+                        f"got {array.ndim} with shape {tuple(array.shape)}{hint}")
+    if array.size == 0:
+        raise DataError(f"{source}: the array is empty (shape {tuple(array.shape)})")
+    array = array.astype(np.complex64 if np.iscomplexobj(array) else np.float32, copy=False)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - finite.sum())
+        first = int(np.argwhere(~finite.reshape(array.shape[0], -1).all(1))[0, 0])
+        raise DataError(f"{source}: {bad} NaN/Inf values (first in cine {first})")
+    peaks = np.abs(array).reshape(array.shape[0], -1).max(1)
+    if (peaks == 0).any():
+        raise DataError(f"{source}: cine {int(np.argmin(peaks))} is all zeros and cannot be normalised")
+    return array
+
+
+def normalize(cines: np.ndarray) -> np.ndarray:
+    """Scale every cine ``[N, T, H, W]`` so that its largest magnitude is 1."""
+    peaks = np.abs(cines).reshape(cines.shape[0], -1).max(1)
+    return (cines / peaks[:, None, None, None]).astype(cines.dtype, copy=False)
+
+
+def load_cine(path, key: str | None = None) -> np.ndarray:
+    """Load ``[nsamples, nt, nx, ny]`` cines from ``.npz`` (array ``dataset``, ``key``, or the only
+    array) or ``.npy``; real or complex. Returns float32/complex64, each cine with peak magnitude 1.
+    Raises ``DataError`` (one line naming the file) for anything unusable.
+    """
+    return normalize(check_cines(read_array(cine_file(path), key), str(path)))
+
+
+def cine_file(path) -> Path:
+    """``path`` if it is a regular ``.npz``/``.npy`` file, else a one-line ``DataError``."""
+    path = check_readable(path, expected="a .npz or .npy file", error=DataError)
+    if path.suffix.lower() not in (".npz", ".npy"):
+        raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'}; expected .npz or .npy "
+                        f"(convert other formats with: python formats.py convert ...)")
+    return path
+
+
+def optional_array(path, name: str) -> np.ndarray | None:
+    """The array ``name`` of an .npz beside its 'dataset', or None if the file has none."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        return None
+    with np.load(path, allow_pickle=False) as loaded:
+        if name not in loaded.files:
+            return None
+    return read_array(path, name)
+
+
+def load_subjects(path) -> np.ndarray | None:
+    """The ``subject`` array ``[N]`` of an .npz written by ``python formats.py convert`` (the file,
+    patient or series each cine came from), or None if the file has none."""
+    subjects = optional_array(path, "subject")
+    if subjects is not None and subjects.ndim != 1:
+        raise DataError(f"{path}: array 'subject' of shape {list(subjects.shape)}: expected one name per cine [N]")
+    return subjects
+
+
+def check_boxes(boxes: np.ndarray, count: int, shape: tuple[int, int], source: str) -> np.ndarray:
+    """Heart boxes as int64 ``[count, 4]`` ``(row0, row1, col0, col1)``, half-open, in pixels of
+    ``shape`` (H, W) images: given per cine ``[count, 4]`` or one ``[4]`` for every cine."""
+    boxes = np.asarray(boxes)
+    if boxes.shape == (4,):
+        boxes = np.tile(boxes, (count, 1))
+    if boxes.shape != (count, 4) or not np.issubdtype(boxes.dtype, np.integer):
+        raise DataError(f"{source}: heart boxes must be integers [{count}, 4] or [4] (row0, row1, col0, col1), "
+                        f"got {boxes.dtype} {list(boxes.shape)}")
+    height, width = shape
+    bad = ((boxes[:, 0] < 0) | (boxes[:, 1] > height) | (boxes[:, 0] >= boxes[:, 1])
+           | (boxes[:, 2] < 0) | (boxes[:, 3] > width) | (boxes[:, 2] >= boxes[:, 3]))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{source}: heart box {boxes[i].tolist()} of cine {i} is not inside its {height}x{width} "
+                        f"images (0 <= row0 < row1 <= {height}, 0 <= col0 < col1 <= {width})")
+    return boxes.astype(np.int64)
+
+
+def load_boxes(path, count: int, shape: tuple[int, int]) -> np.ndarray | None:
+    """The ``heart_box`` array of an .npz (written by ``formats.py convert --heart_box`` or
+    ``phantom.py``) checked by :func:`check_boxes`, or None if the file has none."""
+    boxes = optional_array(path, "heart_box")
+    return None if boxes is None else check_boxes(boxes, count, shape, f"{path}: array 'heart_box'")
+
 
 EXTRAS_HINT = "pip install -r requirements-extras.txt"
 CINE_AXES = "ntxy"
@@ -152,7 +455,7 @@ def _read_dicom_file(path: Path, pydicom):
 
 def _dicom_number(path: Path, dataset, name: str, default, low: float, high: float, integer: bool = False):
     """The header number ``name`` of a DICOM ``dataset`` (``default`` where absent or empty), checked by
-    :func:`data.header_number`; an element pydicom cannot decode is one line too."""
+    :func:`header_number`; an element pydicom cannot decode is one line too."""
     try:
         value = dataset.get(name, default)
     except (ValueError, TypeError, OverflowError) as error:
@@ -662,7 +965,7 @@ def _mrd_field(encoding, *names):
 
 def _mrd_geometry(path: Path, encoding) -> tuple[int, int, float, float, float, int]:
     """The numbers of an MRD header's encoding that size and place the data, each checked where it is
-    parsed (:func:`data.header_number`): the encoded matrix (``height`` ky rows, ``width`` kx columns),
+    parsed (:func:`header_number`): the encoded matrix (``height`` ky rows, ``width`` kx columns),
     the encoded field of view ``fov_y``, ``fov_x`` (mm), the reconstructed one ``recon`` along x (mm;
     the encoded one where absent), which must keep at least one column, and the ky centre ``center``."""
     source = str(path)

@@ -667,6 +667,13 @@ def size_multiple(config: dict) -> int:
     return 1
 
 
+def smallest_side(config: dict) -> int:
+    """The smallest image height and width the network of ``config`` takes: its pooling multiple, and
+    twice that for the dual UNet, whose bottleneck BatchNorm needs more than one value per channel."""
+    multiple = size_multiple(config)
+    return 2 * multiple if config["arch"] == "dual_unet" else multiple
+
+
 def acts_locally(model: nn.Module) -> bool:
     """Whether every output pixel depends only on nearby pixels of the input (CNNs, data consistency
     along the phase-encoding direction), so a band of columns is a problem of its own; an

@@ -1158,9 +1158,9 @@ def phantom_bytes(count: int, frames: int, size: int, kept: int, copies: int) ->
 def check_figure_options(path: Path, frames: int, count: int, size: int, coils: int) -> None:
     """Refuse :func:`phantom_figure`'s options before anything is rendered or written: each in its
     range, an existing .npz, and the product of the sizes (cines, frames, pixels, coils) against the
-    memory available (:func:`phantom_bytes`, ``data.check_memory``), not each size alone."""
+    memory available (:func:`phantom_bytes`, ``formats.check_memory``), not each size alone."""
     from cli import UserError, check_name_length
-    from data import check_memory
+    from formats import check_memory
 
     check_name_length(path)
     if path.suffix.lower() != ".npz":
@@ -1234,7 +1234,7 @@ def tree_options(folder: Path, *, frames: int, subjects: int, slices: int, sizes
     """The keywords of :func:`write_cmrxrecon_tree` from the command's options, each checked (one
     ``UserError`` naming the option), and the tree's memory and disk checked before anything is rendered."""
     from cli import UserError, check_name_length
-    from data import check_memory, format_bytes
+    from formats import check_memory, format_bytes
     from sampling import check_sampling
 
     check_name_length(folder)

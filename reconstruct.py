@@ -81,10 +81,10 @@ from adapt import adapt as adapt_to_scan
 from checkpoint import load_trained_model
 from cli import UserError, atomic_write, check_name_length, cli_errors, make_folder, positive, run_command, \
     written_together
-from data import DataError, MapCache, RawCine, check_cines, mask_seed, normalize
+from data import MapCache, RawCine, mask_seed
 from engine import autocast, choose_autocast, resolve_device
-from formats import (KSpace, check_mask, check_output, crop_or_pad, inspect_kspace, npz_arrays, read_cines, read_kspace,
-                     save_npz)
+from formats import (DataError, KSpace, check_cines, check_mask, check_output, crop_or_pad, inspect_kspace, normalize,
+                     npz_arrays, read_cines, read_kspace, save_npz)
 from metrics import batch_psnr, batch_ssim, format_summary
 from models import size_multiple
 from sampling import (calibration_lines, check_sampling, data_consistency, estimate_sensitivities, fft2c, gradient_dc,

@@ -11,10 +11,10 @@ import math
 from pathlib import Path
 
 from cli import Option, UserError, options_from_call
-from data import MASK_MODES, check_memory
-from engine import AMP_DTYPES, TRAINING_COPIES, check_device, check_network_size, cuda_requested, smallest_side, \
-    training_sizes
-from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, PRIORS, size_multiple
+from data import MASK_MODES, training_sizes
+from engine import AMP_DTYPES, TRAINING_COPIES, check_device, check_network_size, cuda_requested
+from formats import check_memory
+from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, PRIORS, size_multiple, smallest_side
 from phantom import PHANTOM_RENDER, phantom_bytes
 from sampling import DENSITIES, MASK_TYPES
 
@@ -61,7 +61,7 @@ def resolve_config(call: dict, overrides: dict) -> tuple[dict, list[str], bool]:
     """The call's values, then the CPU scale-down for keys not overridden, then the overrides.
 
     Returns (config, notes on what was changed, whether the centre lines still scale with the image
-    height, see ``engine.load_images``).
+    height, see ``data.load_images``).
     """
     config = {**call, **overrides}
     notes = []

@@ -31,11 +31,10 @@ from tqdm import tqdm
 from checkpoint import (CHECKPOINT_FORMAT, check_resumable, finished_summary, load_checkpoint, restore, restore_rng,
                         save_checkpoint, snapshot)
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors
-from data import accelerations
-from engine import (FreshPhantom, Report, check_batching, choose_autocast, create_run_dirs, data_fingerprint,
-                    describe_device, epoch_batches, evaluate_all, init_distributed, jsonable, load_images, lr_factor,
-                    make_datasets, resolve_device, seed_epoch, stop_everywhere, stop_on_signal, test_summary, train_step,
-                    training_flops, unet_branches)
+from data import FreshPhantom, accelerations, data_fingerprint, epoch_batches, load_images, make_datasets
+from engine import (Report, check_batching, choose_autocast, create_run_dirs, describe_device, evaluate_all,
+                    init_distributed, jsonable, lr_factor, resolve_device, seed_epoch, stop_everywhere, stop_on_signal,
+                    test_summary, train_step, training_flops, unet_branches)
 from metrics import format_summary
 from models import build_model, describe_parameters, parameter_groups, use_channels_last
 from settings import resolve_config, train_options

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from baselines import KT_GRID, LPLUSS_GRID, kt_sparse, low_rank_plus_sparse, tune, view_sharing  # noqa: E402
 from checkpoint import load_trained_model  # noqa: E402
 from cli import UserError, cli_errors, non_negative, positive, run_command  # noqa: E402
-from data import check_memory  # noqa: E402
+from formats import check_memory  # noqa: E402
 from metrics import psnr  # noqa: E402
 from models import size_multiple  # noqa: E402
 from phantom import make_coil_dataset, phantom_bytes  # noqa: E402

@@ -31,8 +31,8 @@ from baselines import synchronize  # noqa: E402
 from benchmarks.resolution import ViewSharing  # noqa: E402
 from checkpoint import load_trained_model  # noqa: E402
 from cli import UserError, atomic_write, cli_errors, make_folder, run_command  # noqa: E402
-from data import CineDataset  # noqa: E402
-from engine import autocast, choose_autocast, describe_device, evaluate, render_phantom, resolve_device, run_model  # noqa: E402
+from data import CineDataset, render_phantom  # noqa: E402
+from engine import autocast, choose_autocast, describe_device, evaluate, resolve_device, run_model  # noqa: E402
 from metrics import summarize  # noqa: E402
 from models import cyclic_windows, window_stride  # noqa: E402
 from settings import check_phantom_size  # noqa: E402

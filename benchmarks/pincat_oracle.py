@@ -12,7 +12,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from baselines import GRIDS, tune, view_sharing  # noqa: E402
 from cli import UserError, cli_errors, run_command  # noqa: E402
-from data import load_cine, mask_seed  # noqa: E402
+from data import mask_seed  # noqa: E402
+from formats import load_cine  # noqa: E402
 from metrics import batch_psnr  # noqa: E402
 from sampling import undersample, variable_density_mask  # noqa: E402
 

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from checkpoint import load_trained_model
 from cli import UserError, atomic_write, cli_errors, make_folder, run_command  # noqa: E402
-from data import CineDataset  # noqa: E402
-from engine import choose_autocast, describe_device, evaluate, render_phantom, resolve_device
+from data import CineDataset, render_phantom  # noqa: E402
+from engine import choose_autocast, describe_device, evaluate, resolve_device
 from metrics import summarize  # noqa: E402
 from models import size_multiple  # noqa: E402
 from sampling import REFERENCE_HEIGHT, scaled_center_lines, view_sharing  # noqa: E402

@@ -10,8 +10,7 @@ import torch
 import train
 from checkpoint import LEGACY_SETTINGS
 from cli import UserError
-from data import CineDataset
-from engine import load_images, make_datasets
+from data import CineDataset, load_images, make_datasets
 from helpers import TINY, read_metrics, run_tool, train_defaults
 from sampling import uniform_mask
 from settings import resolve_config

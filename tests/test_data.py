@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from data import CineDataset, DataError, load_cine, mask_seed, split_counts, split_indices
+from data import CineDataset, mask_seed, split_counts, split_indices
+from formats import DataError, load_cine
 from sampling import fft2c, ifft2c
 
 RNG = np.random.default_rng(2)
@@ -162,7 +163,7 @@ def test_subject_level_split_never_shares_a_subject():
 
 
 def test_converted_subjects_and_explicit_files_fix_the_split(tmp_path):
-    from engine import load_images
+    from data import load_images
     from helpers import train_defaults
 
     cines = np.random.default_rng(0).random((12, 4, 16, 16)).astype(np.float32) + 0.1
@@ -180,7 +181,7 @@ def test_converted_subjects_and_explicit_files_fix_the_split(tmp_path):
 
 
 def test_heart_boxes_of_a_data_file_follow_the_padding_and_reach_the_ssim_window(tmp_path):
-    from engine import load_images
+    from data import load_images
     from helpers import train_defaults
 
     cines = np.random.default_rng(0).random((7, 4, 14, 14)).astype(np.float32) + 0.1
@@ -201,7 +202,7 @@ def test_heart_boxes_of_a_data_file_follow_the_padding_and_reach_the_ssim_window
     (np.array([[0, 8, 0, 8], [0, 8, 0, 8], [0, 15, 0, 8]]), r"heart box \[0, 15, 0, 8\] of cine 2 is not inside"),
 ])
 def test_bad_heart_boxes_are_one_line_errors(tmp_path, boxes, message):
-    from data import DataError, load_boxes
+    from formats import DataError, load_boxes
 
     np.savez(tmp_path / "bad.npz", dataset=np.ones((3, 2, 14, 14), np.float32), heart_box=boxes)
     with pytest.raises(DataError, match=f"bad.npz: array 'heart_box': {message}"):

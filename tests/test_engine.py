@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
+import data
 import engine
 from cli import UserError
 from data import CineDataset, SizeGroups
@@ -85,7 +86,7 @@ def test_heart_weight_adds_the_box_loss_to_a_training_step_and_needs_boxes():
     box_loss = engine.reconstruction_loss(recon, batch["target"], "L1", boxes=batch["box"])
     assert losses[2.0] == pytest.approx(losses[None] + 2.0 * float(box_loss), rel=1e-5)
     with pytest.raises(UserError, match="--heart_weight=1.0: needs heart boxes"):
-        engine.make_datasets(np.ones((7, 2, 16, 16), np.float32), {"heart_weight": 1.0, "seed": 0}, CPU, {})
+        data.make_datasets(np.ones((7, 2, 16, 16), np.float32), {"heart_weight": 1.0, "seed": 0}, CPU, {})
 
 
 @pytest.mark.parametrize("world", [1, 2])
@@ -94,32 +95,32 @@ def test_one_size_group_batches_as_distributed_sampler_does(world):
         sampler = DistributedSampler(range(13), num_replicas=world, rank=rank, shuffle=True, seed=7)
         sampler.set_epoch(3)
         expected = torch.tensor(list(sampler)).split(4)
-        got = engine.size_batches([13], 4, seed=7, epoch=3, rank=rank, world=world)
+        got = data.size_batches([13], 4, seed=7, epoch=3, rank=rank, world=world)
         assert [b.tolist() for b in got] == [b.tolist() for b in expected]
 
 
 def test_size_batches_cover_every_row_once_and_never_mix_sizes():
     counts = [19, 8, 5]
     bounds = np.cumsum([0] + counts)
-    batches = engine.size_batches(counts, 4, seed=0, epoch=2)
+    batches = data.size_batches(counts, 4, seed=0, epoch=2)
     rows = torch.cat(batches).tolist()
     assert sorted(rows) == list(range(sum(counts)))
     groups = [set((np.searchsorted(bounds, b.numpy(), side="right") - 1).tolist()) for b in batches]
     assert all(len(group) == 1 for group in groups), "every batch holds one size"
     sequence = [group.pop() for group in groups]
     assert sequence != sorted(sequence), "the sizes are interleaved over the epoch, not in blocks"
-    again = engine.size_batches(counts, 4, seed=0, epoch=2)
+    again = data.size_batches(counts, 4, seed=0, epoch=2)
     assert [b.tolist() for b in again] == [b.tolist() for b in batches]
-    other = engine.size_batches(counts, 4, seed=0, epoch=3)
+    other = data.size_batches(counts, 4, seed=0, epoch=3)
     assert [b.tolist() for b in other] != [b.tolist() for b in batches]
 
 
 def test_size_counts_keep_the_pixels_of_an_epoch():
-    counts = engine.size_counts(57, 64, [64, 96, 128])
+    counts = data.size_counts(57, 64, [64, 96, 128])
     assert counts == [19, 8, 5]
     pixels = sum(count * size ** 2 for count, size in zip(counts, [64, 96, 128]))
     assert abs(pixels / (57 * 64 ** 2) - 1) < 0.05
-    assert engine.size_counts(57, 64, [64]) == [57]
+    assert data.size_counts(57, 64, [64]) == [57]
 
 
 def test_size_groups_batch_from_their_own_size():

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from cli import UserError
-from data import DataError, load_cine
+from formats import DataError, convert, crop_or_pad, load_cine, read_cines, resample_frames, select_frames
 import formats
-from formats import convert, crop_or_pad, read_cines, resample_frames, select_frames
 from helpers import run_tool, write_mat73
 
 RNG = np.random.default_rng(7)

@@ -33,7 +33,7 @@ import settings
 import train
 from checkpoint import CHECKPOINT_FORMAT, check_resumable, load_checkpoint, load_trained_model, save_checkpoint
 from cli import UserError, check_run_name, cli_errors, make_run_dirs, run_command
-from data import DataError, load_cine
+from formats import DataError, load_cine
 from helpers import ROOT, TINY, read_metrics, train_defaults, write_mat73
 from models import build_model
 from phantom import make_phantom_dataset
@@ -178,7 +178,7 @@ def test_resume_refuses_a_phantom_of_other_code(tmp_path):
     checkpoint = {"format": CHECKPOINT_FORMAT, "config": config, "model": build_model(config).state_dict(),
                   "optimizer": {}, "scheduler": {}, "scaler": {}, "rng": {}, "data": {"phantom": "0123456789abcdef"},
                   "state": {"epoch": 0, "batch": 0, "loss_sum": 0.0, "seen": 0, "history": [], "best": None}}
-    fingerprint = engine.data_fingerprint(config)
+    fingerprint = data.data_fingerprint(config)
     with pytest.raises(UserError, match=r"cannot resume on different data \(phantom '0123456789abcdef' -> "
                                         r"'[0-9a-f]{16}'\)"):
         check_resumable(checkpoint, config, tmp_path / "last.pt", fingerprint)
@@ -188,13 +188,13 @@ def test_resume_refuses_a_phantom_of_other_code(tmp_path):
 
 def test_the_phantom_version_follows_its_code_not_its_comments(tmp_path, monkeypatch):
     source = tmp_path / "phantom.py"
-    monkeypatch.setattr(engine, "PHANTOM_SOURCE", source)
+    monkeypatch.setattr(data, "PHANTOM_SOURCE", source)
     source.write_text('"""The phantom."""\ndef draw(x):\n    """One cine."""\n    return x + 1  # shift\n')
-    first = engine.phantom_version()
+    first = data.phantom_version()
     source.write_text('"""Reworded."""\n\n\ndef draw(x):\n    return x + 1  # another comment\n')
-    assert engine.phantom_version() == first
+    assert data.phantom_version() == first
     source.write_text("def draw(x):\n    return x + 2\n")
-    assert engine.phantom_version() != first
+    assert data.phantom_version() != first
 
 
 def test_a_resumed_report_keeps_the_original_header(tmp_path):
@@ -238,8 +238,8 @@ def test_a_small_npy_claiming_36_tib_is_refused_from_its_header(tmp_path):
 def test_an_npz_of_25x20x1024x8_is_refused_by_its_image_size_before_decompressing(tmp_path, monkeypatch):
     small_npz_claiming(tmp_path / "big.npz", (25, 20, 1024, 8))
     assert (tmp_path / "big.npz").stat().st_size < 10_000
-    monkeypatch.setattr(data, "available_memory", lambda: 2 ** 40)  # the image size decides, on any machine
-    monkeypatch.setattr(data, "READ_ALLOWANCE", 2 ** 40)  # and not the read budget
+    monkeypatch.setattr(formats, "available_memory", lambda: 2 ** 40)  # the image size decides, on any machine
+    monkeypatch.setattr(formats, "READ_ALLOWANCE", 2 ** 40)  # and not the read budget
     monkeypatch.setattr(np, "load", forbidden)
     with pytest.raises(UserError, match=r"big.npz: images of 1024x8 \(padded to 1024x16\) are too small"):
         train.train("x", overrides(tmp_path, data=str(tmp_path / "big.npz")), **train_defaults())
@@ -249,7 +249,7 @@ def test_an_npz_of_25x20x1024x8_is_refused_by_its_image_size_before_decompressin
 def test_an_array_larger_than_the_memory_available_is_refused_before_it_is_read(tmp_path, monkeypatch):
     np.save(tmp_path / "cines.npy", np.ones((7, 2, 32, 32), np.float32))
     np.savez(tmp_path / "cines.npz", dataset=np.ones((7, 2, 32, 32), np.float32))
-    monkeypatch.setattr(data, "available_memory", lambda: 100 * 1024)
+    monkeypatch.setattr(formats, "available_memory", lambda: 100 * 1024)
     monkeypatch.setattr(np, "load", forbidden)
     for name in ("cines.npy", "cines.npz"):
         with pytest.raises(DataError, match=rf"{name}(: array 'dataset')?: loading the array \(7, 2, 32, 32\) of "
@@ -364,7 +364,7 @@ def test_random_bytes_are_not_a_torch_file(tmp_path):
 READERS = {
     "load_cine": load_cine,
     "convert's read_cines": formats.read_cines,
-    "data_fingerprint": lambda path: engine.data_fingerprint({"data": str(path)}),
+    "data_fingerprint": lambda path: data.data_fingerprint({"data": str(path)}),
     "load_checkpoint": lambda path: load_checkpoint(path),
     "--config": lambda path: train.parse_command_line(["x", f"--config={path}"]),
 }
@@ -574,7 +574,7 @@ def small_files_declaring_much(tmp_path, kind):
 ])
 def test_a_small_file_declaring_much_data_is_refused_by_the_read_budget(tmp_path, monkeypatch, kind, declared):
     path = small_files_declaring_much(tmp_path, kind)
-    monkeypatch.setattr(data, "READ_ALLOWANCE", 2 ** 20)
+    monkeypatch.setattr(formats, "READ_ALLOWANCE", 2 ** 20)
     monkeypatch.setattr(np, "load", forbidden)
     budget = r"more than the read budget of [\d.]+ (KiB|MiB) \(64 times the file's size plus 1.0 MiB\)"
     with pytest.raises(DataError, match=rf"{declared}.*{budget}"):
@@ -586,7 +586,7 @@ def test_a_small_file_declaring_much_data_is_refused_by_the_read_budget(tmp_path
 
 def test_a_small_npz_of_zeros_is_refused_by_train_and_compare_before_it_is_read(tmp_path, monkeypatch):
     path = small_files_declaring_much(tmp_path, "npz")
-    monkeypatch.setattr(data, "READ_ALLOWANCE", 2 ** 20)
+    monkeypatch.setattr(formats, "READ_ALLOWANCE", 2 ** 20)
     monkeypatch.setattr(np, "load", forbidden)
     message = r"zeros.npz: array 'dataset': the array \(2, 6, 256, 256\) of float32 declares 3.0 MiB"
     with pytest.raises(DataError, match=message):
@@ -666,7 +666,7 @@ def test_config_file_words_mean_what_they_mean_on_the_command_line(tmp_path):
 @pytest.fixture
 def memory_16_gib(monkeypatch):
     """16 GiB of memory available, whatever the machine has."""
-    for module in (data, engine):
+    for module in (formats, engine):
         monkeypatch.setattr(module, "available_memory", lambda: 16 * 2 ** 30)
 
 

@@ -11,8 +11,8 @@ import data
 import reconstruct
 import train
 from cli import cli_errors
-from data import DataError, MapCache, StreamedCines, read_array_item, scan_raw, split_by_subject, split_indices
-from formats import inspect_kspace, read_kspace, read_kspace_slice
+from data import MapCache, StreamedCines, scan_raw, split_by_subject, split_indices
+from formats import DataError, inspect_kspace, read_array_item, read_kspace, read_kspace_slice
 from helpers import read_metrics, run_tool, train_defaults
 from metrics import cmrxrecon_crop, cmrxrecon_scores, cmrxrecon_slices
 from phantom import make_coil_dataset, subject_cines, write_cmrxrecon_tree
@@ -188,7 +188,7 @@ def test_a_file_named_twice_or_copied_is_refused(tree, tmp_path):
     with pytest.raises(DataError, match="named twice"):
         scan_raw([str(tree), str(file)], [])
     import shutil
-    from engine import check_distinct_files
+    from data import check_distinct_files
     shutil.copy(file, tmp_path / "copy.mat")
     with pytest.raises(DataError, match="the same k-space as"):
         check_distinct_files(scan_raw([str(tree), str(tmp_path / "copy.mat")], []), tmp_path / "cache")
@@ -236,7 +236,7 @@ def test_a_real_scanner_mrd_file_reads_a_slice_at_a_time_as_whole():
 
 
 def test_torchrun_deals_whole_subjects_to_each_process_in_equal_batch_counts():
-    from engine import size_batches, subject_batches
+    from data import size_batches, subject_batches
     subjects = np.array(["a", "a", "b", "c", "c", "c", "d", "e", "e", "f"])  # rows 0-5: group 0, rows 6-9: group 1
     counts = [6, 4]
     ranks = [subject_batches(subjects, counts, 2, seed=1, epoch=3, rank=r, world=2) for r in range(2)]
@@ -250,7 +250,7 @@ def test_torchrun_deals_whole_subjects_to_each_process_in_equal_batch_counts():
     moved = subject_batches(subjects, counts, 2, seed=1, epoch=4, rank=0, world=2)
     assert not all(torch.equal(a, b) for a, b in zip(moved, ranks[0])), "a new deal every epoch"
     streamed = type("Train", (), {"subjects": subjects, "counts": counts})()
-    from engine import epoch_batches
+    from data import epoch_batches
     one = epoch_batches(streamed, 2, seed=1, epoch=3)
     assert all(torch.equal(a, b) for a, b in zip(one, size_batches(counts, 2, 1, 3)))
 

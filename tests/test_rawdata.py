@@ -9,8 +9,8 @@ import torch
 import formats
 import reconstruct
 from cli import UserError, cli_errors
-from data import DataError, mask_seed
-from formats import crop_or_pad, read_kspace
+from data import mask_seed
+from formats import DataError, crop_or_pad, read_kspace
 from helpers import run_tool, write_mat73
 from phantom import make_coil_dataset
 from sampling import fft2c, ifft2c, sense_adjoint, sense_forward, uniform_mask, variable_density_mask

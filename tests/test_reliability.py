@@ -12,7 +12,7 @@ import engine
 import train
 from checkpoint import load_checkpoint, save_checkpoint
 from cli import UserError
-from data import DataError, load_cine
+from formats import DataError, load_cine
 from helpers import TINY, run_tool, train_defaults
 
 SHAPE = (14, 6, 32, 32)

@@ -10,7 +10,8 @@ from PIL import Image
 
 import train
 from cli import UserError
-from engine import load_images, lr_factor
+from data import load_images
+from engine import lr_factor
 from helpers import ROOT, TINY, project_sources, read_metrics, run_tool, train_defaults
 from models import build_model
 from settings import CHOICES, CPU_SCALE, resolve_config, train_options
@@ -188,7 +189,7 @@ def test_layout_scans_the_project_not_a_virtualenv_inside_it(tmp_path, venv):
 
 
 def test_fresh_phantom_cines_are_new_every_epoch_and_reproducible():
-    from engine import FreshPhantom, render_phantom
+    from data import FreshPhantom, render_phantom
 
     config = train_defaults(image_size=32, in_channels=4, seed=5, num_epochs=3)
     stream, again = (FreshPhantom(config, [3], torch.device("cpu")) for _ in range(2))
@@ -204,7 +205,7 @@ def test_fresh_phantom_cines_are_new_every_epoch_and_reproducible():
 
 
 def test_fresh_phantom_renders_every_training_size_reproducibly():
-    from engine import FreshPhantom
+    from data import FreshPhantom
 
     config = train_defaults(image_size=32, train_sizes="48,32", in_channels=4, seed=5, num_epochs=2)
     stream, again = (FreshPhantom(config, [3, 2], torch.device("cpu")) for _ in range(2))
