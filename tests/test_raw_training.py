@@ -280,3 +280,20 @@ def test_phantom_tree_command_writes_a_tree_and_never_over_one(tmp_path, capsys)
     with pytest.raises(SystemExit) as stop:
         phantom.main([str(tmp_path / "tree"), *tiny])
     assert stop.value.code == 2 and "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SHARED_MRD.is_file(), reason="the shared real MRD file is not here (../shared/data)")
+def test_a_real_scanner_file_reconstructs_keeping_its_measurements_with_cached_maps(tmp_path, capsys):
+    for name in ("first.npz", "second.npz"):
+        reconstruct.main(["--kspace", str(SHARED_MRD), "--out", str(tmp_path / name), "--device=cpu",
+                          "--cache_dir", str(tmp_path / "cache")])
+    out = capsys.readouterr().out
+    assert "(1 of 1 slice(s) estimated now" in out and "(0 of 1 slice(s) estimated now" in out
+    whole = read_kspace(SHARED_MRD)
+    with np.load(tmp_path / "second.npz") as written:
+        images = {key: written[key][0] for key in ("recon", "zero_filled")}  # [T, H, W] in the file's units
+        maps, measured = written["sensitivities"][0], written["mask"][0].astype(bool)  # [C, H, W], [T, H, W]
+    from sampling import fft2c
+    misfit = {key: np.linalg.norm(fft2c(image[None] * maps[:, None])[:, measured] - whole.kspace[0][:, measured])
+              for key, image in images.items()}  # || U F S x - y || over every coil's measured samples
+    assert misfit["recon"] < 0.8 * misfit["zero_filled"], misfit  # measured: 0.59 of it
