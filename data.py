@@ -794,20 +794,23 @@ def load_images(config: dict, notes: list[str], scale_lines: bool) -> tuple[np.n
 
 def check_lines(config: dict, height: int, notes: list[str], scale_lines: bool) -> None:
     """With ``scale_lines`` scale the centre lines to images of ``height`` rows (recorded in config
-    and notes); then refuse a sampling impossible at that height: too many lines, a uniform mask's
-    acceleration that is not an integer, too few centre lines to estimate coil maps from."""
+    and notes); then refuse a sampling impossible at that height, at each acceleration: more centre
+    lines than a frame's lines (variable density) or than the rows, a uniform mask's acceleration
+    that is not an integer, too few centre lines to estimate coil maps from."""
     if scale_lines and height != REFERENCE_HEIGHT:
         lines = scaled_center_lines(height, config["center_lines"])
         notes.append(f"center_lines {config['center_lines']} -> {lines}: {height} rows keep the share of "
                      f"k-space that {config['center_lines']} central lines cover at {REFERENCE_HEIGHT} rows")
         config["center_lines"] = lines
-    try:
-        check_sampling(height, config["acceleration"], config["center_lines"])
-    except ValueError as error:
-        raise UserError(f"sampling of {height}-row images: {error}") from None
-    if config.get("mask_type") == "uniform" and config["acceleration"] != round(config["acceleration"]):
-        raise UserError(f"--acceleration={config['acceleration']:g}: --mask_type=uniform samples every R-th line, "
-                        f"R an integer")
+    uniform = config.get("mask_type") == "uniform"
+    for acceleration in accelerations(config):
+        if uniform and acceleration != round(acceleration):
+            raise UserError(f"--acceleration={acceleration:g}: --mask_type=uniform samples every R-th line, R an "
+                            f"integer")
+        try:  # a uniform mask's R counts the rows outside the centre (CMRxRecon's): no budget of lines to fit in
+            check_sampling(height, 1.0 if uniform else acceleration, config["center_lines"])
+        except ValueError as error:
+            raise UserError(f"sampling of {height}-row images: {error}") from None
     if config.get("coils", 1) > 1 and config["center_lines"] < MIN_CALIBRATION_LINES:
         raise UserError(f"--coils={config['coils']}: the coil maps are estimated (ESPIRiT) from the fully sampled "
                         f"centre lines, at least {MIN_CALIBRATION_LINES}; center_lines is {config['center_lines']} "
@@ -871,8 +874,7 @@ def check_raw_sampling(config: dict, cines: list) -> None:
     """Refuse a sampling impossible for some raw cine's rows (too many centre lines, a uniform mask's
     acceleration that is not an integer, fewer centre lines than the coil maps need)."""
     for height in sorted({cine.shape[2] for cine in cines}):
-        for acceleration in accelerations(config):
-            check_lines({**config, "acceleration": acceleration}, height, [], False)
+        check_lines(config, height, [], False)
     if any(cine.shape[0] > 1 for cine in cines) and config["center_lines"] < MIN_CALIBRATION_LINES:
         raise UserError(f"--center_lines={config['center_lines']}: the coil maps of the raw data are estimated "
                         f"(ESPIRiT) from the fully sampled centre lines, at least {MIN_CALIBRATION_LINES}")
