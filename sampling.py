@@ -248,7 +248,8 @@ def gradient_dc(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor, s
 # When rows=None picks the row path (RowSense), measured against the general path (docs/speed.md):
 ROW_PATH_MAX_FRACTION = 1 / 3  # no frame samples more than a third of the ky rows (the matrix products grow with them)
 ROW_PATH_MIN_BYTES = 8 * 2 ** 20  # and the coil images of the call fill at least 8 MiB (smaller ones gain nothing)
-FRAME_BLOCK_BYTES = 4 * 2 ** 20  # coil images per block of frames: cache-sized, below glibc's 32 MiB mmap threshold
+FRAME_BLOCK_BYTES = 8 * 2 ** 20  # coil images per block of frames and per thread, at most BLOCK_LIMIT_BYTES:
+BLOCK_LIMIT_BYTES = 24 * 2 ** 20  # temporaries reused from the heap (below glibc's 32 MiB mmap threshold)
 
 
 class RowSense:
@@ -262,9 +263,10 @@ class RowSense:
     mask's value on them, ``A^H (A x - y) = S^H E_t^H w_t (E_t S x - F_x^-1 y_rows)``: two matrix
     products of ``[n, H]`` with ``[H, W]`` per coil and frame instead of two 2D FFTs, and the
     measurements enter through a 1D inverse FFT along kx of their sampled rows. The coil images are
-    formed in blocks of frames of at most ``FRAME_BLOCK_BYTES`` (a few frames at 8 coils and 192 px):
-    the temporaries stay in the cache and are reused instead of allocated afresh (a 47 MB coil cine
-    costs as much in page faults as its FFT).
+    formed in blocks of frames, ``FRAME_BLOCK_BYTES`` per torch thread (3 frames at 8 coils and 192
+    px on one thread): the temporaries are reused from the heap instead of allocated afresh (a fresh
+    47 MB coil cine costs a third of its 2D FFT in page faults), and each block's operations are
+    large enough for the threads to share.
 
     The SENSE operators of this module take it with ``rows=True`` whenever the mask is constant along
     each row (checked: one comparison over the mask), and by default (``rows=None``) where it was
@@ -373,11 +375,12 @@ class RowSense:
         return images[:, 0] if self.maps is None else (self.conj_maps[cines, :, None] * images).sum(1)
 
     def _in_blocks(self, block, dim: int) -> torch.Tensor:
-        """``block(cines, frames)`` over ``[L, T]`` in blocks of about ``FRAME_BLOCK_BYTES`` of coil images,
-        concatenated (frames along ``dim``, cines along 0)."""
+        """``block(cines, frames)`` over ``[L, T]`` in blocks of ``FRAME_BLOCK_BYTES`` of coil images per
+        thread (at most ``BLOCK_LIMIT_BYTES``), concatenated (frames along ``dim``, cines along 0)."""
         frames, height, width = self.shape
         coils = 1 if self.maps is None else self.maps.shape[1]
-        per_block = max(1, FRAME_BLOCK_BYTES // (coils * height * width * self.dft.element_size()))
+        block_bytes = min(FRAME_BLOCK_BYTES * torch.get_num_threads(), BLOCK_LIMIT_BYTES)
+        per_block = max(1, block_bytes // (coils * height * width * self.dft.element_size()))
         cines = len(self.index)
         if per_block >= frames:
             group = per_block // frames

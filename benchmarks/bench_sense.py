@@ -7,21 +7,23 @@ whole 8-coil ``reconstruct.py --kspace`` command with each, measured in the same
    cines x coils x size x acceleration (``GRID``; variable-density masks, centre lines scaled from 11
    at 192 rows), and one conjugate-gradient data consistency of 5 steps
    (``sampling.sense_data_consistency``) on one 8-coil 192 px cine at 8x and 5x: the general path
-   (``rows=False``, the reference) and the row path (``rows=True``), median of ``--repeats`` after
-   one warm-up, and which of them the default ``rows=None`` takes.
+   (``rows=False``, the reference) and the row path (``rows=True``), and which of them the default
+   ``rows=None`` takes.
 2. The learned L+S (the shipped ``checkpoints/lsnet.pt``) on one 8-coil phantom cine of 20x192x192
    at 8x (the checkpoint's centre lines, as ``reconstruct.py`` draws them), in this process: the
    network alone, with the row path and with the general path.
 3. ``--command=true``: the whole command ``python reconstruct.py --kspace FILE --acceleration=8
-   --out OUT`` on that cine (written by ``phantom.py FILE --coils=8``), wall time of each run
-   (imports, reading, ESPIRiT maps, network, metrics, writing), with the row path (as shipped) and
-   with the general path (the reference: the same command with ``sampling.RowSense.of`` returning
-   None, so every SENSE operator takes the general path); median of ``--repeats``.
+   --out OUT`` on that cine (written by ``phantom.py FILE --coils=8``): imports, reading, ESPIRiT
+   maps, network, metrics and writing, with the row path (as shipped) and with the general path
+   (the reference: the same command with ``sampling.RowSense.of`` returning None, so every SENSE
+   operator takes the general path).
 
-Every time is also given as a ratio of its reference's. ``--quick``: 4x32x32 cines, 1 repeat,
-results in a temporary folder. Results: ``benchmarks/results/bench_sense_<cpu>.json``. The
-machine's load average (``os.getloadavg``) is recorded before and after: on a shared machine the
-ratios are what to compare.
+Both paths run alternately, ``--repeats`` times each after one warm-up (``paired_times``); every
+result is the median wall time and the median CPU time (user and system, the subprocesses'
+included), and their ratios to the reference's. ``--quick``: 4x32x32 cines, 1 repeat, results in a
+temporary folder. Results: ``benchmarks/results/bench_sense_<cpu>.json``. The machine's load
+average (``os.getloadavg``) is recorded before and after: on a shared machine the ratios, and the
+CPU times, are what to compare.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +49,7 @@ import sampling  # noqa: E402
 from checkpoint import load_trained_model  # noqa: E402
 from cli import atomic_write, cli_errors, make_folder, non_negative, run_command  # noqa: E402
 from engine import describe_device  # noqa: E402
+from models import LSNet  # noqa: E402
 from phantom import make_coil_dataset, phantom_figure  # noqa: E402
 from reconstruct import SHIPPED_CHECKPOINT  # noqa: E402
 from sampling import (estimate_sensitivities, gradient_dc, sense_adjoint, sense_data_consistency,  # noqa: E402
@@ -55,41 +59,68 @@ COILS = 8
 GENERAL = "import sampling; sampling.RowSense.of = classmethod(lambda *args, **kwargs: None); "
 
 
-def median_seconds(function, repeats: int) -> float:
-    """Median wall time of ``function()`` over ``repeats`` calls after one warm-up call."""
-    function()
-    times = []
+def paired_times(general, fast, repeats: int) -> dict:
+    """Median wall and CPU seconds of ``general()`` and ``fast()``, run alternately ``repeats`` times each
+    after one warm-up call each (alternating shares a busy machine's load between them), and their ratios.
+    CPU time is this process's and its finished children's, user and system: on a shared machine it
+    counts what the work cost, not the time other jobs held the cores."""
+    general(), fast()
+    samples = {"general": [], "rows": []}
     for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for name, function in (("general", general), ("rows", fast)):
+            wall, cpu = time.perf_counter(), cpu_seconds()
+            function()
+            samples[name].append((time.perf_counter() - wall, cpu_seconds() - cpu))
+    times = {f"{name}{suffix}": statistics.median(sample[i] for sample in samples[name])
+             for name in samples for i, suffix in ((0, "_s"), (1, "_cpu_s"))}
+    return {**times, "speed_up": times["general_s"] / times["rows_s"],
+            "cpu_speed_up": times["general_cpu_s"] / times["rows_cpu_s"]}
+
+
+def cpu_seconds() -> float:
+    """User and system CPU seconds of this process and of its finished children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 @contextlib.contextmanager
-def general_path():
-    """Every SENSE operator takes the general 2D FFT path inside the block (the reference)."""
-    of = sampling.RowSense.of
-    sampling.RowSense.of = classmethod(lambda *args, **kwargs: None)
+def forced_path(rows: bool):
+    """Inside the block every SENSE operator takes the row path (``rows=True``: wherever the mask is made
+    of whole rows) or the general path (``False``), whatever its own ``rows`` argument."""
+    original = sampling.RowSense.__dict__["of"]
+
+    def of(cls, mask, sensitivities, lead, shape, centered, operands=(), _rows=None, binary=False):
+        return original.__func__(cls, mask, sensitivities, lead, shape, centered, operands, rows, binary)
+    sampling.RowSense.of = classmethod(of)
     try:
         yield
     finally:
-        sampling.RowSense.of = of
+        sampling.RowSense.of = original
 
 
-# (cines, coils, size, acceleration) of the operator grid: the row path's rule (sampling.RowSense) is read off it
-GRID = [(1, 8, 192, 8), (1, 8, 192, 5), (1, 8, 192, 3), (1, 8, 192, 2), (1, 1, 192, 8), (1, 16, 192, 8),
-        (1, 8, 256, 4), (1, 4, 128, 3), (1, 8, 64, 8), (4, 8, 64, 8), (4, 2, 64, 5)]
-QUICK_GRID = [(1, 8, 32, 8), (2, 2, 16, 4)]
+def on_path(function, rows: bool):
+    """``function`` run on the forced path (:func:`forced_path`)."""
+    def run():
+        with forced_path(rows):
+            return function()
+    return run
+
+
+# (cines, coils, size, acceleration, network?) of the grid: the default's rule (sampling.RowSense) is read off it
+GRID = [(1, 8, 192, 8, True), (1, 8, 192, 5, False), (1, 8, 192, 3, True), (1, 8, 192, 2, False),
+        (1, 16, 192, 8, False), (1, 8, 256, 4, False), (1, 4, 128, 3, True), (1, 8, 64, 8, True),
+        (4, 8, 64, 8, True), (4, 2, 64, 5, True), (1, 1, 192, 8, True)]
+QUICK_GRID = [(1, 8, 32, 8, True), (2, 2, 16, 4, False)]
 
 
 def operator_rows(frames: int, grid, repeats: int) -> list[dict]:
-    """The gradient step on every ``(cines, coils, size, acceleration)`` of ``grid``, and the CG data
-    consistency on the first two, on the general path (``rows=False``) and on the row path
-    (``rows=True``); ``auto``: the path that the default ``rows=None`` takes."""
+    """On every ``(cines, coils, size, acceleration, network)`` of ``grid``: the gradient step, the CG
+    data consistency (the first two entries) and, where ``network``, an untrained learned L+S of 10
+    iterations (``models.LSNet``, its forward pass), each on the general path and on the row path;
+    ``auto``: the path that the default ``rows=None`` takes."""
     generator = torch.Generator().manual_seed(0)
     rows = []
-    for number, (cines, coils, size, acceleration) in enumerate(grid):
+    for number, (cines, coils, size, acceleration, network) in enumerate(grid):
         image, truth = torch.randn(2, cines, frames, size, size, dtype=torch.complex64, generator=generator)
         maps = torch.randn(cines, coils, size, size, dtype=torch.complex64, generator=generator)  # [B, C, H, W]
         maps = maps / maps.abs().square().sum(1, keepdim=True).sqrt()
@@ -97,21 +128,22 @@ def operator_rows(frames: int, grid, repeats: int) -> list[dict]:
                                                                  sampling.scaled_center_lines(size), seed=i)
                                           for i in range(cines)]))  # [B, T, H, W]
         kspace = sampling.sense_forward(truth, maps, mask)  # [B, C, T, H, W]: the data of another cine
-        operations = {"gradient step": lambda path: gradient_dc(image, kspace, mask, 0.5, sensitivities=maps,
-                                                                rows=path)}
+        operations = {"gradient step": lambda: gradient_dc(image, kspace, mask, 0.5, sensitivities=maps)}
         if number < 2:
-            operations["CG data consistency, 5 steps"] = lambda path: sense_data_consistency(
-                image, kspace, maps, mask, iterations=5, rows=path)
+            operations["CG data consistency, 5 steps"] = lambda: sense_data_consistency(image, kspace, maps, mask,
+                                                                                        iterations=5)
+        if network:
+            model, aliased = LSNet(iterations=10), sense_adjoint(kspace, maps, mask)
+            operations["learned L+S (untrained), forward"] = lambda: model(aliased, kspace, mask, maps)
         auto = sampling.RowSense.of(mask, maps, (cines,), (frames, size, size), True) is not None
         for name, operation in operations.items():
-            general = median_seconds(lambda: operation(False), repeats)
-            fast = median_seconds(lambda: operation(True), repeats)
-            reference = operation(False)
-            error = float((operation(True) - reference).abs().max() / reference.abs().max())
+            with torch.no_grad():
+                times = paired_times(on_path(operation, False), on_path(operation, True), repeats)
+                reference = on_path(operation, False)()
+                error = float((on_path(operation, True)() - reference).abs().max() / reference.abs().max())
             rows.append({"operation": name, "cines": cines, "coils": coils, "size": size, "acceleration": acceleration,
                          "rows_per_frame": int(mask[..., 0].sum(-1).max()), "auto": "row" if auto else "general",
-                         "general_s": general, "rows_s": fast, "speed_up": general / fast,
-                         "relative_difference": error})
+                         **times, "relative_difference": error})
     return rows
 
 
@@ -131,13 +163,11 @@ def network_row(frames: int, size: int, repeats: int) -> dict:
     def run():
         with torch.no_grad():
             return model(aliased, kspace, mask, maps)
-    fast = median_seconds(run, repeats)
-    with general_path():
-        general = median_seconds(run, repeats)
-        reference = run()
-    error = float((run() - reference).abs().max() / reference.abs().max())
-    return {"network": f"learned L+S ({config['iterations']} iterations), shipped checkpoint", "general_s": general,
-            "rows_s": fast, "speed_up": general / fast, "relative_difference": error, "espirit_first_call_s": espirit}
+    times = paired_times(on_path(run, False), on_path(run, True), repeats)
+    reference = on_path(run, False)()
+    error = float((on_path(run, True)() - reference).abs().max() / reference.abs().max())
+    return {"network": f"learned L+S ({config['iterations']} iterations), shipped checkpoint", **times,
+            "relative_difference": error, "espirit_first_call_s": espirit}
 
 
 def command_row(frames: int, size: int, repeats: int, folder: Path) -> dict:
@@ -155,10 +185,8 @@ def command_row(frames: int, size: int, repeats: int, folder: Path) -> dict:
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
             out.unlink()
         return run
-    fast = median_seconds(command(""), repeats)
-    general = median_seconds(command(GENERAL), repeats)
     return {"command": f"python reconstruct.py --kspace FILE --acceleration=8 --out OUT ({COILS} coils, "
-                       f"{frames}x{size}x{size})", "general_s": general, "rows_s": fast, "speed_up": general / fast}
+                       f"{frames}x{size}x{size})", **paired_times(command(GENERAL), command(""), repeats)}
 
 
 def bench_sense(*,
@@ -182,20 +210,18 @@ def bench_sense(*,
     report["load_average_before_after"] = [load_before[0], os.getloadavg()[0]]
     lines = [f"CPU: {device}, torch {torch.__version__}, {COILS} coils, {frames}x{size}x{size}, median of {repeats}; "
              f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after", "",
-             "| operator | cines x coils x size | acceleration (rows per frame) | rows=None takes | general path (s) | "
-             "row path (s) | speed-up | max relative difference |", "|---|---|---|---|---|---|---|---|"]
+             "| operator | cines x coils x size | acceleration (rows per frame) | rows=None takes | general path: "
+             "wall (CPU) s | row path: wall (CPU) s | speed-up: wall (CPU) | max relative difference |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['operation']} | {r['cines']} x {r['coils']} x {r['size']} | {r['acceleration']}x "
-              f"({r['rows_per_frame']}) | {r['auto']} | {r['general_s']:.4f} | {r['rows_s']:.4f} | {r['speed_up']:.2f}x | "
-              f"{r['relative_difference']:.1e} |" for r in report["operators"]]
+              f"({r['rows_per_frame']}) | {r['auto']} | {times(r)} | {r['relative_difference']:.1e} |"
+              for r in report["operators"]]
     network = report["network"]
-    lines += ["", "| what | general path (s) | row path (s) | speed-up | max relative difference |",
-              "|---|---|---|---|---|",
-              f"| {network['network']}, {COILS} coils, 8x | {network['general_s']:.3f} | {network['rows_s']:.3f} | "
-              f"{network['speed_up']:.2f}x | {network['relative_difference']:.1e} |"]
+    lines += ["", "| what | general path: wall (CPU) s | row path: wall (CPU) s | speed-up: wall (CPU) | "
+              "max relative difference |", "|---|---|---|---|---|",
+              f"| {network['network']}, {COILS} coils, 8x | {times(network)} | {network['relative_difference']:.1e} |"]
     if command:
-        whole = report["command"]
-        lines.append(f"| whole command: {whole['command']} | {whole['general_s']:.2f} | {whole['rows_s']:.2f} | "
-                     f"{whole['speed_up']:.2f}x | |")
+        lines.append(f"| whole command: {report['command']['command']} | {times(report['command'])} | |")
     lines.append(f"\nESPIRiT maps, first call in this process (sigpy's import and numba's cache included): "
                  f"{network['espirit_first_call_s']:.2f} s")
     print("\n".join(lines))
@@ -203,6 +229,12 @@ def bench_sense(*,
     path = out_dir / f"bench_sense_{slug}{'_quick' if quick else ''}.json"
     atomic_write(path, json.dumps({**report, "argv": sys.argv}, indent=1))
     print(f"\nresults {path}")
+
+
+def times(row: dict) -> str:
+    """A result's table cells: general and row path, wall (CPU) seconds, and the speed-ups."""
+    return (f"{row['general_s']:.3f} ({row['general_cpu_s']:.3f}) | {row['rows_s']:.3f} ({row['rows_cpu_s']:.3f}) | "
+            f"{row['speed_up']:.2f}x ({row['cpu_speed_up']:.2f}x)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -118,6 +118,7 @@ def row_and_general(operation):
 @pytest.mark.parametrize("block_bytes", [sampling.FRAME_BLOCK_BYTES, 1])  # whole cines per block | one frame
 def test_row_path_equals_the_general_path(monkeypatch, centered, block_bytes):
     monkeypatch.setattr(sampling, "FRAME_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(sampling, "BLOCK_LIMIT_BYTES", block_bytes)
     image, sensitivities, mask, kspace = row_problem()
     assert RowSense.of(mask, sensitivities, (2,), image.shape[-3:], centered, rows=True) is not None
     options = dict(centered=centered)
