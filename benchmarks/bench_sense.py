@@ -56,7 +56,6 @@ from sampling import (estimate_sensitivities, gradient_dc, sense_adjoint, sense_
                       variable_density_mask)
 
 COILS = 8
-GENERAL = "import sampling; sampling.RowSense.of = classmethod(lambda *args, **kwargs: None); "
 
 
 def paired_times(general, fast, repeats: int) -> dict:
@@ -170,23 +169,68 @@ def network_row(frames: int, size: int, repeats: int) -> dict:
             "relative_difference": error, "espirit_first_call_s": espirit}
 
 
+# The whole command in a fresh interpreter (argv: "general" or "rows", then reconstruct.py's options), its stages
+# timed by wrapping reconstruct's functions: wall and CPU seconds, printed as one JSON line.
+STAGED_COMMAND = """
+import json, sys, time
+def now():
+    return time.perf_counter(), time.process_time()
+begin = now()
+if sys.argv[1] == "general":
+    import sampling
+    sampling.RowSense.of = classmethod(lambda *args, **kwargs: None)
+import models, reconstruct
+stages = {"imports (torch, the project)": [b - a for a, b in zip(begin, now())]}
+def timed(owner, name, label):
+    function = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        start = now()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent = [b - a for a, b in zip(start, now())]
+            stages[label] = [s + t for s, t in zip(stages.get(label, [0.0, 0.0]), spent)]
+    setattr(owner, name, wrapper)
+for owner, name, label in STAGES:
+    timed(owner, name, label)
+start = now()
+reconstruct.main(sys.argv[2:])
+stages["rest of the command"] = [b - a - sum(v[i] for k, v in stages.items() if not k.startswith("imports"))
+                                 for i, (a, b) in enumerate(zip(start, now()))]
+print("STAGES " + json.dumps(stages))
+import gc
+gc.freeze()  # as reconstruct.py does after its command
+"""
+STAGES = """((reconstruct, "read_kspace", "reading the file"),
+          (reconstruct, "coil_maps", "maps: ESPIRiT (sigpy's import and numba's first call included)"),
+          (reconstruct, "fully_sampled_image", "fully sampled reference A^H y"),
+          (models.LSNet, "forward", "network (learned L+S)"), (reconstruct, "batch_ssim", "SSIM"),
+          (reconstruct, "save_npz", "writing the output"))"""
+
+
 def command_row(frames: int, size: int, repeats: int, folder: Path) -> dict:
-    """Wall time of the whole ``reconstruct.py --kspace`` command, row path and general path."""
+    """The whole ``reconstruct.py --kspace`` command, row path (as shipped) and general path: wall and CPU
+    time of each run (interpreter start to exit) and of its stages."""
     source = folder / f"coils{COILS}_{frames}x{size}.npz"
     if not source.exists():
         phantom_figure(str(source), frames=frames, size=size, coils=COILS)
-    arguments = ["--kspace", str(source), "--acceleration=8", "--device=cpu"]
+    code = STAGED_COMMAND.replace("for owner, name, label in STAGES:", f"for owner, name, label in {STAGES}:")
+    stages = {"general": [], "rows": []}
 
-    def command(prefix: str):
+    def command(path: str):
         def run():
             out = folder / f"recon_{time.time_ns()}.npz"
-            code = f"{prefix}import reconstruct; reconstruct.main({[*arguments, f'--out={out}']!r})"
-            subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+            arguments = [path, "--kspace", str(source), "--acceleration=8", "--device=cpu", f"--out={out}"]
+            result = subprocess.run([sys.executable, "-c", code, *arguments], cwd=ROOT, check=True, text=True,
+                                    capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            stages[path].append(json.loads(result.stdout.split("STAGES ")[-1]))
             out.unlink()
         return run
+    times = paired_times(command("general"), command("rows"), repeats)
+    medians = {path: {label: [statistics.median(run[label][i] for run in runs[-repeats:]) for i in (0, 1)]
+                      for label in runs[-1]} for path, runs in stages.items()}
     return {"command": f"python reconstruct.py --kspace FILE --acceleration=8 --out OUT ({COILS} coils, "
-                       f"{frames}x{size}x{size})", **paired_times(command(GENERAL), command(""), repeats)}
+                       f"{frames}x{size}x{size})", **times, "stages": medians}
 
 
 def bench_sense(*,
@@ -221,7 +265,17 @@ def bench_sense(*,
               "max relative difference |", "|---|---|---|---|---|",
               f"| {network['network']}, {COILS} coils, 8x | {times(network)} | {network['relative_difference']:.1e} |"]
     if command:
-        lines.append(f"| whole command: {report['command']['command']} | {times(report['command'])} | |")
+        whole = report["command"]
+        lines.append(f"| whole command: {whole['command']} | {times(whole)} | |")
+        lines += ["", "| stage of the whole command (medians) | general path: wall (CPU) s | row path: wall (CPU) s |",
+                  "|---|---|---|"]
+        stages = whole["stages"]
+        lines += [f"| {label} | {general[0]:.3f} ({general[1]:.3f}) | {stages['rows'][label][0]:.3f} "
+                  f"({stages['rows'][label][1]:.3f}) |" for label, general in stages["general"].items()]
+        outside = [[whole[f"{path}{suffix}"] - sum(v[i] for v in whole["stages"][path].values())
+                    for i, suffix in enumerate(("_s", "_cpu_s"))] for path in ("general", "rows")]
+        lines.append(f"| interpreter start and exit (whole command less the stages' medians) | {outside[0][0]:.3f} "
+                     f"({outside[0][1]:.3f}) | {outside[1][0]:.3f} ({outside[1][1]:.3f}) |")
     lines.append(f"\nESPIRiT maps, first call in this process (sigpy's import and numba's cache included): "
                  f"{network['espirit_first_call_s']:.2f} s")
     print("\n".join(lines))
