@@ -1,7 +1,7 @@
 """SENSE operators on whole ky rows (``sampling.RowSense``) against the general 2D FFT path, and the
 whole 8-coil ``reconstruct.py --kspace`` command with each, measured in the same run.
 
-    python benchmarks/bench_sense.py [--quick] [--command=true] [--repeats=0] [--results=DIR]
+    python benchmarks/bench_sense.py [--quick] [--command=true] [--adapt_steps=0] [--repeats=0] [--results=DIR]
 
 1. Operators: one SENSE gradient step (``sampling.gradient_dc``) on 20-frame cines over a grid of
    cines x coils x size x acceleration (``GRID``; variable-density masks, centre lines scaled from 11
@@ -11,7 +11,8 @@ whole 8-coil ``reconstruct.py --kspace`` command with each, measured in the same
    ``rows=None`` takes.
 2. The learned L+S (the shipped ``checkpoints/lsnet.pt``) on one 8-coil phantom cine of 20x192x192
    at 8x (the checkpoint's centre lines, as ``reconstruct.py`` draws them), in this process: the
-   network alone, with the row path and with the general path.
+   network alone, with the row path and with the general path; with ``--adapt_steps=N`` also N steps
+   of its scan-specific adaptation (``adapt.adapt``, as ``reconstruct.py --adapt`` runs it).
 3. ``--command=true``: the whole command ``python reconstruct.py --kspace FILE --acceleration=8
    --out OUT`` on that cine (written by ``phantom.py FILE --coils=8``): imports, reading, ESPIRiT
    maps, network, metrics and writing, with the row path (as shipped) and with the general path
@@ -46,8 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sampling  # noqa: E402
+from adapt import adapt  # noqa: E402
 from checkpoint import load_trained_model  # noqa: E402
-from cli import atomic_write, cli_errors, make_folder, non_negative, run_command  # noqa: E402
+from cli import UserError, atomic_write, cli_errors, make_folder, non_negative, run_command  # noqa: E402
 from engine import describe_device  # noqa: E402
 from models import LSNet  # noqa: E402
 from phantom import make_coil_dataset, phantom_figure  # noqa: E402
@@ -146,8 +148,10 @@ def operator_rows(frames: int, grid, repeats: int) -> list[dict]:
     return rows
 
 
-def network_row(frames: int, size: int, repeats: int) -> dict:
-    """The shipped learned L+S on one 8-coil phantom cine at 8x, row path against general path."""
+def network_row(frames: int, size: int, repeats: int, adapt_steps: int) -> dict:
+    """The shipped learned L+S on one 8-coil phantom cine at 8x, row path against general path, and with
+    ``adapt_steps`` its scan-specific adaptation (``adapt.adapt``, reconstruct.py's defaults) for that many
+    steps."""
     model, config = load_trained_model(SHIPPED_CHECKPOINT, torch.device("cpu"))
     data = make_coil_dataset(1, frames=frames, size=size, seed=7919, coils=COILS)
     mask = variable_density_mask((frames, size, size), 8, config["center_lines"], seed=1)  # as reconstruct.py draws
@@ -165,8 +169,17 @@ def network_row(frames: int, size: int, repeats: int) -> dict:
     times = paired_times(on_path(run, False), on_path(run, True), repeats)
     reference = on_path(run, False)()
     error = float((on_path(run, True)() - reference).abs().max() / reference.abs().max())
-    return {"network": f"learned L+S ({config['iterations']} iterations), shipped checkpoint", **times,
-            "relative_difference": error, "espirit_first_call_s": espirit}
+    result = {"network": f"learned L+S ({config['iterations']} iterations), shipped checkpoint", **times,
+              "relative_difference": error, "espirit_first_call_s": espirit}
+    if adapt_steps:
+        lines = mask.amax(-1, keepdim=True).expand_as(mask)  # the measured ky lines, as reconstruct.py adapts
+
+        def adapt_run():
+            with torch.enable_grad():
+                adapt(model, kspace, lines, steps=adapt_steps, sensitivities=maps, log=lambda line: None)
+        result["adaptation"] = {"steps": adapt_steps, **paired_times(on_path(adapt_run, False),
+                                                                      on_path(adapt_run, True), repeats)}
+    return result
 
 
 # The whole command in a fresh interpreter (argv: "general" or "rows", then reconstruct.py's options), its stages
@@ -236,9 +249,13 @@ def command_row(frames: int, size: int, repeats: int, folder: Path) -> dict:
 def bench_sense(*,
                 quick: bool = False,  # 4x32x32 cines and 1 repeat, written to a temporary folder
                 command: bool = True,  # also time the whole reconstruct.py --kspace command (subprocesses)
+                adapt_steps: int = 0,  # also time this many steps of the scan-specific adaptation; 0 = not
                 repeats: int = 0,  # timed runs after one warm-up; 0: 5 (--quick: 1)
                 results: str = "") -> None:  # folder of the JSON; '': benchmarks/results (--quick: a temporary one)
     """SENSE operators and the 8-coil reconstruction, row path against general path (module docstring)."""
+    if quick and adapt_steps:
+        raise UserError("--adapt_steps needs the full-size cine: at 4x32x32 and 8x every line is a centre line, "
+                        "and adaptation has none to hold out")
     frames, size = (4, 32) if quick else (20, 192)
     repeats = repeats or (1 if quick else 5)
     out_dir = make_folder(results or (tempfile.mkdtemp(prefix="bench_sense_") if quick
@@ -247,7 +264,7 @@ def bench_sense(*,
     device = describe_device(torch.device("cpu"))
     report = {"device": device, "torch": torch.__version__, "frames": frames, "size": size, "coils": COILS,
               "repeats": repeats, "operators": operator_rows(frames, QUICK_GRID if quick else GRID, repeats),
-              "network": network_row(frames, size, repeats)}
+              "network": network_row(frames, size, repeats, adapt_steps)}
     if command:
         with tempfile.TemporaryDirectory(prefix="bench_sense_") as folder:
             report["command"] = command_row(frames, size, repeats, Path(folder))
@@ -264,6 +281,9 @@ def bench_sense(*,
     lines += ["", "| what | general path: wall (CPU) s | row path: wall (CPU) s | speed-up: wall (CPU) | "
               "max relative difference |", "|---|---|---|---|---|",
               f"| {network['network']}, {COILS} coils, 8x | {times(network)} | {network['relative_difference']:.1e} |"]
+    if adapt_steps:
+        lines.append(f"| adaptation of that network, {adapt_steps} steps (adapt.adapt) | "
+                     f"{times(network['adaptation'])} | |")
     if command:
         whole = report["command"]
         lines.append(f"| whole command: {whole['command']} | {times(whole)} | |")
@@ -293,7 +313,8 @@ def times(row: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """``python benchmarks/bench_sense.py [--key=value ...]``: bad options raise ``UserError``."""
-    run_command(bench_sense, argv, prog="python benchmarks/bench_sense.py", parsers={"repeats": non_negative})
+    run_command(bench_sense, argv, prog="python benchmarks/bench_sense.py",
+                parsers={"repeats": non_negative, "adapt_steps": non_negative})
 
 
 if __name__ == "__main__":
