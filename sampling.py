@@ -320,7 +320,8 @@ class RowSense:
         if sensitivities is not None:
             per_cine = sensitivities.shape[-3:]  # (C, H, W)
             maps = sensitivities.to(dtype).expand(*lead, *per_cine).reshape(-1, *per_cine)
-        return cls(index, weight, _ky_dft(height, centered, dtype)[index], maps, tuple(lead), shape, centered)
+        dft = _ky_dft(height, centered, dtype, mask.device)[index]  # [L, T, n, H]
+        return cls(index, weight, dft, maps, tuple(lead), shape, centered)
 
     def measured(self, kspace: torch.Tensor) -> torch.Tensor:
         """``F_x^-1 y`` on each frame's sampled rows: coil k-space ``[..., C, T, H, W]`` -> ``[L, C, T, n, W]``
@@ -390,14 +391,13 @@ class RowSense:
 
 
 @functools.lru_cache(maxsize=32)
-def _ky_dft(height: int, centered: bool, dtype: torch.dtype) -> torch.Tensor:
+def _ky_dft(height: int, centered: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The orthonormal 1D DFT along ky as a matrix ``[H, H]`` (column ``h``: the transform of a unit
     impulse at row ``h``), centred as :func:`fft2c` or plain, computed in double precision."""
     impulses = torch.eye(height, dtype=torch.complex128)
-    if centered:
-        return torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(impulses, dim=0), dim=0, norm="ortho"),
-                                  dim=0).to(dtype)
-    return torch.fft.fft(impulses, dim=0, norm="ortho").to(dtype)
+    matrix = (torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(impulses, dim=0), dim=0, norm="ortho"), dim=0)
+              if centered else torch.fft.fft(impulses, dim=0, norm="ortho"))
+    return matrix.to(device=device, dtype=dtype)
 
 
 def _column_fft(x: torch.Tensor, *, inverse: bool, centered: bool) -> torch.Tensor:
