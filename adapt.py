@@ -41,7 +41,7 @@ import time
 import torch
 
 from models import acts_locally, parameter_groups
-from sampling import coil_images, fft2c, ifft2c, sense_adjoint, view_sharing
+from sampling import fft2c, ifft2c, sense_adjoint, sense_forward, view_sharing
 
 
 # ----------------------------------------------------------------------------- k-space helpers
@@ -123,8 +123,10 @@ def on_coils(mask: torch.Tensor, sensitivities) -> torch.Tensor:
 def kspace_error(recon: torch.Tensor, kspace: torch.Tensor, rows: torch.Tensor, sensitivities=None) -> torch.Tensor:
     """Normalised L2 + L1 error of ``F recon`` (with ``sensitivities`` ``[B, C, H, W]``: ``F (S recon)``
     against coil k-space ``[B, C, T, H, W]``) against the measurements on ``rows`` ``[B, T, H]``."""
-    where = on_coils(_expand(rows, kspace.shape[-1]), sensitivities)
-    predicted = fft2c(recon if sensitivities is None else coil_images(recon, sensitivities))
+    expanded = _expand(rows, kspace.shape[-1])  # [B, T, H, W]
+    where = on_coils(expanded, sensitivities)
+    # U F (S recon): with coils the SENSE operator, which transforms only the compared rows where that pays
+    predicted = fft2c(recon) if sensitivities is None else sense_forward(recon, sensitivities, expanded)
     diff = torch.view_as_real((predicted - kspace) * where)
     reference = torch.view_as_real(kspace * where)
     return diff.norm() / reference.norm() + diff.abs().sum() / reference.abs().sum()

@@ -26,6 +26,7 @@ Functions accept numpy arrays or torch tensors and return the same kind, except
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from pathlib import Path
@@ -160,36 +161,64 @@ def coil_combine(images, sensitivities):
     return (sensitivities[..., :, None, :, :].conj() * images).sum(-4)
 
 
-def sense_forward(image, sensitivities, mask, *, centered: bool = True):
+def _accepts_numpy(operator):
+    """Let a torch SENSE operator take numpy arrays too: they run as tensors (torch's FFTs and the row
+    path of :class:`RowSense`), and the result is numpy when the first argument was."""
+    @functools.wraps(operator)
+    def wrapped(first, *args, **kwargs):
+        if isinstance(first, torch.Tensor):
+            return operator(first, *args, **kwargs)
+        tensors = [torch.from_numpy(a if a.flags.c_contiguous and a.flags.writeable else np.array(a, order="C"))
+                   if isinstance(a, np.ndarray) else a for a in (np.asarray(first), *args)]
+        return operator(*tensors, **kwargs).numpy()
+    return wrapped
+
+
+@_accepts_numpy
+def sense_forward(image, sensitivities, mask, *, centered: bool = True, rows: bool | None = None):
     """The SENSE acquisition ``A x = U F (S x)``: image ``[..., T, H, W]`` -> coil k-space
     ``[..., C, T, H, W]`` (zeros off the mask).
 
     sensitivities: ``[..., C, H, W]``; mask: 0/1 ``[..., T, H, W]``, the same for every coil.
     One coil of sensitivity 1 is the single-coil model ``U F x`` with a coil axis of length 1.
-    ``centered=False``: plain FFTs (torch), for everything ``ifftshift``-ed in (H, W), as in
-    :func:`data_consistency`.
+    ``centered=False``: plain FFTs, for everything ``ifftshift``-ed in (H, W), as in
+    :func:`data_consistency`. ``rows`` (here and in the other SENSE operators): ``True``: transform
+    only the sampled ky rows (:class:`RowSense`) whenever the mask is made of whole rows; ``None``
+    (the default): where that was measured to be faster; ``False``: the 2D FFT of every coil, for any
+    mask. All give the same result to float precision.
     """
+    operator = RowSense.of(mask, sensitivities, image.shape[:-3], image.shape[-3:], centered, (image,), rows)
+    if operator is not None:
+        return operator.forward(image)
     forward, _ = _ffts(centered)
     return forward(coil_images(image, sensitivities)) * mask[..., None, :, :, :]
 
 
-def sense_adjoint(kspace, sensitivities, mask, *, centered: bool = True):
+@_accepts_numpy
+def sense_adjoint(kspace, sensitivities, mask, *, centered: bool = True, rows: bool | None = None):
     """``A^H y = sum_c conj(S_c) F^-1 (U y_c)``: coil k-space ``[..., C, T, H, W]`` -> the
     coil-combined image ``[..., T, H, W]`` (zero-filled when ``y`` is undersampled)."""
+    operator = RowSense.of(mask, sensitivities, kspace.shape[:-4], kspace.shape[-3:], centered, (kspace,), rows)
+    if operator is not None:
+        return operator.apply(None, operator.measured(kspace))
     _, inverse = _ffts(centered)
     return coil_combine(inverse(kspace * mask[..., None, :, :, :]), sensitivities)
 
 
-def sense_normal(image, sensitivities, mask, *, centered: bool = True):
+@_accepts_numpy
+def sense_normal(image, sensitivities, mask, *, centered: bool = True, rows: bool | None = None):
     """``A^H A x = S^H F^-1 U F S x`` (``U^2 = U``: one mask product): image ``[..., T, H, W]`` ->
-    ``[..., T, H, W]``; ``centered`` as in :func:`sense_forward`."""
+    ``[..., T, H, W]``; ``centered`` and ``rows`` as in :func:`sense_forward`."""
+    operator = RowSense.of(mask, sensitivities, image.shape[:-3], image.shape[-3:], centered, (image,), rows)
+    if operator is not None:
+        return operator.apply(image, None)
     forward, inverse = _ffts(centered)
     kspace = forward(coil_images(image, sensitivities)) * mask[..., None, :, :, :]  # [..., C, T, H, W]
     return coil_combine(inverse(kspace), sensitivities)
 
 
 def gradient_dc(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor, step=1.0, *, sensitivities=None,
-                centered: bool = True) -> torch.Tensor:
+                centered: bool = True, rows: bool | None = None) -> torch.Tensor:
     """One gradient step on ``1/2 ||A x - y||^2``: ``x - step A^H (A x - y)``, the data step of the
     proximal-gradient solvers (Otazo et al. 2015) and of the learned L+S.
 
@@ -199,30 +228,203 @@ def gradient_dc(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor, s
     increases the data error. Single coil, ``step = 1`` is :func:`data_consistency` (``U`` is a
     projection: the step lands exactly on the measurements), and ``0 < step < 1`` moves the
     sampled lines part of the way. ``step``: a number or a tensor broadcastable to ``image``;
-    ``centered`` as in :func:`sense_forward`.
+    ``centered`` and ``rows`` as in :func:`sense_forward`.
     """
+    single = sensitivities is None
+    coil_kspace = kspace[..., None, :, :, :] if single else kspace  # [..., C, T, H, W]
+    lead = np.broadcast_shapes(image.shape[:-3], coil_kspace.shape[:-4])
+    operator = RowSense.of(mask, sensitivities, lead, image.shape[-3:], centered, (image, kspace), rows,
+                           binary=single)
+    if operator is not None:
+        return image - step * operator.apply(image, operator.measured(coil_kspace))
     forward, inverse = _ffts(centered)
-    if sensitivities is None:
+    if single:
         residual = torch.where(mask.bool(), forward(image) - kspace, 0)  # [..., T, H, W] U (F x - y)
         return image - step * inverse(residual)
     residual = (forward(coil_images(image, sensitivities)) - kspace) * mask[..., None, :, :, :]  # U (A x - y)
     return image - step * coil_combine(inverse(residual), sensitivities)
 
 
+# When rows=None picks the row path (RowSense), measured against the general path (docs/speed.md):
+ROW_PATH_MAX_FRACTION = 1 / 3  # no frame samples more than a third of the ky rows (the matrix products grow with them)
+ROW_PATH_MIN_BYTES = 8 * 2 ** 20  # and the coil images of the call fill at least 8 MiB (smaller ones gain nothing)
+FRAME_BLOCK_BYTES = 8 * 2 ** 20  # coil images per block of frames and per thread, at most BLOCK_LIMIT_BYTES:
+BLOCK_LIMIT_BYTES = 24 * 2 ** 20  # temporaries reused from the heap (below glibc's 32 MiB mmap threshold)
+
+
+class RowSense:
+    """``A = U F S`` for a Cartesian mask of whole ky rows with a fully sampled readout, computed on
+    the sampled rows only.
+
+    ``U`` is constant along kx, so it commutes with the kx FFT, and ``F^-1 U F = F_y^-1 U F_y``: the
+    kx transform cancels in ``A^H A`` and in the gradient step, which need 1D transforms along ky
+    only, and only of the rows that some frame samples. With ``E_t`` the ``n`` rows of the (centred
+    or plain) orthonormal ky DFT matrix that frame ``t`` samples (``n`` ~ ``H / R``) and ``w_t`` the
+    mask's value on them, ``A^H (A x - y) = S^H E_t^H w_t (E_t S x - F_x^-1 y_rows)``: two matrix
+    products of ``[n, H]`` with ``[H, W]`` per coil and frame instead of two 2D FFTs, and the
+    measurements enter through a 1D inverse FFT along kx of their sampled rows. The coil images are
+    formed in blocks of frames, ``FRAME_BLOCK_BYTES`` per torch thread (3 frames at 8 coils and 192
+    px on one thread): the temporaries are reused from the heap instead of allocated afresh (a fresh
+    47 MB coil cine costs a third of its 2D FFT in page faults), and each block's operations are
+    large enough for the threads to share.
+
+    The SENSE operators of this module take it with ``rows=True`` whenever the mask is constant along
+    each row (checked: one comparison over the mask), and by default (``rows=None``) where it was
+    measured to be faster than the general path (docs/speed.md): torch tensors on the CPU, at least 2
+    coils, at most ``ROW_PATH_MAX_FRACTION`` of the rows in any frame (the matrix products grow with
+    them, the FFT does not) and coil images of at least ``ROW_PATH_MIN_BYTES`` in the call. Elsewhere
+    (any other mask, one coil, small or densely sampled cines, GPUs, where the check would synchronise
+    the device and cuFFT is fast) the operators take the general 2D FFT path. Differentiable in the
+    image, the k-space and the maps.
+    """
+
+    def __init__(self, index, weight, dft, maps, lead, shape, centered: bool):
+        self.index = index  # [L, T, n] long: each frame's sampled rows (ascending), then unsampled rows as padding
+        self.weight = weight  # [L, T, n, 1] real: the mask's value on each of those rows (0 on the padding)
+        self.dft = dft  # [L, T, n, H] complex: those rows of the orthonormal ky DFT (E_t)
+        self.maps = maps  # [L, C, H, W] complex, or None for one coil of sensitivity 1
+        self.conj_maps = None if maps is None else maps.conj().resolve_conj()  # [L, C, H, W]: S^H's, once
+        self.lead, self.shape, self.centered = lead, shape, centered  # leading axes (L = their product), (T, H, W)
+
+    @classmethod
+    def of(cls, mask, sensitivities, lead, shape, centered: bool, operands=(), rows: bool | None = None,
+           binary: bool = False) -> RowSense | None:
+        """The operator for ``mask`` (broadcastable to ``[*lead, T, H, W]``) and ``sensitivities``
+        ``[..., C, H, W]`` (None: one unit coil), or None where the general path runs: ``rows=False``,
+        a mask that is not made of whole rows, or with ``rows=None`` where the row path does not pay
+        (see the class). It computes in complex128 if any of these or of ``operands`` (the image, the
+        k-space) is in double precision, else in complex64. ``binary``: every sampled row weighs 1
+        (the single-coil gradient step's ``U``), else the mask's value."""
+        coils = 1 if sensitivities is None else sensitivities.shape[-3]
+        if rows is False or not isinstance(mask, torch.Tensor) or mask.ndim < 3:
+            return None
+        if rows is None and (mask.device.type != "cpu" or coils < 2):
+            return None
+        if not bool((mask == mask[..., :1]).all()):
+            return None  # not whole ky rows
+        frames, height, width = shape
+        maps_lead = () if sensitivities is None else sensitivities.shape[:-3]
+        lead = np.broadcast_shapes(lead, mask.shape[:-3], maps_lead)
+        values = mask[..., 0].expand(*lead, frames, height).reshape(-1, frames, height)  # [L, T, H]
+        sampled = values != 0
+        count = int(sampled.sum(-1).max()) if sampled.numel() else 0
+        coil_bytes = len(values) * coils * frames * height * width * torch.complex64.itemsize
+        if rows is None and (count > ROW_PATH_MAX_FRACTION * height or coil_bytes < ROW_PATH_MIN_BYTES):
+            return None
+        index = torch.argsort((~sampled).to(torch.uint8), dim=-1, stable=True)[..., :count]  # [L, T, n]
+        double = any(t is not None and t.dtype in (torch.float64, torch.complex128)
+                     for t in (mask, sensitivities, *operands))
+        dtype = torch.complex128 if double else torch.complex64
+        weight = torch.gather(sampled if binary else values, -1, index)[..., None].to(dtype.to_real())  # [L, T, n, 1]
+        maps = None
+        if sensitivities is not None:
+            per_cine = sensitivities.shape[-3:]  # (C, H, W)
+            maps = sensitivities.to(dtype).expand(*lead, *per_cine).reshape(-1, *per_cine)
+        dft = _ky_dft(height, centered, dtype, mask.device)[index]  # [L, T, n, H]
+        return cls(index, weight, dft, maps, tuple(lead), shape, centered)
+
+    def measured(self, kspace: torch.Tensor) -> torch.Tensor:
+        """``F_x^-1 y`` on each frame's sampled rows: coil k-space ``[..., C, T, H, W]`` -> ``[L, C, T, n, W]``
+        (hybrid ky-x space)."""
+        coils, frames, _, width = kspace.shape[-4:]
+        count = self.index.shape[-1]
+        index = self.index.reshape(*self.lead, 1, frames, count, 1).expand(*self.lead, coils, frames, count, width)
+        picked = torch.gather(kspace.expand(*self.lead, *kspace.shape[-4:]), -2, index)  # [*lead, C, T, n, W]
+        picked = picked.reshape(-1, coils, frames, count, width).to(self.dft.dtype)
+        return _column_fft(picked, inverse=True, centered=self.centered)
+
+    def apply(self, image: torch.Tensor | None, measured: torch.Tensor | None) -> torch.Tensor:
+        """``S^H E^H w (E S x - m)``, i.e. ``A^H (A x - y)`` with ``m = measured(y)``; without ``measured``
+        ``A^H A x``, and without ``image`` ``S^H E^H w m = A^H y``. image: ``[..., T, H, W]``. Returns
+        ``[*lead, T, H, W]``."""
+        if image is not None:
+            image = image.to(self.dft.dtype).expand(*self.lead, *self.shape).reshape(-1, *self.shape)  # [L, T, H, W]
+
+        def block(cines: slice, frames: slice) -> torch.Tensor:  # [l, t, H, W]
+            dft = self.dft[cines, frames][:, None]  # [l, 1, t, n, H]
+            if image is None:
+                residual = measured[cines, :, frames]  # [l, C, t, n, W]
+            else:
+                residual = dft @ self._coil_images(image[cines, frames], cines)  # [l, C, t, n, W]
+                if measured is not None:
+                    residual = residual - measured[cines, :, frames]
+            return self._combine(dft.mH @ (residual * self.weight[cines, frames][:, None]), cines)
+
+        return self._in_blocks(block, dim=1).reshape(*self.lead, *self.shape)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``U F S x``: image ``[..., T, H, W]`` -> coil k-space ``[*lead, C, T, H, W]``, zeros off the mask."""
+        image = image.to(self.dft.dtype).expand(*self.lead, *self.shape).reshape(-1, *self.shape)  # [L, T, H, W]
+        height, width = self.shape[1:]
+
+        def block(cines: slice, frames: slice) -> torch.Tensor:  # [l, C, t, H, W]
+            coil = self._coil_images(image[cines, frames], cines)  # [l, C, t, H, W]
+            hybrid = self.dft[cines, frames][:, None] @ coil  # [l, C, t, n, W]
+            sampled = _column_fft(hybrid, inverse=False, centered=self.centered) * self.weight[cines, frames][:, None]
+            index = self.index[cines, frames][:, None, :, :, None].expand(sampled.shape)
+            return sampled.new_zeros(*sampled.shape[:3], height, width).scatter(-2, index, sampled)
+
+        coils = 1 if self.maps is None else self.maps.shape[1]
+        return self._in_blocks(block, dim=2).reshape(*self.lead, coils, *self.shape)
+
+    def _coil_images(self, image: torch.Tensor, cines: slice) -> torch.Tensor:
+        """``S x`` of a block ``[l, t, H, W]`` -> ``[l, C, t, H, W]``."""
+        return image[:, None] if self.maps is None else coil_images(image, self.maps[cines])
+
+    def _combine(self, images: torch.Tensor, cines: slice) -> torch.Tensor:
+        """``S^H``: ``[l, C, t, H, W]`` -> ``[l, t, H, W]``."""
+        return images[:, 0] if self.maps is None else (self.conj_maps[cines, :, None] * images).sum(1)
+
+    def _in_blocks(self, block, dim: int) -> torch.Tensor:
+        """``block(cines, frames)`` over ``[L, T]`` in blocks of ``FRAME_BLOCK_BYTES`` of coil images per
+        thread (at most ``BLOCK_LIMIT_BYTES``), concatenated (frames along ``dim``, cines along 0)."""
+        frames, height, width = self.shape
+        coils = 1 if self.maps is None else self.maps.shape[1]
+        block_bytes = min(FRAME_BLOCK_BYTES * torch.get_num_threads(), BLOCK_LIMIT_BYTES)
+        per_block = max(1, block_bytes // (coils * height * width * self.dft.element_size()))
+        cines = len(self.index)
+        if per_block >= frames:
+            group = per_block // frames
+            return torch.cat([block(slice(b, b + group), slice(None)) for b in range(0, cines, group)])
+        return torch.cat([torch.cat([block(slice(b, b + 1), slice(t, t + per_block))
+                                     for t in range(0, frames, per_block)], dim) for b in range(cines)])
+
+
+@functools.lru_cache(maxsize=32)
+def _ky_dft(height: int, centered: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The orthonormal 1D DFT along ky as a matrix ``[H, H]`` (column ``h``: the transform of a unit
+    impulse at row ``h``), centred as :func:`fft2c` or plain, computed in double precision."""
+    impulses = torch.eye(height, dtype=torch.complex128)
+    matrix = (torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(impulses, dim=0), dim=0, norm="ortho"), dim=0)
+              if centered else torch.fft.fft(impulses, dim=0, norm="ortho"))
+    return matrix.to(device=device, dtype=dtype)
+
+
+def _column_fft(x: torch.Tensor, *, inverse: bool, centered: bool) -> torch.Tensor:
+    """The orthonormal 1D FFT along kx (the last axis), centred as :func:`fft2c` or plain."""
+    transform = torch.fft.ifft if inverse else torch.fft.fft
+    if not centered:
+        return transform(x, dim=-1, norm="ortho")
+    return torch.fft.fftshift(transform(torch.fft.ifftshift(x, dim=-1), dim=-1, norm="ortho"), dim=-1)
+
+
 CG_TOLERANCE = 100  # a CG frame has converged at a residual of CG_TOLERANCE float epsilons (relative)
 
 
 def sense_data_consistency(image: torch.Tensor, kspace: torch.Tensor, sensitivities: torch.Tensor,
-                           mask: torch.Tensor, *, lam=0.0, iterations: int = 10, centered: bool = True) -> torch.Tensor:
+                           mask: torch.Tensor, *, lam=0.0, iterations: int = 10, centered: bool = True,
+                           rows: bool | None = None) -> torch.Tensor:
     """SENSE data consistency: ``iterations`` conjugate-gradient steps, started at ``z = image``, on
 
         ``(A^H A + lam I) x = A^H y + lam z``,  i.e.  ``x = argmin ||A x - y||^2 + lam ||x - z||^2``
 
     (the proximal step of the data term at ``z``). ``A^H A + lam I`` acts on each frame of each
-    cine alone, so every frame ``[H, W]`` runs its own CG (step sizes ``[..., T, 1, 1]``). CG runs
-    on ``ifftshift``-ed inputs with plain FFTs (the same operator, permuted; a centred FFT's shifts
-    would cost more than the FFT itself), and the result is shifted back; ``centered=False``: the
-    inputs are already ``ifftshift``-ed in (H, W) (the solvers' domain) and so is the result.
+    cine alone, so every frame ``[H, W]`` runs its own CG (step sizes ``[..., T, 1, 1]``). With a
+    mask of whole ky rows (``rows``, :class:`RowSense`, prepared once for every step) CG transforms
+    the sampled rows only, in the inputs' own layout; otherwise it runs on ``ifftshift``-ed inputs
+    with plain FFTs (the same operator, permuted; a centred FFT's shifts would cost more than the
+    FFT itself), and the result is shifted back. ``centered=False``: the inputs are already
+    ``ifftshift``-ed in (H, W) (the solvers' domain) and so is the result.
     A frame stops once its residual is below ``CG_TOLERANCE`` eps of its right-hand side
     ``||A^H y + lam z||`` (float rounding): past that point the residual is rounding error, partly in the
     null space of ``A^H A`` (with ``lam = 0``, the k-space that no coil measured), along which CG's
@@ -236,17 +438,23 @@ def sense_data_consistency(image: torch.Tensor, kspace: torch.Tensor, sensitivit
     ``[..., C, H, W]``; mask: 0/1 ``[..., T, H, W]``; lam: a number or a tensor broadcastable to
     ``[..., T, 1, 1]`` (>= 0; differentiable). Returns ``x``, shaped like ``image``.
     """
-    if centered:
+    lead = np.broadcast_shapes(image.shape[:-3], kspace.shape[:-4])
+    operator = RowSense.of(mask, sensitivities, lead, image.shape[-3:], centered, (image, kspace), rows)
+    if operator is None and centered:
         shift = dict(dim=(-2, -1))
         shifted = (torch.fft.ifftshift(t, **shift) for t in (image, kspace, sensitivities, mask))
-        return torch.fft.fftshift(sense_data_consistency(*shifted, lam=lam, iterations=iterations, centered=False),
-                                  **shift)
+        return torch.fft.fftshift(sense_data_consistency(*shifted, lam=lam, iterations=iterations, centered=False,
+                                                         rows=False), **shift)
 
-    def normal(v):  # (A^H A + lam I) v: [..., T, H, W], shifted
-        return sense_normal(v, sensitivities, mask, centered=False) + lam * v
+    def normal(v):  # (A^H A + lam I) v: [..., T, H, W]
+        if operator is None:
+            return sense_normal(v, sensitivities, mask, centered=False, rows=False) + lam * v
+        return operator.apply(v, None) + lam * v
 
     x = image
-    right_side = sense_adjoint(kspace, sensitivities, mask, centered=False) + lam * image  # [..., T, H, W]
+    adjoint = (sense_adjoint(kspace, sensitivities, mask, centered=False, rows=False) if operator is None
+               else operator.apply(None, operator.measured(kspace)))  # A^H y: [..., T, H, W]
+    right_side = adjoint + lam * image
     residual = right_side - normal(x)
     direction = residual
     residual_norm = _frame_dot(residual, residual)  # [..., T, 1, 1]

@@ -117,3 +117,12 @@ def test_pincat_oracle_tunes_every_cs_method_on_the_cine_itself(tmp_path):
     np.savez(tmp_path / "small.npz", dataset=make_phantom_dataset(1, frames=4, size=32, seed=3, complex_phase=False))
     small = run_tool("benchmarks/pincat_oracle.py", [str(tmp_path / "small.npz")], tmp_path)
     assert small.returncode == 2 and small.stderr.startswith("error: ") and len(small.stderr.splitlines()) == 1
+
+
+def test_bench_sense_times_both_paths_of_the_sense_operators():
+    bench = load_script("bench_sense")
+    rows = bench.operator_rows(2, bench.QUICK_GRID, repeats=1)
+    assert {r["operation"] for r in rows} == {"gradient step", "CG data consistency, 5 steps",
+                                              "learned L+S (untrained), forward"}
+    assert all(r["general_s"] > 0 and r["rows_s"] > 0 and r["relative_difference"] < 1e-5 for r in rows)
+    assert {r["auto"] for r in rows} == {"general"}  # tiny cines: the default keeps the general path

@@ -10,7 +10,8 @@ from metrics import psnr
 from models import DataConsistency
 from phantom import (coil_sensitivities, correlated_noise, make_coil_dataset, make_phantom_dataset, noise_covariance,
                      sample_anatomy)
-from sampling import (calibration_lines, coil_combine, coil_images, data_consistency, estimate_sensitivities,
+import sampling
+from sampling import (RowSense, calibration_lines, coil_combine, coil_images, data_consistency, estimate_sensitivities,
                       fft2c, interpolate_maps, sense_adjoint, sense_data_consistency, sense_forward,
                       gradient_dc, sense_normal, variable_density_mask, view_sharing, whiten_coils)
 
@@ -97,6 +98,93 @@ def test_normal_operator_is_self_adjoint_and_positive():
     rhs = torch.vdot(sense_normal(other, sensitivities, mask).flatten(), image.flatten())
     torch.testing.assert_close(lhs, rhs)
     assert torch.vdot(image.flatten(), sense_normal(image, sensitivities, mask).flatten()).real > 0
+
+
+def row_problem():
+    """``small_problem`` with a mask of whole rows whose frames sample different numbers of rows, one
+    row weighted 0.5 (the operators multiply by the mask's values)."""
+    image, sensitivities, mask, kspace = small_problem(batch=2, coils=3, frames=4, size=12)
+    mask[1, 5] = 0.5
+    mask[2, 0] = 1 - mask[2, 0]
+    return image, sensitivities, mask, kspace * mask
+
+
+def row_and_general(operation):
+    """``operation(rows)`` on the row path (forced) and on the general path."""
+    return operation(True), operation(False)
+
+
+@pytest.mark.parametrize("centered", [True, False])
+@pytest.mark.parametrize("block_bytes", [sampling.FRAME_BLOCK_BYTES, 1])  # whole cines per block | one frame
+def test_row_path_equals_the_general_path(monkeypatch, centered, block_bytes):
+    monkeypatch.setattr(sampling, "FRAME_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(sampling, "BLOCK_LIMIT_BYTES", block_bytes)
+    image, sensitivities, mask, kspace = row_problem()
+    assert RowSense.of(mask, sensitivities, (2,), image.shape[-3:], centered, rows=True) is not None
+    options = dict(centered=centered)
+    operations = {
+        "forward": lambda rows: sense_forward(image, sensitivities, mask, rows=rows, **options),
+        "adjoint": lambda rows: sense_adjoint(kspace, sensitivities, mask, rows=rows, **options),
+        "normal": lambda rows: sense_normal(image, sensitivities, mask, rows=rows, **options),
+        "gradient step": lambda rows: gradient_dc(image, kspace, mask, 0.7, sensitivities=sensitivities, rows=rows,
+                                                  **options),
+        "single-coil gradient step": lambda rows: gradient_dc(image, kspace[:, 0], mask, 0.7, rows=rows, **options),
+        "CG": lambda rows: sense_data_consistency(image, kspace, sensitivities, mask, lam=0.1, iterations=4,
+                                                  rows=rows, **options)}
+    for name, operation in operations.items():
+        fast, general = row_and_general(operation)
+        assert fast.shape == general.shape and fast.dtype == general.dtype, name
+        torch.testing.assert_close(fast, general, rtol=1e-12, atol=1e-12 * float(general.abs().max()), msg=name)
+
+
+def test_row_path_is_adjoint_and_one_unit_coil_is_the_single_coil_model():
+    image, sensitivities, mask, kspace = row_problem()
+    forward = sense_forward(image, sensitivities, mask, rows=True)
+    back = sense_adjoint(kspace, sensitivities, mask, rows=True)
+    assert torch.vdot(kspace.flatten(), forward.flatten()).item() == pytest.approx(
+        torch.vdot(back.flatten(), image.flatten()).item(), rel=1e-12)
+    other = torch.from_numpy(random_complex(*image.shape))
+    normal_image, normal_other = (sense_normal(x, sensitivities, mask, rows=True) for x in (image, other))
+    torch.testing.assert_close(torch.vdot(other.flatten(), normal_image.flatten()),
+                               torch.vdot(normal_other.flatten(), image.flatten()))
+    ones = torch.ones(2, 1, 12, 12, dtype=torch.complex128)
+    torch.testing.assert_close(sense_forward(image, ones, mask, rows=True)[:, 0], fft2c(image) * mask)
+    binary = (mask != 0).double()  # the single-coil step's U is the mask's support
+    torch.testing.assert_close(gradient_dc(image, kspace[:, :1], binary, 0.7, sensitivities=ones, rows=True),
+                               gradient_dc(image, kspace[:, 0], mask, 0.7, rows=True))
+    torch.testing.assert_close(gradient_dc(image, kspace[:, 0], mask, rows=True),
+                               data_consistency(image, kspace[:, 0], mask))
+
+
+def test_row_path_gradients_equal_the_general_paths():
+    image, sensitivities, mask, kspace = row_problem()
+    grads = []
+    for rows in (True, False):
+        inputs = [t.clone().requires_grad_(True) for t in (image, sensitivities, kspace)]
+        step = gradient_dc(inputs[0], inputs[2], mask, 0.7, sensitivities=inputs[1], rows=rows)
+        step.abs().square().sum().backward()
+        grads.append([t.grad for t in inputs])
+    for fast, general in zip(*grads):
+        torch.testing.assert_close(fast, general, rtol=1e-10, atol=1e-10)
+
+
+def test_the_row_path_runs_where_it_pays_and_exactly_where_the_mask_is_whole_rows():
+    frames, size = 20, 192
+    maps = torch.ones(1, 8, size, size, dtype=torch.complex64)
+    mask = torch.from_numpy(variable_density_mask((frames, size, size), acceleration=8, seed=0))[None]
+    shape = (frames, size, size)
+    assert RowSense.of(mask, maps, (1,), shape, True) is not None  # 8 coils of 192 px at 8x: the measured gain
+    assert RowSense.of(mask, None, (1,), shape, True) is None  # one coil: the 2D FFT is as fast
+    assert RowSense.of(mask[..., :32, :32], maps[..., :32, :32], (1,), (frames, 32, 32), True) is None  # small
+    dense = torch.from_numpy(variable_density_mask(shape, acceleration=2, seed=0))[None]  # half the rows
+    assert RowSense.of(dense, maps, (1,), shape, True) is None
+    assert RowSense.of(dense, maps, (1,), shape, True, rows=True) is not None
+    image, sensitivities, _, kspace = small_problem(size=12)
+    pixels = torch.from_numpy((RNG.random((4, 12, 12)) < 0.4).astype(np.float64))  # not whole rows: general path
+    assert RowSense.of(pixels, sensitivities, (2,), pixels.shape, True, rows=True) is None
+    fast, general = row_and_general(lambda rows: gradient_dc(image, kspace, pixels, sensitivities=sensitivities,
+                                                              rows=rows))
+    torch.testing.assert_close(fast, general, rtol=0, atol=0)
 
 
 def explicit_solution(image, kspace, sensitivities, mask, lam):
