@@ -934,23 +934,16 @@ def read_mrd(path: Path) -> KSpace:
     view (encoded FOV x > recon FOV x, OCMR: 2x) is cropped to it in the image domain. Pixel size:
     encoded FOV / matrix. 3-D encodings, contrasts and sets are refused.
     """
-    h5py = _optional("h5py", path, "ISMRMRD/MRD raw data")
-    ismrmrd = _optional("ismrmrd", path, "ISMRMRD/MRD raw data")
-    try:
-        with h5py.File(path, "r") as file:
-            xml_item, data_item = _mrd_items(file, h5py, path)
-            encoding = _mrd_header(xml_item, ismrmrd, path)
-            heads = _mrd_heads(data_item, ismrmrd, path)
-            skipped = np.uint64(sum(1 << (getattr(ismrmrd, flag) - 1) for flag in MRD_SKIPPED))
-            image = np.flatnonzero((heads["flags"] & skipped) == 0)
-            if not image.size:
-                raise DataError(f"{path}: no image acquisitions (only noise or calibration scans)")
-            counts = heads["number_of_samples"][image].astype(np.int64) * heads["active_channels"][image]
-            check_declared(str(path), int(counts.sum()) * 8, path.stat().st_size, "its image acquisitions")
-            samples = data_item.fields("data")[()]
-    except OSError as error:
-        raise DataError(f"{path}: not a readable ISMRMRD/MRD (HDF5) file ({error})") from None
-    return _place_readouts(path, encoding, heads[image], samples[image])
+    return _with_mrd_heads(path, _mrd_whole)
+
+
+def _mrd_whole(path: Path, encoding, heads: np.ndarray, item) -> KSpace:
+    """Every image readout of an MRD file (``heads``: theirs; ``item``: the data item and their rows),
+    placed by :func:`_place_readouts`."""
+    data_item, rows = item
+    counts = heads["number_of_samples"].astype(np.int64) * heads["active_channels"]
+    check_declared(str(path), int(counts.sum()) * 8, path.stat().st_size, "its image acquisitions")
+    return _place_readouts(path, encoding, heads, data_item.fields("data")[()][rows])
 
 
 MRD_COUNT = 65535  # the largest matrix size, channel count or counter of an MRD header (unsigned 16 bits)
@@ -1165,8 +1158,9 @@ def _cmrxrecon_shape(stored: tuple[int, ...], path: Path, variable: str) -> tupl
 
 
 def _with_mrd_heads(path: Path, use):
-    """``use(path, encoding, image heads, data item)`` on an MRD file opened through the hardened HDF5
-    path of :func:`read_mrd`, with its image acquisitions' headers (nothing else is read)."""
+    """``use(path, encoding, image heads, (data item, their rows))`` on an MRD file opened through the
+    hardened HDF5 path: the header and the image acquisitions' headers are read, and ``use`` reads
+    what it needs of the data item (every readout: :func:`read_mrd`; one slice's: :func:`_mrd_slice`)."""
     h5py = _optional("h5py", path, "ISMRMRD/MRD raw data")
     ismrmrd = _optional("ismrmrd", path, "ISMRMRD/MRD raw data")
     try:
