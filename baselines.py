@@ -362,22 +362,22 @@ def penalties(shape: tuple[int, int], circular: bool = True, levels: int = WAVEL
     }
 
 
-def penalty_scales(x0: torch.Tensor, scales) -> dict[str, torch.Tensor]:
-    """What the relative weights multiply, per cine ``[B]`` (real), for the zero-filled cine ``x0``
-    ``[B, T, H, W]``: ``peak`` its largest magnitude, ``spectrum`` its largest temporal Fourier
-    coefficient, ``singular`` the largest singular value of its Casorati matrix (those asked for)."""
+def penalty_scales(x0: torch.Tensor, terms: dict[str, Penalty]) -> dict[str, torch.Tensor]:
+    """What the relative weights of ``terms`` multiply, per cine ``[B]`` (real), for the zero-filled
+    cine ``x0`` ``[B, T, H, W]``: by each term's ``scale``, ``peak`` the cine's largest magnitude,
+    ``spectrum`` its largest temporal Fourier coefficient, ``singular`` the largest singular value
+    of its Casorati matrix."""
     compute = {"peak": lambda: x0.abs().flatten(1).amax(1),
                "spectrum": lambda: temporal_fft(x0).abs().flatten(1).amax(1),
                "singular": lambda: largest_singular_value(casorati(x0))}
-    return {scale: compute[scale]() for scale in set(scales)}
+    scales = {scale: compute[scale]() for scale in {term.scale for term in terms.values()}}
+    return {name: scales[term.scale] for name, term in terms.items()}
 
 
-def penalty_thresholds(x0: torch.Tensor, terms: dict[str, Penalty], weights: dict) -> dict[str, torch.Tensor]:
-    """The thresholds ``t_i`` ``[B]`` of the penalties ``terms`` for the relative ``weights`` (numbers or
-    0-dimensional tensors, keyed like ``terms``): each weight times its scale of the zero-filled cine
-    ``x0`` ``[B, T, H, W]`` (:func:`penalty_scales`)."""
-    scales = penalty_scales(x0, [terms[name].scale for name in weights])
-    return {name: weight * scales[terms[name].scale] for name, weight in weights.items()}
+def penalty_thresholds(scales: dict, weights: dict) -> dict[str, torch.Tensor]:
+    """The thresholds ``t_i = w_i scale_i`` ``[B]`` of the relative weights ``w_i`` (numbers or
+    0-dimensional tensors) and the :func:`penalty_scales`, keyed by penalty name."""
+    return {name: weight * scales[name] for name, weight in weights.items()}
 
 
 # ----------------------------------------------------------------------------- ADMM
@@ -401,7 +401,8 @@ def kspace_matrices(sampled: torch.Tensor, terms: dict[str, Penalty], rhos: dict
     and ``U`` its diagonal, ``rhos`` numbers, 0-dimensional or ``[B]`` tensors keyed like ``terms``. It is
     the single-coil ADMM image update, exactly, and the preconditioner of the multi-coil one."""
     frames, height, width = sampled.shape[-3:]
-    rows_only = bool((sampled == sampled[..., :1]).all())
+    # whole rows sampled (the masks of sampling.py); on the meta device (FLOP counting) assumed, its values unknown
+    rows_only = sampled.device.type == "meta" or bool((sampled == sampled[..., :1]).all())
     u = (sampled[..., :1] if rows_only else sampled).permute(0, 2, 3, 1).to(like.real.dtype)  # [B, H, W', T]
     system = torch.diag_embed(u)  # [B, H, W', T, T]
     for name, term in terms.items():
@@ -758,8 +759,7 @@ def tv_wavelet(kspace, mask, *, lambda_t: float = 0.003, lambda_w: float = 0.000
     if not weights or min(weights.values()) < 0 or rho <= 0:
         raise ValueError(f"tv_wavelet needs weights >= 0 (one of them > 0) and rho > 0; got {weights}, rho={rho}")
     terms = chosen_penalties(x0.shape[-2:], weights, circular=circular, levels=levels, wavelet=wavelet)
-    thresholds = penalty_thresholds(x0, terms, weights)
-    rhos = admm_rhos(weights, rho)
+    thresholds, rhos = penalty_thresholds(penalty_scales(x0, terms), weights), admm_rhos(weights, rho)
     update = image_update(kspace, sampled, maps, terms, rhos, cg_steps, like=x0)
     x = x0 if start == "zero_filled" else initial_cine(kspace, sampled, start, maps)  # [B, T, H, W]
     splits = {name: term.forward(x) for name, term in terms.items()}

@@ -14,7 +14,7 @@ from cli import Option, UserError, options_from_call
 from data import MASK_MODES, check_memory
 from engine import AMP_DTYPES, TRAINING_COPIES, check_device, check_network_size, cuda_requested, smallest_side, \
     training_sizes
-from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, PRIORS, size_multiple
+from models import ADMM_WEIGHTS, ARCHS, ATTENTION, DC_MODES, OUTPUTS, PRIORS, size_multiple
 from sampling import DENSITIES, MASK_TYPES
 
 # Applied when there is no CUDA device (scale="auto") or with scale="cpu", to every key not given
@@ -38,7 +38,9 @@ NUMBER_RULES = (("dropout", lambda value: 0 <= value < 1, "in [0, 1)"),
                 ("warmup", lambda value: 0 <= value < 1, "in [0, 1)"),
                 ("acceleration", lambda value: value >= 1, "a finite number >= 1"),
                 ("lambda_l", lambda value: 0 < value < 1, "in (0, 1): a threshold relative to the data"),
-                ("lambda_s", lambda value: 0 < value < 1, "in (0, 1): a threshold relative to the data"))
+                ("lambda_s", lambda value: 0 < value < 1, "in (0, 1): a threshold relative to the data"),
+                *((key, lambda value: 0 <= value < 1, "in [0, 1): a weight relative to the data, 0 = off")
+                  for key in ADMM_WEIGHTS))
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train.py")
 PHANTOM_COPIES = 3  # phantom cines held at once: as rendered, split into datasets, the next epoch's fresh ones
 PHANTOM_RENDER = 24  # peak memory of rendering one cine, in rendered cines (about 21 measured at 64 and 128)
@@ -121,6 +123,9 @@ def validate_network(config: dict, copies: int = 1) -> None:
     for key, allowed, rule in NUMBER_RULES:
         if key in config:
             check_number(config, key, allowed, rule)
+    if "admmnet" in (config["arch"], config.get("prior")) and not any(config.get(key) for key in ADMM_WEIGHTS):
+        raise UserError(f"--arch/--prior=admmnet: give at least one of {', '.join('--' + k for k in ADMM_WEIGHTS)} "
+                        f"a weight > 0 (the penalties it learns)")
     if config["arch"] == "dccnn" and config["cascades"] < 1:
         raise UserError("--arch=dccnn needs --cascades >= 1 (DC-CNN is a cascade with data consistency)")
     if config.get("output") == "sigmoid" and config["arch"] == "cine_unet":

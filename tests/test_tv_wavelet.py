@@ -89,7 +89,7 @@ def run_admm(kspace, sampled, maps, weights, iterations, x=None, **options):
     x0 = torch.fft.ifft2(kspace, norm="ortho") if maps is None else baselines.sense_adjoint(kspace, maps, sampled,
                                                                                            centered=False)
     terms = baselines.chosen_penalties(x0.shape[-2:], weights, **options)
-    thresholds = baselines.penalty_thresholds(x0, terms, weights)
+    thresholds = baselines.penalty_thresholds(baselines.penalty_scales(x0, terms), weights)
     rhos = baselines.admm_rhos(weights, baselines.RHO)
     update = image_update(kspace, sampled, maps, terms, rhos, baselines.CG_STEPS, like=x0)
     x = x0 if x is None else x
@@ -129,7 +129,8 @@ def test_admm_converges_to_the_minimiser(tiny):
     distances = [float((x - iterates[-1]).norm() / iterates[-1].norm()) for x in iterates[:-1]]
     assert distances[0] > distances[1] > distances[2] and distances[2] < 1e-2
     terms = baselines.chosen_penalties((24, 24), weights)
-    thresholds = baselines.penalty_thresholds(torch.fft.ifft2(shifted, norm="ortho"), terms, weights)
+    scales = baselines.penalty_scales(torch.fft.ifft2(shifted, norm="ortho"), terms)
+    thresholds = baselines.penalty_thresholds(scales, weights)
     for seed in range(3):  # nearby cines score higher
         nearby = iterates[-1] + 0.003 * random_complex(*shifted.shape, seed=seed)
         assert float(objective(nearby, shifted, sampled, None, terms, thresholds)) > values[3]
