@@ -24,6 +24,11 @@ multi-coil iteration), which is hard data consistency for one coil of sensitivit
   ``min  lam_L ||L||_* + lam_S ||F_t S||_1 + 1/2 ||U F (L + S) - y||^2`` with ``L`` the Casorati
   matrix ``[H W, T]`` of the low-rank part, by their iteration: singular-value thresholding for
   ``L``, soft-thresholding of the temporal spectrum for ``S``, then ``M = DC(L + S)``.
+- :func:`tv_wavelet`: temporal total variation + spatial l1-wavelet (BART's ``pics -R T -R W``),
+  ``min 1/2 ||A x - y||^2 + t_t ||D_t x||_1 + t_w ||Psi x||_1`` (optionally spatial TV,
+  temporal-Fourier l1 and the nuclear norm: :func:`penalties`), by ADMM run to its minimiser
+  (:func:`admm_iteration`, the iteration ``models.ADMMNet`` unrolls), then ``DC``;
+  :func:`tv_spatial_tv` is its spatial-TV variant.
 
 Regularisation weights are relative: ``lam`` and ``lam_S`` multiply ``max |F_t x0|`` and
 ``lam_L`` the largest singular value of the Casorati matrix of ``x0``, where ``x0 = F^-1 y`` is
@@ -725,7 +730,7 @@ def chosen_penalties(shape, weights: dict, **options) -> dict[str, Penalty]:
 
 
 @torch.no_grad()
-def tv_wavelet(kspace, mask, *, lambda_t: float = 0.003, lambda_w: float = 0.00075, lambda_xy: float = 0.0,
+def tv_wavelet(kspace, mask, *, lambda_t: float = 0.01, lambda_w: float = 0.0003, lambda_xy: float = 0.0,
                lambda_f: float = 0.0, lambda_r: float = 0.0, iterations: int = 100, tol: float = 1e-4,
                rho: float = RHO, cg_steps: int = CG_STEPS, circular: bool = True, wavelet: str = WAVELET,
                levels: int = WAVELET_LEVELS, start: str = "zero_filled", verbose: bool = False, sensitivities=None):
@@ -795,7 +800,7 @@ def view_sharing(kspace, mask, *, verbose: bool = False, sensitivities=None):
     return x
 
 
-def tv_spatial_tv(kspace, mask, *, lambda_t: float = 0.003, lambda_xy: float = 0.001, **options):
+def tv_spatial_tv(kspace, mask, *, lambda_t: float = 0.01, lambda_xy: float = 0.001, **options):
     """:func:`tv_wavelet` with spatial total variation instead of the wavelet (``lambda_w = 0``);
     ``options``: the other keywords of :func:`tv_wavelet`."""
     return tv_wavelet(kspace, mask, lambda_t=lambda_t, lambda_w=0.0, lambda_xy=lambda_xy, **options)

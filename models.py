@@ -541,7 +541,7 @@ class ADMMNet(nn.Module):
     def __init__(self, iterations: int = 10, weights: dict | None = None, view_sharing: bool = True,
                  circular: bool = True, cg_steps: int = CG_STEPS):
         super().__init__()
-        weights = {"tv_t": 0.003, "wavelet": 0.00075} if weights is None else weights
+        weights = {"tv_t": 0.01, "wavelet": 0.0003} if weights is None else weights
         chosen = {name: float(w) for name, w in weights.items() if w}
         unknown = set(chosen) - set(PENALTIES)
         if iterations < 1 or not chosen or unknown or min(chosen.values()) < 0:

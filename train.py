@@ -366,8 +366,8 @@ if __name__ == "__main__":
               lambda_l=0.01,             # lsnet only, > 0: initial low-rank threshold, relative to the zero-filled cine's largest singular value
               lambda_s=0.003,            # lsnet only, > 0: initial sparse threshold, relative to the zero-filled cine's largest temporal Fourier coefficient
               sparse_features=0,         # lsnet only, >= 0: width of the small CNN on each iteration's sparse part, 0 = none
-              lambda_t=0.003,            # admmnet only, in [0, 1): initial temporal-TV weight, relative to the zero-filled cine's largest magnitude, 0 = off
-              lambda_w=0.00075,          # admmnet only, in [0, 1): initial spatial l1-wavelet weight (details of a db2 wavelet), relative as lambda_t, 0 = off
+              lambda_t=0.01,             # admmnet only, in [0, 1): initial temporal-TV weight, relative to the zero-filled cine's largest magnitude, 0 = off
+              lambda_w=0.0003,           # admmnet only, in [0, 1): initial spatial l1-wavelet weight (details of a db2 wavelet), relative as lambda_t, 0 = off
               lambda_r=0.0,              # admmnet only, in [0, 1): initial nuclear-norm (low-rank SVT) weight, relative to the largest singular value, 0 = off
               lambda_f=0.0,              # admmnet only, in [0, 1): initial temporal-Fourier l1 weight, relative to the largest temporal Fourier coefficient, 0 = off
               # optimisation
