@@ -255,6 +255,23 @@ def _synthesis(c: torch.Tensor, levels: int, name: str) -> torch.Tensor:
     return rows.T @ c @ columns
 
 
+def shifted_wavelets(x: torch.Tensor, offsets, levels: int = WAVELET_LEVELS, name: str = WAVELET) -> torch.Tensor:
+    """The wavelet transforms of the frames of ``x`` ``[B, T, H, W]`` circularly shifted by each
+    ``(dy, dx)`` of ``offsets`` (cycle spinning), stacked and divided by ``sqrt(len(offsets))``:
+    ``[B, n, T, H', W']``, an isometry (``K^H K = I``: a tight frame)."""
+    scale = math.sqrt(len(offsets))
+    return torch.stack([wavelet_forward(torch.roll(x, offset, dims=(-2, -1)), levels, name)
+                        for offset in offsets], 1) / scale
+
+
+def shifted_wavelets_adjoint(c: torch.Tensor, shape, offsets, levels: int = WAVELET_LEVELS,
+                             name: str = WAVELET) -> torch.Tensor:
+    """The adjoint of :func:`shifted_wavelets`: ``[B, n, T, H', W']`` -> ``[B, T, H, W]``."""
+    scale = math.sqrt(len(offsets))
+    return sum(torch.roll(wavelet_adjoint(c[:, j], shape, levels, name), (-dy, -dx), dims=(-2, -1))
+               for j, (dy, dx) in enumerate(offsets)) / scale
+
+
 def wavelet_details(height: int, width: int, levels: int = WAVELET_LEVELS, *, like: torch.Tensor) -> torch.Tensor:
     """``[H', W']`` real: 1 on the detail coefficients of :func:`wavelet_forward`, 0 on the coarse
     approximation, which the l1 penalty leaves alone (it holds the image's mean brightness, not
@@ -315,13 +332,15 @@ def spatial_gram(height: int, width: int, *, like: torch.Tensor) -> torch.Tensor
 
 
 def penalties(shape: tuple[int, int], circular: bool = True, levels: int = WAVELET_LEVELS,
-              wavelet: str = WAVELET) -> dict[str, Penalty]:
+              wavelet: str = WAVELET, wavelet_shifts: int = 1) -> dict[str, Penalty]:
     """The penalties the ADMM solvers can combine, by name, for frames of ``shape`` (H, W):
 
     - ``tv_t``: temporal total variation ``||D_t x||_1`` (``circular`` differences, see
       :func:`temporal_difference`);
     - ``wavelet``: l1 of the detail coefficients of the orthogonal wavelet transform of every frame
-      (:func:`wavelet_forward`, ``levels`` levels of ``wavelet``); ``Psi^H Psi = I``;
+      (:func:`wavelet_forward`, ``levels`` levels of ``wavelet``); ``Psi^H Psi = I``; with
+      ``wavelet_shifts = m > 1``, the mean of that l1 over the frames circularly shifted by
+      ``(dy, dx)``, ``0 <= dy, dx < m`` (deterministic cycle spinning, :func:`shifted_wavelets`);
     - ``tv_xy``: isotropic spatial total variation of every frame (:func:`spatial_gradient`);
     - ``fourier_t``: l1 of the temporal spectrum ``||F_t x||_1`` (k-t sparse's prior), ``F_t`` unitary;
     - ``nuclear``: the nuclear norm of the Casorati matrix ``[H W, T]`` (L+S's low-rank prior).
@@ -332,6 +351,9 @@ def penalties(shape: tuple[int, int], circular: bool = True, levels: int = WAVEL
     """
     def details(c: torch.Tensor) -> torch.Tensor:  # [H', W']: the coefficients the wavelet l1 counts
         return wavelet_details(*shape, levels, like=c)
+
+    offsets = [(dy, dx) for dy in range(wavelet_shifts) for dx in range(wavelet_shifts)]
+    copies = math.sqrt(len(offsets))  # the wavelet penalty is the mean l1 over the shifted transforms
 
     def l1(c: torch.Tensor) -> torch.Tensor:
         return c.abs().flatten(1).sum(1)
@@ -350,10 +372,11 @@ def penalties(shape: tuple[int, int], circular: bool = True, levels: int = WAVEL
                         adjoint=lambda z: temporal_difference_adjoint(z, circular), shrink=soft, norm=l1,
                         gram=lambda frames, height, width, like: temporal_gram(frames, circular, like=like),
                         scale="peak"),
-        "wavelet": Penalty(forward=lambda x: wavelet_forward(from_shifted(x), levels, wavelet),
-                           adjoint=lambda c: to_shifted_image(wavelet_adjoint(c, shape, levels, wavelet)),
-                           shrink=lambda c, t: soft_threshold(c, _per_cine(t, c) * details(c)),
-                           norm=lambda c: l1(c * details(c)), gram=identity, scale="peak"),
+        "wavelet": Penalty(forward=lambda x: shifted_wavelets(from_shifted(x), offsets, levels, wavelet),
+                           adjoint=lambda c: to_shifted_image(shifted_wavelets_adjoint(c, shape, offsets, levels,
+                                                                                       wavelet)),
+                           shrink=lambda c, t: soft_threshold(c, _per_cine(t, c) * details(c) / copies),
+                           norm=lambda c: l1(c * details(c)) / copies, gram=identity, scale="peak"),
         "tv_xy": Penalty(forward=spatial_gradient, adjoint=spatial_gradient_adjoint,
                          shrink=lambda g, t: shrink_isotropic(g, _per_cine(t, g)),
                          norm=lambda g: l1(g.abs().square().sum(-4).sqrt()),
@@ -733,7 +756,8 @@ def chosen_penalties(shape, weights: dict, **options) -> dict[str, Penalty]:
 def tv_wavelet(kspace, mask, *, lambda_t: float = 0.01, lambda_w: float = 0.0003, lambda_xy: float = 0.0,
                lambda_f: float = 0.0, lambda_r: float = 0.0, iterations: int = 100, tol: float = 1e-4,
                rho: float = RHO, cg_steps: int = CG_STEPS, circular: bool = True, wavelet: str = WAVELET,
-               levels: int = WAVELET_LEVELS, start: str = "zero_filled", verbose: bool = False, sensitivities=None):
+               levels: int = WAVELET_LEVELS, wavelet_shifts: int = 1, start: str = "zero_filled", verbose: bool = False,
+               sensitivities=None):
     """Temporal total variation + spatial l1-wavelet CS (the priors of BART's ``pics -R T -R W``),
     with optional spatial TV, temporal-Fourier l1 and nuclear-norm terms, solved to its minimiser::
 
@@ -763,7 +787,8 @@ def tv_wavelet(kspace, mask, *, lambda_t: float = 0.01, lambda_w: float = 0.0003
                                                           lambda_f=lambda_f, lambda_r=lambda_r).items() if value}
     if not weights or min(weights.values()) < 0 or rho <= 0:
         raise ValueError(f"tv_wavelet needs weights >= 0 (one of them > 0) and rho > 0; got {weights}, rho={rho}")
-    terms = chosen_penalties(x0.shape[-2:], weights, circular=circular, levels=levels, wavelet=wavelet)
+    terms = chosen_penalties(x0.shape[-2:], weights, circular=circular, levels=levels, wavelet=wavelet,
+                             wavelet_shifts=wavelet_shifts)
     thresholds, rhos = penalty_thresholds(penalty_scales(x0, terms), weights), admm_rhos(weights, rho)
     update = image_update(kspace, sampled, maps, terms, rhos, cg_steps, like=x0)
     x = x0 if start == "zero_filled" else initial_cine(kspace, sampled, start, maps)  # [B, T, H, W]

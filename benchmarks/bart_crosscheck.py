@@ -175,13 +175,15 @@ def bart_rows(kspace, mask, reference, weights, threads: int) -> list[dict]:
     return rows
 
 
-def tv_wavelet_rows(kspace, mask, maps, reference, tv_weights, bart_weights, bart_iterations: int) -> list[dict]:
-    """Our temporal TV + wavelet and BART's, both with the pairing w, w/4 and our maps ``[N, C, H, W]``,
-    each weight tuned on the first cine: rows as :func:`our_rows`."""
+def tv_wavelet_rows(kspace, mask, maps, reference, tv_weights, bart_weights, bart_iterations: int,
+                    wavelet_shifts: int = 1) -> list[dict]:
+    """Our temporal TV + wavelet (``wavelet_shifts`` cycle spinning) and BART's, both with the pairing
+    w, w/4 and our maps ``[N, C, H, W]``, each weight tuned on the first cine: rows as :func:`our_rows`."""
     share = bart_pics.WAVELET_SHARE
 
     def ours(i: int, w: float) -> np.ndarray:
-        return tv_wavelet(kspace[i], mask[i], lambda_t=w, lambda_w=share * w, sensitivities=maps[i])
+        return tv_wavelet(kspace[i], mask[i], lambda_t=w, lambda_w=share * w, wavelet_shifts=wavelet_shifts,
+                          sensitivities=maps[i])
 
     def theirs(i: int, w: float) -> np.ndarray:
         try:
@@ -191,7 +193,8 @@ def tv_wavelet_rows(kspace, mask, maps, reference, tv_weights, bart_weights, bar
             raise UserError(str(error)) from None
 
     rows = []
-    for name, solve, weights in (("temporal TV + wavelet (ours)", ours, tv_weights),
+    spinning = f", {wavelet_shifts}x{wavelet_shifts} wavelet shifts" if wavelet_shifts > 1 else ""
+    for name, solve, weights in ((f"temporal TV + wavelet (ours{spinning})", ours, tv_weights),
                                  (f"bart pics temporal TV + wavelet, {bart_iterations} iterations", theirs,
                                   bart_weights)):
         best = max(weights, key=lambda w: psnr(solve(0, w), reference[0]))
@@ -209,6 +212,7 @@ def crosscheck(*, cines: int = 2,  # phantom cines (weights are tuned on the fir
                weights: str = "0.003,0.01,0.03,0.1,0.3",  # BART's regularisation weights tried, comma-separated
                tv_weights: str = "0.001,0.003,0.01,0.03,0.1",  # our temporal TV weights tried (wavelet: a quarter)
                bart_iterations: int = bart_pics.ITERATIONS,  # pics' iterations for temporal TV + wavelet
+               wavelet_shifts: int = 1,  # our wavelet's cycle spinning: shifts per axis (1 = none; BART's are random)
                threads: int = 0,  # torch and BART threads; 0 = torch's default
                seed: int = 0,  # phantom and mask seed
                checkpoint: str = "") -> None:  # a trained network to add (train.py's best.pt); "" = none
@@ -234,7 +238,7 @@ def crosscheck(*, cines: int = 2,  # phantom cines (weights are tuned on the fir
                                                            if checkpoint else [])
         bart_weights = [float(w) for w in weights.split(",")]
         pair = tv_wavelet_rows(kspace, mask, maps, reference, [float(w) for w in tv_weights.split(",")],
-                               bart_weights, bart_iterations)
+                               bart_weights, bart_iterations, wavelet_shifts)
         means = []
         for row in rows + bart_rows(kspace, mask, reference, bart_weights, threads) + pair:
             scores = [psnr(recon, target) for recon, target in zip(row["recons"], reference)]
@@ -250,4 +254,5 @@ if __name__ == "__main__":
     with cli_errors():
         run_command(crosscheck, sys.argv[1:], prog="python benchmarks/bart_crosscheck.py",
                     parsers={"cines": positive, "frames": positive, "size": positive, "coils": positive,
-                             "acceleration": positive, "bart_iterations": positive, "threads": non_negative})
+                             "acceleration": positive, "bart_iterations": positive, "wavelet_shifts": positive,
+                             "threads": non_negative})

@@ -75,6 +75,16 @@ def test_wavelet_reconstructs_perfectly_and_its_adjoint_is_its_inverse(shape):
     torch.testing.assert_close(inner(c, other), inner(x, wavelet_adjoint(other, shape)))
 
 
+def test_shifted_wavelets_are_a_tight_frame():
+    x = random_complex(1, 2, 13, 16, seed=8)
+    offsets = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    c = baselines.shifted_wavelets(x, offsets)  # [1, 4, 2, 16, 16]
+    torch.testing.assert_close(baselines.shifted_wavelets_adjoint(c, (13, 16), offsets), x)  # K^H K = I
+    other = random_complex(*c.shape, seed=9)
+    torch.testing.assert_close(inner(c, other), inner(x, baselines.shifted_wavelets_adjoint(other, (13, 16), offsets)))
+    torch.testing.assert_close(c[:, 1] * 2, wavelet_forward(torch.roll(x, 1, dims=-1)))
+
+
 # ----------------------------------------------------------------------------- proximal steps
 def test_soft_threshold_and_isotropic_shrinkage_closed_forms():
     z = torch.tensor([3 + 4j, -0.6j, 0j], dtype=torch.complex128)
