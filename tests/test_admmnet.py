@@ -106,7 +106,9 @@ def test_admmnet_as_the_cascades_prior_and_its_settings():
     with torch.no_grad():
         out = net(aliased, kspace, mask)
     expected = classical(kspace, mask, {"tv_t": config["lambda_t"], "wavelet": config["lambda_w"]}, 2)
-    assert (out - expected).abs().max() <= 1e-5 * expected.abs().max()
+    # float32 rounding of the learned exp(log w) and exp(log rho), amplified by the image update, whose condition
+    # number is about 700 with the small rho_w = 0.0015 of the default wavelet weight
+    assert (out - expected).abs().max() <= 1e-4 * expected.abs().max()
     alone = {**config, "arch": "admmnet", "lambda_r": 0.01}
     validate_checkpoint({"format": CHECKPOINT_FORMAT, "config": alone, "model": build_model(alone).state_dict()},
                         "admm.pt")
