@@ -364,6 +364,9 @@ def penalties(shape: tuple[int, int], circular: bool = True, levels: int = WAVEL
     def identity(frames: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
         return torch.eye(frames, dtype=like.real.dtype, device=like.device)
 
+    def spatial(frames: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:  # [H, W, T, T]
+        return spatial_gram(height, width, like=like)[..., None, None] * identity(frames, height, width, like)
+
     def casorati_svt(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return singular_value_threshold(casorati(x), t).transpose(1, 2).reshape(x.shape)
 
@@ -380,8 +383,7 @@ def penalties(shape: tuple[int, int], circular: bool = True, levels: int = WAVEL
         "tv_xy": Penalty(forward=spatial_gradient, adjoint=spatial_gradient_adjoint,
                          shrink=lambda g, t: shrink_isotropic(g, _per_cine(t, g)),
                          norm=lambda g: l1(g.abs().square().sum(-4).sqrt()),
-                         gram=lambda frames, height, width, like: (spatial_gram(height, width, like=like)[..., None, None]
-                                                                   * identity(frames, height, width, like)),
+                         gram=spatial,
                          scale="peak"),
         "fourier_t": Penalty(forward=temporal_fft, adjoint=temporal_ifft, shrink=soft, norm=l1, gram=identity,
                              scale="spectrum"),

@@ -107,7 +107,7 @@ def compare(name: str, *,
             runs: str = "",                       # run names, comma-separated: OUT_DIR/RUN/best.pt
             checkpoints: str = "",                # checkpoint paths, comma-separated
             labels: str = "",                     # method labels for runs then checkpoints (default: run names)
-            baselines: str = "view_sharing,kt_sparse,lplus_s,lplus_s_unrolled,tv_wavelet,bart_pics",  # comma-separated, or 'none'
+            baselines: str = "view_sharing,kt_sparse,lplus_s,lplus_s_unrolled,tv_wavelet,bart_pics",  # comma-separated, or 'none'; bart_pics: bart on PATH
             masks: str = "per_cine",              # 'per_cine' | 'fixed' (the study's protocol)
             split: str = "test",                  # 'test' | 'val' (choosing between networks) | 'all': every cine of --data
             max_cines: int = 0,                   # evaluate the first N test cines; 0 = all

@@ -728,7 +728,7 @@ def acts_locally(model: nn.Module) -> bool:
     return not any(isinstance(module, (LSNet, ADMMNet)) for module in model.modules())
 
 
-PHYSICS_LR = 100.0  # the CS numbers of an LSNet or ADMMNet learn at this multiple of the learning rate, without weight decay
+PHYSICS_LR = 100.0  # the CS numbers of an LSNet or ADMMNet learn at this multiple of the learning rate, no weight decay
 
 
 def parameter_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
