@@ -36,7 +36,8 @@ LOOP_STATE = ("epoch", "batch", "loss_sum", "seen", "history", "best")  # last.p
 # What reconstruct.py, compare.py and the benchmarks read from a checkpoint's config besides the network's shape.
 CHECKPOINT_SETTINGS = ("arch", "in_channels", "acceleration", "center_lines", "density", "seed", "amp", "mask_mode")
 # Settings added after checkpoints were first written, with the values that reproduce the runs of those checkpoints.
-LEGACY_SETTINGS = {"coils": 1, "mask_type": "variable_density"}
+LEGACY_SETTINGS = {"coils": 1, "mask_type": "variable_density", "lambda_t": 0.01, "lambda_w": 0.0003, "lambda_r": 0.0,
+                   "lambda_f": 0.0}
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:

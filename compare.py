@@ -1,7 +1,8 @@
 """Compare trained networks with the classical baselines on the same test cines and masks.
 
     python compare.py NAME [--runs=A,B] [--checkpoints=PATH,...] [--labels=...]
-        [--baselines=view_sharing,kt_sparse,lplus_s,lplus_s_unrolled|none] [--masks=per_cine|fixed] [--max_cines=N]
+        [--baselines=view_sharing,kt_sparse,lplus_s,lplus_s_unrolled,tv_wavelet,bart_pics|none] [--masks=per_cine|fixed]
+        [--max_cines=N]
         [--tune=true] [--tune_cines=8] [--batch_size=4] [--device=auto|cpu|cuda] [--amp=auto|bf16|fp16|none]
         [--split=test|all] [--adapt=STEPS [--adapt_lr=2e-5] [--adapt_crop=64]]
         [--data=... --num_samples=... --image_size=... --coils=1 --mask_type=variable_density|uniform --seed=... ...]
@@ -64,6 +65,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import bart_pics
 from baselines import GRIDS, METHODS, grid_edges, synchronize
 from baselines import tune as tune_weights
 from checkpoint import load_trained_model
@@ -87,7 +89,11 @@ CENTER_LINES_HELP = (">= 0 fully sampled central ky lines at 192 rows, scaled to
 SPLITS = ("test", "val", "all")
 FILE_SHAPE_KEYS = ("image_size", "in_channels")  # taken from the file with --split=all
 BASELINE_LABELS = {"view_sharing": "view sharing", "kt_sparse": "k-t sparse", "lplus_s": "L+S",
-                   "lplus_s_unrolled": "L+S, 10 iterations from view sharing"}
+                   "lplus_s_unrolled": "L+S, 10 iterations from view sharing", "tv_wavelet": "temporal TV + wavelet",
+                   "tv_spatial_tv": "temporal TV + spatial TV", "bart_pics": "BART pics (tTV + wavelet)"}
+EXTERNAL = {"bart_pics": (bart_pics.pics_tv_wavelet, bart_pics.GRID)}  # external programs' baselines: (solver, grid)
+SOLVERS = {**METHODS, **{name: solve for name, (solve, _) in EXTERNAL.items()}}
+SOLVER_GRIDS = {**GRIDS, **{name: grid for name, (_, grid) in EXTERNAL.items()}}
 ZERO_FILLED = "zero-filled"
 SCORES = ("psnr", "ssim", "psnr_roi", "ssim_roi")  # per-cine scores kept for every method (heart box: if known)
 MASK_PROTOCOLS = {  # name -> (short label, description)
@@ -101,7 +107,7 @@ def compare(name: str, *,
             runs: str = "",                       # run names, comma-separated: OUT_DIR/RUN/best.pt
             checkpoints: str = "",                # checkpoint paths, comma-separated
             labels: str = "",                     # method labels for runs then checkpoints (default: run names)
-            baselines: str = "view_sharing,kt_sparse,lplus_s,lplus_s_unrolled",  # comma-separated, or 'none'
+            baselines: str = "view_sharing,kt_sparse,lplus_s,lplus_s_unrolled,tv_wavelet,bart_pics",  # comma-separated, or 'none'; bart_pics: bart on PATH
             masks: str = "per_cine",              # 'per_cine' | 'fixed' (the study's protocol)
             split: str = "test",                  # 'test' | 'val' (choosing between networks) | 'all': every cine of --data
             max_cines: int = 0,                   # evaluate the first N test cines; 0 = all
@@ -137,7 +143,7 @@ def compare(name: str, *,
     folder = check_run_name(f"compare_{name}")
     roots = [Path(out_dir), Path(images_dir)]
     refuse_earlier_comparison(roots, folder)
-    methods = parse_method_options(options)
+    methods = parse_method_options(options, "baselines" in given)
     if masks not in MASK_PROTOCOLS:
         raise UserError(f"--masks={masks!r}: choose one of {', '.join(MASK_PROTOCOLS)}")
     if split not in SPLITS:
@@ -179,9 +185,9 @@ def compare(name: str, *,
     solvers = {}
     for method in methods["baselines"]:
         params, table = choose_parameters(method, val_set, val_rows, tune, batch_size, verbose, rate)
-        tuning[method] = {"params": params, "grid": {k: list(v) for k, v in GRIDS[method].items()} if tune else None,
-                          "val_psnr": table}
-        solvers[BASELINE_LABELS[method]] = (Solver(METHODS[method], params, verbose), None)
+        tuning[method] = {"params": params, "grid": {k: list(v) for k, v in SOLVER_GRIDS[method].items()} if tune
+                          else None, "val_psnr": table}
+        solvers[BASELINE_LABELS[method]] = (Solver(SOLVERS[method], params, verbose), None)
     entries = {ZERO_FILLED: (ZeroFilled(), None), **solvers}
     network_of = {}  # row label -> the network's label
     for label, net in networks.items():
@@ -191,6 +197,7 @@ def compare(name: str, *,
                                 crop=adapt_crop)
             entries[f"{label} + adapt"], network_of[f"{label} + adapt"] = (adapting, amp_dtype), label
 
+    external = {BASELINE_LABELS[method] for method in methods["baselines"] if method in EXTERNAL}
     results, examples = {}, {}
     for label, (model, dtype) in entries.items():
         print(f"{label}: reconstructing {len(rows)} test cine(s)", flush=True)
@@ -200,7 +207,7 @@ def compare(name: str, *,
         examples[label], reference = example["recon"], example["target"]
         net = networks.get(network_of.get(label))
         results[label] = {
-            "kind": "network" if net else "baseline",
+            "kind": "network" if net else "external" if label in external else "baseline",
             **{key: dict(zip(("mean", "std"), summarize(scores[key]))) for key in SCORES if key in scores},
             "seconds_per_cine": seconds,
             "parameters": count_parameters(model) if net else None,
@@ -221,6 +228,8 @@ def compare(name: str, *,
         "methods": results,
         "paired": paired_differences(results),
         "adaptation": {"steps": adapt, "lr": adapt_lr, "crop": adapt_crop} if adapt and networks else None,
+        "external": {BASELINE_LABELS["bart_pics"]: external_description()} if "bart_pics" in methods["baselines"]
+        else {},
     }
     with written_together():  # the results and figures all, or none (a full disk leaves the folders empty)
         atomic_write(out_path / "results.json", json.dumps(report, indent=1))
@@ -253,14 +262,21 @@ def split_list(text: str) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
-def parse_method_options(options: dict) -> dict:
-    """The baselines (names) and networks (label -> checkpoint path) the options ask for."""
+def parse_method_options(options: dict, baselines_given: bool = True) -> dict:
+    """The baselines (names) and networks (label -> checkpoint path) the options ask for. An external
+    baseline (``EXTERNAL``: BART) whose program is not installed is refused when ``--baselines``
+    names it, and left out with a note when it comes from the default list."""
     chosen = split_list(options["baselines"])
     if chosen == ["none"]:
         chosen = []
-    unknown = [b for b in chosen if b not in METHODS]
+    unknown = [b for b in chosen if b not in SOLVERS]
     if unknown:
-        raise UserError(f"--baselines: unknown {unknown[0]!r}; choose from {', '.join(METHODS)} or none")
+        raise UserError(f"--baselines: unknown {unknown[0]!r}; choose from {', '.join(SOLVERS)} or none")
+    if "bart_pics" in chosen and bart_pics.available() is None:
+        if baselines_given:
+            raise UserError("--baselines=...bart_pics: bart is not on PATH (install BART, docs/baselines.md)")
+        chosen.remove("bart_pics")
+        print("note: bart is not on PATH: no BART pics row (docs/baselines.md, 'BART cross-check')", flush=True)
     runs = split_list(options["runs"])
     for run in runs:
         check_run_name(run)
@@ -477,7 +493,7 @@ def run_method(model, test_set, rows, batch_size: int, amp_dtype, warm: bool, ac
 
 def choose_parameters(method: str, val_set, val_rows, tuned: bool, batch_size: int, verbose: bool,
                       acceleration: float | None = None):
-    """The CS weights: tuned on the validation cines ``val_rows`` (grid ``GRIDS[method]``; cines of
+    """The CS weights: tuned on the validation cines ``val_rows`` (grid ``SOLVER_GRIDS[method]``; cines of
     several shapes are tuned shape by shape and their PSNRs averaged, each cine counting once) or the
     solver's defaults. Returns (params, [{"params", "psnr"}] per grid point)."""
     if not tuned:
@@ -485,13 +501,13 @@ def choose_parameters(method: str, val_set, val_rows, tuned: bool, batch_size: i
     print(f"{BASELINE_LABELS[method]}: tuning on {len(val_rows)} validation cine(s)", flush=True)
     tables = []  # (cines, rows of baselines.tune) per shape
     for chunk, batch in val_set.chunks(val_rows, max(len(val_rows), 1), acceleration):
-        _, rows = tune_weights(method, batch["kspace"], batch["mask"], batch["target"], GRIDS[method],
+        _, rows = tune_weights(SOLVERS[method], batch["kspace"], batch["mask"], batch["target"], SOLVER_GRIDS[method],
                                batch_size=batch_size, verbose=verbose, sensitivities=batch.get("sensitivities"))
         tables.append((len(chunk), rows))
     table = [{"params": row["params"], "psnr": sum(count * rows[i]["psnr"] for count, rows in tables)
               / sum(count for count, _ in tables)} for i, row in enumerate(tables[0][1])]
     params = dict(max(table, key=lambda row: row["psnr"])["params"])
-    edges = grid_edges(params, GRIDS[method])
+    edges = grid_edges(params, SOLVER_GRIDS[method])
     if edges:
         print(f"note: {BASELINE_LABELS[method]} tuned at the edge of its grid ({', '.join(edges)}): the best "
               f"weight may lie beyond it (baselines.GRIDS)", flush=True)
@@ -528,7 +544,8 @@ def results_table(results: dict) -> str:
         params = f"{r['parameters']:,}" if r["parameters"] is not None else "–"
         box = (f"{r['psnr_roi']['mean']:.2f} ± {r['psnr_roi']['std']:.2f} | "
                f"{r['ssim_roi']['mean']:.4f} ± {r['ssim_roi']['std']:.4f} | ") if roi else ""
-        lines.append(f"| {label} | {r['psnr']['mean']:.2f} ± {r['psnr']['std']:.2f} | "
+        shown = f"{label} (external)" if r["kind"] == "external" else label
+        lines.append(f"| {shown} | {r['psnr']['mean']:.2f} ± {r['psnr']['std']:.2f} | "
                      f"{r['ssim']['mean']:.4f} ± {r['ssim']['std']:.4f} | {box}"
                      f"{r['seconds_per_cine']:.4f} | {params} |")
     return "\n".join(lines)
@@ -536,6 +553,13 @@ def results_table(results: dict) -> str:
 
 def describe_params(params: dict) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in params.items()) or "the solver's defaults"
+
+
+def external_description() -> str:
+    """What the BART row runs, for results.md and results.json."""
+    return (f"external program: BART {bart_pics.available()}, `bart pics -S -i {bart_pics.ITERATIONS} "
+            f"-R T:1024:0:w -R W:3:0:{bart_pics.WAVELET_SHARE:g}w` (ADMM; the weight w is relative to BART's own "
+            f"data scaling); single coil as one map of ones, coils with the maps every method gets")
 
 
 def results_markdown(report: dict) -> str:
@@ -559,7 +583,9 @@ def results_markdown(report: dict) -> str:
              f"{report['masks']['description']}",
              "- metrics on magnitudes, each reference cine with peak 1 (see metrics.py); ± is the standard "
              "deviation over cines; time per cine is the wall-clock time of the reconstruction alone", "",
-             results_table(report["methods"]), ""]
+             results_table(report["methods"]), "",
+             *[f"- {label}: {description}" for label, description in report.get("external", {}).items()],
+             *([""] if report.get("external") else [])]
     tuning = report["tuning"]["methods"]
     if tuning:
         lines += ["## Baseline parameters", "",
@@ -592,7 +618,7 @@ def paired_differences(results: dict) -> dict | None:
     with the best mean PSNR, or without classical methods the first network (the others against
     it). Mean and std of the difference and the cines where the network scores higher (None when
     there is nothing to pair)."""
-    classical = [label for label, r in results.items() if r["kind"] == "baseline" and label != ZERO_FILLED]
+    classical = [label for label, r in results.items() if r["kind"] in ("baseline", "external") and label != ZERO_FILLED]
     networks = [label for label, r in results.items() if r["kind"] == "network"]
     if classical and networks:
         reference = max(classical, key=lambda label: results[label]["psnr"]["mean"])
@@ -666,7 +692,7 @@ def write_figures(examples: dict, reference: np.ndarray, results: dict, report: 
         figures.plot_paired_differences({label: per_cine[label] for label in (reference, *paired["methods"])},
                                         reference, img_path / "paired_psnr.png", sampling=sampling,
                                         title=f"Per-cine PSNR against the best classical method, {reference}"
-                                        if results[reference]["kind"] == "baseline" else
+                                        if results[reference]["kind"] != "network" else
                                         f"Per-cine PSNR against {reference}")
 
 

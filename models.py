@@ -34,14 +34,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from baselines import from_shifted, initial_cine, lplus_s_parts, relative_scales, to_shifted, to_shifted_image
+from baselines import CG_STEPS, RHO, WEIGHTS, admm_iteration, admm_rhos, from_shifted, image_update, initial_cine, \
+    lplus_s_parts, penalties, penalty_scales, penalty_thresholds, relative_scales, to_shifted, to_shifted_image
 from sampling import data_consistency, fft2c, gradient_dc, ifft2c, sense_adjoint, sense_data_consistency
 from sampling import view_sharing as view_shared_image
 
 ATTENTION = ("none", "bottleneck", "all")
-ARCHS = ("dual_unet", "cine_unet", "dccnn", "lsnet")
+ARCHS = ("dual_unet", "cine_unet", "dccnn", "lsnet", "admmnet")
 DC_MODES = ("hard", "soft")
-PRIORS = (None, "lsnet")  # what starts the cascades: view_sharing decides | a learned L+S
+PRIORS = (None, "lsnet", "admmnet")  # what starts the cascades: view_sharing decides | a learned L+S | a learned ADMM
+PENALTIES = ("tv_t", "wavelet", "nuclear", "fourier_t")  # the penalties an ADMMNet can learn (baselines.penalties)
+ADMM_WEIGHTS = {key: name for key, name in WEIGHTS.items() if name in PENALTIES}  # config keys -> penalties
 OUTPUTS = ("linear", "sigmoid")
 UNET_LEVELS = 4  # pooling levels: image sizes must be multiples of 2**4 = 16
 SENSE_DC_ITERATIONS = 5  # conjugate-gradient steps of a SENSE data consistency (sampling.sense_data_consistency)
@@ -514,14 +517,7 @@ class LSNet(nn.Module):
 
     def forward(self, aliased, kspace, mask, sensitivities=None):  # [B, T, H, W] complex, complex, float
         with torch.autocast("cuda" if kspace.is_cuda else "cpu", enabled=False):
-            # the solvers' ifftshift-ed domain, where plain FFTs replace centred ones (baselines.to_shifted)
-            if sensitivities is None:
-                kspace, sampled = to_shifted(kspace.to(torch.complex64), mask.bool())  # never read unmeasured k-space
-                maps, x0 = None, torch.fft.ifft2(kspace, norm="ortho")  # x0: [B, T, H, W] zero-filled
-            else:
-                kspace, sampled = to_shifted(kspace.to(torch.complex64), mask.bool()[:, None])  # [B, C, T, H, W]
-                sampled, maps = sampled[:, 0], to_shifted_image(sensitivities.to(torch.complex64))  # [B, C, H, W]
-                x0 = sense_adjoint(kspace, maps, sampled, centered=False)  # [B, T, H, W] coil-combined zero-filled
+            kspace, sampled, maps, x0 = solver_inputs(kspace, mask, sensitivities)
             sigma_max, peak = relative_scales(x0)  # [B] each
             m = initial_cine(kspace, sampled, "view_sharing" if self.view_sharing else "zero_filled", maps)
             s, l_prev = torch.zeros_like(m), m
@@ -532,11 +528,94 @@ class LSNet(nn.Module):
                 if len(self.corrections):  # the CNN sees centred images
                     s = to_shifted_image(self.corrections[k](from_shifted(s), from_shifted(m - l_prev), peak))
                 m, l_prev = gradient_dc(low + s, kspace, sampled, steps[k], sensitivities=maps, centered=False), low
-            if maps is None:
-                m = data_consistency(m, kspace, sampled, centered=False)  # every measured sample, exactly
-            else:  # a full SENSE step (never an exact fit: it would amplify the coil noise by the g-factor)
-                m = gradient_dc(m, kspace, sampled, 1.0, sensitivities=maps, centered=False)
+            m = final_data_step(m, kspace, sampled, maps)
         return from_shifted(m)  # [B, T, H, W] complex64
+
+
+def solver_inputs(kspace: torch.Tensor, mask: torch.Tensor, sensitivities=None):
+    """The unrolled solvers' inputs in the classical solvers' ``ifftshift``-ed domain, where plain FFTs
+    replace centred ones (``baselines.to_shifted``): ``(kspace, sampled, maps, x0)``, k-space
+    ``[B, T, H, W]`` (coil k-space ``[B, C, T, H, W]``) zeroed off the mask (unmeasured k-space is never
+    read), ``sampled`` ``[B, T, H, W]`` bool, the maps ``[B, C, H, W]`` (None for one coil) and the
+    zero-filled cine ``x0 = A^H y`` ``[B, T, H, W]``."""
+    if sensitivities is None:
+        kspace, sampled = to_shifted(kspace.to(torch.complex64), mask.bool())
+        return kspace, sampled, None, torch.fft.ifft2(kspace, norm="ortho")
+    kspace, sampled = to_shifted(kspace.to(torch.complex64), mask.bool()[:, None])  # [B, C, T, H, W]
+    sampled, maps = sampled[:, 0], to_shifted_image(sensitivities.to(torch.complex64))  # [B, T, H, W], [B, C, H, W]
+    return kspace, sampled, maps, sense_adjoint(kspace, maps, sampled, centered=False)
+
+
+def final_data_step(m: torch.Tensor, kspace: torch.Tensor, sampled: torch.Tensor, maps) -> torch.Tensor:
+    """The unrolled solvers' last step, that of the classical ones (shifted domain): hard data
+    consistency for one coil (every measured sample, exactly); with coils a full SENSE gradient step
+    (never an exact fit: it would amplify the coil noise by the g-factor)."""
+    if maps is None:
+        return data_consistency(m, kspace, sampled, centered=False)
+    return gradient_dc(m, kspace, sampled, 1.0, sensitivities=maps, centered=False)
+
+
+class ADMMNet(nn.Module):
+    """Learned temporal TV + wavelet CS: the ADMM iteration of ``baselines.tv_wavelet`` unrolled
+    ``iterations`` times (an ADMM-Net, Yang et al. 2016, with the classical transforms kept), each
+    iteration ``k`` with its own learned relative weights ``w_i[k]`` and penalty parameters
+    ``rho_i[k]`` (its steps) for the chosen penalties (``baselines.penalties``): temporal
+    finite-difference shrinkage (``tv_t``), spatial wavelet shrinkage (``wavelet``), low-rank SVT of
+    the Casorati matrix (``nuclear``) and temporal-Fourier shrinkage (``fourier_t``)::
+
+        x   = (A^H A + sum_i rho_i[k] K_i^H K_i)^-1 (A^H y + sum_i K_i^H (rho_i[k] v_i - lambda_i))
+        v_i = shrink_i(K_i x + lambda_i / rho_i[k], w_i[k] scale_i(x0) / rho_i[k])
+        lambda_i += rho_i[k] (K_i x - v_i)                                    (baselines.admm_iteration)
+
+    from the view-shared cine (or the zero-filled ``x0`` with ``view_sharing=False``), ``v_i = K_i x``
+    and ``lambda_i = 0``, then the classical solvers' last data step (``final_data_step``). The image
+    update is exact for one coil and ``cg_steps`` preconditioned CG steps with coils (SENSE,
+    ``sensitivities``). Weights and rhos are learned as logarithms, starting at ``weights`` ``{name:
+    w}`` (tuned on validation cines) and ``rho_i = baselines.RHO w_i`` (``baselines.admm_rhos``): the
+    untrained network is exactly ``iterations`` iterations of ``tv_wavelet(..., start=...)``, one coil
+    or coils. The weights multiply each cine's own scales (``baselines.penalty_scales``) and the
+    rhos are scale-free, so ``c y`` gives ``c x``; any frame count and image size; float32 inside.
+
+    ``(aliased, kspace, mask[, sensitivities])`` -> complex cine ``[B, T, H, W]``, like :class:`CineReconNet`.
+    """
+
+    def __init__(self, iterations: int = 10, weights: dict | None = None, view_sharing: bool = True,
+                 circular: bool = True, cg_steps: int = CG_STEPS):
+        super().__init__()
+        weights = {"tv_t": 0.01, "wavelet": 0.0003} if weights is None else weights
+        chosen = {name: float(w) for name, w in weights.items() if w}
+        unknown = set(chosen) - set(PENALTIES)
+        if iterations < 1 or not chosen or unknown or min(chosen.values()) < 0:
+            raise ValueError(f"ADMMNet needs iterations >= 1 and weights >= 0 of penalties among {PENALTIES}, "
+                             f"one of them > 0; got {iterations}, {weights}")
+        self.iterations, self.view_sharing, self.circular, self.cg_steps = iterations, view_sharing, circular, cg_steps
+        self.names = tuple(name for name in PENALTIES if name in chosen)
+        self.log_weights = nn.ParameterDict({name: nn.Parameter(torch.full((iterations,), math.log(chosen[name])))
+                                             for name in self.names})
+        self.log_rhos = nn.ParameterDict(
+            {name: nn.Parameter(torch.full((iterations,), math.log(rho))) for name, rho in
+             admm_rhos({name: chosen[name] for name in self.names}, RHO).items()})
+
+    def physics_parameters(self) -> list[nn.Parameter]:
+        """The CS numbers (per-iteration log-weights and log-rhos)."""
+        return [*self.log_weights.values(), *self.log_rhos.values()]
+
+    def forward(self, aliased, kspace, mask, sensitivities=None):  # [B, T, H, W] complex, complex, float
+        with torch.autocast("cuda" if kspace.is_cuda else "cpu", enabled=False):
+            kspace, sampled, maps, x0 = solver_inputs(kspace, mask, sensitivities)
+            terms = {name: term for name, term in penalties(x0.shape[-2:], self.circular).items() if name in self.names}
+            scales = penalty_scales(x0, terms)  # {name: [B]}
+            x = initial_cine(kspace, sampled, "view_sharing" if self.view_sharing else "zero_filled", maps)
+            splits = {name: term.forward(x) for name, term in terms.items()}
+            duals = {name: torch.zeros_like(split) for name, split in splits.items()}
+            for k in range(self.iterations):
+                weights = {name: self.log_weights[name][k].exp() for name in terms}
+                rhos = {name: self.log_rhos[name][k].exp() for name in terms}
+                update = image_update(kspace, sampled, maps, terms, rhos, self.cg_steps, like=x0)
+                x, splits, duals = admm_iteration(x, splits, duals, update, terms,
+                                                  penalty_thresholds(scales, weights), rhos)
+            x = final_data_step(x, kspace, sampled, maps)
+        return from_shifted(x)  # [B, T, H, W] complex64
 
 
 class CineReconNet(nn.Module):
@@ -607,8 +686,11 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def describe_parameters(model: CineReconNet | LSNet) -> str:
+def describe_parameters(model: CineReconNet | LSNet | ADMMNet) -> str:
     """One line per component with its parameter count."""
+    if isinstance(model, ADMMNet):
+        return (f"total {count_parameters(model)} parameters: learned ADMM ({', '.join(model.names)}), "
+                f"{model.iterations} iterations, each with a relative weight and a rho per penalty")
     if isinstance(model, LSNet):
         cnn = (f", a sparse-part CNN of {count_parameters(model.corrections[0])} parameters per iteration"
                if len(model.corrections) else ", no CNN")
@@ -630,14 +712,15 @@ def describe_parameters(model: CineReconNet | LSNet) -> str:
     return "; ".join(parts)
 
 
-def build_model(config: dict) -> CineReconNet | LSNet:
+def build_model(config: dict) -> CineReconNet | LSNet | ADMMNet:
     """The network a run's config describes (``in_channels``: the dual UNet's window of frames; every
     network takes cines of any frame count): ``arch='lsnet'``
-    is the learned L+S alone; the other archs are cascades, started by a learned L+S when
-    ``prior='lsnet'``."""
-    if config["arch"] == "lsnet":
-        return learned_lplus_s(config)
-    prior = learned_lplus_s(config) if config.get("prior") == "lsnet" else None
+    is the learned L+S alone, ``arch='admmnet'`` the learned ADMM alone; the other archs are cascades,
+    started by one of them when ``prior`` names it."""
+    unrolled = {"lsnet": learned_lplus_s, "admmnet": learned_admm}
+    if config["arch"] in unrolled:
+        return unrolled[config["arch"]](config)
+    prior = unrolled[config["prior"]](config) if config.get("prior") in unrolled else None
     return cascade_network(config, config["arch"], prior)
 
 
@@ -645,6 +728,13 @@ def learned_lplus_s(config: dict) -> LSNet:
     """The :class:`LSNet` of ``config`` (``iterations``, ``lambda_l``, ``lambda_s``, ``sparse_features``)."""
     return LSNet(config["iterations"], config["lambda_l"], config["lambda_s"], config["sparse_features"],
                  config["view_sharing"])
+
+
+def learned_admm(config: dict) -> ADMMNet:
+    """The :class:`ADMMNet` of ``config`` (``iterations``, ``view_sharing`` and the initial weights
+    ``lambda_t``, ``lambda_w``, ``lambda_r``, ``lambda_f``: 0 leaves a penalty out)."""
+    return ADMMNet(config["iterations"], {name: config[key] for key, name in ADMM_WEIGHTS.items()},
+                   config["view_sharing"])
 
 
 def cascade_network(config: dict, arch: str, prior: nn.Module | None = None) -> CineReconNet:
@@ -677,18 +767,20 @@ def smallest_side(config: dict) -> int:
 def acts_locally(model: nn.Module) -> bool:
     """Whether every output pixel depends only on nearby pixels of the input (CNNs, data consistency
     along the phase-encoding direction), so a band of columns is a problem of its own; an
-    :class:`LSNet`'s singular-value thresholding couples every pixel."""
-    return not any(isinstance(module, LSNet) for module in model.modules())
+    :class:`LSNet`'s singular-value thresholding couples every pixel, and so do an :class:`ADMMNet`'s
+    wavelet and its image update."""
+    return not any(isinstance(module, (LSNet, ADMMNet)) for module in model.modules())
 
 
-PHYSICS_LR = 100.0  # the CS numbers of an LSNet learn at this multiple of the learning rate, without weight decay
+PHYSICS_LR = 100.0  # the CS numbers of an LSNet or ADMMNet learn at this multiple of the learning rate, no weight decay
 
 
 def parameter_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """Adam's parameter groups: the CNN weights at ``lr`` with ``weight_decay``, and an LSNet's
-    per-iteration log-thresholds and steps (``physics_parameters``) at ``PHYSICS_LR * lr`` without
-    weight decay (which would pull every threshold towards 1 and every step towards 0)."""
-    physics = [p for module in model.modules() if isinstance(module, LSNet) for p in module.physics_parameters()]
+    """Adam's parameter groups: the CNN weights at ``lr`` with ``weight_decay``, and an LSNet's or
+    ADMMNet's per-iteration log-thresholds and steps (``physics_parameters``) at ``PHYSICS_LR * lr``
+    without weight decay (which would pull every threshold towards 1 and every step towards 0)."""
+    physics = [p for module in model.modules() if isinstance(module, (LSNet, ADMMNet))
+               for p in module.physics_parameters()]
     chosen = {id(p) for p in physics}
     weights = [p for p in model.parameters() if id(p) not in chosen]
     groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay}]

@@ -319,7 +319,7 @@ ADAPT_ARRAYS = {"adapt_steps": "steps", "adapt_kept_step": "kept_step", "adapt_e
 
 def ends_in_hard_dc(config: dict) -> bool:
     """Whether the network's last stage replaces the measured lines by the measurements."""
-    return config["arch"] == "lsnet" or config["cascades"] > 0 and config["dc"] == "hard"
+    return config["arch"] in ("lsnet", "admmnet") or config["cascades"] > 0 and config["dc"] == "hard"
 
 
 def check_adaptation(steps: int, lr: float, crop: int, multiple: int, width: int) -> None:
@@ -574,7 +574,9 @@ def network_summary(config: dict) -> str:
     """What a checkpoint holds, in a few words."""
     if config["arch"] == "lsnet":
         return f"learned L+S (lsnet), {config['iterations']} iterations, any frame count and size"
-    prior = ", started by a learned L+S" if config.get("prior") == "lsnet" else ""
+    if config["arch"] == "admmnet":
+        return f"learned ADMM (admmnet), {config['iterations']} iterations, any frame count and size"
+    prior = {"lsnet": ", started by a learned L+S", "admmnet": ", started by a learned ADMM"}.get(config.get("prior"), "")
     window = f", windows of {config['in_channels']} frames" if config["arch"] == "dual_unet" else ""
     return f"{config['arch']} network, {config['cascades']} cascade(s){prior}{window}, any frame count"
 

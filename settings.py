@@ -14,7 +14,7 @@ from cli import Option, UserError, options_from_call
 from data import MASK_MODES, training_sizes
 from engine import AMP_DTYPES, TRAINING_COPIES, check_device, check_network_size, cuda_requested
 from formats import check_memory
-from models import ARCHS, ATTENTION, DC_MODES, OUTPUTS, PRIORS, size_multiple, smallest_side
+from models import ADMM_WEIGHTS, ARCHS, ATTENTION, DC_MODES, OUTPUTS, PRIORS, size_multiple, smallest_side
 from phantom import PHANTOM_RENDER, phantom_bytes
 from sampling import DENSITIES, MASK_TYPES
 
@@ -39,7 +39,9 @@ NUMBER_RULES = (("dropout", lambda value: 0 <= value < 1, "in [0, 1)"),
                 ("grad_clip", lambda value: value >= 0, "a finite number >= 0"),
                 ("warmup", lambda value: 0 <= value < 1, "in [0, 1)"),
                 ("lambda_l", lambda value: 0 < value < 1, "in (0, 1): a threshold relative to the data"),
-                ("lambda_s", lambda value: 0 < value < 1, "in (0, 1): a threshold relative to the data"))
+                ("lambda_s", lambda value: 0 < value < 1, "in (0, 1): a threshold relative to the data"),
+                *((key, lambda value: 0 <= value < 1, "in [0, 1): a weight relative to the data, 0 = off")
+                  for key in ADMM_WEIGHTS))
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train.py")
 PHANTOM_COPIES = 3  # phantom cines held at once: as rendered, split into datasets, the next epoch's fresh ones
 MAX_COILS = 64  # receive coils of the simulated array (--coils)
@@ -127,6 +129,9 @@ def validate_network(config: dict, copies: int = 1) -> None:
             check_number(config, key, allowed, rule)
     if "acceleration" in config:
         check_accelerations(config)
+    if "admmnet" in (config["arch"], config.get("prior")) and not any(config.get(key) for key in ADMM_WEIGHTS):
+        raise UserError(f"--arch/--prior=admmnet: give at least one of {', '.join('--' + k for k in ADMM_WEIGHTS)} "
+                        f"a weight > 0 (the penalties it learns)")
     if config["arch"] == "dccnn" and config["cascades"] < 1:
         raise UserError("--arch=dccnn needs --cascades >= 1 (DC-CNN is a cascade with data consistency)")
     if config.get("output") == "sigmoid" and config["arch"] == "cine_unet":

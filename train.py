@@ -342,7 +342,7 @@ if __name__ == "__main__":
               in_channels=20,            # >= 1: frames of the phantom's cines, and the dual UNet's window: its UNets take this many frames as channels, slid cyclically over a cine of any frame count
               out_channels=20,           # must equal in_channels (one output per frame of the window)
               init_features=32,          # >= 1: UNet width f (levels f, 2f, 4f, 8f, bottleneck 16f); DC-CNN width
-              arch="dual_unet",          # 'cine_unet' (space-time UNets) | 'dual_unet' (the study's network) | 'dccnn' (Schlemper et al. 2017) | 'lsnet' (learned L+S alone; cascades unused)
+              arch="dual_unet",          # 'cine_unet' (space-time UNets) | 'dual_unet' (the study's network) | 'dccnn' (Schlemper et al. 2017) | 'lsnet' (learned L+S alone; cascades unused) | 'admmnet' (learned temporal TV + wavelet ADMM alone; cascades unused)
               levels=3,                  # >= 1: cine_unet pooling levels (image sizes: multiples of 2^levels)
               share_weights=False,       # one denoiser for every cascade (weights shared) | False: one per cascade
               cascades=5,                # >= 0: N x (denoiser -> data consistency) | 0: plain denoiser (the study)
@@ -353,11 +353,15 @@ if __name__ == "__main__":
               resnet_blocks=2,           # >= 0: residual blocks in the 3D temporal ResNet
               output="linear",           # 'linear' (residual, complex) | 'sigmoid' (magnitude data, cascades=0)
               view_sharing=True,         # start from the k-t view-shared cine | False: from the zero-filled one (the study)
-              prior="lsnet",             # 'lsnet': the cascades start from a learned L+S (the lsnet options below) | None: as view_sharing says
-              iterations=10,             # lsnet only, >= 1: unrolled L+S iterations, each with its own thresholds and step
+              prior="lsnet",             # 'lsnet': the cascades start from a learned L+S (the lsnet options below) | 'admmnet': from a learned ADMM (the admmnet options below) | None: as view_sharing says
+              iterations=10,             # lsnet and admmnet only, >= 1: unrolled L+S or ADMM iterations, each with its own thresholds and steps
               lambda_l=0.01,             # lsnet only, > 0: initial low-rank threshold, relative to the zero-filled cine's largest singular value
               lambda_s=0.003,            # lsnet only, > 0: initial sparse threshold, relative to the zero-filled cine's largest temporal Fourier coefficient
               sparse_features=0,         # lsnet only, >= 0: width of the small CNN on each iteration's sparse part, 0 = none
+              lambda_t=0.01,             # admmnet only, in [0, 1): initial temporal-TV weight, relative to the zero-filled cine's largest magnitude, 0 = off
+              lambda_w=0.0003,           # admmnet only, in [0, 1): initial spatial l1-wavelet weight (details of a db2 wavelet), relative as lambda_t, 0 = off
+              lambda_r=0.0,              # admmnet only, in [0, 1): initial nuclear-norm (low-rank SVT) weight, relative to the largest singular value, 0 = off
+              lambda_f=0.0,              # admmnet only, in [0, 1): initial temporal-Fourier l1 weight, relative to the largest temporal Fourier coefficient, 0 = off
               # optimisation
               num_epochs=200,            # >= 1: passes over the training split (fresh phantom cines every epoch)
               batch_size=8,              # >= 1: global batch (split across processes under torchrun)

@@ -18,19 +18,22 @@ ecalib`` on the same calibration data (the central rows every frame samples, ave
 frames; one map, no crop, as ours). Printed: one table of PSNR (magnitudes, dB, mean over the cines)
 and seconds per cine of zero-filled (``A^H y``), view sharing, our k-t sparse and L+S (Otazo's
 multi-coil iterations, ``baselines.py``) and ``bart pics`` with an l1-wavelet (``-R W:3:0:w``), a
-temporal total-variation (``-R T:1024:0:w``) and a locally low-rank (``-R L:3:3:w``) regulariser.
-Every regularisation weight is picked from a small grid by PSNR on the FIRST cine (ours from
-``baselines.KT_GRID`` / ``LPLUSS_GRID``, BART's from ``--weights``), so that cine's score is
-optimistic for every tuned method alike. BART's times include starting the process and its .cfl
+temporal total-variation (``-R T:1024:0:w``) and a locally low-rank (``-R L:3:3:w``) regulariser;
+then the pair this cross-check is for, each with the weight pairing w, w/4 and OUR maps for both (so
+that only the solvers differ): our temporal TV + wavelet (``baselines.tv_wavelet``, ADMM run to its
+minimiser, ``lambda_t = w`` and ``lambda_w = w / 4`` from ``--tv_weights``) and
+``bart pics -i N -R T:1024:0:w -R W:3:0:w/4`` (``bart_pics.pics_tv_wavelet``, ``N`` =
+``--bart_iterations``), and the gap between them. Every regularisation weight is picked from a
+small grid by PSNR on the FIRST cine (ours from ``baselines.KT_GRID`` / ``LPLUSS_GRID`` /
+``--tv_weights``, BART's from ``--weights``), so that cine's score is optimistic for every tuned
+method alike. BART's times include starting the process and its .cfl
 files; its threads follow ``--threads`` (``OMP_NUM_THREADS``), as torch's do. ``--checkpoint=PATH``
 adds a trained network (a train.py checkpoint) with our maps: its denoisers see coil-combined cines
 and its data consistency is the SENSE one (``models``' coil convention).
 """
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +45,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from baselines import KT_GRID, LPLUSS_GRID, kt_sparse, low_rank_plus_sparse, tune, view_sharing  # noqa: E402
+import bart_pics  # noqa: E402
+from bart_pics import BartError, from_bart, read_cfl, to_bart, write_cfl  # noqa: E402,F401 (BART's files, tested here)
+from baselines import KT_GRID, LPLUSS_GRID, kt_sparse, low_rank_plus_sparse, tune, tv_wavelet, view_sharing  # noqa: E402
 from checkpoint import load_trained_model  # noqa: E402
 from cli import UserError, cli_errors, non_negative, positive, run_command  # noqa: E402
 from formats import check_memory  # noqa: E402
@@ -52,46 +57,18 @@ from phantom import make_coil_dataset, phantom_bytes  # noqa: E402
 from sampling import (calibration_lines, center_rows, estimate_sensitivities, scaled_center_lines,  # noqa: E402
                       sense_adjoint, uniform_mask, variable_density_mask)
 
-TIME_DIM = 10  # BART's time axis (0: readout x, 1: phase encoding y, 3: coils)
 PICS = {"bart pics l1-wavelet": "W:3:0:{}", "bart pics temporal TV": "T:1024:0:{}",
         "bart pics locally low rank": "L:3:3:{}"}  # -R options, {} the weight
 OURS = {"k-t sparse": (kt_sparse, KT_GRID), "L+S": (low_rank_plus_sparse, LPLUSS_GRID)}
-
-
-# ----------------------------------------------------------------------------- BART's files
-def write_cfl(stem, array) -> None:
-    """Write ``array`` (any shape, stored as complex64) as BART's ``stem.hdr`` (the dimensions) and
-    ``stem.cfl`` (the values, column-major: the first axis varies fastest)."""
-    array = np.asarray(array, np.complex64)
-    Path(f"{stem}.hdr").write_text("# Dimensions\n" + " ".join(str(n) for n in array.shape) + "\n")
-    array.ravel(order="F").tofile(f"{stem}.cfl")
-
-
-def read_cfl(stem) -> np.ndarray:
-    """Read BART's ``stem.hdr`` / ``stem.cfl`` into a complex64 array of the header's shape."""
-    lines = Path(f"{stem}.hdr").read_text().splitlines()
-    shape = [int(n) for n in lines[lines.index("# Dimensions") + 1].split()]
-    return np.fromfile(f"{stem}.cfl", np.complex64).reshape(shape, order="F")
-
-
-def to_bart(kspace: np.ndarray) -> np.ndarray:
-    """Our coil k-space ``[C, T, H, W]`` -> BART's ``[W, H, 1, C, 1, ..., 1, T]`` (11 axes)."""
-    return kspace.transpose(3, 2, 0, 1)[:, :, None, :, None, None, None, None, None, None, :]
-
-
-def from_bart(image: np.ndarray) -> np.ndarray:
-    """BART's image ``[W, H, 1, 1, 1, ..., T]`` (pics' output) -> our cine ``[T, H, W]``."""
-    width, height = image.shape[:2]
-    frames = image.shape[TIME_DIM] if image.ndim > TIME_DIM else 1
-    return image.reshape(width, height, frames).transpose(2, 1, 0)
+AGREEMENT_DB = 0.3  # our temporal TV + wavelet and BART's agree when their mean PSNRs differ by less
 
 
 def bart(*args, threads: int) -> None:
     """Run ``bart ARGS`` with ``threads`` OpenMP threads; raise ``UserError`` with its message if it fails."""
-    done = subprocess.run(["bart", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    if done.returncode:
-        raise UserError(f"bart {' '.join(map(str, args))} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+    try:
+        bart_pics.run(*args, threads=threads)
+    except BartError as error:
+        raise UserError(str(error)) from None
 
 
 # ----------------------------------------------------------------------------- data
@@ -199,6 +176,34 @@ def bart_rows(kspace, mask, reference, weights, threads: int) -> list[dict]:
     return rows
 
 
+def tv_wavelet_rows(kspace, mask, maps, reference, tv_weights, bart_weights, bart_iterations: int,
+                    wavelet_shifts: int = 1) -> list[dict]:
+    """Our temporal TV + wavelet (``wavelet_shifts`` cycle spinning) and BART's, both with the pairing
+    w, w/4 and our maps ``[N, C, H, W]``, each weight tuned on the first cine: rows as :func:`our_rows`."""
+    share = bart_pics.WAVELET_SHARE
+
+    def ours(i: int, w: float) -> np.ndarray:
+        return tv_wavelet(kspace[i], mask[i], lambda_t=w, lambda_w=share * w, wavelet_shifts=wavelet_shifts,
+                          sensitivities=maps[i])
+
+    def theirs(i: int, w: float) -> np.ndarray:
+        try:
+            return bart_pics.pics_tv_wavelet(kspace[i], mask[i], weight=w, iterations=bart_iterations,
+                                             sensitivities=maps[i])
+        except BartError as error:
+            raise UserError(str(error)) from None
+
+    rows = []
+    spinning = f", {wavelet_shifts}x{wavelet_shifts} wavelet shifts" if wavelet_shifts > 1 else ""
+    for name, solve, weights in ((f"temporal TV + wavelet (ours{spinning})", ours, tv_weights),
+                                 (f"bart pics temporal TV + wavelet, {bart_iterations} iterations", theirs,
+                                  bart_weights)):
+        best = max(weights, key=lambda w: psnr(solve(0, w), reference[0]))
+        recons, seconds = timed(lambda i: solve(i, best), len(kspace))
+        rows.append(dict(method=name, weight=f"w={best:g}, w/{1 / share:g}", recons=recons, seconds=seconds))
+    return rows
+
+
 # ----------------------------------------------------------------------------- the benchmark
 def crosscheck(*, cines: int = 2,  # phantom cines (weights are tuned on the first)
                frames: int = 20,  # frames per cine
@@ -206,6 +211,9 @@ def crosscheck(*, cines: int = 2,  # phantom cines (weights are tuned on the fir
                coils: int = 8,  # receive coils
                acceleration: int = 8,  # both masks' acceleration (uniform: outside the centre block)
                weights: str = "0.003,0.01,0.03,0.1,0.3",  # BART's regularisation weights tried, comma-separated
+               tv_weights: str = "0.001,0.003,0.01,0.03,0.1",  # our temporal TV weights tried (wavelet: a quarter)
+               bart_iterations: int = bart_pics.ITERATIONS,  # pics' iterations for temporal TV + wavelet
+               wavelet_shifts: int = 1,  # our wavelet's cycle spinning: shifts per axis (1 = none; BART's are random)
                threads: int = 0,  # torch and BART threads; 0 = torch's default
                seed: int = 0,  # phantom and mask seed
                checkpoint: str = "") -> None:  # a trained network to add (train.py's best.pt); "" = none
@@ -232,14 +240,23 @@ def crosscheck(*, cines: int = 2,  # phantom cines (weights are tuned on the fir
         print(f"| {label} | our ESPIRiT maps | | | | {(time.perf_counter() - started) / cines:.2f} |", flush=True)
         rows = our_rows(kspace, mask, maps, reference) + ([network_row(checkpoint, kspace, mask, maps)]
                                                            if checkpoint else [])
-        for row in rows + bart_rows(kspace, mask, reference, [float(w) for w in weights.split(",")], threads):
+        bart_weights = [float(w) for w in weights.split(",")]
+        pair = tv_wavelet_rows(kspace, mask, maps, reference, [float(w) for w in tv_weights.split(",")],
+                               bart_weights, bart_iterations, wavelet_shifts)
+        means = []
+        for row in rows + bart_rows(kspace, mask, reference, bart_weights, threads) + pair:
             scores = [psnr(recon, target) for recon, target in zip(row["recons"], reference)]
+            means.append(np.mean(scores))
             print(f"| {label} | {row['method']} | {row['weight']} | {np.mean(scores):.2f} | "
                   f"{' '.join(f'{s:.2f}' for s in scores)} | {row['seconds']:.2f} |", flush=True)
+        gap = means[-2] - means[-1]
+        print(f"| {label} | ours minus BART (temporal TV + wavelet) | | {gap:+.2f} | "
+              f"{'agree' if abs(gap) < AGREEMENT_DB else 'differ'} (within {AGREEMENT_DB} dB?) | |", flush=True)
 
 
 if __name__ == "__main__":
     with cli_errors():
         run_command(crosscheck, sys.argv[1:], prog="python benchmarks/bart_crosscheck.py",
                     parsers={"cines": positive, "frames": positive, "size": positive, "coils": positive,
-                             "acceleration": positive, "threads": non_negative})
+                             "acceleration": positive, "bart_iterations": positive, "wavelet_shifts": positive,
+                             "threads": non_negative})

@@ -93,11 +93,14 @@ def test_bart_crosscheck_runs_tiny(tmp_path):
                tmp_path / "tiny.pt")
     result = run_tool("benchmarks/bart_crosscheck.py", ["--cines=1", "--frames=4", "--size=32", "--coils=4",
                                                        "--acceleration=4", "--weights=0.01", "--threads=1",
+                                                       "--tv_weights=0.01", "--bart_iterations=10",
                                                        f"--checkpoint={tmp_path / 'tiny.pt'}"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     methods = [line.split(" | ")[1] for line in result.stdout.splitlines() if line.startswith("| variable")]
     assert methods == ["our ESPIRiT maps", "zero-filled", "view sharing", "k-t sparse", "L+S", "network tiny.pt",
-                       "bart pics l1-wavelet", "bart pics temporal TV", "bart pics locally low rank"]
+                       "bart pics l1-wavelet", "bart pics temporal TV", "bart pics locally low rank",
+                       "temporal TV + wavelet (ours)", "bart pics temporal TV + wavelet, 10 iterations",
+                       "ours minus BART (temporal TV + wavelet)"]
     assert sum(line.startswith("| uniform") for line in result.stdout.splitlines()) == len(methods)
 
 
@@ -110,7 +113,8 @@ def test_pincat_oracle_tunes_every_cs_method_on_the_cine_itself(tmp_path):
     from phantom import make_phantom_dataset
     import numpy as np
     np.savez(tmp_path / "one.npz", dataset=make_phantom_dataset(1, frames=4, size=64, seed=3, complex_phase=False))
-    result = run_tool("benchmarks/pincat_oracle.py", [str(tmp_path / "one.npz")], tmp_path)
+    result = run_tool("benchmarks/pincat_oracle.py", [str(tmp_path / "one.npz"),
+                                                      "--methods=kt_sparse,lplus_s,lplus_s_unrolled"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     for method in ("kt_sparse", "lplus_s", "lplus_s_unrolled"):
         assert f"{method} tuned on the cine itself" in result.stdout

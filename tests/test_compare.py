@@ -16,7 +16,7 @@ from phantom import make_phantom_dataset
 ROWS = ["zero-filled", "view sharing", "k-t sparse", "L+S", "L+S, 10 iterations from view sharing", "ours", "DC-CNN",
         "seed config"]
 COMPARE = ["cmp", "--runs=tinyA,dccnn,seed", "--labels=ours,DC-CNN,seed config", "--device=cpu", "--amp=none",
-           "--tune_cines=1", "--max_cines=2"]
+           "--tune_cines=1", "--max_cines=2", "--baselines=view_sharing,kt_sparse,lplus_s,lplus_s_unrolled"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,6 +134,29 @@ def test_baselines_alone_on_the_fixed_mask_protocol(tmp_path):
     assert report["tuning"]["methods"]["kt_sparse"]["params"] == {}
     text = (tmp_path / "output/compare_alone/results.md").read_text()
     assert "`--masks=fixed`, one fixed mask" in text and "the solver's defaults" in text
+
+
+@pytest.mark.skipif(compare.bart_pics.available() is None, reason="BART is not installed (apt-get install bart)")
+def test_temporal_tv_wavelet_and_the_external_bart_row(tmp_path):
+    report = compare.compare("tv", baselines="tv_wavelet,bart_pics", tune=False, num_samples=7, image_size=32,
+                             in_channels=6, center_lines=2, max_cines=1, device="cpu", verbose=False,
+                             out_dir=str(tmp_path / "output"), images_dir=str(tmp_path / "images"))
+    methods = report["methods"]
+    assert list(methods) == ["zero-filled", "temporal TV + wavelet", "BART pics (tTV + wavelet)"]
+    assert [methods[label]["kind"] for label in methods] == ["baseline", "baseline", "external"]
+    assert methods["temporal TV + wavelet"]["psnr"]["mean"] > methods["zero-filled"]["psnr"]["mean"] + 3
+    assert methods["BART pics (tTV + wavelet)"]["psnr"]["mean"] > methods["zero-filled"]["psnr"]["mean"] + 3
+    text = (tmp_path / "output/compare_tv/results.md").read_text()
+    assert "| BART pics (tTV + wavelet) (external) |" in text and "external program: BART v" in text
+
+
+def test_bart_row_without_bart(monkeypatch, capsys):
+    monkeypatch.setattr(compare.bart_pics, "available", lambda: None)
+    options = {"baselines": "kt_sparse,bart_pics", "runs": "", "checkpoints": "", "labels": "", "out_dir": "o"}
+    assert compare.parse_method_options(options, baselines_given=False)["baselines"] == ["kt_sparse"]
+    assert "bart is not on PATH" in capsys.readouterr().out
+    with pytest.raises(UserError, match="bart is not on PATH"):
+        compare.parse_method_options(options, baselines_given=True)
 
 
 @pytest.mark.parametrize("options, message", [
