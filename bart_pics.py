@@ -138,3 +138,10 @@ def pics_tv_wavelet(kspace, mask, *, weight: float = 0.01, iterations: int = ITE
               f"{seconds / len(recons):.3f} s per cine", flush=True)
     recons = recons[0] if single else recons
     return torch.from_numpy(recons).to(device) if was_tensor else recons
+
+
+if __name__ == "__main__":
+    from cli import not_a_command
+
+    not_a_command("bart_pics.py", "BART pics runs with python compare.py NAME --baselines=bart_pics (needs bart on "
+                                  "PATH) or python benchmarks/bart_crosscheck.py")
