@@ -49,6 +49,15 @@ class UserError(ValueError):
     """Bad input (file, argument, configuration): reported as one line with exit status 2."""
 
 
+def integer_list(text: str, option: str, example: str) -> list[int]:
+    """The integers of a comma-separated option value (``--option=12,20,30``), or a :class:`UserError`
+    naming ``--option`` and showing ``example``."""
+    try:
+        return [int(part) for part in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"--{option}={text}: expected comma-separated integers, e.g. {example}") from None
+
+
 @contextmanager
 def cli_errors(argv=None):
     """Turn a ``UserError`` into ``error: <message>`` on stderr and exit status 2.

@@ -662,21 +662,27 @@ def _is_numeric_hdf5(item, h5py) -> bool:
     return item.dtype.kind in "iuf"
 
 
+def _mat73_variables(file, path: Path, h5py) -> tuple[dict, dict]:
+    """``(items, numeric)`` of an open v7.3 file: every top-level object reached through the hardened
+    HDF5 path (:func:`_hdf5_object`, one :class:`HDF5Steps` budget), and the numeric ones' MATLAB shapes."""
+    steps = HDF5Steps(path)
+    items = {}
+    for name in file:
+        steps.take(name)
+        items[name] = _hdf5_object(file, name, h5py, path, name, steps=steps)
+    return items, {name: item.shape[::-1] for name, item in items.items() if _is_numeric_hdf5(item, h5py)}
+
+
 def _read_mat73(path: Path, key: str | tuple | None) -> tuple[str, np.ndarray]:
     """A v7.3 variable whose data lie in ``path`` itself: links and datasets that reach other files
     are refused (:func:`_hdf5_object`, :func:`_check_own_storage`) before anything is followed."""
     h5py = _optional("h5py", path, "MATLAB v7.3 .mat files")
     try:
         with h5py.File(path, "r") as file:
-            steps = HDF5Steps(path)
-            items = {}
-            for name in file:
-                steps.take(name)
-                items[name] = _hdf5_object(file, name, h5py, path, name, steps=steps)
+            items, numeric = _mat73_variables(file, path, h5py)
             for name, item in items.items():
                 if isinstance(item, h5py.Dataset):
                     _check_own_storage(item, path, name)
-            numeric = {name: item.shape[::-1] for name, item in items.items() if _is_numeric_hdf5(item, h5py)}
             name = _pick(numeric, key, path)
             item = items[name]
             stored = np.complex128 if item.dtype.names else item.dtype
@@ -1124,12 +1130,7 @@ def _with_mat73_kspace(path: Path, key, use):
     h5py = _optional("h5py", path, "MATLAB v7.3 .mat files")
     try:
         with h5py.File(path, "r") as file:
-            steps = HDF5Steps(path)
-            items = {}
-            for name in file:
-                steps.take(name)
-                items[name] = _hdf5_object(file, name, h5py, path, name, steps=steps)
-            numeric = {name: item.shape[::-1] for name, item in items.items() if _is_numeric_hdf5(item, h5py)}
+            items, numeric = _mat73_variables(file, path, h5py)
             name = _pick(numeric, key or CMRXRECON_KSPACE, path)
             item = items[name]
             _check_own_storage(item, path, name)

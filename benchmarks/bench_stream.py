@@ -2,16 +2,19 @@
 waits for data, for train.py on CMRxRecon-style phantom trees (``phantom.py --layout=cmrxrecon``).
 
     python benchmarks/bench_stream.py [--files=4,100] [--size=64] [--coils=4] [--frames=12] [--slices=2]
-        [--epochs=2] [--arch=dual_unet] [--threads=2] [--keep=FOLDER]
+        [--epochs=1] [--arch=dual_unet] [--threads=2] [--keep=FOLDER]
 
 For each file count a tree of that many subjects (``--slices`` slices each, every file the same
 matrix ``--size`` x ``--size``, ``--coils`` coils, ``--frames`` frames, no AccFactor folders) is
 written, then ``python train.py`` trains on it twice in fresh processes with the CPU scale-down of
 the default call (``--arch``, ``in_channels`` = ``--frames``, batches of 4, one reading worker): the
 first run estimates every coil map (ESPIRiT) into the tree's cache, the second finds them all cached.
-Every run trains ``--epochs`` epochs on the cines of its training split, so a tree of more files
-trains longer, but should not need more memory. Reported per run: the process tree's peak resident
-memory (``wait4``: the training process or its reading worker, whichever is larger), the median
+The tree of the most files trains ``--epochs`` epochs on the cines of its training split, a tree of
+fewer files proportionally more epochs (:func:`epochs_for`), so that every run trains about as many
+batches: the training process's memory climbs over its first few dozen batches (the allocator's
+steady state), and a run of 1 batch against one of 30 would measure that, not the files. Reported
+per run: the process tree's peak resident memory (``wait4``: the training process or its reading
+worker, whichever is larger), the median
 epoch's seconds and the seconds it waited for data (``data_wait_s`` of output.txt) and their ratio.
 The targets (issue 25): peak memory with the most files within 10% of that with the fewest; with
 the maps cached, the wait under 5% of each epoch. Results: ``benchmarks/results/bench_stream_<CPU>.json``.
@@ -31,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cli import cli_errors, run_command  # noqa: E402
+from cli import cli_errors, integer_list, run_command  # noqa: E402
 from engine import cpu_model  # noqa: E402
 from phantom import write_cmrxrecon_tree  # noqa: E402
 
@@ -46,6 +49,12 @@ def peak_run(command: list[str], cwd: Path, threads: int) -> tuple[int, float]:
     if process.returncode:
         print(process.stderr.read().decode()[-2000:], file=sys.stderr)
     return process.returncode, usage.ru_maxrss / 1024
+
+
+def epochs_for(count: int, counts: list[int], epochs: int) -> int:
+    """The epochs a tree of ``count`` files trains so that it runs about as many batches as the tree of
+    the most ``counts`` does in ``epochs`` epochs."""
+    return max(1, round(epochs * max(counts) / count))
 
 
 def epochs_of(report: Path) -> list[dict]:
@@ -63,12 +72,12 @@ def bench_stream(*, files: str = "4,100",  # file counts (subjects) of the trees
                  coils: int = 4,  # receive coils
                  frames: int = 12,  # frames per cine (the network's in_channels)
                  slices: int = 2,  # slices per file
-                 epochs: int = 2,  # epochs of each training run
+                 epochs: int = 1,  # epochs of the run on the most files (fewer files: proportionally more)
                  arch: str = "dual_unet",  # the network trained (train.py --arch)
                  threads: int = 2,  # torch threads of the training process
                  keep: str | None = None) -> None:  # a folder to keep the trees and runs in; None: a temporary one
     """Peak memory and data waiting of train.py streaming raw phantom trees of ``files`` files."""
-    counts = [int(part) for part in files.split(",")]
+    counts = integer_list(files, "files", "4,100")
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(keep or temporary)
         work.mkdir(parents=True, exist_ok=True)
@@ -85,7 +94,8 @@ def bench_stream(*, files: str = "4,100",  # file counts (subjects) of the trees
                 name = f"s{count}_{attempt.split()[1]}"
                 status, peak = peak_run([sys.executable, str(ROOT / "train.py"), name, f"--data={tree}",
                                          f"--arch={arch}", f"--in_channels={frames}", f"--out_channels={frames}",
-                                         f"--num_epochs={epochs}", f"--center_lines={max(4, size // 16)}",
+                                         f"--num_epochs={epochs_for(count, counts, epochs)}",
+                                         f"--center_lines={max(4, size // 16)}",
                                          "--figures=false", "--device=cpu", "--workers=1",
                                          f"--cache_dir={work / 'cache'}"], work, threads)
                 epoch = epochs_of(work / "output" / name / "output.txt") if status == 0 else []

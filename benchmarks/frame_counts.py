@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from baselines import synchronize  # noqa: E402
 from benchmarks.resolution import ViewSharing  # noqa: E402
 from checkpoint import load_trained_model  # noqa: E402
-from cli import UserError, atomic_write, cli_errors, make_folder, run_command  # noqa: E402
+from cli import UserError, atomic_write, cli_errors, integer_list, make_folder, run_command  # noqa: E402
 from data import CineDataset, render_phantom  # noqa: E402
 from engine import autocast, choose_autocast, describe_device, evaluate, resolve_device, run_model  # noqa: E402
 from metrics import summarize  # noqa: E402
@@ -90,10 +90,7 @@ def frame_counts(*, checkpoint: str,        # a trained checkpoint (output/NAME/
     torch_device = resolve_device(device)
     amp_dtype, _ = choose_autocast("auto", torch_device)
     model, config = load_trained_model(checkpoint, torch_device)
-    try:
-        frame_list = [int(part) for part in frames.split(",")]
-    except ValueError:
-        raise UserError(f"--frames={frames}: expected comma-separated integers, e.g. 12,20,30") from None
+    frame_list = integer_list(frames, "frames", "12,20,30")
     if min(frame_list) < 1 or count < 1 or repeats < 1:
         raise UserError(f"--frames={frames}, --count={count}, --repeats={repeats}: each must be at least 1")
     check_phantom_size({**config, "in_channels": max(frame_list), "num_samples": count, "coils": 1})

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from checkpoint import load_trained_model
-from cli import UserError, atomic_write, cli_errors, make_folder, run_command  # noqa: E402
+from cli import UserError, atomic_write, cli_errors, integer_list, make_folder, run_command  # noqa: E402
 from data import CineDataset, render_phantom  # noqa: E402
 from engine import choose_autocast, describe_device, evaluate, resolve_device
 from metrics import summarize  # noqa: E402
@@ -69,10 +69,7 @@ def resolution(*, checkpoint: str,          # a trained checkpoint (output/NAME/
     torch_device = resolve_device(device)
     amp_dtype, _ = choose_autocast("auto", torch_device)
     model, config = load_trained_model(checkpoint, torch_device)
-    try:
-        size_list = [int(part) for part in sizes.split(",")]
-    except ValueError:
-        raise UserError(f"--sizes={sizes}: expected comma-separated integers, e.g. 64,128,192") from None
+    size_list = integer_list(sizes, "sizes", "64,128,192")
     bad = [s for s in size_list if s < 16 or s % size_multiple(config)]
     if bad or count < 1:
         raise UserError(f"--sizes: {bad} not multiples of {size_multiple(config)} (>= 16), or --count < 1")
