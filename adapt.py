@@ -31,6 +31,13 @@ cropped columns, of the measured data's hybrid (ky, x) space. A network with an 
 L+S) adapts on all columns: its singular-value thresholding couples every pixel, so a band is a
 different problem. Its per-iteration thresholds and steps learn at ``models.PHYSICS_LR`` times
 ``lr`` (``models.parameter_groups``), the CNNs' weights at ``lr``.
+
+Capacity (``features``): a learned L+S or ADMM alone has a few dozen numbers to adapt. With
+``features > 0`` the copy gets a small CNN inside each unrolled iteration (``models.add_corrections``:
+a :class:`models.SparseCorrection` per iteration, initialised from ``seed``, its head at zero so that
+the copy starts as the checkpoint, bit for bit); these CNNs learn from scratch at ``features_lr``
+times ``lr`` and, like the rest of the copy, are discarded after the scan's reconstruction. If no
+check beats the checkpoint, the checkpoint's own network (without them) reconstructs the scan.
 """
 from __future__ import annotations
 
@@ -40,7 +47,7 @@ import time
 
 import torch
 
-from models import acts_locally, parameter_groups
+from models import PHYSICS_LR, acts_locally, add_corrections, parameter_groups
 from sampling import fft2c, ifft2c, sense_adjoint, sense_forward, view_sharing
 
 
@@ -135,16 +142,20 @@ def kspace_error(recon: torch.Tensor, kspace: torch.Tensor, rows: torch.Tensor, 
 # ----------------------------------------------------------------------------- adaptation
 def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, steps: int = 60,
           lr: float = 2e-5, loss_fraction: float = 0.4, holdout: float = 0.15, check_every: int = 5,
-          patience: int = 4, crop: int = 64, seed: int = 0, amp_dtype=None, sensitivities=None,
-          log=print) -> tuple[torch.nn.Module, dict]:
+          patience: int = 4, crop: int = 64, seed: int = 0, features: int = 0, features_lr: float = PHYSICS_LR,
+          amp_dtype=None, sensitivities=None, log=print) -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy of ``model`` on one scan's measurements; returns ``(adapted model, info)``.
 
     kspace: measured k-space ``[B, T, H, W]`` complex (B cines of one scan, e.g. slices);
     mask: ``[B, T, H, W]`` 0/1 (whole ky lines; the centre block that every frame sampled is always
     shown to the network); crop: columns to adapt on (0 or >= W: all); sensitivities: coil maps
-    ``[B, C, H, W]`` for coil k-space ``[B, C, T, H, W]`` (see the module docstring). The model's batch
-    normalisation layers, if any, keep their running statistics. ``info`` holds the steps run,
-    the step whose weights were kept, the held-out error before and after, and the seconds.
+    ``[B, C, H, W]`` for coil k-space ``[B, C, T, H, W]`` (see the module docstring); features: give
+    each iteration of a learned L+S or ADMM without a CNN inside a :class:`models.SparseCorrection`
+    of this many channels (``models.add_corrections``; seeded by ``seed``, heads at zero, so the copy
+    starts as the checkpoint), which learns at ``features_lr`` times ``lr``; 0: adapt what the
+    checkpoint has. The model's batch normalisation layers, if any, keep their running statistics.
+    ``info`` holds the steps run, the step whose weights were kept, the held-out error before and
+    after, the seconds, the columns and the parameters of the CNNs added.
     """
     started = time.perf_counter()
     device = kspace.device
@@ -166,8 +177,13 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
 
     original, model = model, copy.deepcopy(model)
     model.eval()  # dropout off and batch-norm statistics frozen; gradients still flow
+    groups = parameter_groups(model, lr, 0.0)  # an LSNet's or ADMMNet's CS numbers at PHYSICS_LR * lr
+    with torch.random.fork_rng(devices=[]):  # the added CNNs' initial weights: by the seed, on the CPU
+        torch.manual_seed(seed)
+        added = add_corrections(model, features)  # [] for features=0 or a network with CNNs already
+    groups += [{"params": added, "lr": features_lr * lr, "weight_decay": 0.0}] if added else []
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameter_groups(model, lr, 0.0))  # an LSNet's CS numbers at PHYSICS_LR * lr
+    optimizer = torch.optim.Adam(groups)
 
     def forward(net, data, seen: torch.Tensor) -> torch.Tensor:
         measured, _, maps = data
@@ -219,10 +235,12 @@ def adapt(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor, *, s
         if not after < before:
             log(f"adaptation rejected: on all {width} columns the held-out k-space error would rise from "
                 f"{before:.4f} to {after:.4f}; the checkpoint's weights are kept")
-            model, best_step, best_error = copy.deepcopy(original).eval(), 0, first_error
+            best_step, best_error = 0, first_error
+    if not best_step:  # the checkpoint's own network, without the added CNNs (their heads are still zero)
+        model = copy.deepcopy(original)
     info = {"steps": done, "kept_step": best_step, "held_out_error_before": first_error,
             "held_out_error_after": best_error, "seconds": time.perf_counter() - started,
-            "columns": int(kspace.shape[-1])}
+            "columns": int(kspace.shape[-1]), "added_parameters": sum(p.numel() for p in added)}
     return model.eval(), info
 
 

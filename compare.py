@@ -4,7 +4,7 @@
         [--baselines=view_sharing,kt_sparse,lplus_s,lplus_s_unrolled,tv_wavelet,bart_pics|none] [--masks=per_cine|fixed]
         [--max_cines=N]
         [--tune=true] [--tune_cines=8] [--batch_size=4] [--device=auto|cpu|cuda] [--amp=auto|bf16|fp16|none]
-        [--split=test|all] [--adapt=STEPS [--adapt_lr=2e-5] [--adapt_crop=64]]
+        [--split=test|all] [--adapt=STEPS [--adapt_lr=2e-5] [--adapt_crop=64] [--adapt_features=F]]
         [--data=... --num_samples=... --image_size=... --coils=1 --mask_type=variable_density|uniform --seed=... ...]
         [--out_dir=output] [--images_dir=images]
         [--help]
@@ -39,7 +39,8 @@ and the same coil maps, estimated by ESPIRiT from each cine's centre lines; ``--
 samples every R-th line plus the centre lines (CMRxRecon's masks) instead of variable-density lines.
 
 ``--adapt=STEPS`` adds, for every network, a ``<label> + adapt`` row: a copy of the network adapted
-to each test cine's own measurements (adapt.py, docs/adapt.md), then the cine reconstructed with it.
+to each test cine's own measurements (adapt.py, docs/adapt.md), then the cine reconstructed with it;
+``--adapt_features=F`` gives a learned L+S or ADMM a CNN of F channels inside each iteration to adapt.
 results.md also gives, for every network, the per-cine PSNR and SSIM differences against the
 classical method with the best mean PSNR (mean +- std, cines better); with ``--baselines=none``, those
 of every other network against the first one.
@@ -70,7 +71,8 @@ from baselines import GRIDS, METHODS, grid_edges, synchronize
 from baselines import tune as tune_weights
 from checkpoint import load_trained_model
 from cli import Command, Positional, UserError, atomic_write, check_run_name, cli_errors, make_run_dirs, \
-    check_name_length, options_from_signature, remove_stale_temporaries_in, run_in_progress, written_together
+    check_name_length, non_negative, options_from_signature, remove_stale_temporaries_in, run_in_progress, \
+    written_together
 from data import CineDataset, accelerations, load_images, make_datasets, pad_to_multiple, raw_entries, split_indices
 from engine import autocast, choose_autocast, describe_device, evaluate, resolve_device, run_model
 from formats import load_boxes, load_cine
@@ -119,6 +121,7 @@ def compare(name: str, *,
             adapt: int = 0,                       # > 0: add each network adapted to every test cine (at most N steps)
             adapt_lr: float = 2e-5,               # learning rate of the adaptation
             adapt_crop: int = 64,                 # columns adapted on (a multiple of the size multiples); 0 = all
+            adapt_features: int = 0,              # channels of a CNN added in each iteration of a learned L+S/ADMM (>= 0); 0 = none
             cache_dir: str = "cache",             # raw k-space --data: the coil-map cache train.py filled (reused)
             workers: int = 1,                     # raw k-space --data: processes reading cines ahead (>= 0)
             verbose: bool = True,                 # print the CS solvers' time per call
@@ -175,7 +178,8 @@ def compare(name: str, *,
     rate = evaluated_acceleration(data_config, options["acceleration"], set(given), notes)
     if adapt:
         for net in networks.values():
-            check_adaptation(adapt, adapt_lr, adapt_crop, size_multiple(net["config"]), test_set.shape_of(0)[-1])
+            check_adaptation(adapt, adapt_lr, adapt_crop, size_multiple(net["config"]), test_set.shape_of(0)[-1],
+                             adapt_features, net["model"])
     rows = np.arange(len(test_set))[:max_cines or None]
     val_rows = np.arange(len(val_set) if val_set is not None else 0)[:tune_cines or None]
     validation = val_set.indices[val_rows].tolist() if val_set is not None else []
@@ -194,7 +198,7 @@ def compare(name: str, *,
         entries[label], network_of[label] = (net["model"], amp_dtype), label
         if adapt:
             adapting = Adapting(net["model"], net["config"], amp_dtype, verbose, steps=adapt, lr=adapt_lr,
-                                crop=adapt_crop)
+                                crop=adapt_crop, features=adapt_features)
             entries[f"{label} + adapt"], network_of[f"{label} + adapt"] = (adapting, amp_dtype), label
 
     external = {BASELINE_LABELS[method] for method in methods["baselines"] if method in EXTERNAL}
@@ -227,7 +231,8 @@ def compare(name: str, *,
                    "source": tuning_source(split, data_config, validation)},
         "methods": results,
         "paired": paired_differences(results),
-        "adaptation": {"steps": adapt, "lr": adapt_lr, "crop": adapt_crop} if adapt and networks else None,
+        "adaptation": {"steps": adapt, "lr": adapt_lr, "crop": adapt_crop, "features": adapt_features}
+        if adapt and networks else None,
         "external": {BASELINE_LABELS["bart_pics"]: external_description()} if "bart_pics" in methods["baselines"]
         else {},
     }
@@ -443,7 +448,7 @@ class Adapting(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, config: dict, amp_dtype, verbose: bool, **options):
         super().__init__()
         self.model, self.config, self.amp_dtype, self.verbose = model, config, amp_dtype, verbose
-        self.options = options  # steps, lr, crop of adapt.adapt
+        self.options = options  # steps, lr, crop, features of adapt.adapt
         self.infos: list[dict] = []
 
     def forward(self, aliased, kspace, mask, sensitivities=None):  # [B, T, H, W]; coil k-space [B, C, T, H, W]
@@ -657,17 +662,21 @@ def adaptation_markdown(options: dict, results: dict) -> list[str]:
     lines = ["## Adaptation", "",
              f"`--adapt={options['steps']}`: each `+ adapt` row fine-tunes a fresh copy of its network on every test "
              f"cine's own measurements (adapt.py: self-supervised, no reference; learning rate {options['lr']:g}, "
-             f"{options['crop'] or 'all'} columns, seeded by the checkpoint's seed, stopped early on held-out "
-             f"measured lines), reconstructs the cine from all its measurements with it and ends in hard data "
-             f"consistency; the copy is then discarded. Its time per cine includes the adaptation. Means over cines:",
-             "", "| method | steps run | step kept | held-out k-space error before → after | adaptation (s) |",
-             "| --- | --- | --- | --- | --- |"]
+             f"{options['crop'] or 'all'} columns (a learned L+S or ADMM: all)"
+             + (f", a CNN of {options['features']} channels added inside each iteration of a learned L+S or ADMM"
+                if options.get("features") else "")
+             + ", seeded by the checkpoint's seed, stopped early on held-out "
+             "measured lines), reconstructs the cine from all its measurements with it and ends in hard data "
+             "consistency; the copy is then discarded. Its time per cine includes the adaptation. Means over cines:",
+             "", "| method | steps run | step kept | held-out k-space error before → after | adaptation (s) | columns "
+                 "| CNN parameters added |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for label, r in results.items():
         if "adapt" in r:
             mean = {key: np.mean([info[key] for info in r["adapt"]]) for key in r["adapt"][0]}
             lines.append(f"| {label} | {mean['steps']:.1f} | {mean['kept_step']:.1f} | "
                          f"{mean['held_out_error_before']:.4f} → {mean['held_out_error_after']:.4f} | "
-                         f"{mean['seconds']:.1f} |")
+                         f"{mean['seconds']:.1f} | {mean['columns']:.0f} | {mean['added_parameters']:.0f} |")
     return lines + [""]
 
 
@@ -704,7 +713,7 @@ def command() -> Command:
                     for option in train_options() if option.name in DATA_KEYS]
     options = options_from_signature(compare, choices={"masks": tuple(MASK_PROTOCOLS), "amp": CHOICES["amp"],
                                                        "split": SPLITS},
-                                     exclude=("name", "given", "command"))
+                                     parsers={"adapt_features": non_negative}, exclude=("name", "given", "command"))
     return Command("python compare.py", __doc__, options + data_options,
                    [Positional("NAME", "the comparison's name: it writes OUT_DIR/compare_NAME/ and "
                                        "IMAGES_DIR/compare_NAME/")])

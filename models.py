@@ -575,6 +575,8 @@ class ADMMNet(nn.Module):
     untrained network is exactly ``iterations`` iterations of ``tv_wavelet(..., start=...)``, one coil
     or coils. The weights multiply each cine's own scales (``baselines.penalty_scales``) and the
     rhos are scale-free, so ``c y`` gives ``c x``; any frame count and image size; float32 inside.
+    :func:`add_corrections` can put a :class:`SparseCorrection` after each image update
+    (:func:`corrected_update`; heads at zero: the same output), as scan-specific adaptation does.
 
     ``(aliased, kspace, mask[, sensitivities])`` -> complex cine ``[B, T, H, W]``, like :class:`CineReconNet`.
     """
@@ -595,6 +597,7 @@ class ADMMNet(nn.Module):
         self.log_rhos = nn.ParameterDict(
             {name: nn.Parameter(torch.full((iterations,), math.log(rho))) for name, rho in
              admm_rhos({name: chosen[name] for name in self.names}, RHO).items()})
+        self.corrections = nn.ModuleList()  # none; add_corrections gives one SparseCorrection per iteration
 
     def physics_parameters(self) -> list[nn.Parameter]:
         """The CS numbers (per-iteration log-weights and log-rhos)."""
@@ -612,10 +615,41 @@ class ADMMNet(nn.Module):
                 weights = {name: self.log_weights[name][k].exp() for name in terms}
                 rhos = {name: self.log_rhos[name][k].exp() for name in terms}
                 update = image_update(kspace, sampled, maps, terms, rhos, self.cg_steps, like=x0)
+                if len(self.corrections):
+                    update = corrected_update(update, self.corrections[k], x0.abs().flatten(1).amax(1))
                 x, splits, duals = admm_iteration(x, splits, duals, update, terms,
                                                   penalty_thresholds(scales, weights), rhos)
             x = final_data_step(x, kspace, sampled, maps)
         return from_shifted(x)  # [B, T, H, W] complex64
+
+
+def corrected_update(update, correction: SparseCorrection, scale: torch.Tensor):
+    """An :class:`ADMMNet` image update ``(pull, x_previous) -> x`` (``baselines.image_update``, shifted
+    domain) followed by ``correction`` of ``x`` given ``x_previous`` (centred images: the CNN's
+    neighbourhoods must be the image's), ``scale`` ``[B]`` the cine's scale: ``x + c N([x, x_previous] / c)``."""
+    def apply(pull: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:  # [B, T, H, W] complex each
+        x = update(pull, previous)
+        return to_shifted_image(correction(from_shifted(x), from_shifted(previous), scale))
+    return apply
+
+
+def without_corrections(model: nn.Module) -> list[LSNet | ADMMNet]:
+    """The :class:`LSNet` and :class:`ADMMNet` modules of ``model`` with no CNN inside their iterations
+    (those :func:`add_corrections` gives one)."""
+    return [module for module in model.modules()
+            if isinstance(module, (LSNet, ADMMNet)) and not len(module.corrections)]
+
+
+def add_corrections(model: nn.Module, features: int) -> list[nn.Parameter]:
+    """Give every :class:`LSNet` and :class:`ADMMNet` in ``model`` that has no CNN inside its
+    iterations a :class:`SparseCorrection` of ``features`` channels per iteration (scan-specific
+    adaptation's capacity, docs/adapt.md). Their heads start at zero, so the network's output is
+    unchanged, bit for bit. Returns the new parameters (none for ``features=0`` or no such network)."""
+    unrolled = without_corrections(model) if features else []
+    for module in unrolled:
+        device = module.physics_parameters()[0].device
+        module.corrections = nn.ModuleList(SparseCorrection(features) for _ in range(module.iterations)).to(device)
+    return [parameter for module in unrolled for parameter in module.corrections.parameters()]
 
 
 class CineReconNet(nn.Module):

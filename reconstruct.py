@@ -2,7 +2,7 @@
 
     python reconstruct.py --checkpoint output/NAME/best.pt --input FILE --out recon.npz
         [--key NAME] [--mask MASK.npy|.npz] [--figures DIR] [--device auto|cpu|cuda|cuda:N]
-        [--batch_size N] [--adapt STEPS [--adapt_lr 2e-5] [--adapt_crop 64]] [--debug] [--help]
+        [--batch_size N] [--adapt STEPS [--adapt_lr 2e-5] [--adapt_crop 64] [--adapt_features F]] [--debug] [--help]
     python reconstruct.py --kspace cine_sax.mat [--mask cine_sax_mask.mat] [--acceleration R]
         --out recon.npz [--nifti recon.nii.gz] ...
 
@@ -43,7 +43,9 @@ Frames: every network reconstructs cines of any frame count. The dual UNet takes
 Adaptation (``--adapt=STEPS``, docs/adapt.md): before reconstructing, a copy of the network is
 fine-tuned on each cine's own measurements in turn (``adapt.adapt``: self-supervised, no reference,
 seeded by the checkpoint's seed), the cine is reconstructed from all its measurements with that copy,
-and the copy is discarded. The result ends in hard data consistency (added after the network when
+and the copy is discarded. ``--adapt_features=F`` gives the copy of a learned L+S or ADMM a small CNN
+inside each iteration (``models.add_corrections``, starting as the identity) that adapts with its
+numbers. The result ends in hard data consistency (added after the network when
 its last stage is not a hard-DC cascade; with coils, the SENSE one, and adaptation gets the
 sensitivities), so it keeps every measured sample exactly. Needs whole ky
 lines (a Cartesian mask). On a grid padded in k-space the padded kx columns count as measured zeros
@@ -56,7 +58,8 @@ on the network's grid), ``scale`` (the per-cine normalisation divisor), with coi
 ``psnr``, ``ssim``, ``psnr_zero_filled``, ``ssim_zero_filled`` per cine (magnitudes, peak 1). With
 ``--adapt``, per cine: ``adapt_steps`` (steps run), ``adapt_kept_step`` (the step whose weights were
 kept, 0: the checkpoint's), ``adapt_error_before`` / ``adapt_error_after`` (held-out k-space error),
-``adapt_seconds``, ``adapt_columns`` (columns adapted on) and, with a reference,
+``adapt_seconds``, ``adapt_columns`` (columns adapted on), ``adapt_cnn_parameters`` (those of the
+CNNs ``--adapt_features`` added, 0: none) and, with a reference,
 ``psnr_before_adapt`` / ``ssim_before_adapt`` (the checkpoint as it is; ``psnr``/``ssim`` are after).
 ``--nifti FILE.nii.gz`` (or ``.nii``): the magnitude cines also as a 4-D NIfTI ``(rows, columns,
 cine, frame)`` float32 (the layout ``formats.read_nifti`` reads), voxel size the file's pixel size in
@@ -80,14 +83,14 @@ from tqdm import tqdm
 from adapt import NoHeldOutLines
 from adapt import adapt as adapt_to_scan
 from checkpoint import load_trained_model
-from cli import UserError, atomic_write, check_name_length, cli_errors, make_folder, positive, run_command, \
-    written_together
+from cli import UserError, atomic_write, check_name_length, cli_errors, make_folder, non_negative, positive, \
+    run_command, written_together
 from data import MapCache, RawCine, mask_seed
 from engine import autocast, choose_autocast, resolve_device
 from formats import (DataError, KSpace, check_cines, check_mask, check_output, crop_or_pad, inspect_kspace, normalize,
                      npz_arrays, read_cines, read_kspace, save_npz)
 from metrics import batch_psnr, batch_ssim, format_summary
-from models import size_multiple
+from models import size_multiple, without_corrections
 from sampling import (calibration_lines, check_sampling, data_consistency, estimate_sensitivities, fft2c, gradient_dc,
                       ifft2c, interpolate_maps, sense_adjoint, undersample, variable_density_mask)
 
@@ -314,7 +317,8 @@ def inference_autocast(config: dict, device: torch.device) -> tuple[torch.dtype 
 # ----------------------------------------------------------------------------- adaptation
 # The per-cine arrays of an adaptation in the output and the keys of adapt.adapt's info they hold.
 ADAPT_ARRAYS = {"adapt_steps": "steps", "adapt_kept_step": "kept_step", "adapt_error_before": "held_out_error_before",
-                "adapt_error_after": "held_out_error_after", "adapt_seconds": "seconds", "adapt_columns": "columns"}
+                "adapt_error_after": "held_out_error_after", "adapt_seconds": "seconds", "adapt_columns": "columns",
+                "adapt_cnn_parameters": "added_parameters"}
 
 
 def ends_in_hard_dc(config: dict) -> bool:
@@ -322,9 +326,10 @@ def ends_in_hard_dc(config: dict) -> bool:
     return config["arch"] in ("lsnet", "admmnet") or config["cascades"] > 0 and config["dc"] == "hard"
 
 
-def check_adaptation(steps: int, lr: float, crop: int, multiple: int, width: int) -> None:
+def check_adaptation(steps: int, lr: float, crop: int, multiple: int, width: int, features: int = 0,
+                     model: torch.nn.Module | None = None) -> None:
     """Refuse adaptation options the network cannot use (``multiple``: its size multiple, ``width``:
-    the columns of its grid)."""
+    the columns of its grid; ``model``: the network, which ``features > 0`` must give CNNs to)."""
     if steps < 0:
         raise UserError(f"--adapt={steps}: adaptation steps must be >= 0 (0 = off)")
     if not (math.isfinite(lr) and lr > 0):
@@ -332,6 +337,11 @@ def check_adaptation(steps: int, lr: float, crop: int, multiple: int, width: int
     if crop < 0 or (0 < crop < width and crop % multiple):
         raise UserError(f"--adapt_crop={crop}: give 0 (all {width} columns) or a multiple of {multiple}, "
                         f"the network's size multiple")
+    if features < 0:
+        raise UserError(f"--adapt_features={features}: must be >= 0 (0 = no CNN added)")
+    if features and model is not None and not without_corrections(model):
+        raise UserError(f"--adapt_features={features}: the network has no learned L+S or ADMM without CNNs inside "
+                        f"to add them to; give 0 (its own weights adapt)")
 
 
 def check_whole_lines(masks: np.ndarray, source: str) -> None:
@@ -346,9 +356,10 @@ def check_whole_lines(masks: np.ndarray, source: str) -> None:
 
 
 def adapted_reconstruction(model, config: dict, aliased, kspace, mask, sensitivities=None, *, steps: int, lr: float,
-                           crop: int, amp_dtype, log=print) -> tuple[torch.Tensor, dict]:
+                           crop: int, amp_dtype, features: int = 0, log=print) -> tuple[torch.Tensor, dict]:
     """Fine-tune a copy of ``model`` on one scan's measurements (``adapt.adapt``, seeded by the
-    checkpoint's seed), reconstruct the scan from all of them with it, and end in hard data
+    checkpoint's seed; ``features``: the channels of the CNNs it adds, 0: none), reconstruct the scan
+    from all of them with it, and end in hard data
     consistency. aliased, kspace, mask: ``[B, T, H, W]``; the mask holds whole ky lines, except that
     the kx columns padded onto a grid enlarged in k-space are 0: adaptation counts them as measured
     zeros. With ``sensitivities`` ``[B, C, H, W]``, kspace is coil k-space ``[B, C, T, H, W]`` and the
@@ -357,7 +368,8 @@ def adapted_reconstruction(model, config: dict, aliased, kspace, mask, sensitivi
     try:
         with torch.enable_grad():
             adapted, info = adapt_to_scan(model, kspace, lines, steps=steps, lr=lr, crop=crop, seed=config["seed"],
-                                          amp_dtype=amp_dtype, sensitivities=sensitivities, log=log)
+                                          features=features, amp_dtype=amp_dtype, sensitivities=sensitivities,
+                                          log=log)
     except NoHeldOutLines as error:
         raise UserError(f"--adapt={steps}: {error}") from None
     with torch.no_grad(), autocast(kspace.device, amp_dtype):
@@ -369,8 +381,8 @@ def adapted_reconstruction(model, config: dict, aliased, kspace, mask, sensitivi
     return gradient_dc(recon, kspace, mask, 1.0, sensitivities=sensitivities), info  # as LSNet ends with coils
 
 
-def run_adapted(model, config: dict, problem: Problem, *, steps: int, lr: float, crop: int, device: torch.device,
-                amp_dtype) -> dict[str, np.ndarray]:
+def run_adapted(model, config: dict, problem: Problem, *, steps: int, lr: float, crop: int, features: int,
+                device: torch.device, amp_dtype) -> dict[str, np.ndarray]:
     """Adapt a copy of ``model`` to each cine in turn and reconstruct that cine with it. Returns
     ``recon`` (normalised, complex64 ``[N, T, H, W]``), adapt's info per cine (``ADAPT_ARRAYS``,
     ``[N]`` each) and, with a reference, ``psnr`` and ``ssim`` ``[N]``."""
@@ -382,7 +394,8 @@ def run_adapted(model, config: dict, problem: Problem, *, steps: int, lr: float,
         aliased, kspace, mask, maps = problem.batch(slice(i, i + 1), device)  # [1, (C,) T, Hn, Wn]
         prefix = f"cine {i}: "
         image, info = adapted_reconstruction(model, config, aliased, kspace, mask, maps, steps=steps, lr=lr, crop=crop,
-                                             amp_dtype=amp_dtype, log=lambda line: print(prefix + line, flush=True))
+                                             features=features, amp_dtype=amp_dtype,
+                                             log=lambda line: print(prefix + line, flush=True))
         recon[i:i + 1] = problem.to_input_grid(image.cpu().numpy())
         infos.append(info)
         if problem.reference is not None:
@@ -480,7 +493,8 @@ def reconstruct(*,
                 # scan-specific self-supervised adaptation (docs/adapt.md)
                 adapt: int = 0,  # at most this many steps fine-tuning on each cine's own measurements first; 0 = off
                 adapt_lr: float = 2e-5,  # Adam learning rate of the adaptation (> 0)
-                adapt_crop: int = 64) -> None:  # columns adapted on, a multiple of the network's size multiple; 0 = all
+                adapt_crop: int = 64,  # columns adapted on, a multiple of the network's size multiple; 0 = all
+                adapt_features: int = 0) -> None:  # channels of a CNN added in each iteration of a learned L+S/ADMM (>= 0); 0 = none
     """Reconstruct cines with a trained cinerecon checkpoint: fully sampled cines are undersampled
     with the checkpoint's sampling (or --mask) and scored; measured k-space (--kspace: a CMRxRecon
     .mat, an MRD .h5 or a k-space .npz, or an .npz with 'kspace' and 'mask') is reconstructed as
@@ -517,15 +531,19 @@ def reconstruct(*,
         print(note)
     scale, masks = problem.scale[:, None, None, None], problem.applied_masks()
     if adapt:
-        check_adaptation(adapt, adapt_lr, adapt_crop, size_multiple(config), problem.images.shape[-1])
+        check_adaptation(adapt, adapt_lr, adapt_crop, size_multiple(config), problem.images.shape[-1], adapt_features,
+                         model)
         check_whole_lines(masks, f"the mask of {mask or path}")
     result = run(model, problem, batch_size=batch_size, device=torch_device, amp_dtype=amp_dtype)
     if adapt:
         print(f"adapting a copy of the network to each cine in turn: at most {adapt} steps, learning rate "
-              f"{adapt_lr:g}, {adapt_crop or 'all'} columns, seed {config['seed']} (the checkpoint's)"
+              f"{adapt_lr:g}, {adapt_crop or 'all'} columns (a learned L+S or ADMM: all), seed {config['seed']} "
+              "(the checkpoint's)"
+              + (f", a CNN of {adapt_features} channels added inside each iteration of a learned L+S or ADMM"
+                 if adapt_features else "")
               + ("" if ends_in_hard_dc(config) else "; hard data consistency added after the network"))
-        adapted = run_adapted(model, config, problem, steps=adapt, lr=adapt_lr, crop=adapt_crop, device=torch_device,
-                              amp_dtype=amp_dtype)
+        adapted = run_adapted(model, config, problem, steps=adapt, lr=adapt_lr, crop=adapt_crop,
+                              features=adapt_features, device=torch_device, amp_dtype=amp_dtype)
         before = {f"{name}_before_adapt": result[name] for name in ("psnr", "ssim") if name in result}
         result = {**result, **before, **adapted}
     metrics = {name: result[name] for name in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled",
@@ -584,7 +602,7 @@ def network_summary(config: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     """``python reconstruct.py --checkpoint=... --input=... --out=... [--key=value ...]``."""
     run_command(reconstruct, sys.argv[1:] if argv is None else argv, prog="python reconstruct.py",
-                parsers={"batch_size": positive})
+                parsers={"batch_size": positive, "adapt_features": non_negative})
 
 
 if __name__ == "__main__":
