@@ -163,10 +163,15 @@ def mean_psnr(record: dict, scales: tuple[str, str], t: float, w: float) -> floa
 
 
 def best_weights(record: dict, scales: tuple[str, str]) -> tuple[float, float, float]:
-    """``(t, w, PSNR)``: the weights relative to ``scales`` with the highest mean PSNR (a log grid of 8
-    points per factor of 10, wide enough for every candidate scale)."""
+    """``(t, w, PSNR)``: the weights relative to ``scales`` with the highest mean PSNR, searched over a
+    log grid of 8 points per factor of 10 (wide enough for every candidate scale) and every cine's grid
+    points in those units (so the native scales find the grid's own best)."""
+    found, native = record["scales"], NATIVE[record["method"]]
     fine = 10 ** np.arange(-6, 1.001, 1 / 8)
-    rows = [(t, w, mean_psnr(record, scales, t, w)) for t in fine for w in fine]
+    axes = [sorted({*fine, *(value * found[native[k]][c] / found[scales[k]][c] for value in grid_values
+                                for c in range(len(record["psnr"])))})
+            for k, grid_values in enumerate(record.get("grid", GRIDS[record["method"]]).values())]
+    rows = [(t, w, mean_psnr(record, scales, t, w)) for t in axes[0] for w in axes[1]]
     return max((row for row in rows if not math.isnan(row[2])), key=lambda row: row[2])
 
 
@@ -185,7 +190,7 @@ def table(method: str, out: Path) -> None:
         t, w, _ = best["phantom"]
         losses = [best[n][2] - mean_psnr(records[n], scales, t, w) for n in others]
         print(f"| {label} | " + " | ".join(f"{b[0]:.2g}, {b[1]:.2g} ({b[2]:.2f})" for b in best.values()) + " | "
-              + " | ".join(f"{loss:.2f}" for loss in losses) + " |")
+              + " | ".join("off the grid" if math.isnan(loss) else f"{loss:.2f}" for loss in losses) + " |")
 
 
 def study(*, part: str = "grid",  # grid | table
