@@ -3,12 +3,13 @@ phantom validation cines is near the best weight on other data? The evidence beh
 ``baselines.penalty_scales`` (docs/baselines.md, "Which scale the weights multiply").
 
     python benchmarks/weight_transfer.py --part=grid --data=phantom        # then pincat, coils8, phantom128
-    python benchmarks/weight_transfer.py --part=table                      # the tables, from the saved grids
+    python benchmarks/weight_transfer.py --part=grid --data=coils8 --cines=2 --coarse=true   # a quicker grid
+    python benchmarks/weight_transfer.py --part=table [--method=lplus_s]   # the tables, from the saved grids
 
-- ``grid``: every cine of a data set reconstructed by ``baselines.tv_wavelet`` on a grid of absolute
-  thresholds (``lambda_t``, ``lambda_w`` relative to ``max|x0|``, factors of 2 and about 3), its PSNR
-  saved per cine with every candidate scale of the cine (:func:`candidate_scales`) to
-  ``output/weight_transfer/NAME.json``. Data sets: ``phantom``, the first 8 validation cines of the CPU
+- ``grid``: every cine of a data set reconstructed by ``baselines.tv_wavelet`` on a grid of
+  thresholds (``lambda_t``, ``lambda_w`` relative to ``max|x0|``, factors of 2 and about 3; ``--method=lplus_s``:
+  ``low_rank_plus_sparse`` on ``lambda_l``, ``lambda_s``), its PSNR saved per cine with every candidate
+  scale of the cine (:func:`candidate_scales`) to ``output/weight_transfer/DATA_METHOD.json``. Data sets: ``phantom``, the first 8 validation cines of the CPU
   scale-down (complex 20x64x64, 5x, 4 centre lines: compare.py's tuning cines); ``pincat``, PINCAT at 20
   frames (``--pincat``, 128x128, 5x, 11 centre lines, the mask compare.py gives it); ``coils8``, the first
   4 validation cines of the noisy 8-coil phantom at 8x (64x64, ESPIRiT maps); ``phantom128``, the first 4
@@ -123,17 +124,17 @@ def grid(name: str, method: str, pincat: str, out: Path, cines: int, coarse: boo
 
 # ----------------------------------------------------------------------------- the tables
 NORMALISATIONS = {  # name: (the scales of the two weights of tv_wavelet: temporal TV, wavelet)
-    "max|x0| (before)": ("peak", "peak"),
-    "99th percentile of |x0|": ("p99", "p99"),
-    "90th percentile of |x0|": ("p90", "p90"),
+    "largest magnitude of x0 (the current scale)": ("peak", "peak"),
+    "99th percentile of the magnitudes of x0": ("p99", "p99"),
+    "90th percentile of the magnitudes of x0": ("p90", "p90"),
     "rms of x0": ("rms", "rms"),
     "rms of D_t x0, of Psi x0 details": ("tv_rms", "wavelet_rms"),
-    "median |D_t x0|, MAD of finest wavelet details": ("tv_median", "wavelet_mad"),
+    "median magnitude of D_t x0, MAD of the finest wavelet details": ("tv_median", "wavelet_mad"),
     "rms of the view-sharing fill": ("fill", "fill"),
 }
 LPLUSS_NORMALISATIONS = {  # the scales of L+S's lambda_l (Casorati singular values) and lambda_s (temporal spectrum)
-    "sigma_max(x0), max|F_t x0| (before)": ("singular", "spectrum"),
-    "90th percentile of |x0| (x sqrt(H W) for lambda_l)": ("p90_casorati", "p90"),
+    "sigma_max(x0), largest magnitude of F_t x0 (the current scales)": ("singular", "spectrum"),
+    "90th percentile of the magnitudes of x0 (x sqrt(H W) for lambda_l)": ("p90_casorati", "p90"),
     "rms of x0 (x sqrt(H W) for lambda_l)": ("rms_casorati", "rms"),
     "rms of the view-sharing fill (x sqrt(H W) for lambda_l)": ("fill_casorati", "fill"),
 }
