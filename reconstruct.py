@@ -6,7 +6,8 @@
     python reconstruct.py --kspace cine_sax.mat [--mask cine_sax_mask.mat] [--acceleration R]
         --out recon.npz [--nifti recon.nii.gz] ...
 
-Two kinds of input (the checkpoint defaults to the shipped checkpoints/lsnet.pt):
+Two kinds of input (the checkpoint defaults to the shipped checkpoints/admmnet.pt, the learned ADMM
+chosen on phantom validation cines and PINCAT, docs/lsnet.md):
 
 - Fully sampled cines: ``.npy``/``.npz`` ``[N, T, H, W]`` or one cine ``[T, H, W]`` (or anything
   ``python formats.py convert`` reads). They are undersampled retrospectively with the checkpoint's
@@ -474,11 +475,11 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
-SHIPPED_CHECKPOINT = str(Path(__file__).resolve().with_name("checkpoints") / "lsnet.pt")  # docs/results.md
+SHIPPED_CHECKPOINT = str(Path(__file__).resolve().with_name("checkpoints") / "admmnet.pt")  # docs/lsnet.md
 
 
 def reconstruct(*,
-                checkpoint: str = SHIPPED_CHECKPOINT,  # output/NAME/best.pt; default: the shipped learned L+S
+                checkpoint: str = SHIPPED_CHECKPOINT,  # output/NAME/best.pt; default: the shipped learned ADMM
                 input: str | None = None,  # cines (.npy/.npz [N,T,H,W]|[T,H,W], any formats.py input) or kspace .npz
                 kspace: str | None = None,  # measured k-space instead: CMRxRecon .mat, ISMRMRD/MRD .h5 or k-space .npz
                 out: str,  # the .npz to write (never overwritten)

@@ -9,7 +9,7 @@ whole 8-coil ``reconstruct.py --kspace`` command with each, measured in the same
    (``sampling.sense_data_consistency``) on one 8-coil 192 px cine at 8x and 5x: the general path
    (``rows=False``, the reference) and the row path (``rows=True``), and which of them the default
    ``rows=None`` takes.
-2. The learned L+S (the shipped ``checkpoints/lsnet.pt``) on one 8-coil phantom cine of 20x192x192
+2. The shipped checkpoint (``reconstruct.SHIPPED_CHECKPOINT``) on one 8-coil phantom cine of 20x192x192
    at 8x (the checkpoint's centre lines, as ``reconstruct.py`` draws them), in this process: the
    network alone, with the row path and with the general path; with ``--adapt_steps=N`` also N steps
    of its scan-specific adaptation (``adapt.adapt``, as ``reconstruct.py --adapt`` runs it).
@@ -53,7 +53,7 @@ from cli import UserError, atomic_write, cli_errors, make_folder, non_negative, 
 from engine import describe_device  # noqa: E402
 from models import LSNet  # noqa: E402
 from phantom import make_coil_dataset, phantom_figure  # noqa: E402
-from reconstruct import SHIPPED_CHECKPOINT  # noqa: E402
+from reconstruct import SHIPPED_CHECKPOINT, network_summary  # noqa: E402
 from sampling import (estimate_sensitivities, gradient_dc, sense_adjoint, sense_data_consistency,  # noqa: E402
                       variable_density_mask)
 
@@ -149,7 +149,7 @@ def operator_rows(frames: int, grid, repeats: int) -> list[dict]:
 
 
 def network_row(frames: int, size: int, repeats: int, adapt_steps: int) -> dict:
-    """The shipped learned L+S on one 8-coil phantom cine at 8x, row path against general path, and with
+    """The shipped checkpoint on one 8-coil phantom cine at 8x, row path against general path, and with
     ``adapt_steps`` its scan-specific adaptation (``adapt.adapt``, reconstruct.py's defaults) for that many
     steps."""
     model, config = load_trained_model(SHIPPED_CHECKPOINT, torch.device("cpu"))
@@ -169,7 +169,7 @@ def network_row(frames: int, size: int, repeats: int, adapt_steps: int) -> dict:
     times = paired_times(on_path(run, False), on_path(run, True), repeats)
     reference = on_path(run, False)()
     error = float((on_path(run, True)() - reference).abs().max() / reference.abs().max())
-    result = {"network": f"learned L+S ({config['iterations']} iterations), shipped checkpoint", **times,
+    result = {"network": f"{network_summary(config)}, shipped checkpoint", **times,
               "relative_difference": error, "espirit_first_call_s": espirit}
     if adapt_steps:
         lines = mask.amax(-1, keepdim=True).expand_as(mask)  # the measured ky lines, as reconstruct.py adapts

@@ -130,3 +130,23 @@ def test_bench_sense_times_both_paths_of_the_sense_operators():
                                               "learned L+S (untrained), forward"}
     assert all(r["general_s"] > 0 and r["rows_s"] > 0 and r["relative_difference"] < 1e-5 for r in rows)
     assert {r["auto"] for r in rows} == {"general"}  # tiny cines: the default keeps the general path
+
+
+def test_weight_transfer_maps_weights_between_scales_and_interpolates_in_log():
+    study = load_script("weight_transfer")
+    firsts, seconds = study.GRIDS["tv_wavelet"].values()
+    rng = np.random.default_rng(0)
+    surfaces = rng.normal(30, 2, (2, len(firsts), len(seconds)))  # [cines, lambda_t, lambda_w] PSNRs
+    peak = [1.0, 4.0]
+    record = {"method": "tv_wavelet", "psnr": surfaces.tolist(),
+              "scales": {"peak": peak, "half": [p / 2 for p in peak], "rms": [0.3, 0.5]}}
+    t, w = firsts[3], seconds[2]
+    assert study.mean_psnr(record, ("peak", "peak"), t, w) == pytest.approx(surfaces[:, 3, 2].mean())
+    # weights relative to a scale half the peak are twice the weights relative to the peak
+    assert study.mean_psnr(record, ("half", "half"), 2 * t, 2 * w) == pytest.approx(surfaces[:, 3, 2].mean())
+    # halfway in log between two grid values: the mean of the two (bilinear in the logarithms)
+    between = study.mean_psnr(record, ("peak", "peak"), (firsts[3] * firsts[4]) ** 0.5, w)
+    assert between == pytest.approx((surfaces[:, 3, 2] + surfaces[:, 4, 2]).mean() / 2)
+    assert np.isnan(study.mean_psnr(record, ("peak", "peak"), firsts[-1] * 2, w))  # off the grid
+    best_t, best_w, best = study.best_weights(record, ("peak", "peak"))
+    assert best >= surfaces.mean(0).max() - 1e-9  # the grid points are among the fine log grid's

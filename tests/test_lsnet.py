@@ -201,17 +201,3 @@ def test_adaptation_never_raises_the_held_out_error(lr):
     if info["kept_step"] == 0:  # nothing helped: the checkpoint's numbers come back unchanged
         for before, after in zip(net.parameters(), adapted.parameters()):
             assert torch.equal(before, after)
-
-
-def test_reconstruct_without_a_checkpoint_uses_the_shipped_learned_lplus_s(tmp_path, capsys):
-    import reconstruct
-    from phantom import make_phantom_dataset
-    cine = make_phantom_dataset(1, frames=9, size=40, seed=6)  # [1, T, H, W]
-    mask = variable_density_mask((9, 40, 40), acceleration=4, center_lines=4, seed=7)
-    np.savez(tmp_path / "scan.npz", kspace=fft2c(cine) * mask, mask=mask)
-    reconstruct.main(["--input", str(tmp_path / "scan.npz"), "--out", str(tmp_path / "recon.npz"), "--device", "cpu"])
-    shipped = torch.load(reconstruct.SHIPPED_CHECKPOINT, weights_only=True)
-    assert shipped["config"]["arch"] == "lsnet"
-    assert f"checkpoint {reconstruct.SHIPPED_CHECKPOINT}: learned L+S" in capsys.readouterr().out
-    with np.load(tmp_path / "recon.npz") as written:
-        assert written["recon"].shape == (1, 9, 40, 40)

@@ -237,3 +237,20 @@ def test_bad_adaptation_options_are_refused(cine_unet, tmp_path, extra, message)
         recon(cine_unet, tmp_path, tmp_path / "cine.npy", "--adapt", "2",
               *[str(tmp_path / word) if word.endswith(".npy") else word for word in extra])
     assert not (tmp_path / "recon.npz").exists()
+
+
+def test_reconstruct_without_a_checkpoint_uses_the_shipped_learned_admm(tmp_path, capsys):
+    """The default checkpoint (chosen on phantom validation cines and PINCAT, docs/lsnet.md) is the learned
+    ADMM with four priors; it takes any frame count and size and keeps every measured sample."""
+    shipped = torch.load(reconstruct.SHIPPED_CHECKPOINT, weights_only=True)
+    assert shipped["config"]["arch"] == "admmnet"
+    assert all(shipped["config"][key] > 0 for key in ("lambda_t", "lambda_w", "lambda_f", "lambda_r"))
+    cine = make_phantom_dataset(1, frames=9, size=40, seed=6)  # [1, T, H, W]
+    mask = variable_density_mask((9, 40, 40), acceleration=4, center_lines=4, seed=7)
+    kspace = fft2c(cine) * mask
+    np.savez(tmp_path / "scan.npz", kspace=kspace, mask=mask)
+    reconstruct.main(["--input", str(tmp_path / "scan.npz"), "--out", str(tmp_path / "recon.npz"), "--device", "cpu"])
+    assert f"checkpoint {reconstruct.SHIPPED_CHECKPOINT}: learned ADMM" in capsys.readouterr().out
+    with np.load(tmp_path / "recon.npz") as written:
+        assert written["recon"].shape == (1, 9, 40, 40)
+        assert_keeps_measurements({"recon": written["recon"]}, kspace, mask)  # in the input's units
