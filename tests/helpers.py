@@ -1,4 +1,4 @@
-"""Shared helpers for tests that run the command-line tools in a subprocess."""
+"""Shared helpers for the tests: running the command-line tools in a subprocess, tiny phantom problems."""
 import json
 import os
 import subprocess
@@ -70,3 +70,28 @@ def write_mat73(path, variables, precision="<f8"):
             "MATLAB_class"] = np.bytes_("char")
     with open(path, "r+b") as file:
         file.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .")
+
+
+def tiny_problem(size: int, acceleration: float):
+    """Two phantom cines ``[2, 6, size, size]`` (real, seed 3), their own variable-density masks
+    (2 centre lines, seeds 1 and 2), zero-filled images and k-space: ``(target, mask, aliased, kspace)``."""
+    import torch
+
+    from phantom import make_phantom_dataset
+    from sampling import undersample, variable_density_mask
+    target = torch.from_numpy(make_phantom_dataset(2, frames=6, size=size, seed=3, complex_phase=False))
+    mask = torch.from_numpy(np.stack([variable_density_mask((6, size, size), acceleration, 2, seed=s) for s in (1, 2)]))
+    aliased, kspace = undersample(target, mask)
+    return target, mask, aliased, kspace
+
+
+def fit(net, optimizer, aliased, kspace, mask, target, steps: int) -> list[float]:
+    """``steps`` Adam steps of ``net`` on the L1 error to ``target``; the losses before each step."""
+    errors = []
+    for _ in range(steps):
+        loss = (net(aliased, kspace, mask) - target).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        errors.append(loss.item())
+    return errors

@@ -6,6 +6,7 @@ import torch
 
 from baselines import tv_wavelet
 from cli import UserError
+from helpers import fit
 from models import ADMMNet, acts_locally, build_model, parameter_groups
 from phantom import make_coil_dataset
 from sampling import fft2c, sense_adjoint, undersample, variable_density_mask
@@ -83,13 +84,7 @@ def test_training_moves_the_weights_and_lowers_the_error():
     net = ADMMNet(iterations=3)
     optimizer = torch.optim.Adam(parameter_groups(net, 1e-3, 1e-4))
     assert {id(p) for p in optimizer.param_groups[1]["params"]} == {id(p) for p in net.parameters()}
-    errors = []
-    for _ in range(6):
-        loss = (net(aliased, kspace, mask) - target).abs().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        errors.append(loss.item())
+    errors = fit(net, optimizer, aliased, kspace, mask, target, steps=6)
     assert errors[-1] < errors[0]
     assert not torch.allclose(net.log_weights["tv_t"].detach(), torch.full((3,), np.log(0.003)))
     assert not acts_locally(net)

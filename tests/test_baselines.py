@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from baselines import GRIDS, METHODS, kt_sparse, low_rank_plus_sparse, singular_value_threshold, tune, view_sharing
+from helpers import tiny_problem
 from metrics import psnr
-from phantom import make_phantom_dataset
-from sampling import fft2c, undersample, variable_density_mask
+from sampling import fft2c, undersample
 
 SOLVERS = [kt_sparse, low_rank_plus_sparse]
 
@@ -16,10 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def tiny():
     """Two tiny phantom cines [2, 6, 32, 32], their own 5x masks, zero-filled images and k-space."""
-    target = torch.from_numpy(make_phantom_dataset(2, frames=6, size=32, seed=3, complex_phase=False))
-    mask = torch.from_numpy(np.stack([variable_density_mask((6, 32, 32), 5, 2, seed=s) for s in (1, 2)]))
-    aliased, kspace = undersample(target, mask)
-    return target, mask, aliased, kspace
+    return tiny_problem(32, 5)
 
 
 @pytest.mark.parametrize("solve", SOLVERS)

@@ -9,9 +9,9 @@ import baselines
 from baselines import (admm_iteration, image_update, objective, penalties, shrink_isotropic, soft_threshold,
                        spatial_gradient, spatial_gradient_adjoint, spatial_gram, temporal_difference,
                        temporal_difference_adjoint, temporal_gram, tv_wavelet, wavelet_adjoint, wavelet_forward)
+from helpers import tiny_problem
 from metrics import psnr
-from phantom import make_phantom_dataset
-from sampling import fft2c, undersample, variable_density_mask
+from sampling import fft2c
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,10 +28,7 @@ def inner(a, b):
 @pytest.fixture(scope="module")
 def tiny():
     """Two phantom cines [2, 6, 24, 24], their own 4x masks, k-space."""
-    target = torch.from_numpy(make_phantom_dataset(2, frames=6, size=24, seed=3, complex_phase=False))
-    mask = torch.from_numpy(np.stack([variable_density_mask((6, 24, 24), 4, 2, seed=s) for s in (1, 2)]))
-    aliased, kspace = undersample(target, mask)
-    return target, mask, aliased, kspace
+    return tiny_problem(24, 4)
 
 
 # ----------------------------------------------------------------------------- transforms
