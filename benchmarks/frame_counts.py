@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baselines import synchronize  # noqa: E402
-from benchmarks.resolution import ViewSharing  # noqa: E402
+from benchmarks.resolution import ViewSharing, write_table  # noqa: E402
 from checkpoint import load_trained_model  # noqa: E402
-from cli import UserError, atomic_write, cli_errors, integer_list, make_folder, run_command  # noqa: E402
+from cli import UserError, cli_errors, integer_list, run_command  # noqa: E402
 from data import CineDataset, render_phantom  # noqa: E402
 from engine import autocast, choose_autocast, describe_device, evaluate, resolve_device, run_model  # noqa: E402
 from metrics import summarize  # noqa: E402
@@ -123,11 +123,7 @@ def frame_counts(*, checkpoint: str,        # a trained checkpoint (output/NAME/
         lines.append(f"| {row['frames']} | {row['windows']} | {row['psnr_zero_filled'][0]:.2f} | "
                      f"{row['view_sharing'][0]:.2f} | {row['psnr'][0]:.2f} ± {row['psnr'][1]:.2f} | {row['ssim'][0]:.4f} | {row['psnr_roi'][0]:.2f} | "
                      f"{row['seconds']:.3f} | {ratio} |")
-    table = "\n".join(lines) + "\n"
-    folder = make_folder(Path(results) if results else ROOT / "benchmarks" / "results")
-    atomic_write(folder / f"frame_counts_{Path(checkpoint).parent.name or 'checkpoint'}.md", table)
-    print("\n" + table)
-    return table
+    return write_table(lines, results, f"frame_counts_{Path(checkpoint).parent.name or 'checkpoint'}.md")
 
 
 if __name__ == "__main__":

@@ -99,10 +99,16 @@ def resolution(*, checkpoint: str,          # a trained checkpoint (output/NAME/
         lines.append(f"| {row['size']} | {row['center_lines']} | {row['zero-filled']['psnr'][0]:.2f} | "
                      f"{row['view sharing']['psnr'][0]:.2f} | {net['psnr'][0]:.2f} ± {net['psnr'][1]:.2f} | "
                      f"{net['ssim'][0]:.4f} | {net['psnr_roi'][0]:.2f} |")
+    name = Path(checkpoint).parent.name or "checkpoint"
+    return write_table(lines, results, f"resolution_{name}{'' if noise else '_noisefree'}.md")
+
+
+def write_table(lines: list[str], results: str, filename: str) -> str:
+    """Write the markdown table ``lines`` to ``results/filename`` ('' = benchmarks/results) atomically,
+    print it and return it."""
     table = "\n".join(lines) + "\n"
     folder = make_folder(Path(results) if results else ROOT / "benchmarks" / "results")
-    name = Path(checkpoint).parent.name or "checkpoint"
-    atomic_write(folder / f"resolution_{name}{'' if noise else '_noisefree'}.md", table)
+    atomic_write(folder / filename, table)
     print("\n" + table)
     return table
 
