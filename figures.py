@@ -268,7 +268,7 @@ def plot_reconstructions(images: dict, path, reference=None, *, frame: int | Non
         _show(axes["y-t"][j], cine[:, :, col].T, aspect="auto", **grey)  # [H, T]: y down, time across
         axes["x-t"][j].axhline(t, color="white", linewidth=0.6, alpha=0.5)
         axes["y-t"][j].axvline(t, color="white", linewidth=0.6, alpha=0.5)
-    labels = {"frame": f"frame {t}", "error": "", "zoom": f"heart zoom (box)",
+    labels = {"frame": f"frame {t}", "error": "", "zoom": "heart zoom (box)",
               "x-t": f"x-t, row {row}\n(time down)", "y-t": f"y-t, column {col}\n(time across)"}
     for kind, label in labels.items():
         if kind in axes:
