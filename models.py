@@ -611,12 +611,13 @@ class ADMMNet(nn.Module):
             x = initial_cine(kspace, sampled, "view_sharing" if self.view_sharing else "zero_filled", maps)
             splits = {name: term.forward(x) for name, term in terms.items()}
             duals = {name: torch.zeros_like(split) for name, split in splits.items()}
+            peak = x0.abs().flatten(1).amax(1) if len(self.corrections) else None  # [B]: the CNNs' scale
             for k in range(self.iterations):
                 weights = {name: self.log_weights[name][k].exp() for name in terms}
                 rhos = {name: self.log_rhos[name][k].exp() for name in terms}
                 update = image_update(kspace, sampled, maps, terms, rhos, self.cg_steps, like=x0)
                 if len(self.corrections):
-                    update = corrected_update(update, self.corrections[k], x0.abs().flatten(1).amax(1))
+                    update = corrected_update(update, self.corrections[k], peak)
                 x, splits, duals = admm_iteration(x, splits, duals, update, terms,
                                                   penalty_thresholds(scales, weights), rhos)
             x = final_data_step(x, kspace, sampled, maps)
